@@ -1,0 +1,54 @@
+# expertcast — build, test and benchmark entry points.
+# `make run` runs the pipeline on the bundled traces; `make test` runs every test
+# CI runs (it installs the Python reader the interoperability test uses).
+
+PYTHON ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+CARGO ?= cargo
+
+.PHONY: build run test venv bench bench-window bench-peers bench-read bench-run clean
+
+build:
+	$(CARGO) build --release
+
+run: build
+	./target/release/expertcast run
+
+# Python packages for the interoperability test and the peer benchmarks.
+$(VPY): tests/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -r tests/requirements.txt
+	touch $(VPY)
+
+venv: $(VPY)
+
+test: $(VPY)
+	EXPERTCAST_PYTHON=$(abspath $(VPY)) $(CARGO) test --release
+
+# Criterion bench of the CPU window statistics (20,000 steps x 1,536 series).
+bench-window:
+	$(CARGO) bench --bench window_stats
+
+# The same data through pandas' rolling var/max/min, then our bench, in one run.
+bench-peers: $(VPY)
+	$(VPY) benches/peers/window_stats_pandas.py
+	$(CARGO) bench --bench window_stats
+
+# Peak memory of reading a 100,000 x 12 x 128 trace (needs /usr/bin/time).
+bench-read: build $(VPY)
+	$(VPY) benches/peers/make_big_trace.py bench-data/big.parquet
+	/usr/bin/time -v ./target/release/expertcast run bench-data/big.parquet --out .bench-out/big \
+	  -f last --horizon 1 --origin-stride 100000 --window 10 --quiet 2>&1 | \
+	  grep -E "Maximum resident|Elapsed"
+
+# The whole pipeline with defaults on the three bundled traces.
+bench-run: build
+	/usr/bin/time -v ./target/release/expertcast run --out .bench-out/run --quiet 2>&1 | \
+	  grep -E "Maximum resident|Elapsed"
+
+bench: bench-peers bench-read bench-run
+
+clean:
+	rm -rf target .bench-out bench-data

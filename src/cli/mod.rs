@@ -1,0 +1,172 @@
+//! Command-line parsing, progress reporting and the `run` pipeline.
+
+mod progress;
+mod run;
+mod summary;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::gpu::DeviceRequest;
+use crate::trace::Format;
+
+pub use run::run;
+
+/// A flag or argument that makes no sense: exit status 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "expertcast",
+    version,
+    about = "Batch forecasting of mixture-of-experts expert-load traces",
+    long_about = "Batch forecasting of mixture-of-experts expert-load traces: window statistics, \
+                  transient/stable states, rolling-origin forecasts and their scores, written as Parquet.\n\n\
+                  Exit status: 0 success, 2 bad input or usage, 1 anything else."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the whole pipeline: read traces, window statistics, states, forecasts,
+    /// scores; write the Parquet files of SPEC.md into --out.
+    Run(RunArgs),
+}
+
+/// How much window statistics detail to write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StatsDetail {
+    /// Layer summaries only (layer_stats.parquet).
+    Layer,
+    /// Also every expert's mean, variance and range (window_stats.parquet).
+    Expert,
+}
+
+pub const DEFAULT_FORECASTERS: &[&str] = &["last", "mean:w=100", "sw-avg:w=100", "ema:alpha=0.3", "oracle-median"];
+
+#[derive(clap::Args, Debug, Clone, serde::Serialize)]
+pub struct RunArgs {
+    /// Trace files (.parquet, .csv long format; .npy dense [steps, layers, experts]).
+    /// With none, the traces bundled in datasets/ are used.
+    #[arg(value_name = "TRACE")]
+    pub traces: Vec<PathBuf>,
+
+    /// Output directory (created if missing; files in it are replaced).
+    #[arg(long, short, value_name = "DIR", default_value = "expertcast-out")]
+    pub out: PathBuf,
+
+    /// Window length W in steps for the window statistics; repeat for several.
+    #[arg(long = "window", short = 'w', value_name = "W", default_values_t = [10usize, 100, 200])]
+    pub windows: Vec<usize>,
+
+    /// Forecast horizon H in steps; repeat for several. Each is scored on the
+    /// origins that have H steps ahead.
+    #[arg(long = "horizon", value_name = "H", default_values_t = [1usize, 10, 100, 1000, 2000])]
+    pub horizons: Vec<usize>,
+
+    /// Forecaster spec NAME[:key=value,...]; repeat for several. Known: last,
+    /// mean:w=W, sw-avg:w=W, ema:alpha=A, oracle-median.
+    #[arg(long = "forecaster", short = 'f', value_name = "SPEC",
+          default_values_t = DEFAULT_FORECASTERS.iter().map(|s| s.to_string()).collect::<Vec<_>>())]
+    pub forecasters: Vec<String>,
+
+    /// Steps between forecast origins.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub origin_stride: usize,
+
+    /// First forecast origin (step index from the trace's first step). Default:
+    /// the longest history any forecaster of the run needs, at least 1.
+    #[arg(long, value_name = "N")]
+    pub origin_start: Option<usize>,
+
+    /// Where window statistics run: auto uses a GPU when one is usable.
+    #[arg(long, value_enum, default_value_t = DeviceRequest::Auto)]
+    pub device: DeviceRequest,
+
+    /// Worker threads for CPU stages (default: all cores).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+
+    /// Also write forecasts.parquet with every prediction and its actual value.
+    #[arg(long)]
+    pub save_forecasts: bool,
+
+    /// layer: layer summaries only; expert: also window_stats.parquet per expert.
+    #[arg(long, value_enum, default_value_t = StatsDetail::Layer)]
+    pub stats_detail: StatsDetail,
+
+    /// Tolerance of the states rule: stable once s(t) <= (1 + kappa) * final.
+    #[arg(long, value_name = "K", default_value_t = 0.5)]
+    pub kappa: f64,
+
+    /// Window whose states define each layer's transition step (regime = stable).
+    #[arg(long, value_name = "W", default_value_t = 100)]
+    pub state_window: usize,
+
+    /// Score predictions as they are, without clipping at 0 and renormalising.
+    #[arg(long)]
+    pub no_renormalize: bool,
+
+    /// Input format for every TRACE, overriding the file extension.
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+
+    /// Name of the step column in long inputs.
+    #[arg(long, value_name = "NAME", default_value = "step")]
+    pub step_col: String,
+    /// Name of the layer column in long inputs.
+    #[arg(long, value_name = "NAME", default_value = "layer")]
+    pub layer_col: String,
+    /// Name of the expert column in long inputs.
+    #[arg(long, value_name = "NAME", default_value = "expert")]
+    pub expert_col: String,
+    /// Name of the load column in long inputs.
+    #[arg(long, value_name = "NAME", default_value = "tokens")]
+    pub tokens_col: String,
+    /// Name of the optional trace-name column in long inputs.
+    #[arg(long, value_name = "NAME", default_value = "trace")]
+    pub trace_col: String,
+
+    /// No progress bars, stage lines or summary table (errors are still printed).
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+impl RunArgs {
+    /// Checks the values clap cannot.
+    pub fn validate(&self) -> Result<(), UsageError> {
+        let bad = |m: String| Err(UsageError(m));
+        if let Some(w) = self.windows.iter().find(|&&w| w == 0) {
+            return bad(format!("--window {w}: a window must be at least 1 step"));
+        }
+        if self.horizons.contains(&0) {
+            return bad("--horizon 0: a horizon must be at least 1 step".into());
+        }
+        if self.origin_stride == 0 {
+            return bad("--origin-stride 0: the stride must be at least 1".into());
+        }
+        if self.origin_start == Some(0) {
+            return bad("--origin-start 0: a forecast needs at least one step of history".into());
+        }
+        if self.state_window == 0 {
+            return bad("--state-window 0: a window must be at least 1 step".into());
+        }
+        if !(self.kappa.is_finite() && self.kappa >= 0.0) {
+            return bad(format!("--kappa {}: must be a finite number >= 0", self.kappa));
+        }
+        if self.threads == Some(0) {
+            return bad("--threads 0: at least one thread is needed".into());
+        }
+        if self.forecasters.is_empty() {
+            return bad("at least one --forecaster is needed".into());
+        }
+        Ok(())
+    }
+}

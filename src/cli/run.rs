@@ -1,0 +1,410 @@
+//! `expertcast run`: the whole pipeline, stage by stage.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+
+use super::progress::Progress;
+use super::summary;
+use super::{RunArgs, StatsDetail, UsageError};
+use crate::eval::{self, Protocol, SavedForecasts, Score};
+use crate::forecast::{Forecaster, LayerView, parse_spec};
+use crate::gpu;
+use crate::output::{self as out, AtomicParquet};
+use crate::stats::{self, ExpertStats, LayerStats, states};
+use crate::trace::{self, ColumnNames, ReadOptions, Trace};
+
+/// One row of `metrics.parquet`.
+pub(super) struct MetricRow {
+    pub trace: String,
+    pub layer: i64,
+    pub forecaster: String,
+    pub real: bool,
+    pub score: Score,
+}
+
+/// One row of `states.parquet`.
+pub(super) struct StateRow {
+    pub trace: String,
+    pub layer: i64,
+    pub window: usize,
+    pub transition_step: Option<i64>,
+    pub final_std: Option<f64>,
+}
+
+/// Finds the traces bundled in `datasets/`: next to the working directory, next
+/// to the executable's checkout, or in the source tree it was built from.
+fn bundled_traces() -> Result<Vec<PathBuf>, UsageError> {
+    let mut dirs = vec![PathBuf::from("datasets")];
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(root) = exe.parent().and_then(Path::parent).and_then(Path::parent) {
+            dirs.push(root.join("datasets"));
+        }
+    }
+    dirs.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets"));
+    for d in dirs {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let mut files: Vec<PathBuf> = rd
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("parquet" | "csv" | "npy")))
+            .collect();
+        files.sort();
+        if !files.is_empty() {
+            return Ok(files);
+        }
+    }
+    Err(UsageError("no TRACE given and no bundled traces found in datasets/".into()))
+}
+
+fn sha256_file(path: &Path) -> anyhow::Result<String> {
+    let mut f = std::fs::File::open(path).with_context(|| format!("hashing {}", path.display()))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h)?;
+    Ok(format!("{:x}", h.finalize()))
+}
+
+fn sorted_unique(v: &[usize]) -> Vec<usize> {
+    let mut v = v.to_vec();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// Runs the pipeline for `args`; `argv` is recorded in the manifest.
+pub fn run(args: &RunArgs, argv: &[String]) -> anyhow::Result<()> {
+    args.validate()?;
+    let forecasters: Vec<Box<dyn Forecaster>> =
+        args.forecasters.iter().map(|s| parse_spec(s)).collect::<Result<_, _>>()?;
+    let specs: Vec<String> = forecasters.iter().map(|f| f.spec()).collect();
+    for (i, s) in specs.iter().enumerate() {
+        if specs[..i].contains(s) {
+            return Err(UsageError(format!("forecaster {s} is given twice")).into());
+        }
+    }
+    let windows = sorted_unique(&args.windows);
+    let mut all_windows = windows.clone();
+    all_windows.push(args.state_window);
+    let all_windows = sorted_unique(&all_windows);
+    let proto = Protocol {
+        horizons: sorted_unique(&args.horizons),
+        stride: args.origin_stride,
+        start: args.origin_start.unwrap_or_else(|| eval::default_start(&forecasters)),
+        renormalize: !args.no_renormalize,
+    };
+    let inputs = if args.traces.is_empty() { bundled_traces()? } else { args.traces.clone() };
+    if let Some(n) = args.threads {
+        rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("starting the thread pool")?;
+    }
+    let progress = Progress::new(args.quiet);
+    let (device, note) = gpu::choose(args.device)?;
+    if let Some(n) = note {
+        progress.line(n);
+    }
+    let mut stages: BTreeMap<&str, f64> = BTreeMap::new();
+
+    // Read and validate every input before anything is written.
+    let t = Instant::now();
+    let opts = ReadOptions {
+        format: args.format,
+        columns: ColumnNames {
+            step: args.step_col.clone(),
+            layer: args.layer_col.clone(),
+            expert: args.expert_col.clone(),
+            tokens: args.tokens_col.clone(),
+            trace: args.trace_col.clone(),
+        },
+    };
+    let traces = trace::read_all(&inputs, &opts)?;
+    stages.insert("read", t.elapsed().as_secs_f64());
+    let n_layers: usize = traces.iter().map(|t| t.layers()).sum();
+    progress.line(format!(
+        "read {} trace(s) from {} file(s): {} layers, {} steps in all ({:.2} s)",
+        traces.len(),
+        inputs.len(),
+        n_layers,
+        traces.iter().map(|t| t.steps()).sum::<usize>(),
+        stages["read"]
+    ));
+
+    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
+
+    // Window statistics (and the per-expert detail, streamed layer by layer).
+    let t = Instant::now();
+    let bar = progress.bar(n_layers as u64, "stats");
+    let mut detail_writer = match args.stats_detail {
+        StatsDetail::Expert => Some(AtomicParquet::create(&args.out, "window_stats.parquet", out::window_stats_schema())?),
+        StatsDetail::Layer => None,
+    };
+    let mut layer_stats: Vec<Vec<LayerStats>> = Vec::with_capacity(traces.len());
+    for tr in &traces {
+        let mut write_detail = |d: Vec<ExpertStats>| -> anyhow::Result<()> {
+            if let Some(w) = detail_writer.as_mut() {
+                write_expert_stats(w, tr, &windows, &d)?;
+            }
+            Ok(())
+        };
+        let detail: Option<&mut dyn FnMut(Vec<ExpertStats>) -> anyhow::Result<()>> =
+            if args.stats_detail == StatsDetail::Expert { Some(&mut write_detail) } else { None };
+        layer_stats.push(stats::layer_stats_cpu(tr, &all_windows, detail, || bar.inc(1))?);
+    }
+    bar.finish_and_clear();
+    let mut w = AtomicParquet::create(&args.out, "layer_stats.parquet", out::layer_stats_schema())?;
+    for (tr, ls) in traces.iter().zip(&layer_stats) {
+        for s in ls.iter().filter(|s| windows.contains(&s.window)) {
+            write_layer_stats(&mut w, tr, s)?;
+        }
+    }
+    w.finish()?;
+    if let Some(w) = detail_writer {
+        w.finish()?;
+    }
+    stages.insert("stats", t.elapsed().as_secs_f64());
+    progress.line(format!(
+        "window statistics: {} window(s) over {} layers on the cpu ({:.2} s)",
+        all_windows.len(),
+        n_layers,
+        stages["stats"]
+    ));
+
+    // States.
+    let t = Instant::now();
+    let mut state_rows = Vec::new();
+    let mut stable_from: Vec<Vec<Option<usize>>> = Vec::new();
+    for (tr, ls) in traces.iter().zip(&layer_stats) {
+        let mut per_layer = vec![None; tr.layers()];
+        for s in ls {
+            let st = states::transition(&s.std_mean, s.window, args.kappa);
+            if s.window == args.state_window {
+                per_layer[s.layer] = st.transition;
+            }
+            state_rows.push(StateRow {
+                trace: tr.name.clone(),
+                layer: tr.layer_ids[s.layer],
+                window: s.window,
+                transition_step: st.transition.map(|i| tr.step_at(i)),
+                final_std: st.final_std,
+            });
+        }
+        stable_from.push(per_layer);
+    }
+    write_states(&args.out, &state_rows, args.kappa)?;
+    drop(layer_stats);
+    stages.insert("states", t.elapsed().as_secs_f64());
+
+    // Forecasts and scores: every (layer, forecaster) of a trace in parallel.
+    let t = Instant::now();
+    let mut metric_rows: Vec<MetricRow> = Vec::new();
+    let bar = progress.bar((n_layers * forecasters.len()) as u64, "forecast");
+    let mut fc_writer = if args.save_forecasts {
+        Some(AtomicParquet::create(&args.out, "forecasts.parquet", out::forecasts_schema())?)
+    } else {
+        None
+    };
+    for (ti, tr) in traces.iter().enumerate() {
+        let views: Vec<Vec<f64>> = (0..tr.layers()).into_par_iter().map(|l| tr.layer_proportions(l)).collect();
+        let tasks: Vec<(usize, usize)> =
+            (0..tr.layers()).flat_map(|l| (0..forecasters.len()).map(move |f| (l, f))).collect();
+        let results: Vec<anyhow::Result<(usize, usize, Vec<Score>, Option<SavedForecasts>)>> = tasks
+            .par_iter()
+            .map(|&(l, fi)| {
+                let view = LayerView::new(&views[l], tr.experts());
+                let mut saved = args.save_forecasts.then(SavedForecasts::default);
+                let scores = eval::evaluate_layer(&view, forecasters[fi].as_ref(), &proto, stable_from[ti][l], saved.as_mut())
+                    .with_context(|| format!("forecasting {} layer {} with {}", tr.name, tr.layer_ids[l], specs[fi]))?;
+                bar.inc(1);
+                Ok((l, fi, scores, saved))
+            })
+            .collect();
+        for r in results {
+            let (l, fi, scores, saved) = r?;
+            for score in scores {
+                metric_rows.push(MetricRow {
+                    trace: tr.name.clone(),
+                    layer: tr.layer_ids[l],
+                    forecaster: specs[fi].clone(),
+                    real: forecasters[fi].is_real(),
+                    score,
+                });
+            }
+            if let (Some(w), Some(s)) = (fc_writer.as_mut(), saved) {
+                write_forecasts(w, tr, l, &specs[fi], &s)?;
+            }
+        }
+    }
+    bar.finish_and_clear();
+    write_metrics(&args.out, &metric_rows)?;
+    if let Some(w) = fc_writer {
+        w.finish()?;
+    }
+    stages.insert("forecast", t.elapsed().as_secs_f64());
+    let n_origins: usize = traces.iter().map(|t| proto.origins(t.steps()).len()).sum();
+    progress.line(format!(
+        "forecasts: {} forecaster(s) × {} layers, {} origin(s) from step index {} every {} ({:.2} s)",
+        forecasters.len(),
+        n_layers,
+        n_origins,
+        proto.start,
+        proto.stride,
+        stages["forecast"]
+    ));
+
+    // Manifest last: its presence marks a complete run.
+    let mut inputs_json = Vec::new();
+    for p in &inputs {
+        let bytes = std::fs::metadata(p)?.len();
+        let ts: Vec<serde_json::Value> = traces
+            .iter()
+            .filter(|t| &t.source == p)
+            .map(|t| {
+                serde_json::json!({
+                    "name": t.name, "steps": t.steps(), "layers": t.layers(), "experts": t.experts(),
+                    "first_step": t.first_step,
+                })
+            })
+            .collect();
+        inputs_json.push(serde_json::json!({
+            "path": p.display().to_string(), "bytes": bytes, "sha256": sha256_file(p)?, "traces": ts,
+        }));
+    }
+    let manifest = serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "command_line": argv,
+        "config": {
+            "windows": windows,
+            "state_window": args.state_window,
+            "kappa": args.kappa,
+            "horizons": proto.horizons,
+            "forecasters": specs,
+            "origin_start": proto.start,
+            "origin_stride": proto.stride,
+            "renormalize": proto.renormalize,
+            "stats_detail": args.stats_detail,
+            "save_forecasts": args.save_forecasts,
+            "device_requested": args.device,
+            "threads": rayon::current_num_threads(),
+            "columns": opts.columns,
+            "format": args.format,
+        },
+        "inputs": inputs_json,
+        "device": device.describe(),
+        "stats_device": "cpu",
+        "seconds": stages,
+    });
+    out::write_atomic(&args.out, "manifest.json", serde_json::to_string_pretty(&manifest)?.as_bytes())?;
+
+    if !args.quiet {
+        summary::print(&metric_rows, &state_rows, args.state_window, args.kappa, &args.out);
+    }
+    Ok(())
+}
+
+fn write_layer_stats(w: &mut AtomicParquet, tr: &Trace, s: &LayerStats) -> anyhow::Result<()> {
+    let n = s.var_mean.len();
+    let schema = out::layer_stats_schema();
+    let b = out::batch(
+        &schema,
+        vec![
+            out::strs(std::iter::repeat_n(&tr.name, n)),
+            out::i32s(std::iter::repeat_n(tr.layer_ids[s.layer], n)),
+            out::i32s(std::iter::repeat_n(s.window as i64, n)),
+            out::i64s((0..n).map(|i| tr.step_at(s.window - 1 + i))),
+            out::f64s(s.var_mean.iter().copied()),
+            out::f64s(s.var_max.iter().copied()),
+            out::f64s(s.range_mean.iter().copied()),
+            out::f64s(s.range_max.iter().copied()),
+        ],
+    )?;
+    w.write(&b)
+}
+
+fn write_expert_stats(w: &mut AtomicParquet, tr: &Trace, windows: &[usize], d: &[ExpertStats]) -> anyhow::Result<()> {
+    let schema = out::window_stats_schema();
+    for s in d.iter().filter(|s| windows.contains(&s.window)) {
+        let n = s.mean.len();
+        let b = out::batch(
+            &schema,
+            vec![
+                out::strs(std::iter::repeat_n(&tr.name, n)),
+                out::i32s(std::iter::repeat_n(tr.layer_ids[s.layer], n)),
+                out::i32s(std::iter::repeat_n(tr.expert_ids[s.expert], n)),
+                out::i32s(std::iter::repeat_n(s.window as i64, n)),
+                out::i64s((0..n).map(|i| tr.step_at(s.window - 1 + i))),
+                out::f64s(s.mean.iter().copied()),
+                out::f64s(s.var.iter().copied()),
+                out::f64s(s.range.iter().copied()),
+            ],
+        )?;
+        w.write(&b)?;
+    }
+    Ok(())
+}
+
+fn write_states(dir: &Path, rows: &[StateRow], kappa: f64) -> anyhow::Result<()> {
+    let schema = out::states_schema();
+    let b = out::batch(
+        &schema,
+        vec![
+            out::strs(rows.iter().map(|r| &r.trace)),
+            out::i32s(rows.iter().map(|r| r.layer)),
+            out::i32s(rows.iter().map(|r| r.window as i64)),
+            out::f64s(rows.iter().map(|_| kappa)),
+            out::opt_i64s(rows.iter().map(|r| r.transition_step)),
+            out::opt_f64s(rows.iter().map(|r| r.final_std)),
+        ],
+    )?;
+    let mut w = AtomicParquet::create(dir, "states.parquet", schema)?;
+    w.write(&b)?;
+    w.finish()?;
+    Ok(())
+}
+
+fn write_metrics(dir: &Path, rows: &[MetricRow]) -> anyhow::Result<()> {
+    let schema = out::metrics_schema();
+    let b = out::batch(
+        &schema,
+        vec![
+            out::strs(rows.iter().map(|r| &r.trace)),
+            out::i32s(rows.iter().map(|r| r.layer)),
+            out::strs(rows.iter().map(|r| &r.forecaster)),
+            out::i32s(rows.iter().map(|r| r.score.horizon as i64)),
+            out::strs(rows.iter().map(|r| r.score.regime.as_str())),
+            out::i64s(rows.iter().map(|r| r.score.origins as i64)),
+            out::opt_f64s(rows.iter().map(|r| r.score.mae_pp)),
+            out::opt_f64s(rows.iter().map(|r| r.score.rmse_pp)),
+            out::opt_f64s(rows.iter().map(|r| r.score.tv_pct)),
+            out::i64s(rows.iter().map(|r| r.score.fallbacks as i64)),
+        ],
+    )?;
+    let mut w = AtomicParquet::create(dir, "metrics.parquet", schema)?;
+    w.write(&b)?;
+    w.finish()?;
+    Ok(())
+}
+
+fn write_forecasts(w: &mut AtomicParquet, tr: &Trace, l: usize, spec: &str, s: &SavedForecasts) -> anyhow::Result<()> {
+    let schema = out::forecasts_schema();
+    const CHUNK: usize = 1 << 20;
+    for start in (0..s.len()).step_by(CHUNK) {
+        let r = start..(start + CHUNK).min(s.len());
+        let n = r.len();
+        let b = out::batch(
+            &schema,
+            vec![
+                out::strs(std::iter::repeat_n(&tr.name, n)),
+                out::i32s(std::iter::repeat_n(tr.layer_ids[l], n)),
+                out::i32s(s.expert[r.clone()].iter().map(|&e| tr.expert_ids[e])),
+                out::strs(std::iter::repeat_n(spec, n)),
+                out::i64s(s.origin[r.clone()].iter().map(|&o| tr.step_at(o))),
+                out::i32s(s.k[r.clone()].iter().map(|&k| k as i64)),
+                out::f64s(s.predicted[r.clone()].iter().copied()),
+                out::f64s(s.actual[r].iter().copied()),
+            ],
+        )?;
+        w.write(&b)?;
+    }
+    Ok(())
+}

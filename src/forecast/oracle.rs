@@ -1,0 +1,54 @@
+//! `oracle-median`: the best constant in hindsight, a floor for comparison.
+
+use super::{Forecaster, LayerView};
+use crate::stats::states::median;
+
+/// For horizon `h`, the median of the actual `p[o .. o+h-1]` of each expert (the
+/// mean of the two middle values when `h` is even). It reads the future, so it is
+/// never renormalised and never a real forecast.
+pub struct OracleMedian;
+
+impl Forecaster for OracleMedian {
+    fn spec(&self) -> String {
+        "oracle-median".into()
+    }
+    fn history(&self) -> usize {
+        0
+    }
+    fn is_real(&self) -> bool {
+        false
+    }
+    fn horizon_dependent(&self) -> bool {
+        true
+    }
+    fn forecast_origin(&self, layer: &LayerView, origin: usize, out: &mut [f64]) -> usize {
+        let ne = layer.experts();
+        let h = out.len() / ne;
+        let mut col = Vec::with_capacity(h);
+        for e in 0..ne {
+            col.clear();
+            col.extend((origin..origin + h).map(|t| layer.at(t, e)));
+            let m = median(&col);
+            (0..h).for_each(|k| out[k * ne + e] = m);
+        }
+        0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_the_scored_future() {
+        // one expert: .1 .9 .3 .5 .2
+        let p = [0.1, 0.9, 0.3, 0.5, 0.2];
+        let v = LayerView::new(&p, 1);
+        let mut out = vec![0.0; 3];
+        OracleMedian.forecast_origin(&v, 1, &mut out); // .9 .3 .5 -> .5
+        assert_eq!(out, vec![0.5; 3]);
+        let mut out = vec![0.0; 4];
+        OracleMedian.forecast_origin(&v, 1, &mut out); // .9 .3 .5 .2 -> (.3 + .5) / 2
+        assert_eq!(out, vec![0.4; 4]);
+    }
+}

@@ -1,0 +1,199 @@
+//! The baseline forecasters: `last`, `mean`, `sw-avg` and `ema`.
+
+use super::{Forecaster, LayerView, canonical};
+
+/// `last`: `p[o-1]` for every future step.
+pub struct Last;
+
+impl Forecaster for Last {
+    fn spec(&self) -> String {
+        "last".into()
+    }
+    fn history(&self) -> usize {
+        1
+    }
+    fn forecast_origin(&self, h: &LayerView, origin: usize, out: &mut [f64]) -> usize {
+        let row = h.row(origin - 1);
+        out.chunks_mut(h.experts()).for_each(|o| o.copy_from_slice(row));
+        0
+    }
+}
+
+/// Mean of each expert's share over `p[o-w ..= o-1]`.
+fn window_mean(h: &LayerView, origin: usize, w: usize, into: &mut [f64]) {
+    into.iter_mut().for_each(|v| *v = 0.0);
+    for t in origin - w..origin {
+        into.iter_mut().zip(h.row(t)).for_each(|(a, b)| *a += b);
+    }
+    into.iter_mut().for_each(|v| *v /= w as f64);
+}
+
+/// `mean:w=W`: the mean of `p[o-W .. o-1]` for every future step.
+pub struct WindowMean {
+    pub w: usize,
+}
+
+impl Forecaster for WindowMean {
+    fn spec(&self) -> String {
+        canonical("mean", &[("w", self.w.to_string())])
+    }
+    fn history(&self) -> usize {
+        self.w
+    }
+    fn forecast_origin(&self, h: &LayerView, origin: usize, out: &mut [f64]) -> usize {
+        let ne = h.experts();
+        let (first, rest) = out.split_at_mut(ne);
+        window_mean(h, origin, self.w, first);
+        rest.chunks_mut(ne).for_each(|o| o.copy_from_slice(first));
+        0
+    }
+}
+
+/// `sw-avg:w=W`, the paper's sliding-window average: step `o+k` is the mean of the
+/// `W` most recent values, actual values before `o` and its own predictions from
+/// `o` on.
+pub struct SlidingWindowAverage {
+    pub w: usize,
+}
+
+impl Forecaster for SlidingWindowAverage {
+    fn spec(&self) -> String {
+        canonical("sw-avg", &[("w", self.w.to_string())])
+    }
+    fn history(&self) -> usize {
+        self.w
+    }
+    fn forecast_origin(&self, h: &LayerView, origin: usize, out: &mut [f64]) -> usize {
+        let (ne, w) = (h.experts(), self.w);
+        let mut ring = vec![0.0; w];
+        for e in 0..ne {
+            // ring[j] holds the value that leaves the window j steps after it entered.
+            let mut sum = 0.0;
+            for (j, t) in (origin - w..origin).enumerate() {
+                ring[j] = h.at(t, e);
+                sum += ring[j];
+            }
+            let mut head = 0;
+            for k in 0..out.len() / ne {
+                let pred = sum / w as f64;
+                out[k * ne + e] = pred;
+                sum += pred - ring[head];
+                ring[head] = pred;
+                head = if head + 1 == w { 0 } else { head + 1 };
+            }
+        }
+        0
+    }
+}
+
+/// `ema:alpha=A`: `e(0) = p(0)`, `e(t) = A p(t) + (1 - A) e(t-1)`; predicts `e(o-1)`.
+pub struct Ema {
+    pub alpha: f64,
+}
+
+impl Ema {
+    /// Advances the average `e` (the value at `from - 1`) through steps `from .. to`.
+    fn advance(&self, h: &LayerView, e: &mut [f64], from: usize, to: usize) {
+        for t in from..to {
+            if t == 0 {
+                e.copy_from_slice(h.row(0));
+            } else {
+                e.iter_mut().zip(h.row(t)).for_each(|(a, p)| *a = self.alpha * p + (1.0 - self.alpha) * *a);
+            }
+        }
+    }
+}
+
+impl Forecaster for Ema {
+    fn spec(&self) -> String {
+        canonical("ema", &[("alpha", self.alpha.to_string())])
+    }
+    fn history(&self) -> usize {
+        1
+    }
+    fn forecast_origin(&self, h: &LayerView, origin: usize, out: &mut [f64]) -> usize {
+        let mut e = vec![0.0; h.experts()];
+        self.advance(h, &mut e, 0, origin);
+        out.chunks_mut(h.experts()).for_each(|o| o.copy_from_slice(&e));
+        0
+    }
+    /// One pass over the layer for all origins instead of one per origin.
+    fn forecast_layer(
+        &self,
+        layer: &LayerView,
+        origins: &[usize],
+        lens: &[usize],
+        emit: &mut dyn FnMut(usize, &mut [f64], usize),
+    ) -> anyhow::Result<()> {
+        let ne = layer.experts();
+        let mut e = vec![0.0; ne];
+        let mut done = 0;
+        let mut out = Vec::new();
+        for (i, (&o, &len)) in origins.iter().zip(lens).enumerate() {
+            assert!(o >= done, "origins must ascend");
+            self.advance(&layer.until(o), &mut e, done, o);
+            done = o;
+            out.clear();
+            for _ in 0..len {
+                out.extend_from_slice(&e);
+            }
+            emit(i, &mut out, 0);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Two experts, 4 steps: e0 = .5, .2, .4, .1 ; e1 = 1 - e0
+    const P: [f64; 8] = [0.5, 0.5, 0.2, 0.8, 0.4, 0.6, 0.1, 0.9];
+
+    fn predict(f: &dyn Forecaster, origin: usize, len: usize) -> Vec<f64> {
+        let v = LayerView::new(&P, 2);
+        let mut out = vec![f64::NAN; len * 2];
+        f.forecast_origin(&v.until(origin), origin, &mut out);
+        out
+    }
+
+    fn close(a: &[f64], b: &[f64]) -> bool {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-12)
+    }
+
+    #[test]
+    fn last_repeats_the_previous_step() {
+        assert_eq!(predict(&Last, 3, 2), vec![0.4, 0.6, 0.4, 0.6]);
+    }
+
+    #[test]
+    fn mean_averages_the_window() {
+        // mean of .2, .4 and .8, .6
+        assert!(close(&predict(&WindowMean { w: 2 }, 3, 2), &[0.3, 0.7, 0.3, 0.7]));
+    }
+
+    #[test]
+    fn sw_avg_feeds_its_own_predictions_back() {
+        // e0, w = 2, origin 4: history .4, .1 -> .25; then mean(.1, .25) = .175;
+        // then mean(.25, .175) = .2125
+        let out = predict(&SlidingWindowAverage { w: 2 }, 4, 3);
+        let e0: Vec<f64> = out.iter().step_by(2).copied().collect();
+        assert!(close(&e0, &[0.25, 0.175, 0.2125]), "{e0:?}");
+        let e1: Vec<f64> = out.iter().skip(1).step_by(2).copied().collect();
+        assert!(close(&e1, &[0.75, 0.825, 0.7875]), "{e1:?}");
+    }
+
+    #[test]
+    fn ema_follows_its_recursion() {
+        // alpha .5: e0 = .5, .35, .375, .2375
+        let f = Ema { alpha: 0.5 };
+        assert!(close(&predict(&f, 4, 1), &[0.2375, 0.7625]));
+        assert!(close(&predict(&f, 1, 1), &[0.5, 0.5]));
+        // forecast_layer over several origins agrees with one origin at a time
+        let v = LayerView::new(&P, 2);
+        let mut got = Vec::new();
+        f.forecast_layer(&v, &[1, 2, 4], &[1, 2, 1], &mut |i, out, _| got.push((i, out.to_vec()))).unwrap();
+        assert!(close(&got[1].1, &predict(&f, 2, 2)));
+        assert!(close(&got[2].1, &predict(&f, 4, 1)));
+    }
+}

@@ -1,0 +1,90 @@
+//! The one place that picks the device (`--device auto|cpu|cuda`).
+//!
+//! The binary loads the CUDA driver and NVRTC at run time (cudarc's dynamic
+//! loading), so one build runs with or without a GPU. `auto` uses a GPU when one
+//! is usable and otherwise says in one line why it fell back to the CPU.
+
+use std::sync::Arc;
+
+use cudarc::driver::CudaContext;
+
+/// What the user asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceRequest {
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+/// The device a run uses.
+#[derive(Clone)]
+pub enum Device {
+    Cpu,
+    Cuda { ctx: Arc<CudaContext>, name: String },
+}
+
+impl Device {
+    pub fn describe(&self) -> String {
+        match self {
+            Device::Cpu => "cpu".into(),
+            Device::Cuda { name, ctx } => format!("cuda:{} ({name})", ctx.ordinal()),
+        }
+    }
+    pub fn is_cuda(&self) -> bool {
+        matches!(self, Device::Cuda { .. })
+    }
+}
+
+/// `--device cuda` on a machine that cannot run it: a usage error (exit 2).
+#[derive(Debug, thiserror::Error)]
+#[error("--device cuda: no usable CUDA device: {0}")]
+pub struct NoCuda(pub String);
+
+/// Opens GPU 0, or says why not. Never panics, also when the driver library is absent.
+pub fn probe_cuda() -> Result<Device, String> {
+    // SAFETY: only loads and unloads a shared library to see whether it exists.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err("the CUDA driver library (libcuda.so) was not found".into());
+    }
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return Err("NVRTC (libnvrtc.so) was not found; add the CUDA toolkit's lib64 to LD_LIBRARY_PATH".into());
+    }
+    let opened = std::panic::catch_unwind(|| CudaContext::new(0));
+    match opened {
+        Ok(Ok(ctx)) => {
+            let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+            Ok(Device::Cuda { ctx, name })
+        }
+        Ok(Err(e)) => Err(format!("the CUDA driver could not open device 0: {e}")),
+        Err(_) => Err("the CUDA driver library could not be used".into()),
+    }
+}
+
+/// Resolves the request into a device plus, for `auto` on the CPU, the reason.
+pub fn choose(req: DeviceRequest) -> Result<(Device, Option<String>), NoCuda> {
+    match req {
+        DeviceRequest::Cpu => Ok((Device::Cpu, None)),
+        DeviceRequest::Cuda => probe_cuda().map(|d| (d, None)).map_err(NoCuda),
+        DeviceRequest::Auto => match probe_cuda() {
+            Ok(d) => Ok((d, None)),
+            Err(why) => Ok((Device::Cpu, Some(format!("device auto: using the CPU ({why})")))),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_is_always_available_and_auto_never_fails() {
+        assert!(matches!(choose(DeviceRequest::Cpu), Ok((Device::Cpu, None))));
+        let (dev, note) = choose(DeviceRequest::Auto).unwrap();
+        // Without a GPU, auto explains its fallback in one line.
+        if !dev.is_cuda() {
+            let note = note.unwrap();
+            assert!(note.starts_with("device auto: using the CPU (") && !note.contains('\n'), "{note}");
+        }
+    }
+}

@@ -1,0 +1,35 @@
+//! expertcast: batch forecasting of mixture-of-experts expert-load traces.
+//!
+//! A trace comes in ([`trace`]), its window statistics and states are computed
+//! ([`stats`]), forecasters predict ([`forecast`]), predictions are scored under
+//! one rolling-origin protocol ([`eval`]), and results go out as Parquet
+//! ([`output`]). [`gpu`] holds the device choice; [`cli`] the command line.
+//!
+//! ```
+//! use expertcast::stats::cpu::{outputs, window_series, Scratch};
+//! let x = [0.25, 0.5, 0.25, 0.0];
+//! let n = outputs(x.len(), 2);
+//! let (mut m, mut v, mut r) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+//! window_series(&x, 2, &mut m, &mut v, &mut r, &mut Scratch::default());
+//! assert_eq!(m, vec![0.375, 0.375, 0.125]);
+//! assert_eq!(r, vec![0.25, 0.25, 0.25]);
+//! ```
+
+pub mod cli;
+pub mod eval;
+pub mod forecast;
+pub mod gpu;
+pub mod output;
+pub mod stats;
+pub mod trace;
+
+/// Exit status for an error: 2 for bad input or usage, 1 for anything else.
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    let user_error = err.chain().any(|e| {
+        e.is::<trace::TraceError>()
+            || e.is::<forecast::SpecError>()
+            || e.is::<cli::UsageError>()
+            || e.is::<gpu::NoCuda>()
+    });
+    if user_error { 2 } else { 1 }
+}

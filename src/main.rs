@@ -1,0 +1,19 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use expertcast::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().collect();
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Run(args) => expertcast::cli::run(args, &argv),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(expertcast::exit_code(&e))
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! Parquet schemas and atomic writers for the files of SPEC.md, "Output directory".
+//!
+//! Each file is written to a hidden temporary name in the output directory and
+//! renamed when complete, so a reader never sees half a file.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use arrow::array::{Int64Array, RecordBatch};
+//! use arrow::datatypes::{DataType, Field, Schema};
+//! use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+//! let dir = tempfile::tempdir().unwrap();
+//! let schema = Arc::new(Schema::new(vec![Field::new("step", DataType::Int64, false)]));
+//! let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(vec![1, 2]))]).unwrap();
+//! let mut w = expertcast::output::AtomicParquet::create(dir.path(), "x.parquet", schema).unwrap();
+//! w.write(&batch).unwrap();
+//! w.finish().unwrap();
+//! let f = std::fs::File::open(dir.path().join("x.parquet")).unwrap();
+//! let back: Vec<_> = ParquetRecordBatchReaderBuilder::try_new(f).unwrap().build().unwrap().collect();
+//! assert_eq!(back[0].as_ref().unwrap(), &batch);
+//! ```
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use arrow::array::{ArrayRef, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+
+/// A Parquet file that appears under its final name only once [`finish`](Self::finish)
+/// succeeds; dropped unfinished, it leaves nothing behind.
+pub struct AtomicParquet {
+    writer: Option<ArrowWriter<File>>,
+    tmp: PathBuf,
+    dest: PathBuf,
+}
+
+impl AtomicParquet {
+    pub fn create(dir: &Path, name: &str, schema: SchemaRef) -> anyhow::Result<Self> {
+        let dest = dir.join(name);
+        let tmp = dir.join(format!(".{name}.tmp"));
+        let f = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+            .set_max_row_group_size(1 << 20)
+            .build();
+        let writer = ArrowWriter::try_new(f, schema, Some(props))?;
+        Ok(AtomicParquet { writer: Some(writer), tmp, dest })
+    }
+    pub fn write(&mut self, batch: &RecordBatch) -> anyhow::Result<()> {
+        self.writer.as_mut().expect("not finished").write(batch).with_context(|| format!("writing {}", self.dest.display()))
+    }
+    pub fn finish(mut self) -> anyhow::Result<PathBuf> {
+        self.writer.take().expect("finish once").close().with_context(|| format!("writing {}", self.dest.display()))?;
+        std::fs::rename(&self.tmp, &self.dest).with_context(|| format!("renaming to {}", self.dest.display()))?;
+        Ok(self.dest.clone())
+    }
+}
+
+impl Drop for AtomicParquet {
+    fn drop(&mut self) {
+        if self.writer.is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Writes `bytes` to `dir/name` atomically.
+pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, dir.join(name)).with_context(|| format!("cannot rename {}", tmp.display()))?;
+    Ok(())
+}
+
+fn f(name: &str, t: DataType, nullable: bool) -> Field {
+    Field::new(name, t, nullable)
+}
+
+/// `layer_stats.parquet`.
+pub fn layer_stats_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        f("trace", DataType::Utf8, false),
+        f("layer", DataType::Int32, false),
+        f("window_size", DataType::Int32, false),
+        f("step", DataType::Int64, false),
+        f("var_mean", DataType::Float64, false),
+        f("var_max", DataType::Float64, false),
+        f("range_mean", DataType::Float64, false),
+        f("range_max", DataType::Float64, false),
+    ]))
+}
+
+/// `window_stats.parquet` (with `--stats-detail expert`).
+pub fn window_stats_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        f("trace", DataType::Utf8, false),
+        f("layer", DataType::Int32, false),
+        f("expert", DataType::Int32, false),
+        f("window_size", DataType::Int32, false),
+        f("step", DataType::Int64, false),
+        f("mean", DataType::Float64, false),
+        f("variance", DataType::Float64, false),
+        f("range", DataType::Float64, false),
+    ]))
+}
+
+/// `states.parquet`.
+pub fn states_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        f("trace", DataType::Utf8, false),
+        f("layer", DataType::Int32, false),
+        f("window_size", DataType::Int32, false),
+        f("kappa", DataType::Float64, false),
+        f("transition_step", DataType::Int64, true),
+        f("final_std", DataType::Float64, true),
+    ]))
+}
+
+/// `metrics.parquet`.
+pub fn metrics_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        f("trace", DataType::Utf8, false),
+        f("layer", DataType::Int32, false),
+        f("forecaster", DataType::Utf8, false),
+        f("horizon", DataType::Int32, false),
+        f("regime", DataType::Utf8, false),
+        f("origins", DataType::Int64, false),
+        f("mae_pp", DataType::Float64, true),
+        f("rmse_pp", DataType::Float64, true),
+        f("tv_pct", DataType::Float64, true),
+        f("fallbacks", DataType::Int64, false),
+    ]))
+}
+
+/// `forecasts.parquet` (with `--save-forecasts`).
+pub fn forecasts_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        f("trace", DataType::Utf8, false),
+        f("layer", DataType::Int32, false),
+        f("expert", DataType::Int32, false),
+        f("forecaster", DataType::Utf8, false),
+        f("origin", DataType::Int64, false),
+        f("k", DataType::Int32, false),
+        f("predicted", DataType::Float64, false),
+        f("actual", DataType::Float64, false),
+    ]))
+}
+
+/// Column builders, one call per column, in schema order.
+pub fn strs(v: impl IntoIterator<Item = impl AsRef<str>>) -> ArrayRef {
+    Arc::new(StringArray::from_iter_values(v))
+}
+pub fn i32s(v: impl IntoIterator<Item = i64>) -> ArrayRef {
+    Arc::new(Int32Array::from_iter_values(v.into_iter().map(|x| x as i32)))
+}
+pub fn i64s(v: impl IntoIterator<Item = i64>) -> ArrayRef {
+    Arc::new(Int64Array::from_iter_values(v))
+}
+pub fn opt_i64s(v: impl IntoIterator<Item = Option<i64>>) -> ArrayRef {
+    Arc::new(Int64Array::from_iter(v))
+}
+pub fn f64s(v: impl IntoIterator<Item = f64>) -> ArrayRef {
+    Arc::new(Float64Array::from_iter_values(v))
+}
+pub fn opt_f64s(v: impl IntoIterator<Item = Option<f64>>) -> ArrayRef {
+    Arc::new(Float64Array::from_iter(v))
+}
+
+pub fn batch(schema: &SchemaRef, cols: Vec<ArrayRef>) -> anyhow::Result<RecordBatch> {
+    Ok(RecordBatch::try_new(schema.clone(), cols)?)
+}

@@ -1,0 +1,206 @@
+//! Window statistics on the CPU: O(1) amortised work per output whatever the window.
+//!
+//! Mean and population variance slide with Welford's add-one/drop-one update and are
+//! re-anchored by an exact two-pass computation every `max(16 W, 4096)` outputs, so
+//! rounding cannot drift over long series while the re-anchoring costs at most 1/16
+//! of an output each. Max and min use van Herk/Gil-Werman: per block of `W` steps a
+//! prefix and a suffix extremum, then `max(suffix[s], prefix[s + W - 1])`, three
+//! comparisons per output for any `W`.
+
+use rayon::prelude::*;
+
+/// Scratch buffers for one series (reused across series on a thread).
+#[derive(Default)]
+pub struct Scratch {
+    pre_max: Vec<f64>,
+    suf_max: Vec<f64>,
+    pre_min: Vec<f64>,
+    suf_min: Vec<f64>,
+}
+
+/// Number of outputs of a window of `w` over `steps` values (none when `steps < w`).
+pub fn outputs(steps: usize, w: usize) -> usize {
+    if steps >= w { steps - w + 1 } else { 0 }
+}
+
+fn two_pass(x: &[f64]) -> (f64, f64) {
+    let n = x.len() as f64;
+    let m = x.iter().sum::<f64>() / n;
+    let m2 = x.iter().map(|v| (v - m) * (v - m)).sum::<f64>();
+    (m, m2)
+}
+
+/// Trailing-window mean, population variance and range of `x` for window `w`.
+/// Output `i` covers `x[i ..= i + w - 1]`; each output slice has
+/// [`outputs`]`(x.len(), w)` elements.
+pub fn window_series(x: &[f64], w: usize, mean: &mut [f64], var: &mut [f64], range: &mut [f64], s: &mut Scratch) {
+    assert!(w >= 1, "window must be at least 1");
+    let n = outputs(x.len(), w);
+    assert!(mean.len() == n && var.len() == n && range.len() == n, "output slices must hold {n} values");
+    if n == 0 {
+        return;
+    }
+    mean_var(x, w, mean, var);
+    extremes(x, w, range, s);
+}
+
+fn mean_var(x: &[f64], w: usize, mean: &mut [f64], var: &mut [f64]) {
+    let wf = w as f64;
+    let anchor_every = (16 * w).max(4096);
+    let (mut m, mut m2) = two_pass(&x[..w]);
+    mean[0] = m;
+    var[0] = m2 / wf;
+    for i in 1..mean.len() {
+        if i % anchor_every == 0 {
+            (m, m2) = two_pass(&x[i..i + w]);
+        } else {
+            let (xo, xn) = (x[i - 1], x[i + w - 1]);
+            let d = xn - xo;
+            let m_new = m + d / wf;
+            m2 += d * ((xn - m_new) + (xo - m));
+            m = m_new;
+        }
+        mean[i] = m;
+        var[i] = m2.max(0.0) / wf;
+    }
+}
+
+fn extremes(x: &[f64], w: usize, range: &mut [f64], s: &mut Scratch) {
+    let t = x.len();
+    for b in [&mut s.pre_max, &mut s.suf_max, &mut s.pre_min, &mut s.suf_min] {
+        b.resize(t, 0.0);
+    }
+    let (pmax, smax, pmin, smin) = (&mut s.pre_max[..t], &mut s.suf_max[..t], &mut s.pre_min[..t], &mut s.suf_min[..t]);
+    let mut b = 0;
+    while b < t {
+        let end = (b + w).min(t);
+        pmax[b] = x[b];
+        pmin[b] = x[b];
+        for i in b + 1..end {
+            pmax[i] = pmax[i - 1].max(x[i]);
+            pmin[i] = pmin[i - 1].min(x[i]);
+        }
+        smax[end - 1] = x[end - 1];
+        smin[end - 1] = x[end - 1];
+        for i in (b..end - 1).rev() {
+            smax[i] = smax[i + 1].max(x[i]);
+            smin[i] = smin[i + 1].min(x[i]);
+        }
+        b = end;
+    }
+    for (i, r) in range.iter_mut().enumerate() {
+        let hi = smax[i].max(pmax[i + w - 1]);
+        let lo = smin[i].min(pmin[i + w - 1]);
+        *r = hi - lo;
+    }
+}
+
+/// [`window_series`] over many series of equal length, in parallel with rayon.
+/// `series` is series-major (`series[k * steps + t]`); each output is
+/// `[k * n + i]` with `n = outputs(steps, w)`.
+pub fn window_stats_many(series: &[f64], steps: usize, w: usize, mean: &mut [f64], var: &mut [f64], range: &mut [f64]) {
+    let n = outputs(steps, w);
+    if n == 0 || steps == 0 {
+        return;
+    }
+    series
+        .par_chunks(steps)
+        .zip(mean.par_chunks_mut(n))
+        .zip(var.par_chunks_mut(n))
+        .zip(range.par_chunks_mut(n))
+        .for_each_init(Scratch::default, |s, (((x, m), v), r)| window_series(x, w, m, v, r, s));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The float64 two-pass reference of SPEC.md, written the slow way.
+    fn reference(x: &[f64], w: usize) -> Vec<(f64, f64, f64)> {
+        (0..outputs(x.len(), w))
+            .map(|i| {
+                let win = &x[i..i + w];
+                let m = win.iter().sum::<f64>() / w as f64;
+                let v = win.iter().map(|a| (a - m).powi(2)).sum::<f64>() / w as f64;
+                let hi = win.iter().cloned().fold(f64::MIN, f64::max);
+                let lo = win.iter().cloned().fold(f64::MAX, f64::min);
+                (m, v, hi - lo)
+            })
+            .collect()
+    }
+
+    fn run(x: &[f64], w: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let n = outputs(x.len(), w);
+        let (mut m, mut v, mut r) = (vec![f64::NAN; n], vec![f64::NAN; n], vec![f64::NAN; n]);
+        window_series(x, w, &mut m, &mut v, &mut r, &mut Scratch::default());
+        (m, v, r)
+    }
+
+    #[test]
+    fn hand_derived_window_of_three() {
+        // x = 1, 2, 4, 8, 3: windows {1,2,4}, {2,4,8}, {4,8,3}
+        let (m, v, r) = run(&[1.0, 2.0, 4.0, 8.0, 3.0], 3);
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
+        assert!(close(m[0], 7.0 / 3.0) && close(m[1], 14.0 / 3.0) && close(m[2], 5.0));
+        // population variance of {1,2,4}: mean 7/3, squares (16+1+25)/9 / 3 = 42/27
+        assert!(close(v[0], 42.0 / 27.0), "{}", v[0]);
+        // {2,4,8}: mean 14/3, deviations -8/3, -2/3, 10/3 -> (64+4+100)/9/3 = 168/27
+        assert!(close(v[1], 168.0 / 27.0), "{}", v[1]);
+        // {4,8,3}: mean 5, deviations -1, 3, -2 -> 14/3
+        assert!(close(v[2], 14.0 / 3.0), "{}", v[2]);
+        assert_eq!(r, vec![3.0, 6.0, 5.0]);
+    }
+
+    #[test]
+    fn window_of_one_and_whole_series() {
+        let x = [0.3, 0.1, 0.6];
+        let (m, v, r) = run(&x, 1);
+        assert_eq!(m, x.to_vec());
+        assert_eq!(v, vec![0.0; 3]);
+        assert_eq!(r, vec![0.0; 3]);
+        let (m, v, r) = run(&x, 3);
+        assert_eq!(m.len(), 1);
+        assert!((m[0] - 1.0 / 3.0).abs() < 1e-15);
+        // deviations -1/30, -7/30, 8/30: (1 + 49 + 64) / 900 / 3
+        assert!((v[0] - 114.0 / 2700.0).abs() < 1e-15, "{}", v[0]);
+        assert!((r[0] - 0.5).abs() < 1e-15);
+        assert_eq!(run(&x, 4).0.len(), 0);
+    }
+
+    #[test]
+    fn matches_two_pass_reference_on_long_random_series() {
+        // A proportion-like series: 1/16 plus noise, 100,000 steps, deterministic LCG.
+        let mut state = 0x9E3779B97F4A7C15u64;
+        let x: Vec<f64> = (0..100_000)
+            .map(|_| {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                0.0625 + ((state >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * 0.05
+            })
+            .collect();
+        for w in [1, 2, 7, 10, 100, 1000, 4097] {
+            let (m, v, r) = run(&x, w);
+            let want = reference(&x, w);
+            for (i, (wm, wv, wr)) in want.iter().enumerate() {
+                assert!((m[i] - wm).abs() < 1e-9, "mean w={w} i={i}");
+                assert!((v[i] - wv).abs() < 1e-9, "var w={w} i={i}: {} vs {wv}", v[i]);
+                assert_eq!(r[i], *wr, "range w={w} i={i}");
+            }
+        }
+    }
+
+    #[test]
+    fn many_series_agree_with_one_at_a_time() {
+        let steps = 50;
+        let series: Vec<f64> = (0..steps * 5).map(|i| ((i * 37) % 101) as f64 / 101.0).collect();
+        let w = 8;
+        let n = outputs(steps, w);
+        let (mut m, mut v, mut r) = (vec![0.0; 5 * n], vec![0.0; 5 * n], vec![0.0; 5 * n]);
+        window_stats_many(&series, steps, w, &mut m, &mut v, &mut r);
+        for k in 0..5 {
+            let (m1, v1, r1) = run(&series[k * steps..(k + 1) * steps], w);
+            assert_eq!(&m[k * n..(k + 1) * n], &m1[..]);
+            assert_eq!(&v[k * n..(k + 1) * n], &v1[..]);
+            assert_eq!(&r[k * n..(k + 1) * n], &r1[..]);
+        }
+    }
+}

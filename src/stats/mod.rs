@@ -1,0 +1,155 @@
+//! Window statistics over every layer and expert of a trace, and the states
+//! (transient, stable) derived from them. SPEC.md, "Window statistics" and "States".
+
+pub mod cpu;
+pub mod states;
+
+use rayon::prelude::*;
+
+use crate::trace::Trace;
+
+/// Layer summaries for one (layer, window): index `i` is step index `t = window - 1 + i`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerStats {
+    pub layer: usize,
+    pub window: usize,
+    /// Mean over experts of the window variance.
+    pub var_mean: Vec<f64>,
+    /// Max over experts of the window variance.
+    pub var_max: Vec<f64>,
+    pub range_mean: Vec<f64>,
+    pub range_max: Vec<f64>,
+    /// Mean over experts of the window standard deviation: `s(t)` of the states rule.
+    pub std_mean: Vec<f64>,
+}
+
+impl LayerStats {
+    fn zeros(layer: usize, window: usize, n: usize) -> LayerStats {
+        LayerStats {
+            layer,
+            window,
+            var_mean: vec![0.0; n],
+            var_max: vec![f64::NEG_INFINITY; n],
+            range_mean: vec![0.0; n],
+            range_max: vec![f64::NEG_INFINITY; n],
+            std_mean: vec![0.0; n],
+        }
+    }
+    fn add(&mut self, var: &[f64], range: &[f64]) {
+        for i in 0..var.len() {
+            self.var_mean[i] += var[i];
+            self.var_max[i] = self.var_max[i].max(var[i]);
+            self.range_mean[i] += range[i];
+            self.range_max[i] = self.range_max[i].max(range[i]);
+            self.std_mean[i] += var[i].sqrt();
+        }
+    }
+    fn merge(&mut self, o: &LayerStats) {
+        for i in 0..self.var_mean.len() {
+            self.var_mean[i] += o.var_mean[i];
+            self.var_max[i] = self.var_max[i].max(o.var_max[i]);
+            self.range_mean[i] += o.range_mean[i];
+            self.range_max[i] = self.range_max[i].max(o.range_max[i]);
+            self.std_mean[i] += o.std_mean[i];
+        }
+    }
+    fn finish(&mut self, experts: usize) {
+        let k = 1.0 / experts as f64;
+        for v in [&mut self.var_mean, &mut self.range_mean, &mut self.std_mean] {
+            v.iter_mut().for_each(|x| *x *= k);
+        }
+    }
+}
+
+/// Per-expert window statistics of one (layer, expert, window).
+#[derive(Debug, Clone)]
+pub struct ExpertStats {
+    pub layer: usize,
+    pub expert: usize,
+    pub window: usize,
+    pub mean: Vec<f64>,
+    pub var: Vec<f64>,
+    pub range: Vec<f64>,
+}
+
+/// Computes the layer summaries of every (layer, window) on the CPU, layer by
+/// layer with the experts of a layer in parallel. When `detail` is given it
+/// receives each layer's per-expert statistics (in expert, then window order)
+/// before the next layer starts, so the detail never has to be held whole.
+pub fn layer_stats_cpu(
+    trace: &Trace,
+    windows: &[usize],
+    mut detail: Option<&mut dyn FnMut(Vec<ExpertStats>) -> anyhow::Result<()>>,
+    mut on_layer: impl FnMut(),
+) -> anyhow::Result<Vec<LayerStats>> {
+    let nt = trace.steps();
+    let ne = trace.experts();
+    let keep = detail.is_some();
+    let mut out = Vec::new();
+    for l in 0..trace.layers() {
+        let series = trace.layer_series(l);
+        let init = || -> (Vec<LayerStats>, Vec<ExpertStats>) {
+            (windows.iter().map(|&w| LayerStats::zeros(l, w, cpu::outputs(nt, w))).collect(), Vec::new())
+        };
+        let (mut acc, mut kept) = series
+            .par_chunks(nt)
+            .enumerate()
+            .fold_with(init(), |(mut acc, mut kept), (e, x)| {
+                let mut s = cpu::Scratch::default();
+                for (wi, &w) in windows.iter().enumerate() {
+                    let n = cpu::outputs(nt, w);
+                    let (mut m, mut v, mut r) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+                    cpu::window_series(x, w, &mut m, &mut v, &mut r, &mut s);
+                    acc[wi].add(&v, &r);
+                    if keep {
+                        kept.push(ExpertStats { layer: l, expert: e, window: w, mean: m, var: v, range: r });
+                    }
+                }
+                (acc, kept)
+            })
+            .reduce(init, |(mut a, mut ka), (b, kb)| {
+                a.iter_mut().zip(&b).for_each(|(x, y)| x.merge(y));
+                ka.extend(kb);
+                (a, ka)
+            });
+        acc.iter_mut().for_each(|s| s.finish(ne));
+        if let Some(d) = detail.as_mut() {
+            kept.sort_by_key(|k| (k.expert, windows.iter().position(|&w| w == k.window)));
+            d(kept)?;
+        }
+        out.extend(acc);
+        on_layer();
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::Loads;
+    use std::path::Path;
+
+    #[test]
+    fn layer_summaries_average_and_max_over_experts() {
+        // One layer, two experts, 3 steps. Shares: e0 = .5, .25, .75 ; e1 = .5, .75, .25
+        let loads = vec![1.0, 1.0, 1.0, 3.0, 3.0, 1.0];
+        let t = Trace::from_dense("t".into(), Path::new("x"), 0, vec![0], vec![0, 1], Loads::F32(loads)).unwrap();
+        let mut seen = Vec::new();
+        let mut cb = |d: Vec<ExpertStats>| {
+            seen.extend(d);
+            Ok(())
+        };
+        let s = layer_stats_cpu(&t, &[2], Some(&mut cb), || {}).unwrap();
+        assert_eq!(s.len(), 1);
+        // windows {.5,.25}: var .015625, range .25 ; {.25,.75}: var .0625, range .5 (both experts alike)
+        assert_eq!(s[0].var_mean, vec![0.015625, 0.0625]);
+        assert_eq!(s[0].var_max, vec![0.015625, 0.0625]);
+        assert_eq!(s[0].range_mean, vec![0.25, 0.5]);
+        assert_eq!(s[0].range_max, vec![0.25, 0.5]);
+        assert_eq!(s[0].std_mean, vec![0.125, 0.25]);
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[0].expert, 0);
+        assert_eq!(seen[0].mean, vec![0.375, 0.5]);
+        assert_eq!(seen[1].mean, vec![0.625, 0.5]);
+    }
+}

@@ -1,0 +1,493 @@
+//! Long-format traces (Parquet and CSV), streamed in Arrow record batches.
+//!
+//! Two passes over the file: the first learns each trace's shape (step range,
+//! layer ids, expert range) and checks every value; the second fills the dense
+//! array. Neither holds more than one record batch besides the dense loads, so
+//! reading costs about the trace's dense size.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, Float64Array, Int64Array, RecordBatchReader, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use arrow::record_batch::RecordBatch;
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use super::{Loads, Result, Trace, TraceError, bad_value_kind, invalid, stem_name};
+
+const BATCH_ROWS: usize = 64 * 1024;
+
+/// Column names of a long trace (remappable with the `--*-col` flags).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ColumnNames {
+    pub step: String,
+    pub layer: String,
+    pub expert: String,
+    pub tokens: String,
+    pub trace: String,
+}
+
+impl Default for ColumnNames {
+    fn default() -> Self {
+        ColumnNames {
+            step: "step".into(),
+            layer: "layer".into(),
+            expert: "expert".into(),
+            tokens: "tokens".into(),
+            trace: "trace".into(),
+        }
+    }
+}
+
+/// Where each needed column sits in the file's schema.
+struct Layout {
+    step: usize,
+    layer: usize,
+    expert: usize,
+    tokens: usize,
+    trace: Option<usize>,
+}
+
+impl Layout {
+    fn resolve(file: &Path, schema: &Schema, names: &ColumnNames) -> Result<Layout> {
+        let find = |name: &str| schema.index_of(name).ok();
+        let available = || schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ");
+        let need = |name: &str, flag: &str| {
+            find(name).ok_or_else(|| {
+                invalid(file, format!("missing column {name:?} (columns are: {}); remap it with {flag}", available()))
+            })
+        };
+        let layout = Layout {
+            step: need(&names.step, "--step-col")?,
+            layer: need(&names.layer, "--layer-col")?,
+            expert: need(&names.expert, "--expert-col")?,
+            tokens: need(&names.tokens, "--tokens-col")?,
+            trace: find(&names.trace),
+        };
+        for (idx, want_int) in [(layout.step, true), (layout.layer, true), (layout.expert, true), (layout.tokens, false)] {
+            let f = schema.field(idx);
+            let ok = if want_int { f.data_type().is_integer() } else { f.data_type().is_numeric() };
+            if !ok {
+                return Err(invalid(
+                    file,
+                    format!(
+                        "column {:?} has type {}; expected {}",
+                        f.name(),
+                        f.data_type(),
+                        if want_int { "an integer column" } else { "an integer or float column" }
+                    ),
+                ));
+            }
+        }
+        if let Some(idx) = layout.trace {
+            let f = schema.field(idx);
+            if !matches!(
+                f.data_type(),
+                DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Dictionary(_, _)
+            ) {
+                return Err(invalid(file, format!("column {:?} has type {}; expected strings", f.name(), f.data_type())));
+            }
+        }
+        Ok(layout)
+    }
+}
+
+/// One batch's needed columns, cast to uniform types.
+struct Cols {
+    step: Int64Array,
+    layer: Int64Array,
+    expert: Int64Array,
+    tokens: Float64Array,
+    trace: Option<StringArray>,
+}
+
+fn cast_col<T: Array + Clone + 'static>(file: &Path, a: &ArrayRef, to: &DataType, name: &str) -> Result<T> {
+    let c = arrow::compute::cast(a, to).map_err(|e| invalid(file, format!("column {name:?}: {e}")))?;
+    Ok(c.as_any().downcast_ref::<T>().expect("cast gives the asked type").clone())
+}
+
+impl Cols {
+    fn from_batch(file: &Path, b: &RecordBatch, lay: &Layout, names: &ColumnNames) -> Result<Cols> {
+        Ok(Cols {
+            step: cast_col(file, b.column(lay.step), &DataType::Int64, &names.step)?,
+            layer: cast_col(file, b.column(lay.layer), &DataType::Int64, &names.layer)?,
+            expert: cast_col(file, b.column(lay.expert), &DataType::Int64, &names.expert)?,
+            tokens: cast_col(file, b.column(lay.tokens), &DataType::Float64, &names.tokens)?,
+            trace: match lay.trace {
+                Some(i) => Some(cast_col(file, b.column(i), &DataType::Utf8, &names.trace)?),
+                None => None,
+            },
+        })
+    }
+
+    fn check_nulls(&self, file: &Path, names: &ColumnNames, row0: u64, unit: &str) -> Result<()> {
+        let cols: [(&dyn Array, &str); 4] =
+            [(&self.step, &names.step), (&self.layer, &names.layer), (&self.expert, &names.expert), (&self.tokens, &names.tokens)];
+        for (a, name) in cols {
+            if a.null_count() > 0 {
+                let i = (0..a.len()).find(|&i| a.is_null(i)).unwrap_or(0);
+                return Err(invalid(file, format!("{unit} {}: column {name:?} is empty (null)", row0 + i as u64 + 1)));
+            }
+        }
+        if let Some(t) = &self.trace {
+            if t.null_count() > 0 {
+                let i = (0..t.len()).find(|&i| t.is_null(i)).unwrap_or(0);
+                return Err(invalid(file, format!("{unit} {}: column {:?} is empty (null)", row0 + i as u64 + 1, names.trace)));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Shape of one trace as learnt in the first pass.
+#[derive(Debug)]
+struct Scan {
+    name: String,
+    min_step: i64,
+    max_step: i64,
+    min_expert: i64,
+    max_expert: i64,
+    layers: Vec<i64>,
+    rows: u64,
+    f32_exact: bool,
+}
+
+impl Scan {
+    fn new(name: String) -> Scan {
+        Scan {
+            name,
+            min_step: i64::MAX,
+            max_step: i64::MIN,
+            min_expert: i64::MAX,
+            max_expert: i64::MIN,
+            layers: Vec::new(),
+            rows: 0,
+            f32_exact: true,
+        }
+    }
+}
+
+/// Maps trace names to indices, with a fast path for runs of the same name.
+#[derive(Default)]
+struct TraceIndex {
+    by_name: HashMap<String, usize>,
+    last: Option<(String, usize)>,
+}
+
+impl TraceIndex {
+    fn get(&mut self, name: &str, scans: &mut Vec<Scan>, create: bool) -> Option<usize> {
+        if let Some((n, i)) = &self.last {
+            if n == name {
+                return Some(*i);
+            }
+        }
+        let i = match self.by_name.get(name) {
+            Some(&i) => i,
+            None if create => {
+                scans.push(Scan::new(name.to_string()));
+                self.by_name.insert(name.to_string(), scans.len() - 1);
+                scans.len() - 1
+            }
+            None => return None,
+        };
+        self.last = Some((name.to_string(), i));
+        Some(i)
+    }
+}
+
+/// A source of record batches that can be opened twice.
+trait BatchSource {
+    /// "row" for Parquet, "line" for CSV (which counts the header).
+    fn unit(&self) -> &'static str;
+    /// Number of the first data row as reported to users (0 for Parquet rows, 1 for CSV lines).
+    fn row_base(&self) -> u64;
+    fn open(&self) -> Result<(Layout, Box<dyn Iterator<Item = std::result::Result<RecordBatch, arrow::error::ArrowError>>>)>;
+}
+
+fn read_long(file: &Path, names: &ColumnNames, src: &dyn BatchSource) -> Result<Vec<Trace>> {
+    let unit = src.unit();
+    let batch_err = |e: arrow::error::ArrowError| invalid(file, format!("cannot decode the file: {e}"));
+    let default_name = stem_name(file);
+
+    // Pass 1: shapes and values.
+    let mut scans: Vec<Scan> = Vec::new();
+    let mut index = TraceIndex::default();
+    let (lay, batches) = src.open()?;
+    let mut row0 = src.row_base();
+    for b in batches {
+        let b = b.map_err(batch_err)?;
+        let c = Cols::from_batch(file, &b, &lay, names)?;
+        c.check_nulls(file, names, row0, unit)?;
+        for i in 0..b.num_rows() {
+            let ti = match &c.trace {
+                Some(t) => index.get(t.value(i), &mut scans, true).unwrap(),
+                None => index.get(&default_name, &mut scans, true).unwrap(),
+            };
+            let s = &mut scans[ti];
+            let (step, layer, expert, v) = (c.step.value(i), c.layer.value(i), c.expert.value(i), c.tokens.value(i));
+            if !v.is_finite() || v < 0.0 {
+                return Err(invalid(
+                    file,
+                    format!(
+                        "{unit} {}: {} load {v} (step {step}, layer {layer}, expert {expert}); loads must be finite and >= 0",
+                        row0 + i as u64 + 1,
+                        bad_value_kind(v)
+                    ),
+                ));
+            }
+            s.rows += 1;
+            s.min_step = s.min_step.min(step);
+            s.max_step = s.max_step.max(step);
+            s.min_expert = s.min_expert.min(expert);
+            s.max_expert = s.max_expert.max(expert);
+            if s.layers.last() != Some(&layer) {
+                if let Err(pos) = s.layers.binary_search(&layer) {
+                    s.layers.insert(pos, layer);
+                }
+            }
+            if s.f32_exact && (v as f32) as f64 != v {
+                s.f32_exact = false;
+            }
+        }
+        row0 += b.num_rows() as u64;
+    }
+    if scans.is_empty() {
+        return Err(invalid(file, "the file has a header but no rows"));
+    }
+
+    // Allocate each trace, refusing shapes that cannot fit the rows present.
+    struct Fill {
+        steps: usize,
+        experts: usize,
+        loads: Loads,
+        seen: Vec<u64>,
+    }
+    let mut fills = Vec::with_capacity(scans.len());
+    for s in &scans {
+        let steps = (s.max_step as i128 - s.min_step as i128 + 1) as u128;
+        let experts = (s.max_expert as i128 - s.min_expert as i128 + 1) as u128;
+        let cells = steps * experts * s.layers.len() as u128;
+        if cells > 2 * s.rows as u128 + (1 << 20) {
+            return Err(invalid(
+                file,
+                format!(
+                    "{}steps run from {} to {} and experts from {} to {}, but there are only {} rows: steps or experts are missing",
+                    trace_prefix(s, &scans),
+                    s.min_step,
+                    s.max_step,
+                    s.min_expert,
+                    s.max_expert,
+                    s.rows
+                ),
+            ));
+        }
+        let cells = cells as usize;
+        let loads = if s.f32_exact { Loads::F32(vec![0.0; cells]) } else { Loads::F64(vec![0.0; cells]) };
+        fills.push(Fill { steps: steps as usize, experts: experts as usize, loads, seen: vec![0u64; cells.div_ceil(64)] });
+    }
+
+    // Pass 2: fill, catching duplicates.
+    let (lay, batches) = src.open()?;
+    let mut row0 = src.row_base();
+    let mut index2 = TraceIndex { by_name: index.by_name.clone(), last: None };
+    for b in batches {
+        let b = b.map_err(batch_err)?;
+        let c = Cols::from_batch(file, &b, &lay, names)?;
+        let mut last_layer: (i64, usize) = (i64::MIN, 0);
+        for i in 0..b.num_rows() {
+            let ti = match &c.trace {
+                Some(t) => index2.get(t.value(i), &mut scans, false),
+                None => index2.get(&default_name, &mut scans, false),
+            }
+            .ok_or_else(|| invalid(file, "the file changed while it was being read"))?;
+            let s = &scans[ti];
+            let f = &mut fills[ti];
+            let (step, layer, expert) = (c.step.value(i), c.layer.value(i), c.expert.value(i));
+            let li = if last_layer.0 == layer {
+                last_layer.1
+            } else {
+                let li = s.layers.binary_search(&layer).map_err(|_| invalid(file, "the file changed while it was being read"))?;
+                last_layer = (layer, li);
+                li
+            };
+            let t = (step - s.min_step) as usize;
+            let e = (expert - s.min_expert) as usize;
+            let idx = (t * s.layers.len() + li) * f.experts + e;
+            let (w, bit) = (idx / 64, 1u64 << (idx % 64));
+            if f.seen[w] & bit != 0 {
+                return Err(invalid(
+                    file,
+                    format!(
+                        "{unit} {}: duplicate row for {}step {step}, layer {layer}, expert {expert}",
+                        row0 + i as u64 + 1,
+                        trace_prefix(s, &scans)
+                    ),
+                ));
+            }
+            f.seen[w] |= bit;
+            let v = c.tokens.value(i);
+            match &mut f.loads {
+                Loads::F32(d) => d[idx] = v as f32,
+                Loads::F64(d) => d[idx] = v,
+            }
+        }
+        row0 += b.num_rows() as u64;
+    }
+
+    // Every (step, layer, expert) must be present.
+    let mut traces = Vec::with_capacity(scans.len());
+    for (s, f) in scans.iter().zip(fills) {
+        check_complete(file, s, &scans, f.steps, f.experts, &f.seen)?;
+        let expert_ids = (s.min_expert..=s.max_expert).collect();
+        traces.push(Trace::from_dense(s.name.clone(), file, s.min_step, s.layers.clone(), expert_ids, f.loads)?);
+    }
+    Ok(traces)
+}
+
+fn trace_prefix(s: &Scan, all: &[Scan]) -> String {
+    if all.len() > 1 { format!("trace {:?}: ", s.name) } else { String::new() }
+}
+
+/// Names the first missing cell in the most useful terms: a layer with fewer
+/// experts, a missing step, or a single missing (step, layer, expert).
+fn check_complete(file: &Path, s: &Scan, all: &[Scan], steps: usize, experts: usize, seen: &[u64]) -> Result<()> {
+    let nl = s.layers.len();
+    let cells = steps * nl * experts;
+    let full_words = cells / 64;
+    let first_missing = (0..full_words)
+        .find(|&w| seen[w] != u64::MAX)
+        .map(|w| w * 64 + seen[w].trailing_ones() as usize)
+        .or_else(|| (full_words * 64..cells).find(|&i| seen[i / 64] & (1 << (i % 64)) == 0));
+    let Some(idx) = first_missing else { return Ok(()) };
+    let is_seen = |t: usize, l: usize, e: usize| {
+        let i = (t * nl + l) * experts + e;
+        seen[i / 64] & (1 << (i % 64)) != 0
+    };
+    let pre = trace_prefix(s, all);
+    // Experts per layer: an expert with no row at any step is absent from that layer.
+    let counts: Vec<usize> =
+        (0..nl).map(|l| (0..experts).filter(|&e| (0..steps).any(|t| is_seen(t, l, e))).count()).collect();
+    if let Some(l) = (0..nl).find(|&l| counts[l] != counts[0]) {
+        let (small, big) = if counts[l] < counts[0] { (l, 0) } else { (0, l) };
+        let missing = (0..experts).find(|&e| !(0..steps).any(|t| is_seen(t, small, e))).unwrap_or(0);
+        return Err(invalid(
+            file,
+            format!(
+                "{pre}layer {} has {} experts but layer {} has {} (expert {} has no rows in layer {}); every layer must have the same experts",
+                s.layers[small],
+                counts[small],
+                s.layers[big],
+                counts[big],
+                s.min_expert + missing as i64,
+                s.layers[small]
+            ),
+        ));
+    }
+    let t = idx / (nl * experts);
+    let l = (idx / experts) % nl;
+    let e = idx % experts;
+    let step = s.min_step + t as i64;
+    if counts[0] < experts {
+        return Err(invalid(
+            file,
+            format!("{pre}expert {} has no rows in any layer (experts run from {} to {})", s.min_expert + e as i64, s.min_expert, s.max_expert),
+        ));
+    }
+    if (0..nl).all(|l| (0..experts).all(|e| !is_seen(t, l, e))) {
+        return Err(invalid(
+            file,
+            format!("{pre}step {step} is missing (steps run from {} to {} and must be consecutive)", s.min_step, s.max_step),
+        ));
+    }
+    Err(invalid(file, format!("{pre}no row for step {step}, layer {}, expert {}", s.layers[l], s.min_expert + e as i64)))
+}
+
+struct ParquetSource<'a> {
+    file: &'a Path,
+    names: &'a ColumnNames,
+}
+
+impl BatchSource for ParquetSource<'_> {
+    fn unit(&self) -> &'static str {
+        "row"
+    }
+    fn row_base(&self) -> u64 {
+        0
+    }
+    fn open(&self) -> Result<(Layout, Box<dyn Iterator<Item = std::result::Result<RecordBatch, arrow::error::ArrowError>>>)> {
+        let f = File::open(self.file).map_err(|source| TraceError::Io { file: self.file.to_path_buf(), source })?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(f)
+            .map_err(|e| invalid(self.file, format!("not a readable Parquet file (truncated or corrupt?): {e}")))?;
+        let full = Layout::resolve(self.file, builder.schema(), self.names)?;
+        let mut roots = vec![full.step, full.layer, full.expert, full.tokens];
+        roots.extend(full.trace);
+        let mask = ProjectionMask::roots(builder.parquet_schema(), roots.iter().copied());
+        let reader = builder
+            .with_projection(mask)
+            .with_batch_size(BATCH_ROWS)
+            .build()
+            .map_err(|e| invalid(self.file, format!("not a readable Parquet file: {e}")))?;
+        // Column positions after projection.
+        let lay = Layout::resolve(self.file, &reader.schema(), self.names)?;
+        Ok((lay, Box::new(reader)))
+    }
+}
+
+pub(super) fn read_parquet(file: &Path, names: &ColumnNames) -> Result<Vec<Trace>> {
+    read_long(file, names, &ParquetSource { file, names })
+}
+
+struct CsvSource<'a> {
+    file: &'a Path,
+    names: &'a ColumnNames,
+    schema: Arc<Schema>,
+}
+
+impl BatchSource for CsvSource<'_> {
+    fn unit(&self) -> &'static str {
+        "line"
+    }
+    fn row_base(&self) -> u64 {
+        1
+    }
+    fn open(&self) -> Result<(Layout, Box<dyn Iterator<Item = std::result::Result<RecordBatch, arrow::error::ArrowError>>>)> {
+        let f = File::open(self.file).map_err(|source| TraceError::Io { file: self.file.to_path_buf(), source })?;
+        let lay = Layout::resolve(self.file, &self.schema, self.names)?;
+        let reader = arrow::csv::ReaderBuilder::new(self.schema.clone())
+            .with_header(true)
+            .with_batch_size(BATCH_ROWS)
+            .build(f)
+            .map_err(|e| invalid(self.file, format!("cannot read as CSV: {e}")))?;
+        Ok((lay, Box::new(reader)))
+    }
+}
+
+pub(super) fn read_csv(file: &Path, names: &ColumnNames) -> Result<Vec<Trace>> {
+    let f = File::open(file).map_err(|source| TraceError::Io { file: file.to_path_buf(), source })?;
+    let (inferred, _) = arrow::csv::reader::Format::default()
+        .with_header(true)
+        .infer_schema(f, Some(1000))
+        .map_err(|e| invalid(file, format!("cannot read as CSV: {e}")))?;
+    // The needed columns get fixed types, so that a bad value anywhere is reported
+    // with its line rather than silently changing a column's type.
+    let fields: Vec<Field> = inferred
+        .fields()
+        .iter()
+        .map(|f| {
+            let n = f.name();
+            let ty = if n == &names.step || n == &names.layer || n == &names.expert {
+                if f.data_type().is_integer() || f.data_type() == &DataType::Null { DataType::Int64 } else { f.data_type().clone() }
+            } else if n == &names.tokens {
+                if f.data_type().is_numeric() || f.data_type() == &DataType::Null { DataType::Float64 } else { f.data_type().clone() }
+            } else {
+                DataType::Utf8
+            };
+            Field::new(n, ty, true)
+        })
+        .collect();
+    let schema = Arc::new(Schema::new(fields));
+    read_long(file, names, &CsvSource { file, names, schema })
+}

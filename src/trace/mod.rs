@@ -1,0 +1,327 @@
+//! Reading, validating and normalising expert-load traces.
+//!
+//! A trace is `load[t, l, e] >= 0` (SPEC.md, "Trace"). Inputs are long Parquet or
+//! CSV files (`step`, `layer`, `expert`, `tokens`, optional `trace`) or dense
+//! `[steps, layers, experts]` NumPy arrays. Every problem with an input is a
+//! [`TraceError`] naming the file and the row, step, layer or expert at fault.
+
+mod columnar;
+mod npy;
+
+use std::path::{Path, PathBuf};
+
+pub use columnar::ColumnNames;
+
+/// Errors in an input trace. Each one is the user's to fix, so the binary exits
+/// with status 2 on any of them.
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    #[error("{file}: {msg}")]
+    Invalid { file: PathBuf, msg: String },
+    #[error("{file}: cannot read: {source}")]
+    Io {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, TraceError>;
+
+pub(crate) fn invalid(file: &Path, msg: impl Into<String>) -> TraceError {
+    TraceError::Invalid { file: file.to_path_buf(), msg: msg.into() }
+}
+
+/// Input format of a trace file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Parquet,
+    Csv,
+    Npy,
+}
+
+impl Format {
+    /// The format implied by a file's extension.
+    pub fn from_path(path: &Path) -> Result<Format> {
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+        match ext.as_str() {
+            "parquet" | "pq" => Ok(Format::Parquet),
+            "csv" => Ok(Format::Csv),
+            "npy" => Ok(Format::Npy),
+            _ => Err(invalid(
+                path,
+                format!(
+                    "unknown file extension {:?}: expected .parquet, .csv or .npy (or pass --format)",
+                    if ext.is_empty() { "(none)".to_string() } else { format!(".{ext}") }
+                ),
+            )),
+        }
+    }
+}
+
+/// Dense load storage, `[t][l][e]` row-major. Loads are kept as `f32` whenever every
+/// value is exactly representable (integer counts below 2^24, or a float32 input), so
+/// that a trace costs its dense float32 size; otherwise `f64`.
+#[derive(Debug, Clone)]
+pub enum Loads {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+}
+
+impl Loads {
+    #[inline]
+    pub fn get(&self, i: usize) -> f64 {
+        match self {
+            Loads::F32(v) => v[i] as f64,
+            Loads::F64(v) => v[i],
+        }
+    }
+    pub fn len(&self) -> usize {
+        match self {
+            Loads::F32(v) => v.len(),
+            Loads::F64(v) => v.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One validated trace held densely in memory.
+#[derive(Debug, Clone)]
+pub struct Trace {
+    /// Name used in every output row (the `trace` column, else the file stem).
+    pub name: String,
+    /// File the trace came from.
+    pub source: PathBuf,
+    /// Value of the `step` column for index `t = 0`; steps are consecutive.
+    pub first_step: i64,
+    /// Layer ids as in the input (index `l` ↔ `layer_ids[l]`).
+    pub layer_ids: Vec<i64>,
+    /// Expert ids as in the input, the same for every layer.
+    pub expert_ids: Vec<i64>,
+    steps: usize,
+    loads: Loads,
+    /// `sum_e load[t, l, e]`, `[t][l]`, in f64.
+    totals: Vec<f64>,
+}
+
+impl Trace {
+    /// Builds a trace from dense loads `[steps][layers][experts]`, checking every
+    /// value and every layer's per-step total. `file` is used in error messages.
+    pub fn from_dense(
+        name: String,
+        file: &Path,
+        first_step: i64,
+        layer_ids: Vec<i64>,
+        expert_ids: Vec<i64>,
+        loads: Loads,
+    ) -> Result<Trace> {
+        let (nl, ne) = (layer_ids.len(), expert_ids.len());
+        if nl == 0 || ne == 0 || loads.is_empty() {
+            return Err(invalid(file, "the trace holds no loads"));
+        }
+        assert_eq!(loads.len() % (nl * ne), 0, "dense loads must be steps × layers × experts");
+        let steps = loads.len() / (nl * ne);
+        let mut totals = vec![0.0f64; steps * nl];
+        for t in 0..steps {
+            for l in 0..nl {
+                let base = (t * nl + l) * ne;
+                let mut s = 0.0;
+                for e in 0..ne {
+                    let v = loads.get(base + e);
+                    if !v.is_finite() || v < 0.0 {
+                        return Err(invalid(
+                            file,
+                            format!(
+                                "{} load {v} at step {}, layer {}, expert {}",
+                                bad_value_kind(v),
+                                first_step + t as i64,
+                                layer_ids[l],
+                                expert_ids[e]
+                            ),
+                        ));
+                    }
+                    s += v;
+                }
+                if s <= 0.0 {
+                    return Err(invalid(
+                        file,
+                        format!(
+                            "layer {} has a total load of 0 at step {}: its proportions are undefined",
+                            layer_ids[l],
+                            first_step + t as i64
+                        ),
+                    ));
+                }
+                totals[t * nl + l] = s;
+            }
+        }
+        Ok(Trace { name, source: file.to_path_buf(), first_step, layer_ids, expert_ids, steps, loads, totals })
+    }
+
+    pub fn steps(&self) -> usize {
+        self.steps
+    }
+    pub fn layers(&self) -> usize {
+        self.layer_ids.len()
+    }
+    pub fn experts(&self) -> usize {
+        self.expert_ids.len()
+    }
+    /// The step label of index `t`.
+    pub fn step_at(&self, t: usize) -> i64 {
+        self.first_step + t as i64
+    }
+    /// Raw load at `(t, l, e)`.
+    pub fn load(&self, t: usize, l: usize, e: usize) -> f64 {
+        self.loads.get((t * self.layers() + l) * self.experts() + e)
+    }
+    /// `p[t, l, e] = load / sum_e load`.
+    #[inline]
+    pub fn proportion(&self, t: usize, l: usize, e: usize) -> f64 {
+        let nl = self.layers();
+        self.loads.get((t * nl + l) * self.experts() + e) / self.totals[t * nl + l]
+    }
+    /// Proportions of layer `l`, step-major: `out[t * E + e]`.
+    pub fn layer_proportions(&self, l: usize) -> Vec<f64> {
+        let (ne, nl) = (self.experts(), self.layers());
+        let mut out = vec![0.0; self.steps * ne];
+        for t in 0..self.steps {
+            let total = self.totals[t * nl + l];
+            let base = (t * nl + l) * ne;
+            for e in 0..ne {
+                out[t * ne + e] = self.loads.get(base + e) / total;
+            }
+        }
+        out
+    }
+    /// Proportions of layer `l`, series-major: `out[e * T + t]`.
+    pub fn layer_series(&self, l: usize) -> Vec<f64> {
+        let (ne, nl, nt) = (self.experts(), self.layers(), self.steps);
+        let mut out = vec![0.0; nt * ne];
+        for t in 0..nt {
+            let total = self.totals[t * nl + l];
+            let base = (t * nl + l) * ne;
+            for e in 0..ne {
+                out[e * nt + t] = self.loads.get(base + e) / total;
+            }
+        }
+        out
+    }
+    /// Bytes held by the dense loads.
+    pub fn dense_bytes(&self) -> usize {
+        match &self.loads {
+            Loads::F32(v) => v.len() * 4,
+            Loads::F64(v) => v.len() * 8,
+        }
+    }
+}
+
+pub(crate) fn bad_value_kind(v: f64) -> &'static str {
+    if v.is_nan() {
+        "NaN"
+    } else if v.is_infinite() {
+        "infinite"
+    } else {
+        "negative"
+    }
+}
+
+/// How to read the inputs of a run.
+#[derive(Debug, Clone, Default)]
+pub struct ReadOptions {
+    /// Overrides the format chosen by extension.
+    pub format: Option<Format>,
+    pub columns: ColumnNames,
+}
+
+/// Reads one input file, which may hold several traces (a `trace` column).
+pub fn read_file(path: &Path, opts: &ReadOptions) -> Result<Vec<Trace>> {
+    let format = match opts.format {
+        Some(f) => f,
+        None => Format::from_path(path)?,
+    };
+    let meta = std::fs::metadata(path).map_err(|source| TraceError::Io { file: path.to_path_buf(), source })?;
+    if meta.is_dir() {
+        return Err(invalid(path, "is a directory, not a trace file"));
+    }
+    if meta.len() == 0 {
+        return Err(invalid(path, "the file is empty"));
+    }
+    match format {
+        Format::Parquet => columnar::read_parquet(path, &opts.columns),
+        Format::Csv => columnar::read_csv(path, &opts.columns),
+        Format::Npy => npy::read_npy(path).map(|t| vec![t]),
+    }
+}
+
+/// Reads every input of a run; trace names must be unique across files.
+pub fn read_all(paths: &[PathBuf], opts: &ReadOptions) -> Result<Vec<Trace>> {
+    let mut out: Vec<Trace> = Vec::new();
+    for p in paths {
+        for t in read_file(p, opts)? {
+            if let Some(prev) = out.iter().find(|o| o.name == t.name) {
+                return Err(invalid(
+                    p,
+                    format!(
+                        "trace name {:?} is also used by {}; rename one of the files or use a trace column",
+                        t.name,
+                        prev.source.display()
+                    ),
+                ));
+            }
+            out.push(t);
+        }
+    }
+    Ok(out)
+}
+
+/// The file stem used as a trace's name when the file has no trace column.
+pub(crate) fn stem_name(path: &Path) -> String {
+    path.file_stem().and_then(|s| s.to_str()).unwrap_or("trace").to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny() -> Trace {
+        // 2 steps, 2 layers, 2 experts
+        let loads = vec![1.0, 3.0, 2.0, 2.0, 0.0, 4.0, 5.0, 15.0];
+        Trace::from_dense("t".into(), Path::new("x"), 10, vec![0, 1], vec![0, 1], Loads::F32(loads)).unwrap()
+    }
+
+    #[test]
+    fn proportions_are_shares_of_the_layer_total() {
+        let t = tiny();
+        assert_eq!(t.proportion(0, 0, 0), 0.25);
+        assert_eq!(t.proportion(0, 1, 1), 0.5);
+        assert_eq!(t.proportion(1, 0, 1), 1.0);
+        assert_eq!(t.proportion(1, 1, 0), 0.25);
+        assert_eq!(t.layer_proportions(1), vec![0.5, 0.5, 0.25, 0.75]);
+        assert_eq!(t.layer_series(1), vec![0.5, 0.25, 0.5, 0.75]);
+        assert_eq!(t.step_at(1), 11);
+    }
+
+    #[test]
+    fn zero_total_is_an_error_naming_layer_and_step() {
+        let loads = vec![1.0, 3.0, 0.0, 0.0];
+        let err = Trace::from_dense("t".into(), Path::new("f.npy"), 0, vec![0, 7], vec![0, 1], Loads::F32(loads))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("f.npy") && err.contains("layer 7") && err.contains("step 0"), "{err}");
+    }
+
+    #[test]
+    fn negative_and_nan_loads_are_errors() {
+        for (v, word) in [(-1.0, "negative"), (f64::NAN, "NaN"), (f64::INFINITY, "infinite")] {
+            let loads = vec![1.0, 3.0, v, 1.0];
+            let err = Trace::from_dense("t".into(), Path::new("f"), 5, vec![0], vec![0, 1], Loads::F64(loads))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(word) && err.contains("step 6") && err.contains("expert 0"), "{err}");
+        }
+    }
+}
