@@ -103,7 +103,7 @@ pub struct RunArgs {
     pub stats_detail: StatsDetail,
 
     /// Tolerance of the states rule: stable once s(t) <= (1 + kappa) * final.
-    #[arg(long, value_name = "K", default_value_t = 0.5)]
+    #[arg(long, value_name = "K", default_value_t = 0.5, allow_negative_numbers = true)]
     pub kappa: f64,
 
     /// Window whose states define each layer's transition step (regime = stable).

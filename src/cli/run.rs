@@ -205,33 +205,36 @@ pub fn run(args: &RunArgs, argv: &[String]) -> anyhow::Result<()> {
         None
     };
     for (ti, tr) in traces.iter().enumerate() {
-        let views: Vec<Vec<f64>> = (0..tr.layers()).into_par_iter().map(|l| tr.layer_proportions(l)).collect();
-        let tasks: Vec<(usize, usize)> =
-            (0..tr.layers()).flat_map(|l| (0..forecasters.len()).map(move |f| (l, f))).collect();
-        let results: Vec<anyhow::Result<(usize, usize, Vec<Score>, Option<SavedForecasts>)>> = tasks
-            .par_iter()
-            .map(|&(l, fi)| {
-                let view = LayerView::new(&views[l], tr.experts());
-                let mut saved = args.save_forecasts.then(SavedForecasts::default);
-                let scores = eval::evaluate_layer(&view, forecasters[fi].as_ref(), &proto, stable_from[ti][l], saved.as_mut())
-                    .with_context(|| format!("forecasting {} layer {} with {}", tr.name, tr.layer_ids[l], specs[fi]))?;
-                bar.inc(1);
-                Ok((l, fi, scores, saved))
-            })
-            .collect();
-        for r in results {
-            let (l, fi, scores, saved) = r?;
-            for score in scores {
-                metric_rows.push(MetricRow {
-                    trace: tr.name.clone(),
-                    layer: tr.layer_ids[l],
-                    forecaster: specs[fi].clone(),
-                    real: forecasters[fi].is_real(),
-                    score,
-                });
-            }
-            if let (Some(w), Some(s)) = (fc_writer.as_mut(), saved) {
-                write_forecasts(w, tr, l, &specs[fi], &s)?;
+        // One layer at a time, its forecasters in parallel: memory stays at one
+        // layer's shares (steps × experts in f64) whatever the trace's size.
+        for l in 0..tr.layers() {
+            let shares = tr.layer_proportions(l);
+            let view = LayerView::new(&shares, tr.experts());
+            let results: Vec<anyhow::Result<(Vec<Score>, Option<SavedForecasts>)>> = forecasters
+                .par_iter()
+                .zip(&specs)
+                .map(|(f, spec)| {
+                    let mut saved = args.save_forecasts.then(SavedForecasts::default);
+                    let scores = eval::evaluate_layer(&view, f.as_ref(), &proto, stable_from[ti][l], saved.as_mut())
+                        .with_context(|| format!("forecasting {} layer {} with {spec}", tr.name, tr.layer_ids[l]))?;
+                    bar.inc(1);
+                    Ok((scores, saved))
+                })
+                .collect();
+            for (fi, r) in results.into_iter().enumerate() {
+                let (scores, saved) = r?;
+                for score in scores {
+                    metric_rows.push(MetricRow {
+                        trace: tr.name.clone(),
+                        layer: tr.layer_ids[l],
+                        forecaster: specs[fi].clone(),
+                        real: forecasters[fi].is_real(),
+                        score,
+                    });
+                }
+                if let (Some(w), Some(s)) = (fc_writer.as_mut(), saved) {
+                    write_forecasts(w, tr, l, &specs[fi], &s)?;
+                }
             }
         }
     }

@@ -280,7 +280,7 @@ mod tests {
         evaluate_layer(&v, &Last, &proto(&[2], 3, 10), None, Some(&mut saved)).unwrap();
         assert_eq!(saved.len(), 4);
         assert_eq!(saved.k, vec![0, 0, 1, 1]);
-        assert_eq!(saved.predicted, vec![0.1, 0.9, 0.1, 0.9]);
+        assert_eq!(saved.predicted, vec![0.4, 0.6, 0.4, 0.6]);
         assert_eq!(saved.actual, vec![0.1, 0.9, 0.3, 0.7]);
     }
 }

@@ -205,11 +205,15 @@ trait BatchSource {
     /// Number of the first data row as reported to users (0 for Parquet rows, 1 for CSV lines).
     fn row_base(&self) -> u64;
     fn open(&self) -> Result<(Layout, Box<dyn Iterator<Item = std::result::Result<RecordBatch, arrow::error::ArrowError>>>)>;
+    /// What to tell the user about a batch that failed to decode.
+    fn describe(&self, e: arrow::error::ArrowError) -> String {
+        format!("cannot decode the file: {e}")
+    }
 }
 
 fn read_long(file: &Path, names: &ColumnNames, src: &dyn BatchSource) -> Result<Vec<Trace>> {
     let unit = src.unit();
-    let batch_err = |e: arrow::error::ArrowError| invalid(file, format!("cannot decode the file: {e}"));
+    let batch_err = |e: arrow::error::ArrowError| invalid(file, src.describe(e));
     let default_name = stem_name(file);
 
     // Pass 1: shapes and values.
@@ -463,6 +467,21 @@ impl BatchSource for CsvSource<'_> {
             .map_err(|e| invalid(self.file, format!("cannot read as CSV: {e}")))?;
         Ok((lay, Box::new(reader)))
     }
+    /// Arrow reports "Error while parsing value 'x' as type 'T' for column C at line N",
+    /// N counting data rows; say it with the file's line number and the column's name.
+    fn describe(&self, e: arrow::error::ArrowError) -> String {
+        let msg = e.to_string();
+        let parsed = (|| {
+            let value = msg.split("parsing value ").nth(1)?.split(" as type").next()?;
+            let ty = msg.split("as type '").nth(1)?.split('\'').next()?;
+            let col: usize = msg.split("for column ").nth(1)?.split(' ').next()?.parse().ok()?;
+            let line: u64 = msg.split(" at line ").nth(1)?.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()?;
+            let name = self.schema.fields().get(col)?.name().clone();
+            let want = if ty == "Float64" { "a number" } else { "an integer" };
+            Some(format!("line {}: column {name:?} holds {value}, which is not {want}", line + 1))
+        })();
+        parsed.unwrap_or_else(|| format!("cannot read as CSV: {msg}"))
+    }
 }
 
 pub(super) fn read_csv(file: &Path, names: &ColumnNames) -> Result<Vec<Trace>> {
@@ -471,17 +490,17 @@ pub(super) fn read_csv(file: &Path, names: &ColumnNames) -> Result<Vec<Trace>> {
         .with_header(true)
         .infer_schema(f, Some(1000))
         .map_err(|e| invalid(file, format!("cannot read as CSV: {e}")))?;
-    // The needed columns get fixed types, so that a bad value anywhere is reported
-    // with its line rather than silently changing a column's type.
+    // The needed columns get fixed types, so that a value that does not parse is
+    // reported with its line rather than silently changing a column's type.
     let fields: Vec<Field> = inferred
         .fields()
         .iter()
         .map(|f| {
             let n = f.name();
             let ty = if n == &names.step || n == &names.layer || n == &names.expert {
-                if f.data_type().is_integer() || f.data_type() == &DataType::Null { DataType::Int64 } else { f.data_type().clone() }
+                DataType::Int64
             } else if n == &names.tokens {
-                if f.data_type().is_numeric() || f.data_type() == &DataType::Null { DataType::Float64 } else { f.data_type().clone() }
+                DataType::Float64
             } else {
                 DataType::Utf8
             };
