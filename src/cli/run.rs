@@ -205,23 +205,29 @@ pub fn run(args: &RunArgs, argv: &[String]) -> anyhow::Result<()> {
         None
     };
     for (ti, tr) in traces.iter().enumerate() {
-        // One layer at a time, its forecasters in parallel: memory stays at one
-        // layer's shares (steps × experts in f64) whatever the trace's size.
-        for l in 0..tr.layers() {
-            let shares = tr.layer_proportions(l);
-            let view = LayerView::new(&shares, tr.experts());
-            let results: Vec<anyhow::Result<(Vec<Score>, Option<SavedForecasts>)>> = forecasters
+        // A group of layers at a time (as many as threads), every (layer, forecaster)
+        // of the group in parallel: memory stays at a few layers' shares in f64.
+        let group = rayon::current_num_threads().max(1);
+        for first in (0..tr.layers()).step_by(group) {
+            let layers: Vec<usize> = (first..(first + group).min(tr.layers())).collect();
+            let shares: Vec<Vec<f64>> = layers.par_iter().map(|&l| tr.layer_proportions(l)).collect();
+            let tasks: Vec<(usize, usize)> =
+                (0..layers.len()).flat_map(|g| (0..forecasters.len()).map(move |f| (g, f))).collect();
+            let results: Vec<anyhow::Result<(Vec<Score>, Option<SavedForecasts>)>> = tasks
                 .par_iter()
-                .zip(&specs)
-                .map(|(f, spec)| {
+                .map(|&(g, fi)| {
+                    let l = layers[g];
+                    let view = LayerView::new(&shares[g], tr.experts());
                     let mut saved = args.save_forecasts.then(SavedForecasts::default);
-                    let scores = eval::evaluate_layer(&view, f.as_ref(), &proto, stable_from[ti][l], saved.as_mut())
-                        .with_context(|| format!("forecasting {} layer {} with {spec}", tr.name, tr.layer_ids[l]))?;
+                    let scores =
+                        eval::evaluate_layer(&view, forecasters[fi].as_ref(), &proto, stable_from[ti][l], saved.as_mut())
+                            .with_context(|| format!("forecasting {} layer {} with {}", tr.name, tr.layer_ids[l], specs[fi]))?;
                     bar.inc(1);
                     Ok((scores, saved))
                 })
                 .collect();
-            for (fi, r) in results.into_iter().enumerate() {
+            for (&(g, fi), r) in tasks.iter().zip(results) {
+                let l = layers[g];
                 let (scores, saved) = r?;
                 for score in scores {
                     metric_rows.push(MetricRow {

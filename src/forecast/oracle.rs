@@ -1,7 +1,7 @@
 //! `oracle-median`: the best constant in hindsight, a floor for comparison.
 
 use super::{Forecaster, LayerView};
-use crate::stats::states::median;
+use crate::stats::states::median_in_place;
 
 /// For horizon `h`, the median of the actual `p[o .. o+h-1]` of each expert (the
 /// mean of the two middle values when `h` is even). It reads the future, so it is
@@ -28,7 +28,7 @@ impl Forecaster for OracleMedian {
         for e in 0..ne {
             col.clear();
             col.extend((origin..origin + h).map(|t| layer.at(t, e)));
-            let m = median(&col);
+            let m = median_in_place(&mut col);
             (0..h).for_each(|k| out[k * ne + e] = m);
         }
         0

@@ -7,11 +7,16 @@
 
 /// Median, with the mean of the two middle values for an even count.
 pub fn median(values: &[f64]) -> f64 {
-    assert!(!values.is_empty(), "median of nothing");
-    let mut v = values.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
+    median_in_place(&mut values.to_vec())
+}
+
+/// [`median`] in O(n), reordering `v`.
+pub fn median_in_place(v: &mut [f64]) -> f64 {
+    assert!(!v.is_empty(), "median of nothing");
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { 0.5 * (v[n / 2 - 1] + v[n / 2]) }
+    let (lower, mid, _) = v.select_nth_unstable_by(n / 2, |a, b| a.total_cmp(b));
+    let mid = *mid;
+    if n % 2 == 1 { mid } else { 0.5 * (lower.iter().copied().fold(f64::NEG_INFINITY, f64::max) + mid) }
 }
 
 /// The state of one layer at one window.
@@ -50,6 +55,7 @@ mod tests {
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
         assert_eq!(median(&[7.0]), 7.0);
+        assert_eq!(median(&[5.0, 1.0, 9.0, 2.0, 8.0, 3.0]), 4.0);
     }
 
     #[test]
