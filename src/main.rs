@@ -8,6 +8,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Run(args) => expertcast::cli::run(args, &argv),
+        Command::Bench(args) => expertcast::cli::bench::bench(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

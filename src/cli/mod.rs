@@ -1,5 +1,6 @@
 //! Command-line parsing, progress reporting and the `run` pipeline.
 
+pub mod bench;
 mod progress;
 mod run;
 mod summary;
@@ -37,6 +38,9 @@ pub enum Command {
     /// Run the whole pipeline: read traces, window statistics, states, forecasts,
     /// scores; write the Parquet files of SPEC.md into --out.
     Run(RunArgs),
+    /// Measure the window-statistics stage against its ceiling (the GPU's copy
+    /// bandwidth) on a paper-scale trace tiled from the bundled data.
+    Bench(bench::BenchArgs),
 }
 
 /// How much window statistics detail to write.

@@ -134,6 +134,19 @@ pub fn run(args: &RunArgs, argv: &[String]) -> anyhow::Result<()> {
 
     // Window statistics (and the per-expert detail, streamed layer by layer).
     let t = Instant::now();
+    let stats_gpu = match &device {
+        gpu::Device::Cuda(g) => {
+            let longest = stats::cuda::max_window(g)?;
+            if all_windows.iter().any(|&w| w > longest) {
+                progress.line(format!("window statistics on the CPU: the GPU kernel takes windows up to {longest} steps"));
+                None
+            } else {
+                Some(g.clone())
+            }
+        }
+        gpu::Device::Cpu => None,
+    };
+    let stats_device = if stats_gpu.is_some() { device.describe() } else { "cpu".to_string() };
     let bar = progress.bar(n_layers as u64, "stats");
     let mut detail_writer = match args.stats_detail {
         StatsDetail::Expert => Some(AtomicParquet::create(&args.out, "window_stats.parquet", out::window_stats_schema())?),
@@ -149,7 +162,11 @@ pub fn run(args: &RunArgs, argv: &[String]) -> anyhow::Result<()> {
         };
         let detail: Option<&mut dyn FnMut(Vec<ExpertStats>) -> anyhow::Result<()>> =
             if args.stats_detail == StatsDetail::Expert { Some(&mut write_detail) } else { None };
-        layer_stats.push(stats::layer_stats_cpu(tr, &all_windows, detail, || bar.inc(1))?);
+        layer_stats.push(match &stats_gpu {
+            Some(g) => stats::cuda::layer_stats_cuda(g, tr, &all_windows, detail, || bar.inc(1))
+                .with_context(|| format!("window statistics of {} on {}", tr.name, device.describe()))?,
+            None => stats::layer_stats_cpu(tr, &all_windows, detail, || bar.inc(1))?,
+        });
     }
     bar.finish_and_clear();
     let mut w = AtomicParquet::create(&args.out, "layer_stats.parquet", out::layer_stats_schema())?;
@@ -164,9 +181,10 @@ pub fn run(args: &RunArgs, argv: &[String]) -> anyhow::Result<()> {
     }
     stages.insert("stats", t.elapsed().as_secs_f64());
     progress.line(format!(
-        "window statistics: {} window(s) over {} layers on the cpu ({:.2} s)",
+        "window statistics: {} window(s) over {} layers on {} ({:.2} s)",
         all_windows.len(),
         n_layers,
+        stats_device,
         stages["stats"]
     ));
 
@@ -300,7 +318,7 @@ pub fn run(args: &RunArgs, argv: &[String]) -> anyhow::Result<()> {
         },
         "inputs": inputs_json,
         "device": device.describe(),
-        "stats_device": "cpu",
+        "stats_device": stats_device,
         "seconds": stages,
     });
     out::write_atomic(&args.out, "manifest.json", serde_json::to_string_pretty(&manifest)?.as_bytes())?;

@@ -4,9 +4,13 @@
 //! loading), so one build runs with or without a GPU. `auto` uses a GPU when one
 //! is usable and otherwise says in one line why it fell back to the CPU.
 
+mod registry;
+
 use std::sync::Arc;
 
 use cudarc::driver::CudaContext;
+
+pub use registry::{Gpu, Kernels};
 
 /// What the user asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -21,18 +25,18 @@ pub enum DeviceRequest {
 #[derive(Clone)]
 pub enum Device {
     Cpu,
-    Cuda { ctx: Arc<CudaContext>, name: String },
+    Cuda(Arc<Gpu>),
 }
 
 impl Device {
     pub fn describe(&self) -> String {
         match self {
             Device::Cpu => "cpu".into(),
-            Device::Cuda { name, ctx } => format!("cuda:{} ({name})", ctx.ordinal()),
+            Device::Cuda(g) => format!("cuda:{} ({})", g.ctx.ordinal(), g.name),
         }
     }
     pub fn is_cuda(&self) -> bool {
-        matches!(self, Device::Cuda { .. })
+        matches!(self, Device::Cuda(_))
     }
 }
 
@@ -54,7 +58,7 @@ pub fn probe_cuda() -> Result<Device, String> {
     match opened {
         Ok(Ok(ctx)) => {
             let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
-            Ok(Device::Cuda { ctx, name })
+            Ok(Device::Cuda(Arc::new(Gpu::new(ctx, name))))
         }
         Ok(Err(e)) => Err(format!("the CUDA driver could not open device 0: {e}")),
         Err(_) => Err("the CUDA driver library could not be used".into()),

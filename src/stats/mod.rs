@@ -2,6 +2,7 @@
 //! (transient, stable) derived from them. SPEC.md, "Window statistics" and "States".
 
 pub mod cpu;
+pub mod cuda;
 pub mod states;
 
 use rayon::prelude::*;

@@ -12,8 +12,15 @@ use arrow::datatypes::{DataType, Field, Schema};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
+/// The repository root (`EXPERTCAST_ROOT` overrides it where the tests run from a
+/// copy of the tree, as on the GPU machine).
 pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("EXPERTCAST_ROOT").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
+/// The binary under test (`EXPERTCAST_BIN` overrides it likewise).
+pub fn bin() -> PathBuf {
+    std::env::var_os("EXPERTCAST_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_expertcast")))
 }
 
 pub fn bundled(name: &str) -> PathBuf {
@@ -22,7 +29,7 @@ pub fn bundled(name: &str) -> PathBuf {
 
 /// Runs `expertcast ARGS` from the repository root.
 pub fn expertcast(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_expertcast"))
+    Command::new(bin())
         .args(args)
         .current_dir(root())
         .output()

@@ -1,0 +1,238 @@
+// Window statistics of many series at once: trailing-window mean, population
+// variance and range (max - min) for window W. CPU twin: src/stats/cpu.rs
+// (`window_series`); tests/gpu.rs compares the two.
+//
+// Layout: input `x` is series-major float32, x[s * T + t]; outputs are series-major
+// too, out[s * n + i] for the window ending at step t = W - 1 + i, n = T - W + 1.
+//
+// One warp handles one series over one chunk of outputs, so that a small trace still
+// gives thousands of warps (the time axis is split into chunks that overlap by
+// W - 1 input steps). Lanes walk the time axis together: each load instruction of a
+// warp reads 32 consecutive steps of one series (128 coalesced bytes).
+//
+// O(1) work per output whatever W (van Herk / Gil-Werman): the chunk's inputs are cut
+// into blocks of W steps. The window ending at offset i of block j+1 is the suffix of
+// block j from offset i+1 plus the prefix of block j+1 up to offset i. Prefixes are
+// running warp scans; each finished block's suffix max, min, sum and sum of squares
+// are kept in shared memory (4 W floats per warp) for the next block. Sums are of
+// x - shift (shift = the chunk's first input), and never span more than 2 W steps,
+// so float32 sums stay within 1e-6 of a float64 computation.
+
+#define FULL 0xffffffffu
+#define SLAB 32
+// NVRTC has no math.h: +infinity by its bits.
+#define F_INF __int_as_float(0x7f800000)
+
+struct Agg {
+    float mx, mn, sum, sq;
+};
+
+__device__ __forceinline__ Agg agg_identity() {
+    Agg a;
+    a.mx = -F_INF;
+    a.mn = F_INF;
+    a.sum = 0.0f;
+    a.sq = 0.0f;
+    return a;
+}
+
+__device__ __forceinline__ Agg agg_of(float x, float shift) {
+    Agg a;
+    float d = x - shift;
+    a.mx = x;
+    a.mn = x;
+    a.sum = d;
+    a.sq = d * d;
+    return a;
+}
+
+__device__ __forceinline__ Agg agg_join(Agg a, Agg b) {
+    Agg r;
+    r.mx = fmaxf(a.mx, b.mx);
+    r.mn = fminf(a.mn, b.mn);
+    r.sum = a.sum + b.sum;
+    r.sq = a.sq + b.sq;
+    return r;
+}
+
+__device__ __forceinline__ Agg agg_shfl_up(Agg a, int d) {
+    Agg r;
+    r.mx = __shfl_up_sync(FULL, a.mx, d);
+    r.mn = __shfl_up_sync(FULL, a.mn, d);
+    r.sum = __shfl_up_sync(FULL, a.sum, d);
+    r.sq = __shfl_up_sync(FULL, a.sq, d);
+    return r;
+}
+
+__device__ __forceinline__ Agg agg_shfl_down(Agg a, int d) {
+    Agg r;
+    r.mx = __shfl_down_sync(FULL, a.mx, d);
+    r.mn = __shfl_down_sync(FULL, a.mn, d);
+    r.sum = __shfl_down_sync(FULL, a.sum, d);
+    r.sq = __shfl_down_sync(FULL, a.sq, d);
+    return r;
+}
+
+__device__ __forceinline__ Agg agg_shfl(Agg a, int src) {
+    Agg r;
+    r.mx = __shfl_sync(FULL, a.mx, src);
+    r.mn = __shfl_sync(FULL, a.mn, src);
+    r.sum = __shfl_sync(FULL, a.sum, src);
+    r.sq = __shfl_sync(FULL, a.sq, src);
+    return r;
+}
+
+// Inclusive prefix scan over the 32 lanes.
+__device__ __forceinline__ Agg scan_up(Agg a, int lane) {
+#pragma unroll
+    for (int d = 1; d < 32; d <<= 1) {
+        Agg o = agg_shfl_up(a, d);
+        if (lane >= d) a = agg_join(o, a);
+    }
+    return a;
+}
+
+// Inclusive suffix scan over the 32 lanes.
+__device__ __forceinline__ Agg scan_down(Agg a, int lane) {
+#pragma unroll
+    for (int d = 1; d < 32; d <<= 1) {
+        Agg o = agg_shfl_down(a, d);
+        if (lane + d < 32) a = agg_join(a, o);
+    }
+    return a;
+}
+
+// Suffix aggregates of the W raw values held in suf_mx (the raw buffer), written to
+// the four suffix arrays; suf_mx is overwritten in place.
+__device__ void block_suffix(float* suf_mx, float* suf_mn, float* suf_sum, float* suf_sq, int W, float shift,
+                             int lane) {
+    Agg carry = agg_identity();
+    for (int end = W; end > 0; end -= SLAB) {
+        int i = end - SLAB + lane;
+        Agg a = (i >= 0) ? agg_of(suf_mx[i], shift) : agg_identity();
+        a = agg_join(scan_down(a, lane), carry);
+        carry = agg_shfl(a, 0);
+        __syncwarp();
+        if (i >= 0) {
+            suf_mx[i] = a.mx;
+            suf_mn[i] = a.mn;
+            suf_sum[i] = a.sum;
+            suf_sq[i] = a.sq;
+        }
+        __syncwarp();
+    }
+}
+
+__device__ __forceinline__ void emit(float* mean_out, float* var_out, float* range_out, long idx, Agg w, int W,
+                                     float shift) {
+    double s = (double)w.sum, q = (double)w.sq;
+    double var = (q - s * s / W) / W;
+    if (mean_out) mean_out[idx] = (float)(shift + s / W);
+    var_out[idx] = (float)(var > 0.0 ? var : 0.0);
+    range_out[idx] = w.mx - w.mn;
+}
+
+// grid: enough warps for S * chunks (series, chunk) pairs; dynamic shared memory:
+// 4 * W floats per warp. mean_out may be null; var_out and range_out may not.
+extern "C" __global__ void window_stats(const float* __restrict__ x, int T, int S, int W, int chunk,
+                                        float* __restrict__ mean_out, float* __restrict__ var_out,
+                                        float* __restrict__ range_out) {
+    extern __shared__ float smem[];
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    const int n = T - W + 1;
+    if (n <= 0) return;
+    const int chunks = (n + chunk - 1) / chunk;
+    const long gw = (long)blockIdx.x * (blockDim.x >> 5) + warp;
+    if (gw >= (long)S * chunks) return;
+    const int s = (int)(gw / chunks);
+    const int c = (int)(gw % chunks);
+    const int c0 = c * chunk + (W - 1);     // first output step of this chunk
+    const int c1 = min(c0 + chunk, T);      // one past its last output step
+    const int a = c0 - W + 1;               // first input step: start of block 0
+
+    float* suf_mx = smem + (long)warp * 4 * W;
+    float* suf_mn = suf_mx + W;
+    float* suf_sum = suf_mn + W;
+    float* suf_sq = suf_sum + W;
+    const float* xs = x + (long)s * T;
+    const long obase = (long)s * n - (W - 1);  // out index of step t is obase + t
+    const float shift = xs[a];
+
+    // Block 0: raw values, then its suffixes; its last step is the first output.
+    for (int i = lane; i < W; i += SLAB) suf_mx[i] = xs[a + i];
+    __syncwarp();
+    block_suffix(suf_mx, suf_mn, suf_sum, suf_sq, W, shift, lane);
+    if (lane == 0) {
+        Agg w;
+        w.mx = suf_mx[0];
+        w.mn = suf_mn[0];
+        w.sum = suf_sum[0];
+        w.sq = suf_sq[0];
+        emit(mean_out, var_out, range_out, obase + c0, w, W, shift);
+    }
+    __syncwarp();
+
+    // Blocks 1, 2, ...: prefix scans joined with the previous block's suffixes.
+    for (int b = a + W; b < c1; b += W) {
+        const int len = min(W, c1 - b);
+        Agg carry = agg_identity();
+        float next = (lane < len) ? xs[b + lane] : 0.0f;
+        for (int i0 = 0; i0 < len; i0 += SLAB) {
+            const int i = i0 + lane;
+            const bool valid = i < len;
+            const float v = next;
+            // Prefetch the next slab while this one is scanned.
+            next = (i + SLAB < len) ? xs[b + i + SLAB] : 0.0f;
+            Agg p = valid ? agg_of(v, shift) : agg_identity();
+            p = agg_join(carry, scan_up(p, lane));
+            carry = agg_shfl(p, 31);
+            Agg w = p;
+            if (valid && i + 1 < W) {
+                Agg q;
+                q.mx = suf_mx[i + 1];
+                q.mn = suf_mn[i + 1];
+                q.sum = suf_sum[i + 1];
+                q.sq = suf_sq[i + 1];
+                w = agg_join(q, p);
+            }
+            __syncwarp();
+            if (valid) {
+                emit(mean_out, var_out, range_out, obase + b + i, w, W, shift);
+                suf_mx[i] = v;  // raw values of this block, for its suffixes
+            }
+            __syncwarp();
+        }
+        if (b + W < c1) block_suffix(suf_mx, suf_mn, suf_sum, suf_sq, W, shift, lane);
+    }
+}
+
+// Layer summaries from the per-expert variance and range: for each layer l and
+// output i, the mean and max over its experts of the variance and of the range, and
+// the mean of the standard deviation (the s(t) of the states rule).
+// grid: (ceil(n / blockDim.x), layers). Series s = l * experts + e.
+extern "C" __global__ void layer_summary(const float* __restrict__ var, const float* __restrict__ range, int n,
+                                         int experts, float* __restrict__ var_mean, float* __restrict__ var_max,
+                                         float* __restrict__ range_mean, float* __restrict__ range_max,
+                                         float* __restrict__ std_mean) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    const int l = blockIdx.y;
+    if (i >= n) return;
+    double vs = 0.0, rs = 0.0, ss = 0.0;
+    float vm = 0.0f, rm = 0.0f;
+    for (int e = 0; e < experts; e++) {
+        const long k = (long)(l * experts + e) * n + i;
+        const float v = var[k], r = range[k];
+        vs += v;
+        rs += r;
+        ss += sqrt((double)v);
+        vm = fmaxf(vm, v);
+        rm = fmaxf(rm, r);
+    }
+    const long o = (long)l * n + i;
+    var_mean[o] = (float)(vs / experts);
+    var_max[o] = vm;
+    range_mean[o] = (float)(rs / experts);
+    range_max[o] = rm;
+    std_mean[o] = (float)(ss / experts);
+}

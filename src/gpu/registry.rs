@@ -1,0 +1,51 @@
+//! Our CUDA kernels, compiled once per context with NVRTC and kept loaded.
+//!
+//! Each `kernels/*.cu` file is embedded with `include_str!` and compiled for the
+//! device's own architecture the first time a kernel of it is asked for.
+
+use std::sync::{Arc, OnceLock};
+
+use anyhow::{Context, anyhow};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule};
+use cudarc::nvrtc::{CompileOptions, compile_ptx_with_opts};
+
+/// Source of the window-statistics kernels (`window_stats`, `layer_summary`).
+pub const WINDOW_STATS_CU: &str = include_str!("../../kernels/window_stats.cu");
+
+/// The loaded kernels of one context.
+pub struct Kernels {
+    _module: Arc<CudaModule>,
+    pub window_stats: CudaFunction,
+    pub layer_summary: CudaFunction,
+}
+
+/// One GPU: its context and, once compiled, its kernels.
+pub struct Gpu {
+    pub ctx: Arc<CudaContext>,
+    pub name: String,
+    kernels: OnceLock<Result<Kernels, String>>,
+}
+
+impl Gpu {
+    pub fn new(ctx: Arc<CudaContext>, name: String) -> Gpu {
+        Gpu { ctx, name, kernels: OnceLock::new() }
+    }
+
+    /// The kernels, compiled and loaded on first use.
+    pub fn kernels(&self) -> anyhow::Result<&Kernels> {
+        self.kernels.get_or_init(|| self.load().map_err(|e| format!("{e:#}"))).as_ref().map_err(|e| anyhow!("{e}"))
+    }
+
+    fn load(&self) -> anyhow::Result<Kernels> {
+        let (major, minor) = self.ctx.compute_capability().context("reading the GPU's compute capability")?;
+        let arch: &'static str = Box::leak(format!("sm_{major}{minor}").into_boxed_str());
+        let opts = CompileOptions { arch: Some(arch), name: Some("window_stats.cu".into()), ..Default::default() };
+        let ptx = compile_ptx_with_opts(WINDOW_STATS_CU, opts).context("compiling kernels/window_stats.cu with NVRTC")?;
+        let module = self.ctx.load_module(ptx).context("loading kernels/window_stats.cu")?;
+        Ok(Kernels {
+            window_stats: module.load_function("window_stats").context("loading kernel window_stats")?,
+            layer_summary: module.load_function("layer_summary").context("loading kernel layer_summary")?,
+            _module: module,
+        })
+    }
+}

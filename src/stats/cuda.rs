@@ -1,0 +1,351 @@
+//! Window statistics on the GPU: `kernels/window_stats.cu` through cudarc.
+//!
+//! The trace goes to the GPU as float32 shares, series-major, in groups of layers
+//! sized to fit the device's free memory. Two CUDA streams alternate between
+//! groups, each with its own pinned host buffers, so that preparing and copying
+//! one group overlaps the kernels of the other. Layer summaries are reduced on the
+//! GPU; only they cross PCIe unless the per-expert detail is asked for.
+
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
+use cudarc::driver::{CudaSlice, CudaStream, LaunchConfig, PinnedHostSlice, PushKernelArg};
+use rayon::prelude::*;
+
+use super::{ExpertStats, LayerStats, cpu};
+use crate::gpu::Gpu;
+use crate::trace::Trace;
+
+/// Launch geometry of `window_stats` for one window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    /// Outputs per warp.
+    pub chunk: usize,
+    pub warps_per_block: usize,
+    pub blocks: usize,
+    pub smem_bytes: usize,
+}
+
+/// Shared memory the kernel needs per warp for window `w`.
+pub fn smem_per_warp(w: usize) -> usize {
+    16 * w
+}
+
+/// The largest window the kernel can run on `gpu` (its shared memory per block).
+pub fn max_window(gpu: &Gpu) -> anyhow::Result<usize> {
+    let optin = gpu
+        .ctx
+        .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+        .context("reading the GPU's shared memory per block")?;
+    Ok(optin as usize / smem_per_warp(1))
+}
+
+/// Chooses chunk length and block shape: chunks of at least 8 W outputs (so the
+/// W - 1 overlap costs at most 1/8), and enough (series, chunk) warps to give every
+/// multiprocessor several, also for a small trace.
+pub fn geometry(w: usize, steps: usize, series: usize, sms: usize) -> Geometry {
+    let n = cpu::outputs(steps, w).max(1);
+    let want_warps = 16 * 32 * sms.max(1);
+    let want_chunks = want_warps.div_ceil(series.max(1));
+    let chunk = (8 * w).max(n.div_ceil(want_chunks)).max(32).min(n);
+    let warps_per_block = (48 * 1024 / smem_per_warp(w)).clamp(1, 8);
+    let warps = series * n.div_ceil(chunk);
+    Geometry {
+        chunk,
+        warps_per_block,
+        blocks: warps.div_ceil(warps_per_block),
+        smem_bytes: warps_per_block * smem_per_warp(w),
+    }
+}
+
+/// Per-expert outputs of one window on the device, `[series][n]`.
+pub struct DeviceOutputs {
+    pub mean: Option<CudaSlice<f32>>,
+    pub var: CudaSlice<f32>,
+    pub range: CudaSlice<f32>,
+}
+
+/// Launches `window_stats` on `stream` for `series` series of `steps` steps held
+/// series-major in `x`. Outputs are written into `out`, whose slices hold at least
+/// `series * outputs(steps, w)` values.
+pub fn launch_window_stats(
+    gpu: &Gpu,
+    stream: &Arc<CudaStream>,
+    x: &CudaSlice<f32>,
+    steps: usize,
+    series: usize,
+    w: usize,
+    out: &mut DeviceOutputs,
+) -> anyhow::Result<()> {
+    let n = cpu::outputs(steps, w);
+    if n == 0 || series == 0 {
+        return Ok(());
+    }
+    if w > max_window(gpu)? {
+        bail!("window {w} is longer than the GPU kernel's shared memory allows ({} steps)", max_window(gpu)?);
+    }
+    assert!(x.len() >= series * steps, "input holds series × steps values");
+    assert!(out.var.len() >= series * n && out.range.len() >= series * n, "outputs hold series × n values");
+    if let Some(m) = &out.mean {
+        assert!(m.len() >= series * n);
+    }
+    let k = gpu.kernels()?;
+    let sms = gpu.ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as usize;
+    let g = geometry(w, steps, series, sms);
+    k.window_stats
+        .set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, g.smem_bytes as i32)
+        .context("setting the shared memory of window_stats")?;
+    let cfg = LaunchConfig {
+        grid_dim: (g.blocks as u32, 1, 1),
+        block_dim: (32 * g.warps_per_block as u32, 1, 1),
+        shared_mem_bytes: g.smem_bytes as u32,
+    };
+    let (t, s, wi, chunk) = (steps as i32, series as i32, w as i32, g.chunk as i32);
+    let null: u64 = 0;
+    let mut b = stream.launch_builder(&k.window_stats);
+    b.arg(x).arg(&t).arg(&s).arg(&wi).arg(&chunk);
+    match out.mean.as_mut() {
+        Some(m) => b.arg(m),
+        None => b.arg(&null),
+    };
+    b.arg(&mut out.var).arg(&mut out.range);
+    // SAFETY: x holds series × steps floats and each output series × n (asserted
+    // above); the grid covers exactly series × ceil(n / chunk) warps (extra warps of
+    // the last block return at once), and each warp's shared memory is 4 W floats,
+    // the smem_bytes / warps_per_block given here.
+    unsafe { b.launch(cfg) }.with_context(|| format!("launching window_stats (W = {w}, {series} series × {steps} steps)"))?;
+    Ok(())
+}
+
+/// Device buffers of the five layer summaries, `[layer][n]` each.
+pub struct DeviceSummaries {
+    pub var_mean: CudaSlice<f32>,
+    pub var_max: CudaSlice<f32>,
+    pub range_mean: CudaSlice<f32>,
+    pub range_max: CudaSlice<f32>,
+    pub std_mean: CudaSlice<f32>,
+}
+
+impl DeviceSummaries {
+    pub fn alloc(stream: &Arc<CudaStream>, len: usize) -> anyhow::Result<Self> {
+        Ok(DeviceSummaries {
+            var_mean: stream.alloc_zeros(len)?,
+            var_max: stream.alloc_zeros(len)?,
+            range_mean: stream.alloc_zeros(len)?,
+            range_max: stream.alloc_zeros(len)?,
+            std_mean: stream.alloc_zeros(len)?,
+        })
+    }
+    fn all(&self) -> [&CudaSlice<f32>; 5] {
+        [&self.var_mean, &self.var_max, &self.range_mean, &self.range_max, &self.std_mean]
+    }
+}
+
+/// Launches `layer_summary`: per layer and output, the reductions over its experts.
+pub fn launch_layer_summary(
+    gpu: &Gpu,
+    stream: &Arc<CudaStream>,
+    out: &DeviceOutputs,
+    n: usize,
+    layers: usize,
+    experts: usize,
+    sums: &mut DeviceSummaries,
+) -> anyhow::Result<()> {
+    if n == 0 || layers == 0 {
+        return Ok(());
+    }
+    assert!(out.var.len() >= layers * experts * n && sums.var_mean.len() >= layers * n);
+    let k = gpu.kernels()?;
+    let cfg = LaunchConfig { grid_dim: (n.div_ceil(256) as u32, layers as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    let (ni, ei) = (n as i32, experts as i32);
+    let mut b = stream.launch_builder(&k.layer_summary);
+    b.arg(&out.var).arg(&out.range).arg(&ni).arg(&ei);
+    b.arg(&mut sums.var_mean).arg(&mut sums.var_max).arg(&mut sums.range_mean).arg(&mut sums.range_max).arg(&mut sums.std_mean);
+    // SAFETY: var and range hold layers × experts × n floats, each summary layers × n
+    // (asserted above); the grid has one thread per (output, layer), extra threads
+    // return at once.
+    unsafe { b.launch(cfg) }.context("launching layer_summary")?;
+    Ok(())
+}
+
+/// Window statistics of `series` series (series-major in `x`), on the GPU, back on
+/// the host: `(mean, var, range)`, each `[series][n]`. For tests and benchmarks.
+pub fn window_stats_host(gpu: &Gpu, x: &[f32], steps: usize, w: usize) -> anyhow::Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+    let series = x.len() / steps.max(1);
+    let n = cpu::outputs(steps, w);
+    let stream = gpu.ctx.default_stream();
+    let dx = stream.clone_htod(x)?;
+    // Poisoned outputs: any value the kernel fails to write shows up as NaN.
+    let poison = vec![f32::NAN; (series * n).max(1)];
+    let mut out = DeviceOutputs { mean: Some(stream.clone_htod(&poison)?), var: stream.clone_htod(&poison)?, range: stream.clone_htod(&poison)? };
+    launch_window_stats(gpu, &stream, &dx, steps, series, w, &mut out)?;
+    let get = |d: &CudaSlice<f32>| -> anyhow::Result<Vec<f32>> {
+        let mut v = stream.clone_dtoh(d)?;
+        v.truncate(series * n);
+        Ok(v)
+    };
+    let r = (get(out.mean.as_ref().unwrap())?, get(&out.var)?, get(&out.range)?);
+    stream.synchronize()?;
+    Ok(r)
+}
+
+/// Pinned host memory that the host reads (not write-combined).
+fn pinned_readable(gpu: &Gpu, len: usize) -> anyhow::Result<PinnedHostSlice<f32>> {
+    // SAFETY: the buffer is fully written by a device-to-host copy before it is read.
+    Ok(unsafe { gpu.ctx.alloc_pinned_with_flags::<f32>(len.max(1), 0) }?)
+}
+
+/// One stream with its buffers for a group of layers.
+struct Slot {
+    stream: Arc<CudaStream>,
+    host_in: PinnedHostSlice<f32>,
+    d_in: CudaSlice<f32>,
+    out: DeviceOutputs,
+    /// Per window: device summaries and their pinned host copies (5 arrays).
+    sums: Vec<(DeviceSummaries, Vec<PinnedHostSlice<f32>>)>,
+    /// Per window: pinned host copies of mean, var, range (detail only).
+    detail: Vec<Vec<PinnedHostSlice<f32>>>,
+    /// The layers whose results are in flight on this stream.
+    pending: Option<Vec<usize>>,
+}
+
+/// [`super::layer_stats_cpu`] on the GPU: the same summaries (within 1e-6) and, when
+/// `detail` is given, the same per-expert statistics layer by layer.
+pub fn layer_stats_cuda(
+    gpu: &Gpu,
+    trace: &Trace,
+    windows: &[usize],
+    mut detail: Option<&mut dyn FnMut(Vec<ExpertStats>) -> anyhow::Result<()>>,
+    mut on_layer: impl FnMut(),
+) -> anyhow::Result<Vec<LayerStats>> {
+    let (nt, nl, ne) = (trace.steps(), trace.layers(), trace.experts());
+    let keep = detail.is_some();
+    let ns: Vec<usize> = windows.iter().map(|&w| cpu::outputs(nt, w)).collect();
+    let n_max = ns.iter().copied().max().unwrap_or(0);
+    // Device bytes per layer: input, per-expert outputs (one window at a time), summaries.
+    let per_layer = 4 * (ne * nt + (2 + keep as usize) * ne * n_max + 5 * ns.iter().sum::<usize>());
+    let (free, _) = gpu.ctx.mem_get_info().context("reading the GPU's free memory")?;
+    let group = ((free / 4) / per_layer.max(1)).clamp(1, nl);
+    let n_groups = nl.div_ceil(group);
+    let slots_needed = n_groups.min(2);
+
+    let mut slots: Vec<Slot> = Vec::with_capacity(slots_needed);
+    for _ in 0..slots_needed {
+        let stream = gpu.ctx.new_stream().context("creating a CUDA stream")?;
+        let series = group * ne;
+        let mut sums = Vec::new();
+        let mut det = Vec::new();
+        for &n in &ns {
+            let host: Vec<PinnedHostSlice<f32>> = (0..5).map(|_| pinned_readable(gpu, group * n)).collect::<Result<_, _>>()?;
+            sums.push((DeviceSummaries::alloc(&stream, (group * n).max(1))?, host));
+            if keep {
+                det.push((0..3).map(|_| pinned_readable(gpu, series * n)).collect::<Result<_, _>>()?);
+            }
+        }
+        slots.push(Slot {
+            // SAFETY: written in full from the trace before every copy to the device.
+            host_in: unsafe { gpu.ctx.alloc_pinned::<f32>(series * nt) }?,
+            d_in: stream.alloc_zeros((series * nt).max(1))?,
+            out: DeviceOutputs {
+                mean: if keep { Some(stream.alloc_zeros((series * n_max).max(1))?) } else { None },
+                var: stream.alloc_zeros((series * n_max).max(1))?,
+                range: stream.alloc_zeros((series * n_max).max(1))?,
+            },
+            sums,
+            detail: det,
+            stream,
+            pending: None,
+        });
+    }
+
+    let mut results: Vec<Option<Vec<LayerStats>>> = vec![None; nl];
+    let mut collect = |slot: &mut Slot,
+                       results: &mut Vec<Option<Vec<LayerStats>>>,
+                       detail: &mut Option<&mut dyn FnMut(Vec<ExpertStats>) -> anyhow::Result<()>>|
+     -> anyhow::Result<()> {
+        let Some(layers) = slot.pending.take() else { return Ok(()) };
+        slot.stream.synchronize().context("waiting for the window statistics kernels")?;
+        for (gi, &l) in layers.iter().enumerate() {
+            let mut per_window = Vec::with_capacity(windows.len());
+            for (wi, &w) in windows.iter().enumerate() {
+                let n = ns[wi];
+                let host = &slot.sums[wi].1;
+                let part = |k: usize| -> anyhow::Result<Vec<f64>> {
+                    Ok(host[k].as_slice()?[gi * n..(gi + 1) * n].iter().map(|&v| v as f64).collect())
+                };
+                per_window.push(LayerStats {
+                    layer: l,
+                    window: w,
+                    var_mean: part(0)?,
+                    var_max: part(1)?,
+                    range_mean: part(2)?,
+                    range_max: part(3)?,
+                    std_mean: part(4)?,
+                });
+            }
+            if let Some(d) = detail.as_mut() {
+                let mut ex = Vec::with_capacity(ne * windows.len());
+                for e in 0..ne {
+                    for (wi, &w) in windows.iter().enumerate() {
+                        let n = ns[wi];
+                        let s = gi * ne + e;
+                        let h = &slot.detail[wi];
+                        let part = |k: usize| -> anyhow::Result<Vec<f64>> {
+                            Ok(h[k].as_slice()?[s * n..(s + 1) * n].iter().map(|&v| v as f64).collect())
+                        };
+                        ex.push(ExpertStats { layer: l, expert: e, window: w, mean: part(0)?, var: part(1)?, range: part(2)? });
+                    }
+                }
+                d(ex)?;
+            }
+            results[l] = Some(per_window);
+            on_layer();
+        }
+        Ok(())
+    };
+
+    for g in 0..n_groups {
+        let layers: Vec<usize> = (g * group..((g + 1) * group).min(nl)).collect();
+        let slot = &mut slots[g % slots_needed];
+        collect(slot, &mut results, &mut detail)?;
+        let series = layers.len() * ne;
+        // Shares as float32, series-major, straight into pinned memory.
+        {
+            let host = slot.host_in.as_mut_slice()?;
+            host[..series * nt].par_chunks_mut(nt).enumerate().for_each(|(s, row)| {
+                let (l, e) = (layers[s / ne], s % ne);
+                for (t, v) in row.iter_mut().enumerate() {
+                    *v = trace.proportion(t, l, e) as f32;
+                }
+            });
+        }
+        let st = slot.stream.clone();
+        st.memcpy_htod(&slot.host_in, &mut slot.d_in).context("copying shares to the GPU")?;
+        for (wi, &w) in windows.iter().enumerate() {
+            let n = ns[wi];
+            if n == 0 {
+                continue;
+            }
+            launch_window_stats(gpu, &st, &slot.d_in, nt, series, w, &mut slot.out)?;
+            let (dsum, hsum) = &mut slot.sums[wi];
+            launch_layer_summary(gpu, &st, &slot.out, n, layers.len(), ne, dsum)?;
+            for (d, h) in dsum.all().into_iter().zip(hsum.iter_mut()) {
+                st.memcpy_dtoh(&d.slice(..layers.len() * n), h).context("copying layer summaries to the host")?;
+            }
+            if keep {
+                let h = &mut slot.detail[wi];
+                let outs = [slot.out.mean.as_ref().unwrap(), &slot.out.var, &slot.out.range];
+                for (d, hh) in outs.into_iter().zip(h.iter_mut()) {
+                    st.memcpy_dtoh(&d.slice(..series * n), hh).context("copying window statistics to the host")?;
+                }
+            }
+        }
+        slot.pending = Some(layers);
+    }
+    for slot in slots.iter_mut() {
+        collect(slot, &mut results, &mut detail)?;
+    }
+    // Windows with no output (trace shorter than the window) give empty summaries.
+    Ok(results.into_iter().flatten().flatten().collect())
+}
