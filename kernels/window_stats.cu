@@ -123,17 +123,20 @@ __device__ void block_suffix(float* suf_mx, float* suf_mn, float* suf_sum, float
     }
 }
 
-__device__ __forceinline__ void emit(float* mean_out, float* var_out, float* range_out, long idx, Agg w, int W,
+// inv_w = 1 / W: multiplications, not double-precision divisions, in the inner loop.
+__device__ __forceinline__ void emit(float* mean_out, float* var_out, float* range_out, long idx, Agg w, double inv_w,
                                      float shift) {
     double s = (double)w.sum, q = (double)w.sq;
-    double var = (q - s * s / W) / W;
-    if (mean_out) mean_out[idx] = (float)(shift + s / W);
+    double m = s * inv_w;
+    double var = q * inv_w - m * m;
+    if (mean_out) mean_out[idx] = (float)(shift + m);
     var_out[idx] = (float)(var > 0.0 ? var : 0.0);
     range_out[idx] = w.mx - w.mn;
 }
 
 // grid: enough warps for S * chunks (series, chunk) pairs; dynamic shared memory:
-// 4 * W floats per warp. mean_out may be null; var_out and range_out may not.
+// 4 * W floats per warp (none for W <= 32). mean_out may be null; var_out and
+// range_out may not.
 extern "C" __global__ void window_stats(const float* __restrict__ x, int T, int S, int W, int chunk,
                                         float* __restrict__ mean_out, float* __restrict__ var_out,
                                         float* __restrict__ range_out) {
@@ -151,13 +154,36 @@ extern "C" __global__ void window_stats(const float* __restrict__ x, int T, int 
     const int c1 = min(c0 + chunk, T);      // one past its last output step
     const int a = c0 - W + 1;               // first input step: start of block 0
 
+    const double inv_w = 1.0 / (double)W;
+    const float* xs = x + (long)s * T;
+    const long obase = (long)s * n - (W - 1);  // out index of step t is obase + t
+    const float shift = xs[a];
+
+    if (W <= SLAB) {
+        // Short windows: every window lies within this slab and the one before, held
+        // in two registers per lane; each output gathers its W values by shuffles
+        // (at most 32, a constant), and no shared memory is needed.
+        float prev = (c0 - SLAB + lane >= a) ? xs[c0 - SLAB + lane] : 0.0f;
+        for (int t0 = c0; t0 < c1; t0 += SLAB) {
+            const int t = t0 + lane;
+            const float cur = (t < c1) ? xs[t] : 0.0f;
+            Agg w = agg_identity();
+            for (int d = 0; d < W; d++) {
+                const int src = lane - d;
+                const float vc = __shfl_sync(FULL, cur, src & 31);
+                const float vp = __shfl_sync(FULL, prev, src & 31);
+                w = agg_join(w, agg_of(src >= 0 ? vc : vp, shift));
+            }
+            if (t < c1) emit(mean_out, var_out, range_out, obase + t, w, inv_w, shift);
+            prev = cur;
+        }
+        return;
+    }
+
     float* suf_mx = smem + (long)warp * 4 * W;
     float* suf_mn = suf_mx + W;
     float* suf_sum = suf_mn + W;
     float* suf_sq = suf_sum + W;
-    const float* xs = x + (long)s * T;
-    const long obase = (long)s * n - (W - 1);  // out index of step t is obase + t
-    const float shift = xs[a];
 
     // Block 0: raw values, then its suffixes; its last step is the first output.
     for (int i = lane; i < W; i += SLAB) suf_mx[i] = xs[a + i];
@@ -169,7 +195,7 @@ extern "C" __global__ void window_stats(const float* __restrict__ x, int T, int 
         w.mn = suf_mn[0];
         w.sum = suf_sum[0];
         w.sq = suf_sq[0];
-        emit(mean_out, var_out, range_out, obase + c0, w, W, shift);
+        emit(mean_out, var_out, range_out, obase + c0, w, inv_w, shift);
     }
     __syncwarp();
 
@@ -198,7 +224,7 @@ extern "C" __global__ void window_stats(const float* __restrict__ x, int T, int 
             }
             __syncwarp();
             if (valid) {
-                emit(mean_out, var_out, range_out, obase + b + i, w, W, shift);
+                emit(mean_out, var_out, range_out, obase + b + i, w, inv_w, shift);
                 suf_mx[i] = v;  // raw values of this block, for its suffixes
             }
             __syncwarp();

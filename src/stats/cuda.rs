@@ -27,9 +27,10 @@ pub struct Geometry {
     pub smem_bytes: usize,
 }
 
-/// Shared memory the kernel needs per warp for window `w`.
+/// Shared memory the kernel needs per warp for window `w` (short windows, up to
+/// 32 steps, are gathered by warp shuffles and need none).
 pub fn smem_per_warp(w: usize) -> usize {
-    16 * w
+    if w <= 32 { 0 } else { 16 * w }
 }
 
 /// The largest window the kernel can run on `gpu` (its shared memory per block).
@@ -38,7 +39,7 @@ pub fn max_window(gpu: &Gpu) -> anyhow::Result<usize> {
         .ctx
         .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
         .context("reading the GPU's shared memory per block")?;
-    Ok(optin as usize / smem_per_warp(1))
+    Ok(optin as usize / 16)
 }
 
 /// Chooses chunk length and block shape: chunks of at least 8 W outputs (so the
@@ -49,7 +50,7 @@ pub fn geometry(w: usize, steps: usize, series: usize, sms: usize) -> Geometry {
     let want_warps = 16 * 32 * sms.max(1);
     let want_chunks = want_warps.div_ceil(series.max(1));
     let chunk = (8 * w).max(n.div_ceil(want_chunks)).max(32).min(n);
-    let warps_per_block = (48 * 1024 / smem_per_warp(w)).clamp(1, 8);
+    let warps_per_block = (48 * 1024 / smem_per_warp(w).max(1)).clamp(1, 8);
     let warps = series * n.div_ceil(chunk);
     Geometry {
         chunk,
