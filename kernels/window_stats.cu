@@ -7,14 +7,16 @@
 //
 // One warp handles one series over one chunk of outputs, so that a small trace still
 // gives thousands of warps (the time axis is split into chunks that overlap by
-// W - 1 input steps). Lanes walk the time axis together: each load instruction of a
-// warp reads 32 consecutive steps of one series (128 coalesced bytes).
+// W - 1 input steps). Lanes walk the time axis together, so a warp's loads cover
+// consecutive steps of one series: whole 128-byte lines.
 //
 // O(1) work per output whatever W (van Herk / Gil-Werman): the chunk's inputs are cut
 // into blocks of W steps. The window ending at offset i of block j+1 is the suffix of
 // block j from offset i+1 plus the prefix of block j+1 up to offset i. Prefixes are
-// running warp scans; each finished block's suffix max, min, sum and sum of squares
-// are kept in shared memory (4 W floats per warp) for the next block. Sums are of
+// scans (each lane K consecutive steps in registers, then one warp scan of the lanes'
+// totals); each finished block's suffix max, min, sum and sum of squares are kept in
+// shared memory (4 padded arrays of W floats per warp) for the next block. Windows
+// of at most 32 steps are gathered from registers by warp shuffles instead. Sums are of
 // x - shift (shift = the chunk's first input), and never span more than 2 W steps,
 // so float32 sums stay within 1e-6 of a float64 computation.
 
@@ -102,22 +104,50 @@ __device__ __forceinline__ Agg scan_down(Agg a, int lane) {
     return a;
 }
 
+// Both kernels: grid of enough warps for S * chunks (series, chunk) pairs; mean_out
+// may be null, var_out and range_out may not.
+
+// Each lane owns K consecutive positions of a span of 32 K: local scans in registers,
+// one warp scan of the lanes' totals per span.
+#define K 4
+#define SPAN (SLAB * K)
+
+// Shared-memory index with one pad word per 32, so that the 32 lanes touching
+// positions K * lane + c hit 32 different banks.
+__device__ __forceinline__ int pad(int i) { return i + (i >> 5); }
+
 // Suffix aggregates of the W raw values held in suf_mx (the raw buffer), written to
 // the four suffix arrays; suf_mx is overwritten in place.
 __device__ void block_suffix(float* suf_mx, float* suf_mn, float* suf_sum, float* suf_sq, int W, float shift,
                              int lane) {
     Agg carry = agg_identity();
-    for (int end = W; end > 0; end -= SLAB) {
-        int i = end - SLAB + lane;
-        Agg a = (i >= 0) ? agg_of(suf_mx[i], shift) : agg_identity();
-        a = agg_join(scan_down(a, lane), carry);
-        carry = agg_shfl(a, 0);
+    for (int e = W; e > 0; e -= SPAN) {
+        const int s0 = e - SPAN + lane * K;
+        Agg sk[K];
+        Agg run = agg_identity();
+#pragma unroll
+        for (int k = K - 1; k >= 0; k--) {
+            const int i = s0 + k;
+            run = agg_join(i >= 0 ? agg_of(suf_mx[pad(i)], shift) : agg_identity(), run);
+            sk[k] = run;
+        }
+        const Agg incl = scan_down(run, lane);
+        Agg after = agg_shfl_down(incl, 1);
+        if (lane == 31) after = agg_identity();
+        const Agg base = agg_join(after, carry);
+        carry = agg_join(agg_shfl(incl, 0), carry);
         __syncwarp();
-        if (i >= 0) {
-            suf_mx[i] = a.mx;
-            suf_mn[i] = a.mn;
-            suf_sum[i] = a.sum;
-            suf_sq[i] = a.sq;
+#pragma unroll
+        for (int k = 0; k < K; k++) {
+            const int i = s0 + k;
+            if (i >= 0) {
+                const Agg r = agg_join(sk[k], base);
+                const int p = pad(i);
+                suf_mx[p] = r.mx;
+                suf_mn[p] = r.mn;
+                suf_sum[p] = r.sum;
+                suf_sq[p] = r.sq;
+            }
         }
         __syncwarp();
     }
@@ -134,59 +164,86 @@ __device__ __forceinline__ void emit(float* mean_out, float* var_out, float* ran
     range_out[idx] = w.mx - w.mn;
 }
 
-// grid: enough warps for S * chunks (series, chunk) pairs; dynamic shared memory:
-// 4 * W floats per warp (none for W <= 32). mean_out may be null; var_out and
-// range_out may not.
-extern "C" __global__ void window_stats(const float* __restrict__ x, int T, int S, int W, int chunk,
-                                        float* __restrict__ mean_out, float* __restrict__ var_out,
-                                        float* __restrict__ range_out) {
-    extern __shared__ float smem[];
-    const int lane = threadIdx.x & 31;
-    const int warp = threadIdx.x >> 5;
-    const int n = T - W + 1;
-    if (n <= 0) return;
-    const int chunks = (n + chunk - 1) / chunk;
-    const long gw = (long)blockIdx.x * (blockDim.x >> 5) + warp;
-    if (gw >= (long)S * chunks) return;
+// The (series, chunk) of this warp and the steps it covers.
+struct Task {
+    int lane, warp, n, c0, c1, a;
+    const float* xs;
+    long obase;  // output index of step t is obase + t
+    float shift;
+    double inv_w;
+};
+
+__device__ __forceinline__ bool task_of(const float* x, int T, int S, int W, int chunk, Task& k) {
+    k.lane = threadIdx.x & 31;
+    k.warp = threadIdx.x >> 5;
+    k.n = T - W + 1;
+    if (k.n <= 0) return false;
+    const int chunks = (k.n + chunk - 1) / chunk;
+    const long gw = (long)blockIdx.x * (blockDim.x >> 5) + k.warp;
+    if (gw >= (long)S * chunks) return false;
     const int s = (int)(gw / chunks);
     const int c = (int)(gw % chunks);
-    const int c0 = c * chunk + (W - 1);     // first output step of this chunk
-    const int c1 = min(c0 + chunk, T);      // one past its last output step
-    const int a = c0 - W + 1;               // first input step: start of block 0
+    k.c0 = c * chunk + (W - 1);   // first output step of this chunk
+    k.c1 = min(k.c0 + chunk, T);  // one past its last output step
+    k.a = k.c0 - W + 1;           // first input step: start of block 0
+    k.xs = x + (long)s * T;
+    k.obase = (long)s * k.n - (W - 1);
+    k.shift = k.xs[k.a];
+    k.inv_w = 1.0 / (double)W;
+    return true;
+}
 
-    const double inv_w = 1.0 / (double)W;
-    const float* xs = x + (long)s * T;
-    const long obase = (long)s * n - (W - 1);  // out index of step t is obase + t
-    const float shift = xs[a];
-
-    if (W <= SLAB) {
-        // Short windows: every window lies within this slab and the one before, held
-        // in two registers per lane; each output gathers its W values by shuffles
-        // (at most 32, a constant), and no shared memory is needed.
-        float prev = (c0 - SLAB + lane >= a) ? xs[c0 - SLAB + lane] : 0.0f;
-        for (int t0 = c0; t0 < c1; t0 += SLAB) {
-            const int t = t0 + lane;
-            const float cur = (t < c1) ? xs[t] : 0.0f;
-            Agg w = agg_identity();
-            for (int d = 0; d < W; d++) {
-                const int src = lane - d;
-                const float vc = __shfl_sync(FULL, cur, src & 31);
-                const float vp = __shfl_sync(FULL, prev, src & 31);
-                w = agg_join(w, agg_of(src >= 0 ? vc : vp, shift));
-            }
-            if (t < c1) emit(mean_out, var_out, range_out, obase + t, w, inv_w, shift);
-            prev = cur;
+// Windows of at most 32 steps: every window lies within this slab and the one
+// before, held in two registers per lane; each output gathers its W values by
+// shuffles (at most 32, a constant), and no shared memory is needed.
+extern "C" __global__ void __launch_bounds__(256) window_stats_short(const float* __restrict__ x, int T, int S, int W,
+                                                                     int chunk, float* __restrict__ mean_out,
+                                                                     float* __restrict__ var_out,
+                                                                     float* __restrict__ range_out) {
+    Task k;
+    if (!task_of(x, T, S, W, chunk, k)) return;
+    const int lane = k.lane, c0 = k.c0, c1 = k.c1, a = k.a;
+    const float* xs = k.xs;
+    const float shift = k.shift;
+    float prev = (c0 - SLAB + lane >= a) ? xs[c0 - SLAB + lane] : 0.0f;
+    for (int t0 = c0; t0 < c1; t0 += SLAB) {
+        const int t = t0 + lane;
+        const float cur = (t < c1) ? xs[t] : 0.0f;
+        Agg w = agg_identity();
+        for (int d = 0; d < W; d++) {
+            const int src = lane - d;
+            const float vc = __shfl_sync(FULL, cur, src & 31);
+            const float vp = __shfl_sync(FULL, prev, src & 31);
+            w = agg_join(w, agg_of(src >= 0 ? vc : vp, shift));
         }
-        return;
+        if (t < c1) emit(mean_out, var_out, range_out, k.obase + t, w, k.inv_w, shift);
+        prev = cur;
     }
+}
 
-    float* suf_mx = smem + (long)warp * 4 * W;
-    float* suf_mn = suf_mx + W;
-    float* suf_sum = suf_mn + W;
-    float* suf_sq = suf_sum + W;
+// Windows longer than 32 steps: van Herk blocks, 4 padded arrays of W + W / 32 + 1
+// floats of dynamic shared memory per warp.
+extern "C" __global__ void __launch_bounds__(256) window_stats_long(const float* __restrict__ x, int T, int S, int W,
+                                                                    int chunk, float* __restrict__ mean_out,
+                                                                    float* __restrict__ var_out,
+                                                                    float* __restrict__ range_out) {
+    extern __shared__ float smem[];
+    Task k;
+    if (!task_of(x, T, S, W, chunk, k)) return;
+    const int lane = k.lane, warp = k.warp, c0 = k.c0, c1 = k.c1, a = k.a;
+    const float* xs = k.xs;
+    const float shift = k.shift;
+    const double inv_w = k.inv_w;
+    const long obase = k.obase;
+
+    const int stride = W + (W >> 5) + 1;  // padded length of one suffix array
+    float* suf_mx = smem + (long)warp * 4 * stride;
+    float* suf_mn = suf_mx + stride;
+    float* suf_sum = suf_mn + stride;
+    float* suf_sq = suf_sum + stride;
 
     // Block 0: raw values, then its suffixes; its last step is the first output.
-    for (int i = lane; i < W; i += SLAB) suf_mx[i] = xs[a + i];
+    for (int i = lane; i < W; i += SLAB) suf_mx[pad(i)] = xs[a + i];
     __syncwarp();
     block_suffix(suf_mx, suf_mn, suf_sum, suf_sq, W, shift, lane);
     if (lane == 0) {
@@ -203,29 +260,52 @@ extern "C" __global__ void window_stats(const float* __restrict__ x, int T, int 
     for (int b = a + W; b < c1; b += W) {
         const int len = min(W, c1 - b);
         Agg carry = agg_identity();
-        float next = (lane < len) ? xs[b + lane] : 0.0f;
-        for (int i0 = 0; i0 < len; i0 += SLAB) {
-            const int i = i0 + lane;
-            const bool valid = i < len;
-            const float v = next;
-            // Prefetch the next slab while this one is scanned.
-            next = (i + SLAB < len) ? xs[b + i + SLAB] : 0.0f;
-            Agg p = valid ? agg_of(v, shift) : agg_identity();
-            p = agg_join(carry, scan_up(p, lane));
-            carry = agg_shfl(p, 31);
-            Agg w = p;
-            if (valid && i + 1 < W) {
-                Agg q;
-                q.mx = suf_mx[i + 1];
-                q.mn = suf_mn[i + 1];
-                q.sum = suf_sum[i + 1];
-                q.sq = suf_sq[i + 1];
-                w = agg_join(q, p);
+        float nx[K];
+#pragma unroll
+        for (int k = 0; k < K; k++) {
+            const int i = lane * K + k;
+            nx[k] = (i < len) ? xs[b + i] : 0.0f;
+        }
+        for (int i0 = 0; i0 < len; i0 += SPAN) {
+            float v[K];
+            Agg pk[K];
+            Agg run = agg_identity();
+#pragma unroll
+            for (int k = 0; k < K; k++) {
+                const int i = i0 + lane * K + k;
+                v[k] = nx[k];
+                // Prefetch the next span while this one is scanned.
+                nx[k] = (i + SPAN < len) ? xs[b + i + SPAN] : 0.0f;
+                run = agg_join(run, i < len ? agg_of(v[k], shift) : agg_identity());
+                pk[k] = run;
+            }
+            const Agg incl = scan_up(run, lane);
+            Agg before = agg_shfl_up(incl, 1);
+            if (lane == 0) before = agg_identity();
+            const Agg base = agg_join(carry, before);
+            carry = agg_join(carry, agg_shfl(incl, 31));
+#pragma unroll
+            for (int k = 0; k < K; k++) {
+                const int i = i0 + lane * K + k;
+                if (i < len) {
+                    Agg w = agg_join(base, pk[k]);
+                    if (i + 1 < W) {
+                        const int p = pad(i + 1);
+                        Agg q;
+                        q.mx = suf_mx[p];
+                        q.mn = suf_mn[p];
+                        q.sum = suf_sum[p];
+                        q.sq = suf_sq[p];
+                        w = agg_join(q, w);
+                    }
+                    emit(mean_out, var_out, range_out, obase + b + i, w, inv_w, shift);
+                }
             }
             __syncwarp();
-            if (valid) {
-                emit(mean_out, var_out, range_out, obase + b + i, w, inv_w, shift);
-                suf_mx[i] = v;  // raw values of this block, for its suffixes
+#pragma unroll
+            for (int k = 0; k < K; k++) {
+                const int i = i0 + lane * K + k;
+                if (i < len) suf_mx[pad(i)] = v[k];  // raw values of this block, for its suffixes
             }
             __syncwarp();
         }

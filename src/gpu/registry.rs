@@ -9,13 +9,16 @@ use anyhow::{Context, anyhow};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule};
 use cudarc::nvrtc::{CompileOptions, compile_ptx_with_opts};
 
-/// Source of the window-statistics kernels (`window_stats`, `layer_summary`).
+/// Source of the window-statistics kernels (`window_stats_short`, `window_stats_long`, `layer_summary`).
 pub const WINDOW_STATS_CU: &str = include_str!("../../kernels/window_stats.cu");
 
 /// The loaded kernels of one context.
 pub struct Kernels {
     _module: Arc<CudaModule>,
-    pub window_stats: CudaFunction,
+    /// Windows of at most 32 steps.
+    pub window_stats_short: CudaFunction,
+    /// Longer windows (dynamic shared memory).
+    pub window_stats_long: CudaFunction,
     pub layer_summary: CudaFunction,
 }
 
@@ -43,7 +46,8 @@ impl Gpu {
         let ptx = compile_ptx_with_opts(WINDOW_STATS_CU, opts).context("compiling kernels/window_stats.cu with NVRTC")?;
         let module = self.ctx.load_module(ptx).context("loading kernels/window_stats.cu")?;
         Ok(Kernels {
-            window_stats: module.load_function("window_stats").context("loading kernel window_stats")?,
+            window_stats_short: module.load_function("window_stats_short").context("loading kernel window_stats_short")?,
+            window_stats_long: module.load_function("window_stats_long").context("loading kernel window_stats_long")?,
             layer_summary: module.load_function("layer_summary").context("loading kernel layer_summary")?,
             _module: module,
         })

@@ -17,7 +17,7 @@ use super::{ExpertStats, LayerStats, cpu};
 use crate::gpu::Gpu;
 use crate::trace::Trace;
 
-/// Launch geometry of `window_stats` for one window.
+/// Launch geometry of `window_stats_short` / `window_stats_long` for one window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Geometry {
     /// Outputs per warp.
@@ -30,7 +30,7 @@ pub struct Geometry {
 /// Shared memory the kernel needs per warp for window `w` (short windows, up to
 /// 32 steps, are gathered by warp shuffles and need none).
 pub fn smem_per_warp(w: usize) -> usize {
-    if w <= 32 { 0 } else { 16 * w }
+    if w <= 32 { 0 } else { 16 * (w + w / 32 + 1) }
 }
 
 /// The largest window the kernel can run on `gpu` (its shared memory per block).
@@ -39,7 +39,8 @@ pub fn max_window(gpu: &Gpu) -> anyhow::Result<usize> {
         .ctx
         .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
         .context("reading the GPU's shared memory per block")?;
-    Ok(optin as usize / 16)
+    // 16 (W + W / 32 + 1) bytes per warp
+    Ok((optin as usize / 16 - 1) * 32 / 33)
 }
 
 /// Chooses chunk length and block shape: chunks of at least 8 W outputs (so the
@@ -94,8 +95,8 @@ pub fn launch_window_stats(
     let k = gpu.kernels()?;
     let sms = gpu.ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as usize;
     let g = geometry(w, steps, series, sms);
-    k.window_stats
-        .set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, g.smem_bytes as i32)
+    let f = if w <= 32 { &k.window_stats_short } else { &k.window_stats_long };
+    f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, g.smem_bytes as i32)
         .context("setting the shared memory of window_stats")?;
     let cfg = LaunchConfig {
         grid_dim: (g.blocks as u32, 1, 1),
@@ -104,7 +105,7 @@ pub fn launch_window_stats(
     };
     let (t, s, wi, chunk) = (steps as i32, series as i32, w as i32, g.chunk as i32);
     let null: u64 = 0;
-    let mut b = stream.launch_builder(&k.window_stats);
+    let mut b = stream.launch_builder(f);
     b.arg(x).arg(&t).arg(&s).arg(&wi).arg(&chunk);
     match out.mean.as_mut() {
         Some(m) => b.arg(m),
@@ -113,7 +114,7 @@ pub fn launch_window_stats(
     b.arg(&mut out.var).arg(&mut out.range);
     // SAFETY: x holds series × steps floats and each output series × n (asserted
     // above); the grid covers exactly series × ceil(n / chunk) warps (extra warps of
-    // the last block return at once), and each warp's shared memory is 4 W floats,
+    // the last block return at once), and each warp's shared memory is 4 padded arrays of W floats,
     // the smem_bytes / warps_per_block given here.
     unsafe { b.launch(cfg) }.with_context(|| format!("launching window_stats (W = {w}, {series} series × {steps} steps)"))?;
     Ok(())
