@@ -153,15 +153,21 @@ __device__ void block_suffix(float* suf_mx, float* suf_mn, float* suf_sum, float
     }
 }
 
+// Mean, population variance and range of a window from its aggregate.
 // inv_w = 1 / W: multiplications, not double-precision divisions, in the inner loop.
-__device__ __forceinline__ void emit(float* mean_out, float* var_out, float* range_out, long idx, Agg w, double inv_w,
-                                     float shift) {
+__device__ __forceinline__ float3 finish(Agg w, double inv_w, float shift) {
     double s = (double)w.sum, q = (double)w.sq;
     double m = s * inv_w;
     double var = q * inv_w - m * m;
-    if (mean_out) mean_out[idx] = (float)(shift + m);
-    var_out[idx] = (float)(var > 0.0 ? var : 0.0);
-    range_out[idx] = w.mx - w.mn;
+    return make_float3((float)(shift + m), (float)(var > 0.0 ? var : 0.0), w.mx - w.mn);
+}
+
+__device__ __forceinline__ void emit(float* mean_out, float* var_out, float* range_out, long idx, Agg w, double inv_w,
+                                     float shift) {
+    const float3 r = finish(w, inv_w, shift);
+    if (mean_out) mean_out[idx] = r.x;
+    var_out[idx] = r.y;
+    range_out[idx] = r.z;
 }
 
 // The (series, chunk) of this warp and the steps it covers.
@@ -221,8 +227,9 @@ extern "C" __global__ void __launch_bounds__(256) window_stats_short(const float
     }
 }
 
-// Windows longer than 32 steps: van Herk blocks, 4 padded arrays of W + W / 32 + 1
-// floats of dynamic shared memory per warp.
+// Windows longer than 32 steps: van Herk blocks. Dynamic shared memory per warp:
+// 4 padded arrays of W + W / 32 + 1 floats, and 4 staging arrays of 132 floats
+// through which each span's inputs and outputs move coalesced.
 extern "C" __global__ void __launch_bounds__(256) window_stats_long(const float* __restrict__ x, int T, int S, int W,
                                                                     int chunk, float* __restrict__ mean_out,
                                                                     float* __restrict__ var_out,
@@ -237,7 +244,7 @@ extern "C" __global__ void __launch_bounds__(256) window_stats_long(const float*
     const long obase = k.obase;
 
     const int stride = W + (W >> 5) + 1;  // padded length of one suffix array
-    float* suf_mx = smem + (long)warp * 4 * stride;
+    float* suf_mx = smem + (long)warp * 4 * (stride + SPAN + SPAN / 32);
     float* suf_mn = suf_mx + stride;
     float* suf_sum = suf_mn + stride;
     float* suf_sq = suf_sum + stride;
@@ -256,26 +263,40 @@ extern "C" __global__ void __launch_bounds__(256) window_stats_long(const float*
     }
     __syncwarp();
 
+    // Staging for coalesced global access: a span's inputs, and its outputs.
+    const int sp = SPAN + SPAN / 32;
+    float* st_in = suf_sq + stride;
+    float* st_mean = st_in + sp;
+    float* st_var = st_mean + sp;
+    float* st_rng = st_var + sp;
+
     // Blocks 1, 2, ...: prefix scans joined with the previous block's suffixes.
     for (int b = a + W; b < c1; b += W) {
         const int len = min(W, c1 - b);
         Agg carry = agg_identity();
-        float nx[K];
+        float nx[K];  // the next span, loaded coalesced: nx[j] is position 32 j + lane
 #pragma unroll
-        for (int k = 0; k < K; k++) {
-            const int i = lane * K + k;
-            nx[k] = (i < len) ? xs[b + i] : 0.0f;
+        for (int j = 0; j < K; j++) {
+            const int i = SLAB * j + lane;
+            nx[j] = (i < len) ? xs[b + i] : 0.0f;
         }
         for (int i0 = 0; i0 < len; i0 += SPAN) {
+#pragma unroll
+            for (int j = 0; j < K; j++) st_in[pad(SLAB * j + lane)] = nx[j];
+            // Prefetch the span after this one while this one is scanned.
+#pragma unroll
+            for (int j = 0; j < K; j++) {
+                const int i = i0 + SPAN + SLAB * j + lane;
+                nx[j] = (i < len) ? xs[b + i] : 0.0f;
+            }
+            __syncwarp();
             float v[K];
             Agg pk[K];
             Agg run = agg_identity();
 #pragma unroll
             for (int k = 0; k < K; k++) {
                 const int i = i0 + lane * K + k;
-                v[k] = nx[k];
-                // Prefetch the next span while this one is scanned.
-                nx[k] = (i + SPAN < len) ? xs[b + i + SPAN] : 0.0f;
+                v[k] = st_in[pad(lane * K + k)];
                 run = agg_join(run, i < len ? agg_of(v[k], shift) : agg_identity());
                 pk[k] = run;
             }
@@ -298,7 +319,11 @@ extern "C" __global__ void __launch_bounds__(256) window_stats_long(const float*
                         q.sq = suf_sq[p];
                         w = agg_join(q, w);
                     }
-                    emit(mean_out, var_out, range_out, obase + b + i, w, inv_w, shift);
+                    const float3 r = finish(w, inv_w, shift);
+                    const int p = pad(lane * K + k);
+                    st_mean[p] = r.x;
+                    st_var[p] = r.y;
+                    st_rng[p] = r.z;
                 }
             }
             __syncwarp();
@@ -306,6 +331,17 @@ extern "C" __global__ void __launch_bounds__(256) window_stats_long(const float*
             for (int k = 0; k < K; k++) {
                 const int i = i0 + lane * K + k;
                 if (i < len) suf_mx[pad(i)] = v[k];  // raw values of this block, for its suffixes
+            }
+#pragma unroll
+            for (int j = 0; j < K; j++) {
+                const int i = i0 + SLAB * j + lane;
+                if (i < len) {
+                    const long o = obase + b + i;
+                    const int p = pad(SLAB * j + lane);
+                    if (mean_out) mean_out[o] = st_mean[p];
+                    var_out[o] = st_var[p];
+                    range_out[o] = st_rng[p];
+                }
             }
             __syncwarp();
         }

@@ -30,7 +30,7 @@ pub struct Geometry {
 /// Shared memory the kernel needs per warp for window `w` (short windows, up to
 /// 32 steps, are gathered by warp shuffles and need none).
 pub fn smem_per_warp(w: usize) -> usize {
-    if w <= 32 { 0 } else { 16 * (w + w / 32 + 1) }
+    if w <= 32 { 0 } else { 16 * (w + w / 32 + 1) + 16 * 132 }
 }
 
 /// The largest window the kernel can run on `gpu` (its shared memory per block).
@@ -39,8 +39,8 @@ pub fn max_window(gpu: &Gpu) -> anyhow::Result<usize> {
         .ctx
         .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
         .context("reading the GPU's shared memory per block")?;
-    // 16 (W + W / 32 + 1) bytes per warp
-    Ok((optin as usize / 16 - 1) * 32 / 33)
+    // 16 (W + W / 32 + 1) + 16 · 132 bytes per warp
+    Ok((optin as usize / 16 - 133) * 32 / 33)
 }
 
 /// Chooses chunk length and block shape: chunks of at least 8 W outputs (so the
@@ -114,7 +114,7 @@ pub fn launch_window_stats(
     b.arg(&mut out.var).arg(&mut out.range);
     // SAFETY: x holds series × steps floats and each output series × n (asserted
     // above); the grid covers exactly series × ceil(n / chunk) warps (extra warps of
-    // the last block return at once), and each warp's shared memory is 4 padded arrays of W floats,
+    // the last block return at once), and each warp's shared memory is 4 padded arrays of W floats and 4 staging arrays,
     // the smem_bytes / warps_per_block given here.
     unsafe { b.launch(cfg) }.with_context(|| format!("launching window_stats (W = {w}, {series} series × {steps} steps)"))?;
     Ok(())
