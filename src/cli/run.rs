@@ -223,9 +223,10 @@ pub fn run(args: &RunArgs, argv: &[String]) -> anyhow::Result<()> {
         None
     };
     for (ti, tr) in traces.iter().enumerate() {
-        // A group of layers at a time (as many as threads), every (layer, forecaster)
-        // of the group in parallel: memory stays at a few layers' shares in f64.
-        let group = rayon::current_num_threads().max(1);
+        // A group of layers at a time (as many as threads, within 512 MB of float64
+        // shares), every (layer, forecaster) of the group in parallel.
+        let layer_bytes = 8 * tr.steps() * tr.experts();
+        let group = rayon::current_num_threads().min((512 << 20) / layer_bytes.max(1)).max(1);
         for first in (0..tr.layers()).step_by(group) {
             let layers: Vec<usize> = (first..(first + group).min(tr.layers())).collect();
             let shares: Vec<Vec<f64>> = layers.par_iter().map(|&l| tr.layer_proportions(l)).collect();
