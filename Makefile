@@ -7,7 +7,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 CARGO ?= cargo
 
-.PHONY: build run test venv bench bench-window bench-peers bench-read bench-run clean
+.PHONY: build run test venv bench bench-window bench-peers bench-read bench-run bench-gpu clean
 
 build:
 	$(CARGO) build --release
@@ -47,6 +47,12 @@ bench-read: build $(VPY)
 bench-run: build
 	/usr/bin/time -v ./target/release/expertcast run --out .bench-out/run --quiet 2>&1 | \
 	  grep -E "Maximum resident|Elapsed"
+
+# GPU kernels against the copy ceiling and PyTorch's unfold (needs a CUDA GPU and
+# a python3 with torch, numpy and pyarrow).
+bench-gpu: build
+	./target/release/expertcast bench
+	python3 benches/peers/window_stats_torch.py
 
 bench: bench-peers bench-read bench-run
 
