@@ -106,6 +106,12 @@ fn layer_summaries_and_detail_match_the_cpu_on_bundled_traces() {
             Ok(())
         };
         let got = cuda::layer_stats_cuda(&g, &tr, &windows, Some(&mut gd), || {}).unwrap();
+        // Groups of 1 and of 4 layers (the last group smaller): both streams, buffers
+        // reused across groups, give the same summaries as one group.
+        for group in [1, 4] {
+            let again = cuda::layer_stats_cuda_grouped(&g, &tr, &windows, None, || {}, Some(group)).unwrap();
+            assert_eq!(again, got, "{name}: groups of {group} layers");
+        }
         assert_eq!(want.len(), got.len());
         for (a, b) in want.iter().zip(&got) {
             assert_eq!((a.layer, a.window), (b.layer, b.window));

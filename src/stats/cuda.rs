@@ -218,8 +218,22 @@ pub fn layer_stats_cuda(
     gpu: &Gpu,
     trace: &Trace,
     windows: &[usize],
+    detail: Option<&mut dyn FnMut(Vec<ExpertStats>) -> anyhow::Result<()>>,
+    on_layer: impl FnMut(),
+) -> anyhow::Result<Vec<LayerStats>> {
+    layer_stats_cuda_grouped(gpu, trace, windows, detail, on_layer, None)
+}
+
+/// [`layer_stats_cuda`] with at most `max_group` layers on the GPU at a time (by
+/// default as many as a quarter of the free device memory holds), so that tests can
+/// drive the multi-group, two-stream path on small traces.
+pub fn layer_stats_cuda_grouped(
+    gpu: &Gpu,
+    trace: &Trace,
+    windows: &[usize],
     mut detail: Option<&mut dyn FnMut(Vec<ExpertStats>) -> anyhow::Result<()>>,
     mut on_layer: impl FnMut(),
+    max_group: Option<usize>,
 ) -> anyhow::Result<Vec<LayerStats>> {
     let (nt, nl, ne) = (trace.steps(), trace.layers(), trace.experts());
     let keep = detail.is_some();
@@ -228,7 +242,7 @@ pub fn layer_stats_cuda(
     // Device bytes per layer: input, per-expert outputs (one window at a time), summaries.
     let per_layer = 4 * (ne * nt + (2 + keep as usize) * ne * n_max + 5 * ns.iter().sum::<usize>());
     let (free, _) = gpu.ctx.mem_get_info().context("reading the GPU's free memory")?;
-    let group = ((free / 4) / per_layer.max(1)).clamp(1, nl);
+    let group = ((free / 4) / per_layer.max(1)).clamp(1, nl).min(max_group.unwrap_or(nl).max(1));
     let n_groups = nl.div_ceil(group);
     let slots_needed = n_groups.min(2);
 
