@@ -8,10 +8,62 @@ use npyz::{DType, NpyFile, Order, TypeChar};
 
 use super::{Loads, Result, Trace, TraceError, invalid, stem_name};
 
-pub(super) fn read_npy(file: &Path) -> Result<Trace> {
+/// Numeric element types of a `.npy` load array.
+trait Load: npyz::Deserialize + Copy + 'static {
+    fn f64(self) -> f64;
+}
+macro_rules! load_type {
+    ($($t:ty),*) => {$(impl Load for $t { fn f64(self) -> f64 { self as f64 } })*};
+}
+load_type!(i8, i16, i32, i64, u8, u16, u32, u64, f32, f64);
+
+fn open(file: &Path) -> Result<NpyFile<BufReader<File>>> {
     let f = File::open(file).map_err(|source| TraceError::Io { file: file.to_path_buf(), source })?;
-    let npy = NpyFile::new(BufReader::with_capacity(1 << 20, f))
-        .map_err(|e| invalid(file, format!("not a readable .npy file: {e}")))?;
+    NpyFile::new(BufReader::with_capacity(1 << 20, f)).map_err(|e| invalid(file, format!("not a readable .npy file: {e}")))
+}
+
+fn is_f32<T: 'static>() -> bool {
+    std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
+}
+
+/// Streams the array's values in file order.
+fn values<T: Load>(file: &Path, n: usize, mut each: impl FnMut(usize, f64)) -> Result<()> {
+    let data = open(file)?.data::<T>().map_err(|e| invalid(file, format!("unsupported dtype: {e}")))?;
+    let mut count = 0usize;
+    for (i, x) in data.enumerate() {
+        let x = x.map_err(|e| invalid(file, format!("cannot read the array data (truncated file?): {e}")))?;
+        each(i, x.f64());
+        count += 1;
+    }
+    if count != n {
+        return Err(invalid(file, "the array data is truncated"));
+    }
+    Ok(())
+}
+
+/// Reads the array as f32 when every value is exactly a float32 (one extra pass for
+/// 32- and 64-bit integers and float64), else as f64, so memory stays at the dense
+/// float32 size for counts.
+fn read_loads<T: Load>(file: &Path, n: usize, to_c: impl Fn(usize) -> usize) -> Result<Loads> {
+    // Types of up to 4 bytes: f32 holds i8, i16, u8, u16 and f32 exactly; i32 and u32
+    // only below 2^24, so they are checked like the wider types.
+    let mut exact = true;
+    if std::mem::size_of::<T>() >= 4 && !is_f32::<T>() {
+        values::<T>(file, n, |_, x| exact &= (x as f32) as f64 == x)?;
+    }
+    if exact {
+        let mut v = vec![0f32; n];
+        values::<T>(file, n, |i, x| v[to_c(i)] = x as f32)?;
+        Ok(Loads::F32(v))
+    } else {
+        let mut v = vec![0f64; n];
+        values::<T>(file, n, |i, x| v[to_c(i)] = x)?;
+        Ok(Loads::F64(v))
+    }
+}
+
+pub(super) fn read_npy(file: &Path) -> Result<Trace> {
+    let npy = open(file)?;
     let shape: Vec<u64> = npy.shape().to_vec();
     if shape.len() != 3 {
         return Err(invalid(file, format!("array has shape {shape:?}; expected 3 dimensions [steps, layers, experts]")));
@@ -24,9 +76,9 @@ pub(super) fn read_npy(file: &Path) -> Result<Trace> {
     let DType::Plain(ts) = npy.dtype() else {
         return Err(invalid(file, "structured dtypes are not supported; expected a plain int or float array"));
     };
-    let bytes = ts.size_field();
+    drop(npy);
     // Streaming position -> C-order index.
-    let to_c = |i: usize| match order {
+    let to_c = move |i: usize| match order {
         Order::C => i,
         Order::Fortran => {
             let t = i % nt;
@@ -36,43 +88,77 @@ pub(super) fn read_npy(file: &Path) -> Result<Trace> {
         }
     };
     let n = nt * nl * ne;
-    let trunc = |e: std::io::Error| invalid(file, format!("cannot read the array data (truncated file?): {e}"));
-    macro_rules! fill {
-        ($ty:ty, $store:ident, $conv:ty) => {{
-            let mut v: Vec<$conv> = vec![Default::default(); n];
-            let data = npy.data::<$ty>().map_err(|e| invalid(file, format!("unsupported dtype: {e}")))?;
-            let mut count = 0usize;
-            for (i, x) in data.enumerate() {
-                v[to_c(i)] = x.map_err(trunc)? as $conv;
-                count += 1;
-            }
-            if count != n {
-                return Err(invalid(file, "the array data is truncated"));
-            }
-            Loads::$store(v)
-        }};
-    }
-    let loads = match (ts.type_char(), bytes) {
-        (TypeChar::Float, 4) => fill!(f32, F32, f32),
-        (TypeChar::Float, 8) => fill!(f64, F64, f64),
-        (TypeChar::Int, 1) => fill!(i8, F32, f32),
-        (TypeChar::Int, 2) => fill!(i16, F32, f32),
-        (TypeChar::Uint, 1) => fill!(u8, F32, f32),
-        (TypeChar::Uint, 2) => fill!(u16, F32, f32),
-        // Wider integers go through f64 and move down to f32 when every value is exact.
-        (TypeChar::Int, 4) => shrink(fill!(i32, F64, f64)),
-        (TypeChar::Int, 8) => shrink(fill!(i64, F64, f64)),
-        (TypeChar::Uint, 4) => shrink(fill!(u32, F64, f64)),
-        (TypeChar::Uint, 8) => shrink(fill!(u64, F64, f64)),
+    let loads = match (ts.type_char(), ts.size_field()) {
+        (TypeChar::Float, 4) => read_loads::<f32>(file, n, to_c)?,
+        (TypeChar::Float, 8) => read_loads::<f64>(file, n, to_c)?,
+        (TypeChar::Int, 1) => read_loads::<i8>(file, n, to_c)?,
+        (TypeChar::Int, 2) => read_loads::<i16>(file, n, to_c)?,
+        (TypeChar::Int, 4) => read_loads::<i32>(file, n, to_c)?,
+        (TypeChar::Int, 8) => read_loads::<i64>(file, n, to_c)?,
+        (TypeChar::Uint, 1) => read_loads::<u8>(file, n, to_c)?,
+        (TypeChar::Uint, 2) => read_loads::<u16>(file, n, to_c)?,
+        (TypeChar::Uint, 4) => read_loads::<u32>(file, n, to_c)?,
+        (TypeChar::Uint, 8) => read_loads::<u64>(file, n, to_c)?,
         _ => return Err(invalid(file, format!("dtype {ts} is not a load type; expected an int or float dtype"))),
     };
     Trace::from_dense(stem_name(file), file, 0, (0..nl as i64).collect(), (0..ne as i64).collect(), loads)
 }
 
-/// Keeps integer loads as f32 when that is exact (counts below 2^24).
-fn shrink(l: Loads) -> Loads {
-    match l {
-        Loads::F64(v) if v.iter().all(|&x| (x as f32) as f64 == x) => Loads::F32(v.into_iter().map(|x| x as f32).collect()),
-        other => other,
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_npy(path: &Path, descr: &str, shape: (usize, usize, usize), fortran: bool, data: &[u8]) {
+        let mut h = format!(
+            "{{'descr': '{descr}', 'fortran_order': {}, 'shape': ({}, {}, {}), }}",
+            if fortran { "True" } else { "False" },
+            shape.0,
+            shape.1,
+            shape.2
+        );
+        while (10 + h.len() + 1) % 64 != 0 {
+            h.push(' ');
+        }
+        h.push('\n');
+        let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+        bytes.extend_from_slice(&(h.len() as u16).to_le_bytes());
+        bytes.extend_from_slice(h.as_bytes());
+        bytes.extend_from_slice(data);
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    #[test]
+    fn float64_counts_are_held_as_f32_and_fractions_as_f64() {
+        let d = tempfile::tempdir().unwrap();
+        let counts: Vec<u8> = [1.0f64, 3.0, 2.0, 2.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let p = d.path().join("counts.npy");
+        write_npy(&p, "<f8", (2, 1, 2), false, &counts);
+        let t = read_npy(&p).unwrap();
+        assert_eq!(t.dense_bytes(), 4 * 4);
+        assert_eq!(t.proportion(0, 0, 1), 0.75);
+        let fracs: Vec<u8> = [0.1f64, 0.3, 0.2, 0.2].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let p = d.path().join("fracs.npy");
+        write_npy(&p, "<f8", (2, 1, 2), false, &fracs);
+        let t = read_npy(&p).unwrap();
+        assert_eq!(t.dense_bytes(), 4 * 8);
+        assert_eq!(t.load(0, 0, 0), 0.1);
+    }
+
+    #[test]
+    fn fortran_order_and_big_counts() {
+        let d = tempfile::tempdir().unwrap();
+        // shape (2 steps, 1 layer, 2 experts) in Fortran order: t varies fastest.
+        // C-order values: [t0e0=1, t0e1=2, t1e0=3, t1e1=4] -> Fortran bytes 1, 3, 2, 4
+        let data: Vec<u8> = [1i32, 3, 2, 4].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let p = d.path().join("f.npy");
+        write_npy(&p, "<i4", (2, 1, 2), true, &data);
+        let t = read_npy(&p).unwrap();
+        assert_eq!((t.load(0, 0, 1), t.load(1, 0, 0)), (2.0, 3.0));
+        // A count above 2^24 is not exact in f32: the trace is held in f64.
+        let data: Vec<u8> = [16_777_217i64, 1, 1, 1].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let p = d.path().join("big.npy");
+        write_npy(&p, "<i8", (2, 1, 2), false, &data);
+        let t = read_npy(&p).unwrap();
+        assert_eq!(t.load(0, 0, 0), 16_777_217.0);
     }
 }
