@@ -181,20 +181,8 @@ fn good_file_then_bad_file_writes_nothing() {
 fn bad_npy() {
     let d = tempfile::tempdir().unwrap();
     let p = d.path().join("twod.npy");
-    // a valid .npy header for a 2-D float64 array
-    let header = "{'descr': '<f8', 'fortran_order': False, 'shape': (2, 2), }";
-    let mut h = header.to_string();
-    while (10 + h.len() + 1) % 64 != 0 {
-        h.push(' ');
-    }
-    h.push('\n');
-    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
-    bytes.extend_from_slice(&(h.len() as u16).to_le_bytes());
-    bytes.extend_from_slice(h.as_bytes());
-    for v in [1.0f64, 2.0, 3.0, 4.0] {
-        bytes.extend_from_slice(&v.to_le_bytes());
-    }
-    std::fs::write(&p, &bytes).unwrap();
+    let data: Vec<u8> = [1.0f64, 2.0, 3.0, 4.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+    write_npy(&p, "<f8", &[2, 2], &data);
     assert_rejected(&p, &[], &["3 dimensions"]);
 }
 

@@ -257,20 +257,8 @@ fn csv_npy_and_parquet_inputs_give_identical_results() {
     let rows = grid(steps as i64, 6, 16, |t, l, e| loads(t as usize, l as usize, e as usize));
     write_csv(&d.path().join("cut.csv"), &rows);
     write_parquet(&d.path().join("cut.parquet"), &rows);
-    // .npy, int64, C order
-    let header = format!("{{'descr': '<i8', 'fortran_order': False, 'shape': ({steps}, 6, 16), }}");
-    let mut h = header;
-    while (10 + h.len() + 1) % 64 != 0 {
-        h.push(' ');
-    }
-    h.push('\n');
-    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
-    bytes.extend_from_slice(&(h.len() as u16).to_le_bytes());
-    bytes.extend_from_slice(h.as_bytes());
-    for row in &rows {
-        bytes.extend_from_slice(&(row.3 as i64).to_le_bytes());
-    }
-    std::fs::write(d.path().join("cut.npy"), &bytes).unwrap();
+    let data: Vec<u8> = rows.iter().flat_map(|row| (row.3 as i64).to_le_bytes()).collect();
+    write_npy(&d.path().join("cut.npy"), "<i8", &[steps, 6, 16], &data);
     let mut metrics = Vec::new();
     for ext in ["csv", "parquet", "npy"] {
         let input = d.path().join(format!("cut.{ext}"));

@@ -79,6 +79,21 @@ pub fn write_parquet(path: &Path, rows: &[Row]) {
     write_parquet_batch(path, &RecordBatch::try_new(schema, cols).unwrap());
 }
 
+/// Writes a `.npy` file (format 1.0) holding `data`, the raw little-endian values.
+pub fn write_npy(path: &Path, descr: &str, shape: &[usize], data: &[u8]) {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let mut h = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': ({},), }}", dims.join(", "));
+    while (10 + h.len() + 1) % 64 != 0 {
+        h.push(' ');
+    }
+    h.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend_from_slice(&(h.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(h.as_bytes());
+    bytes.extend_from_slice(data);
+    std::fs::write(path, bytes).unwrap();
+}
+
 pub fn write_csv(path: &Path, rows: &[Row]) {
     let mut s = String::from("step,layer,expert,tokens\n");
     for r in rows {
