@@ -329,10 +329,15 @@ pub fn layer_stats_cuda_grouped(
         // Shares as float32, series-major, straight into pinned memory.
         {
             let host = slot.host_in.as_mut_slice()?;
-            host[..series * nt].par_chunks_mut(nt).enumerate().for_each(|(s, row)| {
-                let (l, e) = (layers[s / ne], s % ne);
-                for (t, v) in row.iter_mut().enumerate() {
-                    *v = trace.proportion(t, l, e) as f32;
+            // A layer per task, walking steps in order: each step's loads are read
+            // contiguously and written to the layer's expert rows (a transpose).
+            host[..series * nt].par_chunks_mut(ne * nt).zip(&layers).for_each(|(rows, &l)| {
+                let mut shares = vec![0.0; ne];
+                for t in 0..nt {
+                    trace.step_shares(t, l, &mut shares);
+                    for (e, p) in shares.iter().enumerate() {
+                        rows[e * nt + t] = *p as f32;
+                    }
                 }
             });
         }

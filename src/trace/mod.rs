@@ -184,28 +184,33 @@ impl Trace {
         let nl = self.layers();
         self.loads.get((t * nl + l) * self.experts() + e) / self.totals[t * nl + l]
     }
+    /// The shares of every expert of layer `l` at step `t`, into `out` (`E` values).
+    pub fn step_shares(&self, t: usize, l: usize, out: &mut [f64]) {
+        let (ne, nl) = (self.experts(), self.layers());
+        let total = self.totals[t * nl + l];
+        let base = (t * nl + l) * ne;
+        for (e, o) in out.iter_mut().enumerate().take(ne) {
+            *o = self.loads.get(base + e) / total;
+        }
+    }
     /// Proportions of layer `l`, step-major: `out[t * E + e]`.
     pub fn layer_proportions(&self, l: usize) -> Vec<f64> {
-        let (ne, nl) = (self.experts(), self.layers());
+        let ne = self.experts();
         let mut out = vec![0.0; self.steps * ne];
-        for t in 0..self.steps {
-            let total = self.totals[t * nl + l];
-            let base = (t * nl + l) * ne;
-            for e in 0..ne {
-                out[t * ne + e] = self.loads.get(base + e) / total;
-            }
+        for (t, row) in out.chunks_mut(ne).enumerate() {
+            self.step_shares(t, l, row);
         }
         out
     }
     /// Proportions of layer `l`, series-major: `out[e * T + t]`.
     pub fn layer_series(&self, l: usize) -> Vec<f64> {
-        let (ne, nl, nt) = (self.experts(), self.layers(), self.steps);
+        let (ne, nt) = (self.experts(), self.steps);
         let mut out = vec![0.0; nt * ne];
+        let mut row = vec![0.0; ne];
         for t in 0..nt {
-            let total = self.totals[t * nl + l];
-            let base = (t * nl + l) * ne;
-            for e in 0..ne {
-                out[e * nt + t] = self.loads.get(base + e) / total;
+            self.step_shares(t, l, &mut row);
+            for (e, p) in row.iter().enumerate() {
+                out[e * nt + t] = *p;
             }
         }
         out
@@ -302,6 +307,9 @@ mod tests {
         assert_eq!(t.proportion(1, 1, 0), 0.25);
         assert_eq!(t.layer_proportions(1), vec![0.5, 0.5, 0.25, 0.75]);
         assert_eq!(t.layer_series(1), vec![0.5, 0.25, 0.5, 0.75]);
+        let mut row = [0.0; 2];
+        t.step_shares(1, 0, &mut row);
+        assert_eq!(row, [0.0, 1.0]);
         assert_eq!(t.step_at(1), 11);
     }
 
