@@ -21,6 +21,7 @@ pub mod forecast;
 pub mod gpu;
 pub mod output;
 pub mod stats;
+pub mod synth;
 pub mod trace;
 
 /// Exit status for an error: 2 for bad input or usage, 1 for anything else.

@@ -9,6 +9,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Run(args) => expertcast::cli::run(args, &argv),
         Command::Bench(args) => expertcast::cli::bench::bench(args),
+        Command::Synth(args) => expertcast::cli::synth(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

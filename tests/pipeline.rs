@@ -320,3 +320,32 @@ fn several_traces_in_one_file_and_saved_forecasts() {
         }
     }
 }
+
+#[test]
+fn synth_writes_a_trace_that_run_reads() {
+    let d = tempfile::tempdir().unwrap();
+    let f = d.path().join("syn.parquet");
+    let o = expertcast(&[
+        "synth", "--out", f.to_str().unwrap(), "--steps", "600", "--layers", "3", "--experts", "8", "--tokens-per-step",
+        "500", "--top-k", "2", "--seed", "9",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r = Reference::load(&f);
+    assert_eq!((r.steps, r.layers, r.experts), (600, 3, 8));
+    // Shares of each (step, layer) sum to 1: the loads to tokens × top-k, checked raw.
+    let raw = read_all(&f);
+    let tok = col_i64(&raw, "tokens");
+    assert_eq!(tok.len(), 600 * 3 * 8);
+    for c in tok.chunks(8) {
+        assert_eq!(c.iter().sum::<i64>(), 1000);
+    }
+    let out = d.path().join("out");
+    let o = expertcast(&["run", f.to_str().unwrap(), "--out", out.to_str().unwrap(), "--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Bad settings are usage errors.
+    for bad in [vec!["--top-k", "9", "--experts", "8"], vec!["--phi", "1.5"], vec!["--steps", "0"]] {
+        let mut a = vec!["synth", "--out", f.to_str().unwrap()];
+        a.extend(bad.iter());
+        assert_eq!(expertcast(&a).status.code(), Some(2), "{bad:?}");
+    }
+}

@@ -41,6 +41,40 @@ pub enum Command {
     /// Measure the window-statistics stage against its ceiling (the GPU's copy
     /// bandwidth) on a paper-scale trace tiled from the bundled data.
     Bench(bench::BenchArgs),
+    /// Write a synthetic trace of any shape whose dynamics are calibrated to the
+    /// bundled real traces (transient then stable, autocorrelated fluctuations,
+    /// multinomial routing noise).
+    Synth(SynthArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct SynthArgs {
+    /// Output file (long Parquet, the schema of the bundled traces).
+    #[arg(long, short, value_name = "FILE")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub config: crate::synth::SynthConfig,
+}
+
+/// `expertcast synth`.
+pub fn synth(args: &SynthArgs) -> anyhow::Result<()> {
+    args.config.validate().map_err(UsageError)?;
+    if args.out.extension().and_then(|e| e.to_str()) != Some("parquet") {
+        return Err(UsageError(format!("--out {}: the file name must end in .parquet", args.out.display())).into());
+    }
+    let t = std::time::Instant::now();
+    crate::synth::write_parquet(&args.config, &args.out)?;
+    let c = &args.config;
+    eprintln!(
+        "expertcast: wrote {} ({} steps × {} layers × {} experts, seed {}) in {:.2} s",
+        args.out.display(),
+        c.steps,
+        c.layers,
+        c.experts,
+        c.seed,
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 /// How much window statistics detail to write.
