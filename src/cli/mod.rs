@@ -110,7 +110,8 @@ pub struct RunArgs {
     pub horizons: Vec<usize>,
 
     /// Forecaster spec NAME[:key=value,...]; repeat for several. Known: last,
-    /// mean:w=W, sw-avg:w=W, ema:alpha=A, oracle-median.
+    /// mean:w=W, sw-avg:w=W, ema:alpha=A, oracle-median,
+    /// arima:p=P,d=D,q=Q,n=N,method=css|ml|css-ml.
     #[arg(long = "forecaster", short = 'f', value_name = "SPEC",
           default_values_t = DEFAULT_FORECASTERS.iter().map(|s| s.to_string()).collect::<Vec<_>>())]
     pub forecasters: Vec<String>,

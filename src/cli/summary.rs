@@ -30,14 +30,16 @@ pub(super) fn mean_mae(rows: &[MetricRow]) -> BTreeMap<usize, Vec<(String, bool,
 pub(super) fn print(metrics: &[MetricRow], states: &[StateRow], state_window: usize, kappa: f64, out: &Path) {
     println!();
     println!("Best forecaster per horizon (mae_pp, mean over traces and layers, regime all)");
-    println!("{:>8}  {:<22} {:>8}  {:<22} {:>8}  {:>13}", "horizon", "best", "mae_pp", "runner-up", "mae_pp", "oracle-median");
-    for (h, v) in mean_mae(metrics) {
+    let table = mean_mae(metrics);
+    let wd = table.values().flatten().map(|x| x.0.len()).max().unwrap_or(0).max(22);
+    println!("{:>8}  {:<wd$} {:>8}  {:<wd$} {:>8}  {:>13}", "horizon", "best", "mae_pp", "runner-up", "mae_pp", "oracle-median");
+    for (h, v) in table {
         let real: Vec<&(String, bool, f64)> = v.iter().filter(|x| x.1).collect();
         let oracle = v.iter().find(|x| !x.1).map(|x| format!("{:.3}", x.2)).unwrap_or_else(|| "-".into());
         let cell = |i: usize| real.get(i).map(|x| (x.0.clone(), format!("{:.3}", x.2))).unwrap_or(("-".into(), "-".into()));
         let (b, bm) = cell(0);
         let (r, rm) = cell(1);
-        println!("{h:>8}  {b:<22} {bm:>8}  {r:<22} {rm:>8}  {oracle:>13}");
+        println!("{h:>8}  {b:<wd$} {bm:>8}  {r:<wd$} {rm:>8}  {oracle:>13}");
     }
     println!();
     println!("Transition steps per layer (window {state_window}, kappa {kappa}; '-' = none)");

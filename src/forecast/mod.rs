@@ -15,6 +15,7 @@
 //! assert_eq!(out, vec![0.5, 0.5, 0.5, 0.5]);
 //! ```
 
+pub mod arima;
 mod oracle;
 mod simple;
 
@@ -169,6 +170,30 @@ pub static KNOWN: &[Known] = &[
         doc: "exponential moving average e(o-1) for every future step",
         params: &[Param { key: "alpha", default: "0.3", doc: "smoothing weight in (0, 1]" }],
         build: |p| Ok(Box::new(Ema { alpha: p.f64_in("alpha", 0.0, 1.0)? })),
+    },
+    Known {
+        name: "arima",
+        doc: "ARIMA(p, d, q) per expert series, refitted at every origin",
+        params: &[
+            Param { key: "p", default: "5", doc: "AR order" },
+            Param { key: "d", default: "1", doc: "differences" },
+            Param { key: "q", default: "5", doc: "MA order" },
+            Param { key: "n", default: "1000", doc: "observations before the origin used by a fit" },
+            Param { key: "method", default: "css-ml", doc: "css, ml or css-ml" },
+        ],
+        build: |p| {
+            let f = arima::ArimaForecaster {
+                p: p.usize("p", 0)?,
+                d: p.usize("d", 0)?,
+                q: p.usize("q", 0)?,
+                n: p.usize("n", 10)?,
+                method: arima::Method::parse(&p.0["method"])?,
+            };
+            if f.p + f.q > 20 || f.d > 2 {
+                return Err(format!("p + q must be at most 20 and d at most 2 (got p={}, d={}, q={})", f.p, f.d, f.q));
+            }
+            Ok(Box::new(f))
+        },
     },
     Known {
         name: "oracle-median",

@@ -1,0 +1,380 @@
+//! `arima:p=P,d=D,q=Q[,n=N][,method=css|ml|css-ml]`: ARIMA per expert series.
+//!
+//! The series' last `n` shares before the origin are differenced `d` times; an
+//! ARMA(p, q) (with a mean when `d = 0`, as R's `arima` and statsmodels do) is fitted
+//! by conditional sum of squares (`css`), exact Gaussian likelihood through a Kalman
+//! filter (`ml`), or CSS then ML (`css-ml`, the default). AR and MA coefficients are
+//! kept stationary and invertible by R's PACF transform; the optimiser is argmin's
+//! Nelder-Mead. Each series' fits walk its origins in order, each starting from the
+//! previous origin's parameters (warm start); the experts of a layer fit in parallel.
+//! A fit that fails falls back to `mean:w=100` for that series and origin and is
+//! counted in `fallbacks`.
+
+pub mod model;
+
+use argmin::core::{CostFunction, Executor};
+use argmin::solver::neldermead::NelderMead;
+use rayon::prelude::*;
+
+use super::{Forecaster, LayerView, canonical};
+use model::{Arma, css, filter, forecast_mean, partrans};
+
+/// How parameters are estimated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Css,
+    Ml,
+    CssMl,
+}
+
+impl Method {
+    pub fn parse(s: &str) -> Result<Method, String> {
+        match s {
+            "css" => Ok(Method::Css),
+            "ml" => Ok(Method::Ml),
+            "css-ml" => Ok(Method::CssMl),
+            _ => Err(format!("method={s} must be css, ml or css-ml")),
+        }
+    }
+    fn as_str(&self) -> &'static str {
+        match self {
+            Method::Css => "css",
+            Method::Ml => "ml",
+            Method::CssMl => "css-ml",
+        }
+    }
+}
+
+/// A fitted model.
+#[derive(Debug, Clone)]
+pub struct Fit {
+    pub model: Arma,
+    pub sigma2: f64,
+    /// Exact log-likelihood (for `css`: evaluated at the CSS estimates).
+    pub loglik: f64,
+    /// Unconstrained parameters, the warm start of the next fit.
+    pub raw: Vec<f64>,
+}
+
+/// Order and estimation settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Order {
+    pub p: usize,
+    pub q: usize,
+    pub mean: bool,
+}
+
+impl Order {
+    fn model(&self, raw: &[f64]) -> Arma {
+        let (p, q) = (self.p, self.q);
+        Arma {
+            ar: partrans(&raw[..p]),
+            ma: partrans(&raw[p..p + q]).into_iter().map(|v| -v).collect(),
+            mean: if self.mean { raw[p + q] } else { 0.0 },
+        }
+    }
+}
+
+struct Objective<'a> {
+    x: &'a [f64],
+    order: Order,
+    ml: bool,
+}
+
+impl CostFunction for Objective<'_> {
+    type Param = Vec<f64>;
+    type Output = f64;
+    fn cost(&self, raw: &Vec<f64>) -> Result<f64, argmin::core::Error> {
+        let m = self.order.model(raw);
+        let v = if self.ml {
+            filter(self.x, &m).map(|f| -f.loglik_concentrated() / f.n as f64)
+        } else {
+            let (ssq, n) = css(self.x, &m);
+            (n > 0 && ssq > 0.0).then(|| 0.5 * (ssq / n as f64).ln())
+        };
+        Ok(v.filter(|v| v.is_finite()).unwrap_or(1e10))
+    }
+}
+
+fn minimise(x: &[f64], order: Order, ml: bool, start: &[f64], scale_mean: f64) -> Option<Vec<f64>> {
+    let k = start.len();
+    if k == 0 {
+        return Some(Vec::new());
+    }
+    let mut simplex = vec![start.to_vec()];
+    for i in 0..k {
+        let mut v = start.to_vec();
+        v[i] += if order.mean && i == k - 1 { scale_mean } else { 0.1 };
+        simplex.push(v);
+    }
+    let solver = NelderMead::new(simplex).with_sd_tolerance(1e-9).ok()?;
+    let res = Executor::new(Objective { x, order, ml }, solver).configure(|s| s.max_iters(400 * k as u64)).run().ok()?;
+    let best = res.state.best_param?;
+    (res.state.best_cost < 1e9).then_some(best)
+}
+
+/// Fits ARMA(p, q) to `x` (already differenced), starting from `start` (unconstrained
+/// parameters) or from zeros and the sample mean. `None` when the fit fails.
+pub fn fit(x: &[f64], order: Order, method: Method, start: Option<&[f64]>) -> Option<Fit> {
+    let k = order.p + order.q + order.mean as usize;
+    if x.len() <= order.p + order.q + 1 {
+        return None;
+    }
+    let mean = x.iter().sum::<f64>() / x.len() as f64;
+    let sd = (x.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / x.len() as f64).sqrt().max(1e-12);
+    let mut raw = match start {
+        Some(s) if s.len() == k => s.to_vec(),
+        _ => {
+            let mut v = vec![0.0; k];
+            if order.mean {
+                v[k - 1] = mean;
+            }
+            v
+        }
+    };
+    let warm = start.is_some();
+    if method == Method::Css || (method == Method::CssMl && !warm) {
+        raw = minimise(x, order, false, &raw, 0.1 * sd)?;
+    }
+    if method != Method::Css {
+        raw = minimise(x, order, true, &raw, 0.1 * sd)?;
+    }
+    let model = order.model(&raw);
+    let f = filter(x, &model)?;
+    let sigma2 = if method == Method::Css {
+        let (ssq, n) = css(x, &model);
+        ssq / n as f64
+    } else {
+        f.sigma2()
+    };
+    let loglik = f.loglik(sigma2);
+    loglik.is_finite().then_some(Fit { model, sigma2, loglik, raw })
+}
+
+/// Differences `y` `d` times.
+pub fn difference(y: &[f64], d: usize) -> Vec<f64> {
+    let mut v = y.to_vec();
+    for _ in 0..d {
+        v = v.windows(2).map(|w| w[1] - w[0]).collect();
+    }
+    v
+}
+
+/// Turns forecasts of the `d`-times differenced series back into levels of `y`.
+pub fn integrate(y: &[f64], d: usize, w: &[f64]) -> Vec<f64> {
+    // last[i] = last value of the i-times differenced series
+    let mut last: Vec<f64> = (0..d).map(|i| *difference(&y[y.len() - (i + 1).min(y.len())..], i).last().unwrap()).collect();
+    w.iter()
+        .map(|&next| {
+            let mut v = next;
+            for i in (0..d).rev() {
+                v += last[i];
+                last[i] = v;
+            }
+            v
+        })
+        .collect()
+}
+
+/// The `arima` forecaster.
+pub struct ArimaForecaster {
+    pub p: usize,
+    pub d: usize,
+    pub q: usize,
+    /// Observations before the origin that a fit uses.
+    pub n: usize,
+    pub method: Method,
+}
+
+impl ArimaForecaster {
+    fn order(&self) -> Order {
+        Order { p: self.p, q: self.q, mean: self.d == 0 }
+    }
+
+    /// Forecasts one series from one origin: `(prediction, fell back)`.
+    fn series(&self, y: &[f64], len: usize, warm: &mut Option<Vec<f64>>) -> (Vec<f64>, bool) {
+        let hist = &y[y.len().saturating_sub(self.n)..];
+        let x = difference(hist, self.d);
+        match fit(&x, self.order(), self.method, warm.as_deref()).and_then(|f| filter(&x, &f.model).map(|flt| (f, flt))) {
+            Some((f, flt)) => {
+                let w = forecast_mean(&flt, &f.model, len);
+                let out = integrate(hist, self.d, &w);
+                if out.iter().all(|v| v.is_finite()) {
+                    *warm = Some(f.raw);
+                    return (out, false);
+                }
+                *warm = None;
+                (fallback(y, len), true)
+            }
+            None => {
+                *warm = None;
+                (fallback(y, len), true)
+            }
+        }
+    }
+}
+
+/// `mean:w=100` of the history, SPEC's fallback for a failed fit.
+fn fallback(y: &[f64], len: usize) -> Vec<f64> {
+    let w = &y[y.len().saturating_sub(100)..];
+    vec![w.iter().sum::<f64>() / w.len().max(1) as f64; len]
+}
+
+impl Forecaster for ArimaForecaster {
+    fn spec(&self) -> String {
+        canonical(
+            "arima",
+            &[
+                ("p", self.p.to_string()),
+                ("d", self.d.to_string()),
+                ("q", self.q.to_string()),
+                ("n", self.n.to_string()),
+                ("method", self.method.as_str().to_string()),
+            ],
+        )
+    }
+    fn history(&self) -> usize {
+        self.p + self.d + self.q + 2
+    }
+    fn forecast_origin(&self, h: &LayerView, origin: usize, out: &mut [f64]) -> usize {
+        let ne = h.experts();
+        let len = out.len() / ne;
+        let mut fallbacks = 0;
+        for e in 0..ne {
+            let y: Vec<f64> = (0..origin).map(|t| h.at(t, e)).collect();
+            let (pred, fb) = self.series(&y, len, &mut None);
+            fallbacks += fb as usize;
+            (0..len).for_each(|k| out[k * ne + e] = pred[k]);
+        }
+        fallbacks
+    }
+    /// Experts in parallel, each walking the origins in order with warm starts.
+    fn forecast_layer(
+        &self,
+        layer: &LayerView,
+        origins: &[usize],
+        lens: &[usize],
+        emit: &mut dyn FnMut(usize, &mut [f64], usize),
+    ) -> anyhow::Result<()> {
+        let ne = layer.experts();
+        let mut warm: Vec<Option<Vec<f64>>> = vec![None; ne];
+        // Origins in chunks, so memory holds one chunk's predictions.
+        const CHUNK: usize = 32;
+        for (c, (chunk_o, chunk_l)) in origins.chunks(CHUNK).zip(lens.chunks(CHUNK)).enumerate() {
+            let last = chunk_o[chunk_o.len() - 1];
+            let per_expert: Vec<Vec<(Vec<f64>, bool)>> = warm
+                .par_iter_mut()
+                .enumerate()
+                .map(|(e, w)| {
+                    let series: Vec<f64> = (0..last).map(|t| layer.at(t, e)).collect();
+                    chunk_o.iter().zip(chunk_l).map(|(&o, &len)| self.series(&series[..o], len, w)).collect()
+                })
+                .collect();
+            for (i, &len) in chunk_l.iter().enumerate() {
+                let mut out = vec![0.0; len * ne];
+                let mut fb = 0;
+                for (e, preds) in per_expert.iter().enumerate() {
+                    let (pred, f) = &preds[i];
+                    fb += *f as usize;
+                    (0..len).for_each(|k| out[k * ne + e] = pred[k]);
+                }
+                emit(c * CHUNK + i, &mut out, fb);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::model::forecast;
+    use super::*;
+
+    /// Cases written by tests/fixtures/make_arima_fixtures.py with statsmodels.
+    fn cases() -> Vec<serde_json::Value> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/arima.json");
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        v["cases"].as_array().unwrap().clone()
+    }
+
+    fn floats(v: &serde_json::Value) -> Vec<f64> {
+        v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+    }
+
+    /// statsmodels' parameter vector: [const,] ar..., ma..., sigma2.
+    fn model_of(c: &serde_json::Value, params: &[f64]) -> (Arma, f64) {
+        let (p, q) = (c["p"].as_u64().unwrap() as usize, c["q"].as_u64().unwrap() as usize);
+        let off = c["mean"].as_bool().unwrap() as usize;
+        let m = Arma { ar: params[off..off + p].to_vec(), ma: params[off + p..off + p + q].to_vec(), mean: if off == 1 { params[0] } else { 0.0 } };
+        (m, params[off + p + q])
+    }
+
+    #[test]
+    fn exact_loglik_forecasts_and_stderr_match_statsmodels_at_given_parameters() {
+        for c in cases() {
+            let y = floats(&c["y"]);
+            let (m, s2) = model_of(&c, &floats(&c["given"]));
+            let f = filter(&y, &m).unwrap();
+            let want = c["loglik"].as_f64().unwrap();
+            let got = f.loglik(s2);
+            assert!(((got - want) / want).abs() < 1e-8, "{}: loglik {got} vs {want}", c["name"]);
+            let (mean, se) = forecast(&f, &m, 10, s2);
+            for (k, (a, b)) in mean.iter().zip(floats(&c["forecast"])).enumerate() {
+                assert!((a - b).abs() <= 1e-8 * b.abs().max(1e-4), "{}: forecast {k}: {a} vs {b}", c["name"]);
+            }
+            for (k, (a, b)) in se.iter().zip(floats(&c["stderr"])).enumerate() {
+                assert!(((a - b) / b).abs() < 1e-8, "{}: stderr {k}: {a} vs {b}", c["name"]);
+            }
+            assert_eq!(forecast_mean(&f, &m, 10), mean);
+        }
+    }
+
+    #[test]
+    fn maximum_likelihood_is_as_good_as_statsmodels() {
+        for c in cases() {
+            let y = floats(&c["y"]);
+            let order = Order { p: c["p"].as_u64().unwrap() as usize, q: c["q"].as_u64().unwrap() as usize, mean: c["mean"].as_bool().unwrap() };
+            let fit = fit(&y, order, Method::CssMl, None).unwrap();
+            let want = c["fit_loglik"].as_f64().unwrap();
+            eprintln!("{}: loglik {} (statsmodels {want})", c["name"], fit.loglik);
+            assert!(fit.loglik >= want - 1e-4 * want.abs(), "{}: {} < {want}", c["name"], fit.loglik);
+        }
+    }
+
+    #[test]
+    fn simulated_parameters_are_recovered_within_their_standard_errors() {
+        let c = cases().into_iter().find(|c| c["name"] == "sim-arma21").unwrap();
+        let y = floats(&c["y"]);
+        let fit = fit(&y, Order { p: 2, q: 1, mean: false }, Method::CssMl, None).unwrap();
+        let bse = floats(&c["fit_bse"]);
+        for (got, (truth, se)) in [fit.model.ar[0], fit.model.ar[1], fit.model.ma[0]].iter().zip([(0.5, bse[0]), (-0.3, bse[1]), (0.4, bse[2])]) {
+            assert!((got - truth).abs() < 3.0 * se, "{got} vs {truth} ± {se}");
+        }
+    }
+
+    #[test]
+    fn differencing_and_integration_invert_each_other() {
+        let y = [1.0, 3.0, 4.0, 8.0, 9.0];
+        assert_eq!(difference(&y, 1), vec![2.0, 1.0, 4.0, 1.0]);
+        assert_eq!(difference(&y, 2), vec![-1.0, 3.0, -3.0]);
+        // d = 1: levels continue from 9; d = 2: slopes continue from 1
+        assert_eq!(integrate(&y, 1, &[1.0, 2.0]), vec![10.0, 12.0]);
+        assert_eq!(integrate(&y, 2, &[0.0, 1.0]), vec![10.0, 12.0]);
+        assert_eq!(integrate(&y, 0, &[0.5]), vec![0.5]);
+    }
+
+    #[test]
+    fn forecaster_spec_and_fallback_counting() {
+        let f = crate::forecast::parse_spec("arima:p=1,q=0").unwrap();
+        assert_eq!(f.spec(), "arima:p=1,d=1,q=0,n=1000,method=css-ml");
+        assert!(crate::forecast::parse_spec("arima:p=15,q=15").is_err());
+        assert!(crate::forecast::parse_spec("arima:method=mle").is_err());
+        // A constant series cannot be fitted: every series falls back to its mean.
+        let p = vec![0.5; 2 * 60];
+        let view = LayerView::new(&p, 2);
+        let mut out = vec![0.0; 2 * 3];
+        let fb = f.forecast_origin(&view.until(50), 50, &mut out);
+        assert_eq!(fb, 2);
+        assert_eq!(out, vec![0.5; 6]);
+    }
+}
