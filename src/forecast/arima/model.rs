@@ -81,37 +81,32 @@ impl Ss {
         Ss { r, t, rr }
     }
 
-    /// P ← T P T' + R R'.
+    /// P ← T P T' + R R', in O(r²): T is a companion matrix (first column φ, ones
+    /// above the diagonal), so (T P)[i][j] = φ_i P[0][j] + P[i+1][j].
     fn predict_cov(&self, p: &mut [f64], tmp: &mut [f64]) {
         let r = self.r;
-        // tmp = T P
+        let phi = |i: usize| self.t[i * r];
         for i in 0..r {
             for j in 0..r {
-                let mut s = 0.0;
-                for k in 0..r {
-                    s += self.t[i * r + k] * p[k * r + j];
-                }
-                tmp[i * r + j] = s;
+                let below = if i + 1 < r { p[(i + 1) * r + j] } else { 0.0 };
+                tmp[i * r + j] = phi(i) * p[j] + below;
             }
         }
-        // P = tmp T' + RR'
         for i in 0..r {
             for j in 0..r {
-                let mut s = self.rr[i * r + j];
-                for k in 0..r {
-                    s += tmp[i * r + k] * self.t[j * r + k];
-                }
-                p[i * r + j] = s;
+                let right = if j + 1 < r { tmp[i * r + j + 1] } else { 0.0 };
+                p[i * r + j] = tmp[i * r] * phi(j) + right + self.rr[i * r + j];
             }
         }
     }
 
-    fn predict_mean(&self, a: &mut [f64], tmp: &mut [f64]) {
+    fn predict_mean(&self, a: &mut [f64], _tmp: &mut [f64]) {
         let r = self.r;
+        let a0 = a[0];
         for i in 0..r {
-            tmp[i] = (0..r).map(|k| self.t[i * r + k] * a[k]).sum();
+            let below = if i + 1 < r { a[i + 1] } else { 0.0 };
+            a[i] = self.t[i * r] * a0 + below;
         }
-        a.copy_from_slice(&tmp[..r]);
     }
 
     /// The stationary covariance: solves (I - T⊗T) vec P = vec RR'. `None` if singular.
