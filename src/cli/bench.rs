@@ -16,8 +16,25 @@ use crate::gpu::{self, Device, DeviceRequest, Gpu};
 use crate::stats::{self, cpu, cuda};
 use crate::trace::{Loads, ReadOptions, Trace, read_file};
 
+/// Which stage `expertcast bench` measures.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Window statistics (GPU kernels, or the CPU path with --cpu).
+    Window,
+    /// ARIMA fitting on the CPU (the --arima-* flags).
+    Arima,
+}
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
+    /// The stage to measure.
+    #[arg(long, value_enum, default_value_t = Stage::Window)]
+    pub stage: Stage,
+    /// Worker threads for CPU stages (default: one per core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub arima: super::bench_arima::ArimaBenchArgs,
     /// Steps of the benchmark trace.
     #[arg(long, default_value_t = 100_000)]
     pub steps: usize,
@@ -85,6 +102,12 @@ fn events_ms(gpu: &Gpu, reps: usize, mut f: impl FnMut() -> anyhow::Result<()>) 
 }
 
 pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
+    if let Some(n) = args.threads {
+        rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("starting the thread pool")?;
+    }
+    if args.stage == Stage::Arima {
+        return super::bench_arima::bench_arima(&args.arima);
+    }
     let (device, note) = gpu::choose(args.device)?;
     if let Some(n) = note {
         eprintln!("expertcast: {n}");

@@ -1,6 +1,7 @@
 //! Command-line parsing, progress reporting and the `run` pipeline.
 
 pub mod bench;
+pub mod bench_arima;
 mod progress;
 mod run;
 mod summary;
@@ -38,8 +39,9 @@ pub enum Command {
     /// Run the whole pipeline: read traces, window statistics, states, forecasts,
     /// scores; write the Parquet files of SPEC.md into --out.
     Run(RunArgs),
-    /// Measure the window-statistics stage against its ceiling (the GPU's copy
-    /// bandwidth) on a paper-scale trace tiled from the bundled data.
+    /// Measure a stage: the window statistics against their ceiling (the GPU's copy
+    /// bandwidth) on a paper-scale trace tiled from the bundled data (`--stage
+    /// window`), or ARIMA fits per second on a trace's series (`--stage arima`).
     Bench(bench::BenchArgs),
     /// Write a synthetic trace of any shape whose dynamics are calibrated to the
     /// bundled real traces (transient then stable, autocorrelated fluctuations,

@@ -429,7 +429,8 @@ fn write_forecasts(w: &mut AtomicParquet, tr: &Trace, l: usize, spec: &str, s: &
                 out::i64s(s.origin[r.clone()].iter().map(|&o| tr.step_at(o))),
                 out::i32s(s.k[r.clone()].iter().map(|&k| k as i64)),
                 out::f64s(s.predicted[r.clone()].iter().copied()),
-                out::f64s(s.actual[r].iter().copied()),
+                out::f64s(s.actual[r.clone()].iter().copied()),
+                out::opt_f64s(s.stderr[r].iter().copied()),
             ],
         )?;
         w.write(&b)?;

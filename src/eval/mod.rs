@@ -101,13 +101,16 @@ pub struct SavedForecasts {
     pub k: Vec<usize>,
     pub predicted: Vec<f64>,
     pub actual: Vec<f64>,
+    /// The model's standard error of `predicted` (ARIMA), before renormalisation.
+    pub stderr: Vec<Option<f64>>,
 }
 
 impl SavedForecasts {
-    fn push(&mut self, layer: &LayerView, origin: usize, pred: &[f64]) {
+    fn push(&mut self, layer: &LayerView, origin: usize, pred: &[f64], se: Option<&[f64]>) {
         let ne = layer.experts();
         for (k, row) in pred.chunks(ne).enumerate() {
             for (e, &v) in row.iter().enumerate() {
+                self.stderr.push(se.map(|s| s[k * ne + e]).filter(|v| v.is_finite()));
                 self.expert.push(e);
                 self.origin.push(origin);
                 self.k.push(k);
@@ -175,7 +178,7 @@ pub fn evaluate_layer(
         for (hi, &h) in proto.horizons.iter().enumerate() {
             let os: Vec<usize> = origins.iter().copied().filter(|&o| o + h <= nt).collect();
             let lens = vec![h; os.len()];
-            f.forecast_layer(layer, &os, &lens, &mut |i, pred, fb| {
+            f.forecast_layer(layer, &os, &lens, &mut |i, pred, _, fb| {
                 if real {
                     renormalize(pred, ne);
                 }
@@ -184,11 +187,11 @@ pub fn evaluate_layer(
         }
         if let Some(s) = save.as_deref_mut() {
             let lens: Vec<usize> = origins.iter().map(|&o| proto.max_horizon().min(nt - o)).collect();
-            f.forecast_layer(layer, &origins, &lens, &mut |i, pred, _| s.push(layer, origins[i], pred))?;
+            f.forecast_layer(layer, &origins, &lens, &mut |i, pred, se, _| s.push(layer, origins[i], pred, se))?;
         }
     } else {
         let lens: Vec<usize> = origins.iter().map(|&o| proto.max_horizon().min(nt - o)).collect();
-        f.forecast_layer(layer, &origins, &lens, &mut |i, pred, fb| {
+        f.forecast_layer(layer, &origins, &lens, &mut |i, pred, se, fb| {
             let o = origins[i];
             if real {
                 renormalize(pred, ne);
@@ -200,7 +203,7 @@ pub fn evaluate_layer(
                 }
             }
             if let Some(s) = save.as_deref_mut() {
-                s.push(layer, o, pred);
+                s.push(layer, o, pred, se);
             }
         })?;
     }

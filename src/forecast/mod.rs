@@ -65,6 +65,10 @@ impl<'a> LayerView<'a> {
     }
 }
 
+/// The callback of [`Forecaster::forecast_layer`]: `(origin index, prediction,
+/// standard errors, fallbacks)`.
+pub type Emit<'a> = dyn FnMut(usize, &mut [f64], Option<&[f64]>, usize) + 'a;
+
 /// A forecaster of one layer's expert shares.
 pub trait Forecaster: Send + Sync {
     /// The canonical spec string, every parameter written out (`sw-avg:w=100`).
@@ -92,14 +96,16 @@ pub trait Forecaster: Send + Sync {
     fn forecast_origin(&self, history: &LayerView, origin: usize, out: &mut [f64]) -> usize;
 
     /// Predicts every origin of a layer (ascending), calling `emit(i, prediction,
-    /// fallbacks)` for origin `i`, with `lens[i]` steps predicted. Override to share
-    /// work across origins (a running average, warm starts, batching on a GPU).
+    /// stderr, fallbacks)` for origin `i`, with `lens[i]` steps predicted. `stderr`
+    /// (laid out like the prediction) comes from forecasters with a predictive
+    /// distribution (ARIMA) and is `None` otherwise. Override to share work across
+    /// origins (a running average, warm starts, batching on a GPU).
     fn forecast_layer(
         &self,
         layer: &LayerView,
         origins: &[usize],
         lens: &[usize],
-        emit: &mut dyn FnMut(usize, &mut [f64], usize),
+        emit: &mut Emit<'_>,
     ) -> anyhow::Result<()> {
         let mut out = Vec::new();
         for (i, (&o, &len)) in origins.iter().zip(lens).enumerate() {
@@ -107,7 +113,7 @@ pub trait Forecaster: Send + Sync {
             out.resize(len * layer.experts(), 0.0);
             let view = if self.is_real() { layer.until(o) } else { *layer };
             let fb = self.forecast_origin(&view, o, &mut out);
-            emit(i, &mut out, fb);
+            emit(i, &mut out, None, fb);
         }
         Ok(())
     }
@@ -180,14 +186,24 @@ pub static KNOWN: &[Known] = &[
             Param { key: "q", default: "5", doc: "MA order" },
             Param { key: "n", default: "1000", doc: "observations before the origin used by a fit" },
             Param { key: "method", default: "css-ml", doc: "css, ml or css-ml" },
+            Param { key: "mean", default: "auto", doc: "constant of the differenced series: auto (only when d=0), true (mean or drift), false" },
+            Param { key: "opt", default: "lm", doc: "optimiser: lm (Levenberg-Marquardt) or nm (argmin's Nelder-Mead)" },
         ],
         build: |p| {
+            let mean = match p.0["mean"].as_str() {
+                "auto" => None,
+                "true" => Some(true),
+                "false" => Some(false),
+                v => return Err(format!("mean={v} must be auto, true or false")),
+            };
             let f = arima::ArimaForecaster {
                 p: p.usize("p", 0)?,
                 d: p.usize("d", 0)?,
                 q: p.usize("q", 0)?,
                 n: p.usize("n", 10)?,
                 method: arima::Method::parse(&p.0["method"])?,
+                mean,
+                opt: arima::Optimizer::parse(&p.0["opt"])?,
             };
             if f.p + f.q > 20 || f.d > 2 {
                 return Err(format!("p + q must be at most 20 and d at most 2 (got p={}, d={}, q={})", f.p, f.d, f.q));

@@ -123,7 +123,7 @@ impl Forecaster for Ema {
         layer: &LayerView,
         origins: &[usize],
         lens: &[usize],
-        emit: &mut dyn FnMut(usize, &mut [f64], usize),
+        emit: &mut super::Emit<'_>,
     ) -> anyhow::Result<()> {
         let ne = layer.experts();
         let mut e = vec![0.0; ne];
@@ -137,7 +137,7 @@ impl Forecaster for Ema {
             for _ in 0..len {
                 out.extend_from_slice(&e);
             }
-            emit(i, &mut out, 0);
+            emit(i, &mut out, None, 0);
         }
         Ok(())
     }
@@ -192,7 +192,7 @@ mod tests {
         // forecast_layer over several origins agrees with one origin at a time
         let v = LayerView::new(&P, 2);
         let mut got = Vec::new();
-        f.forecast_layer(&v, &[1, 2, 4], &[1, 2, 1], &mut |i, out, _| got.push((i, out.to_vec()))).unwrap();
+        f.forecast_layer(&v, &[1, 2, 4], &[1, 2, 1], &mut |i, out, _, _| got.push((i, out.to_vec()))).unwrap();
         assert!(close(&got[1].1, &predict(&f, 2, 2)));
         assert!(close(&got[2].1, &predict(&f, 4, 1)));
     }

@@ -147,6 +147,7 @@ pub fn forecasts_schema() -> SchemaRef {
         f("k", DataType::Int32, false),
         f("predicted", DataType::Float64, false),
         f("actual", DataType::Float64, false),
+        f("stderr", DataType::Float64, true),
     ]))
 }
 

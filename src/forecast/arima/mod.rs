@@ -10,13 +10,14 @@
 //! A fit that fails falls back to `mean:w=100` for that series and origin and is
 //! counted in `fallbacks`.
 
+pub mod lm;
 pub mod model;
 
 use argmin::core::{CostFunction, Executor};
 use argmin::solver::neldermead::NelderMead;
 use rayon::prelude::*;
 
-use super::{Forecaster, LayerView, canonical};
+use super::{Emit, Forecaster, LayerView, canonical};
 use model::{Arma, css, filter, forecast_mean, partrans};
 
 /// How parameters are estimated.
@@ -45,6 +46,31 @@ impl Method {
     }
 }
 
+/// The minimiser behind `css` and `ml`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Optimizer {
+    /// Levenberg-Marquardt on the residuals (the default); Nelder-Mead if it fails.
+    Lm,
+    /// argmin's Nelder-Mead on the objective.
+    NelderMead,
+}
+
+impl Optimizer {
+    pub fn parse(s: &str) -> Result<Optimizer, String> {
+        match s {
+            "lm" => Ok(Optimizer::Lm),
+            "nm" => Ok(Optimizer::NelderMead),
+            _ => Err(format!("opt={s} must be lm (Levenberg-Marquardt) or nm (Nelder-Mead)")),
+        }
+    }
+    fn as_str(&self) -> &'static str {
+        match self {
+            Optimizer::Lm => "lm",
+            Optimizer::NelderMead => "nm",
+        }
+    }
+}
+
 /// A fitted model.
 #[derive(Debug, Clone)]
 pub struct Fit {
@@ -54,6 +80,8 @@ pub struct Fit {
     pub loglik: f64,
     /// Unconstrained parameters, the warm start of the next fit.
     pub raw: Vec<f64>,
+    /// Objective evaluations the fit used.
+    pub evals: usize,
 }
 
 /// Order and estimation settings.
@@ -96,10 +124,10 @@ impl CostFunction for Objective<'_> {
     }
 }
 
-fn minimise(x: &[f64], order: Order, ml: bool, start: &[f64], scale_mean: f64) -> Option<Vec<f64>> {
+fn nelder_mead(x: &[f64], order: Order, ml: bool, start: &[f64], scale_mean: f64) -> Option<(Vec<f64>, usize)> {
     let k = start.len();
     if k == 0 {
-        return Some(Vec::new());
+        return Some((Vec::new(), 0));
     }
     let mut simplex = vec![start.to_vec()];
     for i in 0..k {
@@ -109,13 +137,83 @@ fn minimise(x: &[f64], order: Order, ml: bool, start: &[f64], scale_mean: f64) -
     }
     let solver = NelderMead::new(simplex).with_sd_tolerance(1e-9).ok()?;
     let res = Executor::new(Objective { x, order, ml }, solver).configure(|s| s.max_iters(400 * k as u64)).run().ok()?;
+    let evals = res.state.counts.get("cost_count").copied().unwrap_or(0) as usize;
     let best = res.state.best_param?;
-    (res.state.best_cost < 1e9).then_some(best)
+    (res.state.best_cost < 1e9).then_some((best, evals))
+}
+
+/// The residuals LM minimises: CSS residuals, or the scaled innovations of the
+/// exact likelihood; difference points are evaluated [`model::LANES`] at a time.
+struct ArmaResiduals<'a> {
+    x: &'a [f64],
+    order: Order,
+    ml: bool,
+}
+
+impl lm::Residuals for ArmaResiduals<'_> {
+    fn eval(&mut self, raw: &[f64], out: &mut Vec<f64>) -> bool {
+        let mut ok = [false];
+        self.eval_many(std::slice::from_ref(&raw.to_vec()), std::slice::from_mut(out), &mut ok);
+        ok[0]
+    }
+    fn eval_many(&mut self, xs: &[Vec<f64>], outs: &mut [Vec<f64>], ok: &mut [bool]) {
+        for ((xc, oc), kc) in xs.chunks(model::LANES).zip(outs.chunks_mut(model::LANES)).zip(ok.chunks_mut(model::LANES)) {
+            let ms: Vec<Arma> = xc.iter().map(|raw| self.order.model(raw)).collect();
+            if self.ml {
+                let mut sums = [None; model::LANES];
+                model::chandrasekhar_lanes(self.x, &ms, oc, &mut sums);
+                for ((o, s), k) in oc.iter_mut().zip(sums).zip(kc.iter_mut()) {
+                    *k = match s {
+                        Some((_, sumlog)) => {
+                            let scale = (sumlog / (2.0 * self.x.len() as f64)).exp();
+                            o.iter_mut().for_each(|v| *v *= scale);
+                            true
+                        }
+                        None => false,
+                    };
+                }
+            } else {
+                model::css_residuals_lanes(self.x, &ms, oc);
+                kc.iter_mut().zip(oc.iter()).for_each(|(k, o)| *k = !o.is_empty());
+            }
+        }
+    }
+}
+
+fn levenberg_marquardt(x: &[f64], order: Order, ml: bool, start: &[f64], scale_mean: f64) -> Option<(Vec<f64>, usize)> {
+    let k = start.len();
+    let mut scale = vec![1.0; k];
+    if order.mean {
+        scale[k - 1] = scale_mean;
+    }
+    let envf = |k: &str, d: f64| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let settings = lm::Settings {
+        ftol: if ml { envf("LM_FTOL_ML", 1e-10) } else { envf("LM_FTOL_CSS", 1e-10) },
+        max_iter: if ml { envf("LM_MAXIT_ML", 200.0) } else { envf("LM_MAXIT_CSS", 200.0) } as usize,
+        ..Default::default()
+    };
+    let m = lm::minimize(ArmaResiduals { x, order, ml }, start, &scale, settings)?;
+    if std::env::var_os("EXPERTCAST_DEBUG_LM").is_some() {
+        eprintln!("lm ml={ml} evals={} converged={} ssq={}", m.evals, m.converged, m.ssq);
+    }
+    (m.ssq > 0.0 && m.x.iter().all(|v| v.is_finite())).then_some((m.x, m.evals))
+}
+
+fn minimise(x: &[f64], order: Order, ml: bool, start: &[f64], scale_mean: f64, opt: Optimizer) -> Option<(Vec<f64>, usize)> {
+    match opt {
+        Optimizer::NelderMead => nelder_mead(x, order, ml, start, scale_mean),
+        Optimizer::Lm => levenberg_marquardt(x, order, ml, start, scale_mean).or_else(|| nelder_mead(x, order, ml, start, scale_mean)),
+    }
 }
 
 /// Fits ARMA(p, q) to `x` (already differenced), starting from `start` (unconstrained
 /// parameters) or from zeros and the sample mean. `None` when the fit fails.
 pub fn fit(x: &[f64], order: Order, method: Method, start: Option<&[f64]>) -> Option<Fit> {
+    fit_with(x, order, method, start, Optimizer::Lm)
+}
+
+/// [`fit`] with a chosen optimiser.
+pub fn fit_with(x: &[f64], order: Order, method: Method, start: Option<&[f64]>, opt: Optimizer) -> Option<Fit> {
     let k = order.p + order.q + order.mean as usize;
     if x.len() <= order.p + order.q + 1 {
         return None;
@@ -133,11 +231,16 @@ pub fn fit(x: &[f64], order: Order, method: Method, start: Option<&[f64]>) -> Op
         }
     };
     let warm = start.is_some();
+    let mut evals = 0;
     if method == Method::Css || (method == Method::CssMl && !warm) {
-        raw = minimise(x, order, false, &raw, 0.1 * sd)?;
+        let (r, e) = minimise(x, order, false, &raw, 0.1 * sd, opt)?;
+        raw = r;
+        evals += e;
     }
     if method != Method::Css {
-        raw = minimise(x, order, true, &raw, 0.1 * sd)?;
+        let (r, e) = minimise(x, order, true, &raw, 0.1 * sd, opt)?;
+        raw = r;
+        evals += e;
     }
     let model = order.model(&raw);
     let f = filter(x, &model)?;
@@ -148,7 +251,7 @@ pub fn fit(x: &[f64], order: Order, method: Method, start: Option<&[f64]>) -> Op
         f.sigma2()
     };
     let loglik = f.loglik(sigma2);
-    loglik.is_finite().then_some(Fit { model, sigma2, loglik, raw })
+    loglik.is_finite().then_some(Fit { model, sigma2, loglik, raw, evals })
 }
 
 /// Differences `y` `d` times.
@@ -184,33 +287,45 @@ pub struct ArimaForecaster {
     /// Observations before the origin that a fit uses.
     pub n: usize,
     pub method: Method,
+    /// A constant in the differenced series (a mean for `d = 0`, a drift for `d = 1`);
+    /// `None`: R's and statsmodels' default, a mean for `d = 0` only.
+    pub mean: Option<bool>,
+    pub opt: Optimizer,
+}
+
+/// One series' forecast from one origin.
+struct SeriesForecast {
+    pred: Vec<f64>,
+    /// Standard errors (NaN after a fallback).
+    se: Vec<f64>,
+    fell_back: bool,
 }
 
 impl ArimaForecaster {
-    fn order(&self) -> Order {
-        Order { p: self.p, q: self.q, mean: self.d == 0 }
+    /// The forecaster with `arima`'s defaults for everything but the order.
+    pub fn new(p: usize, d: usize, q: usize) -> Self {
+        ArimaForecaster { p, d, q, n: 1000, method: Method::CssMl, mean: None, opt: Optimizer::Lm }
     }
 
-    /// Forecasts one series from one origin: `(prediction, fell back)`.
-    fn series(&self, y: &[f64], len: usize, warm: &mut Option<Vec<f64>>) -> (Vec<f64>, bool) {
+    fn order(&self) -> Order {
+        Order { p: self.p, q: self.q, mean: self.mean.unwrap_or(self.d == 0) }
+    }
+
+    /// Forecasts one series from one origin, warm-starting from and updating `warm`.
+    fn series(&self, y: &[f64], len: usize, warm: &mut Option<Vec<f64>>) -> SeriesForecast {
         let hist = &y[y.len().saturating_sub(self.n)..];
         let x = difference(hist, self.d);
-        match fit(&x, self.order(), self.method, warm.as_deref()).and_then(|f| filter(&x, &f.model).map(|flt| (f, flt))) {
-            Some((f, flt)) => {
-                let w = forecast_mean(&flt, &f.model, len);
-                let out = integrate(hist, self.d, &w);
-                if out.iter().all(|v| v.is_finite()) {
-                    *warm = Some(f.raw);
-                    return (out, false);
-                }
-                *warm = None;
-                (fallback(y, len), true)
-            }
-            None => {
-                *warm = None;
-                (fallback(y, len), true)
+        let fitted = fit_with(&x, self.order(), self.method, warm.as_deref(), self.opt).and_then(|f| filter(&x, &f.model).map(|flt| (f, flt)));
+        if let Some((f, flt)) = fitted {
+            let out = integrate(hist, self.d, &forecast_mean(&flt, &f.model, len));
+            if out.iter().all(|v| v.is_finite()) {
+                let se = model::level_stderr(&flt, &f.model, self.d, len, f.sigma2);
+                *warm = Some(f.raw);
+                return SeriesForecast { pred: out, se, fell_back: false };
             }
         }
+        *warm = None;
+        SeriesForecast { pred: fallback(y, len), se: vec![f64::NAN; len], fell_back: true }
     }
 }
 
@@ -222,6 +337,11 @@ fn fallback(y: &[f64], len: usize) -> Vec<f64> {
 
 impl Forecaster for ArimaForecaster {
     fn spec(&self) -> String {
+        let mean = match self.mean {
+            None => "auto",
+            Some(true) => "true",
+            Some(false) => "false",
+        };
         canonical(
             "arima",
             &[
@@ -230,6 +350,8 @@ impl Forecaster for ArimaForecaster {
                 ("q", self.q.to_string()),
                 ("n", self.n.to_string()),
                 ("method", self.method.as_str().to_string()),
+                ("mean", mean.to_string()),
+                ("opt", self.opt.as_str().to_string()),
             ],
         )
     }
@@ -242,27 +364,21 @@ impl Forecaster for ArimaForecaster {
         let mut fallbacks = 0;
         for e in 0..ne {
             let y: Vec<f64> = (0..origin).map(|t| h.at(t, e)).collect();
-            let (pred, fb) = self.series(&y, len, &mut None);
-            fallbacks += fb as usize;
-            (0..len).for_each(|k| out[k * ne + e] = pred[k]);
+            let s = self.series(&y, len, &mut None);
+            fallbacks += s.fell_back as usize;
+            (0..len).for_each(|k| out[k * ne + e] = s.pred[k]);
         }
         fallbacks
     }
     /// Experts in parallel, each walking the origins in order with warm starts.
-    fn forecast_layer(
-        &self,
-        layer: &LayerView,
-        origins: &[usize],
-        lens: &[usize],
-        emit: &mut dyn FnMut(usize, &mut [f64], usize),
-    ) -> anyhow::Result<()> {
+    fn forecast_layer(&self, layer: &LayerView, origins: &[usize], lens: &[usize], emit: &mut Emit<'_>) -> anyhow::Result<()> {
         let ne = layer.experts();
         let mut warm: Vec<Option<Vec<f64>>> = vec![None; ne];
         // Origins in chunks, so memory holds one chunk's predictions.
         const CHUNK: usize = 32;
         for (c, (chunk_o, chunk_l)) in origins.chunks(CHUNK).zip(lens.chunks(CHUNK)).enumerate() {
             let last = chunk_o[chunk_o.len() - 1];
-            let per_expert: Vec<Vec<(Vec<f64>, bool)>> = warm
+            let per_expert: Vec<Vec<SeriesForecast>> = warm
                 .par_iter_mut()
                 .enumerate()
                 .map(|(e, w)| {
@@ -271,14 +387,17 @@ impl Forecaster for ArimaForecaster {
                 })
                 .collect();
             for (i, &len) in chunk_l.iter().enumerate() {
-                let mut out = vec![0.0; len * ne];
+                let (mut out, mut se) = (vec![0.0; len * ne], vec![0.0; len * ne]);
                 let mut fb = 0;
                 for (e, preds) in per_expert.iter().enumerate() {
-                    let (pred, f) = &preds[i];
-                    fb += *f as usize;
-                    (0..len).for_each(|k| out[k * ne + e] = pred[k]);
+                    let s = &preds[i];
+                    fb += s.fell_back as usize;
+                    for k in 0..len {
+                        out[k * ne + e] = s.pred[k];
+                        se[k * ne + e] = s.se[k];
+                    }
                 }
-                emit(c * CHUNK + i, &mut out, fb);
+                emit(c * CHUNK + i, &mut out, Some(&se), fb);
             }
         }
         Ok(())
@@ -312,32 +431,42 @@ mod tests {
     #[test]
     fn exact_loglik_forecasts_and_stderr_match_statsmodels_at_given_parameters() {
         for c in cases() {
-            let y = floats(&c["y"]);
+            let d = c["d"].as_u64().unwrap() as usize;
+            let levels = floats(&c["y"]);
+            let y = difference(&levels, d);
             let (m, s2) = model_of(&c, &floats(&c["given"]));
             let f = filter(&y, &m).unwrap();
             let want = c["loglik"].as_f64().unwrap();
             let got = f.loglik(s2);
             assert!(((got - want) / want).abs() < 1e-8, "{}: loglik {got} vs {want}", c["name"]);
-            let (mean, se) = forecast(&f, &m, 10, s2);
+            let (w, se_arma) = forecast(&f, &m, 10, s2);
+            let mean = integrate(&levels, d, &w);
+            let se = model::level_stderr(&f, &m, d, 10, s2);
             for (k, (a, b)) in mean.iter().zip(floats(&c["forecast"])).enumerate() {
                 assert!((a - b).abs() <= 1e-8 * b.abs().max(1e-4), "{}: forecast {k}: {a} vs {b}", c["name"]);
             }
             for (k, (a, b)) in se.iter().zip(floats(&c["stderr"])).enumerate() {
                 assert!(((a - b) / b).abs() < 1e-8, "{}: stderr {k}: {a} vs {b}", c["name"]);
             }
-            assert_eq!(forecast_mean(&f, &m, 10), mean);
+            if d == 0 {
+                assert_eq!(se.len(), se_arma.len());
+                se.iter().zip(&se_arma).for_each(|(a, b)| assert!((a - b).abs() <= 1e-12 * b, "{a} vs {b}"));
+            }
+            assert_eq!(forecast_mean(&f, &m, 10), w);
         }
     }
 
     #[test]
-    fn maximum_likelihood_is_as_good_as_statsmodels() {
+    fn maximum_likelihood_is_as_good_as_statsmodels_with_either_optimiser() {
         for c in cases() {
-            let y = floats(&c["y"]);
+            let y = difference(&floats(&c["y"]), c["d"].as_u64().unwrap() as usize);
             let order = Order { p: c["p"].as_u64().unwrap() as usize, q: c["q"].as_u64().unwrap() as usize, mean: c["mean"].as_bool().unwrap() };
-            let fit = fit(&y, order, Method::CssMl, None).unwrap();
             let want = c["fit_loglik"].as_f64().unwrap();
-            eprintln!("{}: loglik {} (statsmodels {want})", c["name"], fit.loglik);
-            assert!(fit.loglik >= want - 1e-4 * want.abs(), "{}: {} < {want}", c["name"], fit.loglik);
+            for opt in [Optimizer::Lm, Optimizer::NelderMead] {
+                let fit = fit_with(&y, order, Method::CssMl, None, opt).unwrap();
+                eprintln!("{} {opt:?}: loglik {} (statsmodels {want}) in {} evaluations", c["name"], fit.loglik, fit.evals);
+                assert!(fit.loglik >= want - 1e-4 * want.abs(), "{} {opt:?}: {} < {want}", c["name"], fit.loglik);
+            }
         }
     }
 
@@ -366,7 +495,9 @@ mod tests {
     #[test]
     fn forecaster_spec_and_fallback_counting() {
         let f = crate::forecast::parse_spec("arima:p=1,q=0").unwrap();
-        assert_eq!(f.spec(), "arima:p=1,d=1,q=0,n=1000,method=css-ml");
+        assert_eq!(f.spec(), "arima:p=1,d=1,q=0,n=1000,method=css-ml,mean=auto,opt=lm");
+        assert!(crate::forecast::parse_spec("arima:mean=maybe").is_err());
+        assert!(crate::forecast::parse_spec("arima:opt=bfgs").is_err());
         assert!(crate::forecast::parse_spec("arima:p=15,q=15").is_err());
         assert!(crate::forecast::parse_spec("arima:method=mle").is_err());
         // A constant series cannot be fitted: every series falls back to its mean.
