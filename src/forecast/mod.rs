@@ -188,6 +188,7 @@ pub static KNOWN: &[Known] = &[
             Param { key: "method", default: "css-ml", doc: "css, ml or css-ml" },
             Param { key: "mean", default: "auto", doc: "constant of the differenced series: auto (only when d=0), true (mean or drift), false" },
             Param { key: "opt", default: "lm", doc: "optimiser: lm (Levenberg-Marquardt) or nm (argmin's Nelder-Mead)" },
+            Param { key: "warm", default: "true", doc: "start each origin's fit from the previous origin's parameters" },
         ],
         build: |p| {
             let mean = match p.0["mean"].as_str() {
@@ -204,10 +205,53 @@ pub static KNOWN: &[Known] = &[
                 method: arima::Method::parse(&p.0["method"])?,
                 mean,
                 opt: arima::Optimizer::parse(&p.0["opt"])?,
+                warm: match p.0["warm"].as_str() {
+                    "true" => true,
+                    "false" => false,
+                    v => return Err(format!("warm={v} must be true or false")),
+                },
+                auto: None,
             };
             if f.p + f.q > 20 || f.d > 2 {
                 return Err(format!("p + q must be at most 20 and d at most 2 (got p={}, d={}, q={})", f.p, f.d, f.q));
             }
+            Ok(Box::new(f))
+        },
+    },
+    Known {
+        name: "arima-auto",
+        doc: "ARIMA with d, p, q and constant chosen at every origin (KPSS, stepwise AICc, as statsforecast's AutoARIMA)",
+        params: &[
+            Param { key: "max_p", default: "5", doc: "largest AR order" },
+            Param { key: "max_q", default: "5", doc: "largest MA order" },
+            Param { key: "max_d", default: "2", doc: "most differences" },
+            Param { key: "start_p", default: "2", doc: "AR order the search starts from" },
+            Param { key: "start_q", default: "2", doc: "MA order the search starts from" },
+            Param { key: "n", default: "1000", doc: "observations before the origin used by a fit" },
+            Param { key: "approx", default: "false", doc: "CSS fits during the search: false (statsforecast AutoARIMA's default), true, or auto (when n > 150, R's auto.arima)" },
+        ],
+        build: |p| {
+            let approximation = match p.0["approx"].as_str() {
+                "auto" => None,
+                "true" => Some(true),
+                "false" => Some(false),
+                v => return Err(format!("approx={v} must be auto, true or false")),
+            };
+            let a = arima::auto::AutoSettings {
+                max_p: p.usize("max_p", 0)?,
+                max_q: p.usize("max_q", 0)?,
+                max_d: p.usize("max_d", 0)?,
+                start_p: p.usize("start_p", 0)?,
+                start_q: p.usize("start_q", 0)?,
+                approximation,
+                ..Default::default()
+            };
+            if a.max_p + a.max_q > 20 || a.max_d > 2 {
+                return Err(format!("max_p + max_q must be at most 20 and max_d at most 2 (got {}, {}, {})", a.max_p, a.max_q, a.max_d));
+            }
+            let mut f = arima::ArimaForecaster::new(0, 0, 0);
+            f.n = p.usize("n", 10)?;
+            f.auto = Some(a);
             Ok(Box::new(f))
         },
     },

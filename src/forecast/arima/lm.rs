@@ -6,7 +6,9 @@
 //! needs a matrix inverse that its `Vec` backend lacks, and Nelder-Mead (argmin's,
 //! kept as the fallback) needs several times the evaluations: `expertcast bench
 //! arima --optimizer` measures both (BENCHMARKS.md). The Jacobian is taken by forward
-//! differences, the damping is Marquardt's (scaled by diag JᵀJ) with Nielsen's update.
+//! differences, the damping is Marquardt's (scaled by diag JᵀJ) with Nielsen's update,
+//! and each step tries four dampings side by side (one batched evaluation) and keeps
+//! the best.
 
 /// The outcome of a minimisation.
 #[derive(Debug, Clone)]
@@ -35,6 +37,9 @@ impl Default for Settings {
         Settings { max_iter: 200, ftol: 1e-10, xtol: 1e-9 }
     }
 }
+
+/// Damping factors (times the current λ) tried side by side at each step.
+const TRIAL_DAMPING: [f64; 4] = [0.05, 1.0, 8.0, 64.0];
 
 /// A residual vector as a function of the parameters.
 pub trait Residuals {
@@ -72,10 +77,8 @@ pub fn minimize(mut residuals: impl Residuals, start: &[f64], scale: &[f64], set
     }
     let n = r.len();
     let mut jac = vec![0.0; n * k]; // column-major: jac[j * n + i] = ∂r_i/∂x_j
-    let mut rt = Vec::with_capacity(n);
-    let mut xt = x.clone();
     let (mut lambda, mut nu) = (1e-3, 2.0);
-    let (mut a, mut g, mut step) = (vec![0.0; k * k], vec![0.0; k], vec![0.0; k]);
+    let (mut a, mut g) = (vec![0.0; k * k], vec![0.0; k]);
     let mut converged = false;
     let eps = f64::EPSILON.sqrt();
     let mut points = vec![x.clone(); k];
@@ -121,35 +124,56 @@ pub fn minimize(mut residuals: impl Residuals, start: &[f64], scale: &[f64], set
             converged = true;
             break;
         }
-        // Damped steps until one lowers the sum of squares.
+        // Damped steps until one lowers the sum of squares. Several dampings are tried
+        // together (one `eval_many`, which costs about one evaluation when the
+        // residuals evaluate points side by side); the best decrease wins.
         loop {
-            let mut m = a.clone();
-            for j in 0..k {
-                m[j * k + j] += lambda * a[j * k + j].max(1e-12 * (1.0 + a[j * k + j]));
+            let lams: Vec<f64> = TRIAL_DAMPING.iter().map(|f| f * lambda).collect();
+            let mut cand = Vec::with_capacity(lams.len());
+            for &lam in &lams {
+                let mut m = a.clone();
+                for j in 0..k {
+                    m[j * k + j] += lam * a[j * k + j].max(1e-12 * (1.0 + a[j * k + j]));
+                }
+                let mut st: Vec<f64> = g.iter().map(|v| -v).collect();
+                if cholesky_solve(&mut m, &mut st, k) {
+                    cand.push((lam, st));
+                }
             }
-            step.iter_mut().zip(&g).for_each(|(s, gv)| *s = -gv);
-            if !cholesky_solve(&mut m, &mut step, k) {
-                lambda *= nu;
+            if cand.is_empty() {
+                lambda *= 64.0 * nu;
                 nu *= 2.0;
                 if lambda > 1e16 {
                     break 'outer;
                 }
                 continue;
             }
-            xt.iter_mut().zip(x.iter().zip(&step)).for_each(|(t, (xv, s))| *t = xv + s);
-            evals += 1;
-            let trial = if residuals.eval(&xt, &mut rt) && rt.len() == n { sumsq(&rt) } else { None };
-            // predicted reduction: -2 gᵀδ - δᵀAδ = δᵀ(λDδ - g) for the damped system
-            let pred: f64 = (0..k).map(|j| step[j] * (lambda * a[j * k + j] * step[j] - g[j])).sum();
-            match trial {
-                Some(new) if new < ssq && pred > 0.0 => {
-                    let rho = (ssq - new) / pred;
-                    let small_step = (0..k).all(|j| step[j].abs() <= settings.xtol * (x[j].abs() + scale[j]));
+            let pts: Vec<Vec<f64>> = cand.iter().map(|(_, st)| x.iter().zip(st).map(|(a, b)| a + b).collect()).collect();
+            let mut touts = vec![Vec::with_capacity(n); pts.len()];
+            let mut toks = vec![false; pts.len()];
+            evals += pts.len();
+            residuals.eval_many(&pts, &mut touts, &mut toks);
+            let mut best: Option<(usize, f64)> = None;
+            for (c, (ok, o)) in toks.iter().zip(&touts).enumerate() {
+                if let (true, Some(v)) = (*ok && o.len() == n, sumsq(o)) {
+                    if v < ssq && best.is_none_or(|(_, b)| v < b) {
+                        best = Some((c, v));
+                    }
+                }
+            }
+            let tiny = |st: &[f64]| (0..k).all(|j| st[j].abs() <= settings.xtol * (x[j].abs() + scale[j]));
+            match best {
+                Some((c, new)) => {
+                    let (lam, st) = &cand[c];
+                    // predicted reduction: δᵀ(λDδ - g) for the damped system
+                    let pred: f64 = (0..k).map(|j| st[j] * (lam * a[j * k + j] * st[j] - g[j])).sum();
+                    let rho = if pred > 0.0 { (ssq - new) / pred } else { 0.0 };
+                    let small_step = tiny(st);
                     let small_gain = ssq - new <= settings.ftol * ssq;
-                    x.copy_from_slice(&xt);
-                    std::mem::swap(&mut r, &mut rt);
+                    x.copy_from_slice(&pts[c]);
+                    r = std::mem::take(&mut touts[c]);
                     ssq = new;
-                    lambda *= (1.0 / 3.0f64).max(1.0 - (2.0 * rho - 1.0).powi(3));
+                    lambda = lam * (1.0 / 3.0f64).max(1.0 - (2.0 * rho - 1.0).powi(3));
                     nu = 2.0;
                     if small_step || small_gain {
                         converged = true;
@@ -157,13 +181,13 @@ pub fn minimize(mut residuals: impl Residuals, start: &[f64], scale: &[f64], set
                     }
                     break;
                 }
-                _ => {
-                    if (0..k).all(|j| step[j].abs() <= settings.xtol * (x[j].abs() + scale[j])) {
+                None => {
+                    if cand.iter().all(|(_, st)| tiny(st)) {
                         // no decrease even for a negligible step: at the minimum
                         converged = true;
                         break 'outer;
                     }
-                    lambda *= nu;
+                    lambda *= 64.0 * nu;
                     nu *= 2.0;
                     if lambda > 1e16 {
                         converged = true;

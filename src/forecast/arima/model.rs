@@ -30,6 +30,25 @@ pub fn partrans(raw: &[f64]) -> Vec<f64> {
     new
 }
 
+/// The inverse of [`partrans`]: coefficients of a stationary AR polynomial to the
+/// unconstrained values (step-down recursion to the partial autocorrelations, then
+/// atanh). `None` when the polynomial is not stationary.
+pub fn invtrans(coefs: &[f64]) -> Option<Vec<f64>> {
+    let mut a = coefs.to_vec();
+    let mut raw = vec![0.0; a.len()];
+    for k in (0..a.len()).rev() {
+        let pk = a[k];
+        if !(pk.abs() < 1.0) {
+            return None;
+        }
+        raw[k] = pk.atanh();
+        let prev: Vec<f64> = (0..k).map(|j| (a[j] + pk * a[k - 1 - j]) / (1.0 - pk * pk)).collect();
+        a.truncate(k);
+        a.copy_from_slice(&prev);
+    }
+    Some(raw)
+}
+
 /// Residuals of the conditional sum of squares: zero before `p`, then
 /// `e_t = x_t - mean - Σ φ_i (x_{t-i} - mean) - Σ θ_j e_{t-j}`. Returns
 /// `(sum of squares, number of residuals)`.
@@ -566,6 +585,16 @@ mod tests {
         let (a1, a2) = (0.3f64.tanh(), (-0.2f64).tanh());
         let v = partrans(&[0.3, -0.2]);
         assert!((v[0] - (a1 - a2 * a1)).abs() < 1e-15 && (v[1] - a2).abs() < 1e-15);
+    }
+
+    #[test]
+    fn invtrans_undoes_partrans() {
+        let raw = [0.3, -1.2, 0.05, 2.0];
+        let back = invtrans(&partrans(&raw)).unwrap();
+        raw.iter().zip(&back).for_each(|(a, b)| assert!((a - b).abs() < 1e-12, "{a} vs {b}"));
+        // AR(1) with phi = 1 is not stationary
+        assert!(invtrans(&[1.0]).is_none());
+        assert!(invtrans(&[0.5, 0.6]).is_none()); // 1 - .5z - .6z² has a root inside
     }
 
     #[test]
