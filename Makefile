@@ -7,7 +7,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 CARGO ?= cargo
 
-.PHONY: build run test venv bench bench-window bench-peers bench-read bench-run bench-gpu clean
+.PHONY: build run test venv venv-peers bench bench-window bench-peers bench-read bench-run bench-gpu bench-arima-peers bench-arima-scaling clean
 
 build:
 	$(CARGO) build --release
@@ -23,6 +23,17 @@ $(VPY): tests/requirements.txt
 	touch $(VPY)
 
 venv: $(VPY)
+
+# statsforecast and statsmodels for the ARIMA peers and fixtures (not needed by `make test`).
+PVENV := .venv-peers
+PVPY := $(PVENV)/bin/python
+$(PVPY): benches/peers/requirements.txt
+	$(PYTHON) -m venv $(PVENV)
+	$(PVPY) -m pip install -q --upgrade pip
+	$(PVPY) -m pip install -q -r benches/peers/requirements.txt
+	touch $(PVPY)
+
+venv-peers: $(PVPY)
 
 test: $(VPY)
 	EXPERTCAST_PYTHON=$(abspath $(VPY)) $(CARGO) test --release
@@ -54,7 +65,17 @@ bench-gpu: build
 	./target/release/expertcast bench
 	python3 benches/peers/window_stats_torch.py
 
-bench: bench-peers bench-read bench-run
+# ARIMA(5,1,5) CSS-ML fits per second: statsforecast and expertcast (1 and 2 threads,
+# and argmin's Nelder-Mead) on the 96 series of a bundled trace, in one run.
+bench-arima-peers: build $(PVPY)
+	$(PVPY) benches/peers/arima_statsforecast.py
+
+# Fits per second against threads, and the full rolling ARIMA evaluation (the 16-core
+# figures in BENCHMARKS.md come from this on the GPU host).
+bench-arima-scaling: build
+	benches/arima_scaling.sh
+
+bench: bench-peers bench-read bench-run bench-arima-peers
 
 clean:
 	rm -rf target .bench-out bench-data

@@ -308,7 +308,8 @@ fn several_traces_in_one_file_and_saved_forecasts() {
     let i = (0..m.num_rows()).find(|&i| traces[i] == "b").unwrap();
     assert_eq!(mae[i], 0.0);
     let fc = read_all(&out.join("forecasts.parquet"));
-    assert_eq!(column_names(&fc), ["trace", "layer", "expert", "forecaster", "origin", "k", "predicted", "actual"]);
+    assert_eq!(column_names(&fc), ["trace", "layer", "expert", "forecaster", "origin", "k", "predicted", "actual", "stderr"]);
+    assert!(col_f64(&fc, "stderr").iter().all(|v| v.is_nan()), "`last` has no standard errors: stderr is null");
     // origins 1, 11, 21 (start 1 for `last`), 2 steps, 2 experts, 2 traces
     assert_eq!(fc.num_rows(), 3 * 2 * 2 * 2);
     let (org, k, pred, act) = (col_i64(&fc, "origin"), col_i64(&fc, "k"), col_f64(&fc, "predicted"), col_f64(&fc, "actual"));
@@ -319,6 +320,39 @@ fn several_traces_in_one_file_and_saved_forecasts() {
             assert!((pred[i] - act[i]).abs() < 1e-15);
         }
     }
+}
+
+#[test]
+fn arima_forecasts_carry_standard_errors_and_a_fallback_summary() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("out");
+    let trace = bundled("gpt12-e16-top2-s2");
+    let o = expertcast(&[
+        "run", trace.to_str().unwrap(), "--out", out.to_str().unwrap(), "-f", "arima:p=1,d=1,q=1,n=400", "--horizon", "5",
+        "--origin-start", "3000", "--origin-stride", "1000", "--save-forecasts",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // 6 layers x 16 experts x 4 origins (3000, 4000, 5000 and 6000, the last step,
+    // which has one step left to forecast and so is not scored at horizon 5)
+    assert!(stderr(&o).contains("arima:p=1,d=1,q=1,n=400,method=css-ml,mean=auto,opt=lm,warm=true: 0 of the 288 series fits scored at horizon 5 fell back"), "{}", stderr(&o));
+    let fc = read_all(&out.join("forecasts.parquet"));
+    assert_eq!(fc.num_rows(), 6 * 16 * (3 * 5 + 1));
+    let (se, k, pred) = (col_f64(&fc, "stderr"), col_i64(&fc, "k"), col_f64(&fc, "predicted"));
+    let (layer, expert, origin) = (col_i64(&fc, "layer"), col_i64(&fc, "expert"), col_i64(&fc, "origin"));
+    let mut by_series: std::collections::BTreeMap<(i64, i64, i64), Vec<(i64, f64)>> = Default::default();
+    for i in 0..fc.num_rows() {
+        assert!(se[i] > 0.0 && se[i] < 0.5 && pred[i].is_finite(), "row {i}: stderr {} predicted {}", se[i], pred[i]);
+        by_series.entry((layer[i], expert[i], origin[i])).or_default().push((k[i], se[i]));
+    }
+    for (key, mut v) in by_series {
+        v.sort_by_key(|x| x.0);
+        // an integrated (d = 1) forecast only grows more uncertain with the step ahead
+        for w in v.windows(2) {
+            assert!(w[1].1 >= w[0].1 * (1.0 - 1e-12), "{key:?}: {:?}", v);
+        }
+    }
+    let m = read_all(&out.join("metrics.parquet"));
+    assert!(col_i64(&m, "fallbacks").iter().all(|&f| f == 0));
 }
 
 #[test]

@@ -216,7 +216,13 @@ pub fn run(args: &RunArgs, argv: &[String]) -> anyhow::Result<()> {
     // Forecasts and scores: every (layer, forecaster) of a trace in parallel.
     let t = Instant::now();
     let mut metric_rows: Vec<MetricRow> = Vec::new();
-    let bar = progress.bar((n_layers * forecasters.len()) as u64, "forecast");
+    // One unit per series and origin forecast: for ARIMA, fits per second.
+    let units: u64 = traces
+        .iter()
+        .map(|t| (t.layers() * t.experts() * proto.origins(t.steps()).len() * forecasters.len()) as u64)
+        .sum();
+    let bar = progress.bar(units, "forecast");
+    bar.set_message("series forecasts (ARIMA: fits)");
     let mut fc_writer = if args.save_forecasts {
         Some(AtomicParquet::create(&args.out, "forecasts.parquet", out::forecasts_schema())?)
     } else {
@@ -239,9 +245,8 @@ pub fn run(args: &RunArgs, argv: &[String]) -> anyhow::Result<()> {
                     let view = LayerView::new(&shares[g], tr.experts());
                     let mut saved = args.save_forecasts.then(SavedForecasts::default);
                     let scores =
-                        eval::evaluate_layer(&view, forecasters[fi].as_ref(), &proto, stable_from[ti][l], saved.as_mut())
+                        eval::evaluate_layer_progress(&view, forecasters[fi].as_ref(), &proto, stable_from[ti][l], saved.as_mut(), &|n| bar.inc(n))
                             .with_context(|| format!("forecasting {} layer {} with {}", tr.name, tr.layer_ids[l], specs[fi]))?;
-                    bar.inc(1);
                     Ok((scores, saved))
                 })
                 .collect();
@@ -279,6 +284,20 @@ pub fn run(args: &RunArgs, argv: &[String]) -> anyhow::Result<()> {
         proto.stride,
         stages["forecast"]
     ));
+
+    // Fits that fell back, per forecaster that can fail (each origin's series counted
+    // once: the shortest horizon of regime "all" scores every origin).
+    if let Some(h0) = proto.horizons.iter().min() {
+        for spec in specs.iter().filter(|s| s.starts_with("arima")) {
+            let (mut fb, mut fits) = (0u64, 0u64);
+            for r in metric_rows.iter().filter(|r| &r.forecaster == spec && r.score.horizon == *h0 && r.score.regime == eval::Regime::All) {
+                let experts = traces.iter().find(|t| t.name == r.trace).map_or(0, |t| t.experts()) as u64;
+                fb += r.score.fallbacks;
+                fits += r.score.origins * experts;
+            }
+            progress.line(format!("{spec}: {fb} of the {fits} series fits scored at horizon {h0} fell back to mean:w=100"));
+        }
+    }
 
     // Manifest last: its presence marks a complete run.
     let mut inputs_json = Vec::new();

@@ -135,7 +135,20 @@ pub fn evaluate_layer(
     f: &dyn Forecaster,
     proto: &Protocol,
     stable_from: Option<usize>,
+    save: Option<&mut SavedForecasts>,
+) -> anyhow::Result<Vec<Score>> {
+    evaluate_layer_progress(layer, f, proto, stable_from, save, &|_| {})
+}
+
+/// [`evaluate_layer`], calling `done(experts)` as each origin's forecast of every
+/// expert series arrives (for a progress bar of series forecasts per second).
+pub fn evaluate_layer_progress(
+    layer: &LayerView,
+    f: &dyn Forecaster,
+    proto: &Protocol,
+    stable_from: Option<usize>,
     mut save: Option<&mut SavedForecasts>,
+    done: &(dyn Fn(u64) + Sync),
 ) -> anyhow::Result<Vec<Score>> {
     let nt = layer.steps();
     let ne = layer.experts();
@@ -179,6 +192,9 @@ pub fn evaluate_layer(
             let os: Vec<usize> = origins.iter().copied().filter(|&o| o + h <= nt).collect();
             let lens = vec![h; os.len()];
             f.forecast_layer(layer, &os, &lens, &mut |i, pred, _, fb| {
+                if hi == 0 {
+                    done(ne as u64);
+                }
                 if real {
                     renormalize(pred, ne);
                 }
@@ -192,6 +208,7 @@ pub fn evaluate_layer(
     } else {
         let lens: Vec<usize> = origins.iter().map(|&o| proto.max_horizon().min(nt - o)).collect();
         f.forecast_layer(layer, &origins, &lens, &mut |i, pred, se, fb| {
+            done(ne as u64);
             let o = origins[i];
             if real {
                 renormalize(pred, ne);
