@@ -210,6 +210,8 @@ pub struct Tuning {
     /// Fail (as R's `arima` does) when the CSS stage of CSS-ML ends with a
     /// non-stationary AR part, instead of starting ML from zeros.
     pub strict: bool,
+    /// Let argmin's Nelder-Mead take over when LM fails.
+    pub nm_rescue: bool,
 }
 
 impl Default for Tuning {
@@ -218,7 +220,7 @@ impl Default for Tuning {
     /// these limits reach statsforecast's likelihood or better on 95 of the 96 series
     /// of `make bench-arima-peers` (BENCHMARKS.md) at a fraction of the evaluations.
     fn default() -> Self {
-        Tuning { css: lm::Settings { ftol: 1e-8, max_iter: 20, ..Default::default() }, ml: lm::Settings { ftol: 1e-9, max_iter: 30, ..Default::default() }, strict: false }
+        Tuning { css: lm::Settings { ftol: 1e-8, max_iter: 20, ..Default::default() }, ml: lm::Settings { ftol: 1e-9, max_iter: 30, ..Default::default() }, strict: false, nm_rescue: true }
     }
 }
 
@@ -236,7 +238,8 @@ fn levenberg_marquardt(x: &[f64], order: Order, ml: bool, start: &[f64], scale_m
 fn minimise(x: &[f64], order: Order, ml: bool, start: &[f64], scale_mean: f64, opt: Optimizer, tuning: &Tuning) -> Option<(Vec<f64>, usize)> {
     match opt {
         Optimizer::NelderMead => nelder_mead(x, order, ml, start, scale_mean),
-        Optimizer::Lm => levenberg_marquardt(x, order, ml, start, scale_mean, tuning).or_else(|| nelder_mead(x, order, ml, start, scale_mean)),
+        Optimizer::Lm => levenberg_marquardt(x, order, ml, start, scale_mean, tuning)
+            .or_else(|| if tuning.nm_rescue { nelder_mead(x, order, ml, start, scale_mean) } else { None }),
     }
 }
 
@@ -251,8 +254,27 @@ pub fn fit_with(x: &[f64], order: Order, method: Method, start: Option<&[f64]>, 
     fit_tuned(x, order, method, start, opt, &Tuning::default())
 }
 
-/// [`fit_with`] with chosen stopping rules.
+/// Largest |unconstrained AR/MA value| a warm start keeps: tanh(4) = 0.9993, inside
+/// the stationary and invertible region by a margin the filter can work with.
+const WARM_MAX: f64 = 4.0;
+
+/// [`fit_with`] with chosen stopping rules. A warm start is clamped into the region's
+/// interior; if the fit from it fails, the cold fit (CSS first) is tried.
 pub fn fit_tuned(x: &[f64], order: Order, method: Method, start: Option<&[f64]>, opt: Optimizer, tuning: &Tuning) -> Option<Fit> {
+    let k = order.p + order.q + order.mean as usize;
+    if let Some(s) = start.filter(|s| s.len() == k) {
+        let transformed = method != Method::Css;
+        let clamped: Vec<f64> =
+            s.iter().enumerate().map(|(i, v)| if transformed && i < order.p + order.q { v.clamp(-WARM_MAX, WARM_MAX) } else { *v }).collect();
+        // no Nelder-Mead from a warm start: a failure there goes to the cold fit
+        if let Some(f) = fit_from(x, order, method, Some(&clamped), opt, &Tuning { nm_rescue: false, ..*tuning }) {
+            return Some(f);
+        }
+    }
+    fit_from(x, order, method, None, opt, tuning)
+}
+
+fn fit_from(x: &[f64], order: Order, method: Method, start: Option<&[f64]>, opt: Optimizer, tuning: &Tuning) -> Option<Fit> {
     let k = order.p + order.q + order.mean as usize;
     if x.len() <= order.p + order.q + 1 {
         return None;
