@@ -14,16 +14,27 @@ while [ "$t" -le "$cores" ]; do
   "$bin" bench --stage arima --threads "$t"
   t=$((t * 2))
 done
+base=$(mktemp -d)
 for warm in true false; do
-  out=$(mktemp -d)
+  out=$base/warm-$warm
   start=$(date +%s%N)
   "$bin" run datasets/gpt12-e64-top2-s1.parquet -f "arima:p=5,d=1,q=5,warm=$warm" --origin-stride 100 \
     --out "$out" --quiet
   end=$(date +%s%N)
   echo "rolling evaluation, gpt12-e64-top2-s1 (384 series, 3,001 steps), arima:p=5,d=1,q=5,warm=$warm," \
        "stride 100, horizons 1-2000, $cores threads: $(( (end - start) / 1000000 )) ms"
-  rm -rf "$out"
 done
+# Same accuracy? mean mae_pp over layers per horizon, warm vs cold starts.
+if python3 -c "import pandas" 2>/dev/null; then
+  python3 - "$base" <<'PY'
+import sys, pandas as pd
+for w in ("true", "false"):
+    m = pd.read_parquet(f"{sys.argv[1]}/warm-{w}/metrics.parquet")
+    m = m[m.regime == "all"].groupby("horizon").agg(mae_pp=("mae_pp", "mean"), fallbacks=("fallbacks", "sum"))
+    print(f"warm={w}: " + ", ".join(f"h={h} mae_pp {r.mae_pp:.4f} ({r.fallbacks} fallbacks)" for h, r in m.iterrows()))
+PY
+fi
+rm -rf "$base"
 if python3 -c "import statsmodels" 2>/dev/null; then
   python3 benches/peers/arima_statsmodels.py
 fi

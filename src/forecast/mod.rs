@@ -188,7 +188,7 @@ pub static KNOWN: &[Known] = &[
             Param { key: "method", default: "css-ml", doc: "css, ml or css-ml" },
             Param { key: "mean", default: "auto", doc: "constant of the differenced series: auto (only when d=0), true (mean or drift), false" },
             Param { key: "opt", default: "lm", doc: "optimiser: lm (Levenberg-Marquardt) or nm (argmin's Nelder-Mead)" },
-            Param { key: "warm", default: "true", doc: "start each origin's fit from the previous origin's parameters" },
+            Param { key: "warm", default: "false", doc: "start each origin's fit from the previous origin's parameters (faster, less accurate: BENCHMARKS.md)" },
         ],
         build: |p| {
             let mean = match p.0["mean"].as_str() {

@@ -1,14 +1,17 @@
-//! `arima:p=P,d=D,q=Q[,n=N][,method=css|ml|css-ml]`: ARIMA per expert series.
+//! `arima:p=P,d=D,q=Q[,n=N][,method=css|ml|css-ml]...`: ARIMA per expert series.
 //!
 //! The series' last `n` shares before the origin are differenced `d` times; an
-//! ARMA(p, q) (with a mean when `d = 0`, as R's `arima` and statsmodels do) is fitted
-//! by conditional sum of squares (`css`), exact Gaussian likelihood through a Kalman
-//! filter (`ml`), or CSS then ML (`css-ml`, the default). AR and MA coefficients are
-//! kept stationary and invertible by R's PACF transform; the optimiser is argmin's
-//! Nelder-Mead. Each series' fits walk its origins in order, each starting from the
-//! previous origin's parameters (warm start); the experts of a layer fit in parallel.
-//! A fit that fails falls back to `mean:w=100` for that series and origin and is
-//! counted in `fallbacks`.
+//! ARMA(p, q) (with a mean when `d = 0`, as R's `arima` and statsmodels do, or as
+//! `mean=` says) is fitted by conditional sum of squares (`css`, on the coefficients
+//! themselves, as R), exact Gaussian likelihood (`ml`, Chandrasekhar recursions from
+//! the stationary covariance, coefficients kept stationary and invertible by R's PACF
+//! transform), or CSS then ML (`css-ml`, the default). Both objectives are sums of
+//! squares, minimised by Levenberg-Marquardt ([`lm`]); argmin's Nelder-Mead takes
+//! over if LM fails (or always, with `opt=nm`). The experts of a layer fit in
+//! parallel; with `warm=true` each series' fits walk its origins in order, each
+//! starting from the previous origin's parameters. A fit that fails falls back to
+//! `mean:w=100` for that series and origin and is counted in `fallbacks`.
+//! [`auto`] is `arima-auto`'s order selection.
 
 pub mod auto;
 pub mod lm;
@@ -274,8 +277,10 @@ pub fn fit_tuned(x: &[f64], order: Order, method: Method, start: Option<&[f64]>,
         let transformed = method != Method::Css;
         let clamped: Vec<f64> =
             s.iter().enumerate().map(|(i, v)| if transformed && i < order.p + order.q { v.clamp(-WARM_MAX, WARM_MAX) } else { *v }).collect();
-        // no Nelder-Mead from a warm start: a failure there goes to the cold fit
-        if let Some(f) = fit_from(x, order, method, Some(&clamped), opt, &Tuning { nm_rescue: false, ..*tuning }) {
+        // From the previous origin's optimum half the likelihood iterations do; no
+        // Nelder-Mead from a warm start: a failure there goes to the cold fit.
+        let warm_tuning = Tuning { nm_rescue: false, ml: lm::Settings { max_iter: tuning.ml.max_iter.div_ceil(2), ..tuning.ml }, ..*tuning };
+        if let Some(f) = fit_from(x, order, method, Some(&clamped), opt, &warm_tuning) {
             return Some(f);
         }
     }
@@ -386,7 +391,7 @@ struct SeriesForecast {
 impl ArimaForecaster {
     /// The forecaster with `arima`'s defaults for everything but the order.
     pub fn new(p: usize, d: usize, q: usize) -> Self {
-        ArimaForecaster { p, d, q, n: 1000, method: Method::CssMl, mean: None, opt: Optimizer::Lm, warm: true, auto: None }
+        ArimaForecaster { p, d, q, n: 1000, method: Method::CssMl, mean: None, opt: Optimizer::Lm, warm: false, auto: None }
     }
 
     fn order(&self) -> Order {
@@ -660,7 +665,7 @@ mod tests {
     #[test]
     fn forecaster_spec_and_fallback_counting() {
         let f = crate::forecast::parse_spec("arima:p=1,q=0").unwrap();
-        assert_eq!(f.spec(), "arima:p=1,d=1,q=0,n=1000,method=css-ml,mean=auto,opt=lm,warm=true");
+        assert_eq!(f.spec(), "arima:p=1,d=1,q=0,n=1000,method=css-ml,mean=auto,opt=lm,warm=false");
         assert!(crate::forecast::parse_spec("arima:mean=maybe").is_err());
         assert!(crate::forecast::parse_spec("arima:opt=bfgs").is_err());
         assert!(crate::forecast::parse_spec("arima:p=15,q=15").is_err());
