@@ -644,11 +644,10 @@ mod tests {
             eprintln!("{} layer {} expert {} origin {}: ours {:?}, statsforecast {want:?} {}", c["trace"], c["layer"], c["expert"], c["origin"], (got.p, got.d, got.q, got.constant), if ok { "" } else { "  <-- differs" });
         }
         eprintln!("arima-auto: {same}/{} orders as statsforecast's", cases.len());
-        // The target is 80%; 30 of these 40 (75%) is what this search reaches
-        // (differences: our likelihood optimum sits nearer the invertibility boundary, so
-        // the 1.01 root rule rejects models R's BFGS keeps, and near-ties in AICc).
-        // Guard against regressions below that.
-        assert!(same * 100 >= cases.len() * 75, "{same}/{} orders match", cases.len());
+        // At least 80% (32 of these 40 match; the others: our likelihood optimum sits
+        // nearer the invertibility boundary, so the 1.01 root rule rejects a model R's
+        // BFGS keeps, or near-ties in AICc; five of the eight have d = 1 and a drift).
+        assert!(same * 10 >= cases.len() * 8, "{same}/{} orders match", cases.len());
     }
 
     #[test]
