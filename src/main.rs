@@ -10,6 +10,7 @@ fn main() -> ExitCode {
         Command::Run(args) => expertcast::cli::run(args, &argv),
         Command::Bench(args) => expertcast::cli::bench::bench(args),
         Command::Synth(args) => expertcast::cli::synth(args),
+        Command::Sweep(args) => expertcast::cli::sweep::sweep(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod bench_arima;
+pub mod sweep;
 mod progress;
 mod run;
 mod summary;
@@ -47,6 +48,10 @@ pub enum Command {
     /// bundled real traces (transient then stable, autocorrelated fluctuations,
     /// multinomial routing noise).
     Synth(SynthArgs),
+    /// Run traces × a grid of settings (a TOML config) as resumable units, results
+    /// as a hive-partitioned Parquet dataset; --shard I/N (or Slurm/Kubernetes
+    /// array variables) splits the units across jobs.
+    Sweep(sweep::SweepArgs),
 }
 
 #[derive(clap::Args, Debug, Clone)]

@@ -1,0 +1,484 @@
+//! `expertcast sweep CONFIG.toml`: traces × a grid of settings, each combination a
+//! unit run through the `run` pipeline, results collected as hive-partitioned Parquet.
+//!
+//! A unit is one trace file with one origin stride, state window and kappa (windows,
+//! horizons and forecasters are all computed inside a unit). Its id hashes everything
+//! that determines its results, so a changed config never reuses stale results. A
+//! unit runs into `OUT/.tmp/ID/`; its tables are then split by trace and written as
+//! `OUT/TABLE/trace=NAME/part-ID.parquet` (temporary name, then rename), and only then
+//! is `OUT/units/ID.json` written: a unit with that marker saying "done" is finished
+//! and skipped by a rerun, so a killed sweep resumes where it stopped. A failing unit
+//! gets a marker with its error and does not stop the others (a rerun retries it).
+//! `--shard I/N` (or Slurm's array variables, or Kubernetes' completion index) runs
+//! every N-th unit of the sorted plan.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use super::{Cli, Command, DEFAULT_FORECASTERS, UsageError};
+use crate::gpu::DeviceRequest;
+use crate::output::{AtomicParquet, write_atomic};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct SweepArgs {
+    /// The sweep's TOML config (see datasets/sweep-example.toml).
+    #[arg(value_name = "CONFIG")]
+    pub config: PathBuf,
+    /// Print the plan (units and their work) without running it.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Run shard I of N (0-based): every N-th unit of the plan, starting at I. Default:
+    /// from SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT, or JOB_COMPLETION_INDEX with
+    /// EXPERTCAST_SHARD_COUNT (Kubernetes Indexed Jobs), else the whole plan.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<String>,
+    /// Worker threads (default: all cores).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Where window statistics run.
+    #[arg(long, value_enum, default_value_t = DeviceRequest::Auto)]
+    pub device: DeviceRequest,
+    /// No progress output.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// The config file. Paths are relative to the config file's directory.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SweepConfig {
+    /// Trace files and globs.
+    pub traces: Vec<String>,
+    /// Output directory.
+    #[serde(default = "default_out")]
+    pub out: PathBuf,
+    #[serde(default = "default_windows")]
+    pub windows: Vec<usize>,
+    #[serde(default = "default_horizons")]
+    pub horizons: Vec<usize>,
+    /// One unit per value.
+    #[serde(default = "default_stride")]
+    pub origin_stride: Vec<usize>,
+    /// One unit per value.
+    #[serde(default = "default_state_window")]
+    pub state_window: Vec<usize>,
+    /// One unit per value.
+    #[serde(default = "default_kappa")]
+    pub kappa: Vec<f64>,
+    /// Forecaster specs; `key=[a,b,c]` expands to one forecaster per value.
+    #[serde(default = "default_forecasters")]
+    pub forecasters: Vec<String>,
+}
+
+fn default_out() -> PathBuf {
+    PathBuf::from("sweep-out")
+}
+fn default_windows() -> Vec<usize> {
+    vec![10, 100, 200]
+}
+fn default_horizons() -> Vec<usize> {
+    vec![1, 10, 100, 1000, 2000]
+}
+fn default_stride() -> Vec<usize> {
+    vec![100]
+}
+fn default_state_window() -> Vec<usize> {
+    vec![100]
+}
+fn default_kappa() -> Vec<f64> {
+    vec![0.5]
+}
+fn default_forecasters() -> Vec<String> {
+    DEFAULT_FORECASTERS.iter().map(|s| s.to_string()).collect()
+}
+
+/// One unit of work.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Unit {
+    pub id: String,
+    pub trace_file: PathBuf,
+    pub origin_stride: usize,
+    pub state_window: usize,
+    pub kappa: f64,
+}
+
+/// The resolved plan: every unit of the sweep, sorted, and the shared settings.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub units: Vec<Unit>,
+    pub out: PathBuf,
+    pub windows: Vec<usize>,
+    pub horizons: Vec<usize>,
+    pub forecasters: Vec<String>,
+}
+
+/// Splits `s` on commas outside square brackets.
+fn split_top(s: &str) -> Vec<&str> {
+    let (mut depth, mut start, mut parts) = (0i32, 0, Vec::new());
+    for (i, c) in s.char_indices() {
+        match c {
+            '[' => depth += 1,
+            ']' => depth -= 1,
+            ',' if depth == 0 => {
+                parts.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&s[start..]);
+    parts
+}
+
+/// Expands `NAME:k=[a,b],j=c` into `NAME:k=a,j=c` and `NAME:k=b,j=c`.
+pub fn expand_spec(spec: &str) -> Result<Vec<String>, String> {
+    let Some((name, rest)) = spec.split_once(':') else { return Ok(vec![spec.trim().to_string()]) };
+    let mut combos: Vec<Vec<String>> = vec![Vec::new()];
+    for kv in split_top(rest) {
+        let (k, v) = kv.split_once('=').ok_or_else(|| format!("{kv:?} is not key=value"))?;
+        let v = v.trim();
+        let values: Vec<String> = if let Some(inner) = v.strip_prefix('[') {
+            let inner = inner.strip_suffix(']').ok_or_else(|| format!("{v:?}: a list needs its closing ]"))?;
+            let vals: Vec<String> = inner.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect();
+            if vals.is_empty() {
+                return Err(format!("{v:?}: an empty list"));
+            }
+            vals
+        } else {
+            vec![v.to_string()]
+        };
+        combos = combos.into_iter().flat_map(|c| values.iter().map(move |x| [c.clone(), vec![format!("{}={x}", k.trim())]].concat())).collect();
+    }
+    Ok(combos.into_iter().map(|c| format!("{}:{}", name.trim(), c.join(","))).collect())
+}
+
+fn usage(path: &Path, msg: impl std::fmt::Display) -> anyhow::Error {
+    UsageError(format!("{}: {msg}", path.display())).into()
+}
+
+/// Reads and checks a config, resolving globs and expanding lists.
+pub fn plan(config: &Path) -> anyhow::Result<Plan> {
+    let text = std::fs::read_to_string(config).map_err(|e| usage(config, format!("cannot read: {e}")))?;
+    let cfg: SweepConfig = toml::from_str(&text).map_err(|e| usage(config, e.to_string().trim_end()))?;
+    let base = config.parent().unwrap_or(Path::new("."));
+    let mut files = Vec::new();
+    for pat in &cfg.traces {
+        let full = base.join(pat);
+        let mut matched: Vec<PathBuf> = glob::glob(&full.to_string_lossy())
+            .map_err(|e| usage(config, format!("traces: bad pattern {pat:?}: {e}")))?
+            .filter_map(|p| p.ok())
+            .collect();
+        if matched.is_empty() {
+            return Err(usage(config, format!("traces: {pat:?} matches no file (relative to {})", base.display())));
+        }
+        matched.sort();
+        files.extend(matched);
+    }
+    files.dedup();
+    if files.is_empty() {
+        return Err(usage(config, "traces: no trace file given"));
+    }
+    let check = |ok: bool, what: &str| if ok { Ok(()) } else { Err(usage(config, what.to_string())) };
+    check(!cfg.windows.is_empty() && !cfg.windows.contains(&0), "windows: at least one, each at least 1")?;
+    check(!cfg.horizons.is_empty() && !cfg.horizons.contains(&0), "horizons: at least one, each at least 1")?;
+    check(!cfg.origin_stride.is_empty() && !cfg.origin_stride.contains(&0), "origin_stride: at least one, each at least 1")?;
+    check(!cfg.state_window.is_empty() && !cfg.state_window.contains(&0), "state_window: at least one, each at least 1")?;
+    check(!cfg.kappa.is_empty() && cfg.kappa.iter().all(|k| k.is_finite() && *k >= 0.0), "kappa: at least one, each finite and >= 0")?;
+    let mut forecasters = Vec::new();
+    for (i, f) in cfg.forecasters.iter().enumerate() {
+        for spec in expand_spec(f).map_err(|e| usage(config, format!("forecasters[{i}] {f:?}: {e}")))? {
+            let parsed = crate::forecast::parse_spec(&spec).map_err(|e| usage(config, format!("forecasters[{i}]: {e}")))?;
+            forecasters.push(parsed.spec());
+        }
+    }
+    check(!forecasters.is_empty(), "forecasters: at least one")?;
+    let mut units = Vec::new();
+    for f in &files {
+        for &stride in &cfg.origin_stride {
+            for &sw in &cfg.state_window {
+                for &kappa in &cfg.kappa {
+                    let mut h = Sha256::new();
+                    let key = serde_json::json!({
+                        "trace": f.file_name().map(|n| n.to_string_lossy().to_string()), "bytes": std::fs::metadata(f).map(|m| m.len()).ok(),
+                        "stride": stride, "state_window": sw, "kappa": kappa,
+                        "windows": cfg.windows, "horizons": cfg.horizons, "forecasters": forecasters,
+                    });
+                    h.update(key.to_string().as_bytes());
+                    let id: String = h.finalize().iter().take(6).map(|b| format!("{b:02x}")).collect();
+                    units.push(Unit { id, trace_file: f.clone(), origin_stride: stride, state_window: sw, kappa });
+                }
+            }
+        }
+    }
+    Ok(Plan { units, out: base.join(&cfg.out), windows: cfg.windows, horizons: cfg.horizons, forecasters })
+}
+
+/// `(index, count)` of this process's shard: from `--shard I/N`, else Slurm's array
+/// variables, else Kubernetes' `JOB_COMPLETION_INDEX` with `EXPERTCAST_SHARD_COUNT`.
+pub fn shard(flag: Option<&str>, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<(usize, usize)> {
+    let parse = |v: &str, what: &str| v.trim().parse::<usize>().map_err(|_| UsageError(format!("{what}: {v:?} is not a whole number")));
+    let (i, n) = if let Some(s) = flag {
+        let (i, n) = s.split_once('/').ok_or_else(|| UsageError(format!("--shard {s}: expected I/N, e.g. 0/4")))?;
+        (parse(i, "--shard")?, parse(n, "--shard")?)
+    } else if let (Some(id), Some(count)) = (env("SLURM_ARRAY_TASK_ID"), env("SLURM_ARRAY_TASK_COUNT")) {
+        let min = env("SLURM_ARRAY_TASK_MIN").map(|m| parse(&m, "SLURM_ARRAY_TASK_MIN")).transpose()?.unwrap_or(0);
+        (parse(&id, "SLURM_ARRAY_TASK_ID")?.saturating_sub(min), parse(&count, "SLURM_ARRAY_TASK_COUNT")?)
+    } else if let Some(idx) = env("JOB_COMPLETION_INDEX") {
+        let count = env("EXPERTCAST_SHARD_COUNT")
+            .ok_or_else(|| UsageError("JOB_COMPLETION_INDEX is set but EXPERTCAST_SHARD_COUNT is not: set it to the Job's completions".into()))?;
+        (parse(&idx, "JOB_COMPLETION_INDEX")?, parse(&count, "EXPERTCAST_SHARD_COUNT")?)
+    } else {
+        (0, 1)
+    };
+    if n == 0 || i >= n {
+        return Err(UsageError(format!("shard {i}/{n}: the index must be below the count, which must be at least 1")).into());
+    }
+    Ok((i, n))
+}
+
+/// Hive partition value: file-name-safe characters kept, others percent-encoded.
+fn hive_value(s: &str) -> String {
+    s.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || b"-_.".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}
+
+const TABLES: [&str; 3] = ["metrics", "states", "layer_stats"];
+
+/// A unit's tables, split by trace, with its settings as columns, into the hive layout.
+fn publish(plan: &Plan, unit: &Unit, tmp: &Path) -> anyhow::Result<()> {
+    for table in TABLES {
+        let src = tmp.join(format!("{table}.parquet"));
+        let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&src).with_context(|| format!("opening {}", src.display()))?)?;
+        let batches: Vec<RecordBatch> = reader.build()?.collect::<Result<_, _>>()?;
+        let Some(first) = batches.first() else { continue };
+        let schema = first.schema();
+        let all = arrow::compute::concat_batches(&schema, &batches)?;
+        let ti = schema.index_of("trace")?;
+        let names = all.column(ti).as_any().downcast_ref::<StringArray>().context("trace column")?.clone();
+        let mut by_trace: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+        for r in 0..all.num_rows() {
+            by_trace.entry(names.value(r).to_string()).or_default().push(r as u32);
+        }
+        let mut fields: Vec<Field> = schema.fields().iter().filter(|f| f.name() != "trace").map(|f| f.as_ref().clone()).collect();
+        fields.extend([
+            Field::new("unit", DataType::Utf8, false),
+            Field::new("origin_stride", DataType::Int64, false),
+            Field::new("state_window", DataType::Int64, false),
+            Field::new("kappa", DataType::Float64, false),
+        ]);
+        let out_schema = Arc::new(Schema::new(fields));
+        for (name, rows) in by_trace {
+            let idx = arrow::array::UInt32Array::from(rows);
+            let n = idx.len();
+            let mut cols: Vec<ArrayRef> = Vec::new();
+            for (c, f) in schema.fields().iter().enumerate() {
+                if f.name() != "trace" {
+                    cols.push(arrow::compute::take(all.column(c), &idx, None)?);
+                }
+            }
+            cols.push(Arc::new(StringArray::from(vec![unit.id.as_str(); n])));
+            cols.push(Arc::new(Int64Array::from(vec![unit.origin_stride as i64; n])));
+            cols.push(Arc::new(Int64Array::from(vec![unit.state_window as i64; n])));
+            cols.push(Arc::new(Float64Array::from(vec![unit.kappa; n])));
+            let dir = plan.out.join(table).join(format!("trace={}", hive_value(&name)));
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let mut w = AtomicParquet::create(&dir, &format!("part-{}.parquet", unit.id), out_schema.clone())?;
+            w.write(&RecordBatch::try_new(out_schema.clone(), cols)?)?;
+            w.finish()?;
+        }
+    }
+    Ok(())
+}
+
+/// The status recorded for a unit, if any.
+fn status(plan: &Plan, unit: &Unit) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(plan.out.join("units").join(format!("{}.json", unit.id))).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+fn is_done(plan: &Plan, unit: &Unit) -> bool {
+    status(plan, unit).is_some_and(|s| s["status"] == "done")
+}
+
+/// Runs one unit through the pipeline and publishes it.
+fn run_unit(plan: &Plan, unit: &Unit, device: DeviceRequest) -> anyhow::Result<()> {
+    let tmp = plan.out.join(".tmp").join(&unit.id);
+    let _ = std::fs::remove_dir_all(&tmp);
+    let mut argv: Vec<String> = vec!["expertcast".into(), "run".into(), unit.trace_file.display().to_string()];
+    argv.extend(["--out".into(), tmp.display().to_string(), "--quiet".into()]);
+    argv.extend(["--origin-stride".into(), unit.origin_stride.to_string(), "--state-window".into(), unit.state_window.to_string()]);
+    argv.extend(["--kappa".into(), unit.kappa.to_string(), "--device".into(), device_str(device).into()]);
+    plan.windows.iter().for_each(|w| argv.extend(["--window".into(), w.to_string()]));
+    plan.horizons.iter().for_each(|h| argv.extend(["--horizon".into(), h.to_string()]));
+    plan.forecasters.iter().for_each(|f| argv.extend(["-f".into(), f.clone()]));
+    let cli = <Cli as clap::Parser>::try_parse_from(&argv).map_err(|e| anyhow::anyhow!("unit arguments: {e}"))?;
+    let Command::Run(args) = &cli.command else { bail!("unit arguments did not parse as run") };
+    args.validate()?;
+    super::run(args, &argv)?;
+    publish(plan, unit, &tmp)?;
+    std::fs::remove_dir_all(&tmp).ok();
+    Ok(())
+}
+
+fn device_str(d: DeviceRequest) -> &'static str {
+    match d {
+        DeviceRequest::Auto => "auto",
+        DeviceRequest::Cpu => "cpu",
+        DeviceRequest::Cuda => "cuda",
+    }
+}
+
+fn write_marker(plan: &Plan, unit: &Unit, value: serde_json::Value) -> anyhow::Result<()> {
+    let dir = plan.out.join("units");
+    std::fs::create_dir_all(&dir)?;
+    write_atomic(&dir, &format!("{}.json", unit.id), serde_json::to_string_pretty(&value)?.as_bytes())
+}
+
+/// `expertcast sweep`.
+pub fn sweep(args: &SweepArgs) -> anyhow::Result<()> {
+    let plan = plan(&args.config)?;
+    let (si, sn) = shard(args.shard.as_deref(), &|k| std::env::var(k).ok())?;
+    let mine: Vec<&Unit> = plan.units.iter().enumerate().filter(|(i, _)| i % sn == si).map(|(_, u)| u).collect();
+    if args.dry_run {
+        println!(
+            "sweep {}: {} unit(s) ({} trace file(s)), shard {si}/{sn} runs {}; output {}",
+            args.config.display(),
+            plan.units.len(),
+            plan.units.iter().map(|u| &u.trace_file).collect::<std::collections::BTreeSet<_>>().len(),
+            mine.len(),
+            plan.out.display()
+        );
+        println!("each unit: windows {:?}, horizons {:?}, forecasters {}", plan.windows, plan.horizons, plan.forecasters.join(" "));
+        for u in &mine {
+            let size = std::fs::metadata(&u.trace_file).map(|m| m.len()).unwrap_or(0);
+            let state = if is_done(&plan, u) { "done" } else { "to run" };
+            println!(
+                "  {}  {}  stride {}  state_window {}  kappa {}  ({:.1} MB)  {state}",
+                u.id,
+                u.trace_file.display(),
+                u.origin_stride,
+                u.state_window,
+                u.kappa,
+                size as f64 / 1e6
+            );
+        }
+        return Ok(());
+    }
+    if let Some(n) = args.threads {
+        rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("starting the thread pool")?;
+    }
+    std::fs::create_dir_all(&plan.out).with_context(|| format!("creating {}", plan.out.display()))?;
+    let progress = super::progress::Progress::new(args.quiet);
+    let bar = progress.bar(mine.len() as u64, "sweep");
+    bar.set_message("units");
+    let t0 = Instant::now();
+    let (mut done, mut skipped, mut failed) = (0, 0, 0);
+    for u in &mine {
+        if is_done(&plan, u) {
+            skipped += 1;
+            bar.inc(1);
+            continue;
+        }
+        let t = Instant::now();
+        let info = serde_json::json!({"id": u.id, "trace_file": u.trace_file, "origin_stride": u.origin_stride, "state_window": u.state_window, "kappa": u.kappa});
+        match run_unit(&plan, u, args.device) {
+            Ok(()) => {
+                write_marker(&plan, u, serde_json::json!({"status": "done", "seconds": t.elapsed().as_secs_f64(), "unit": info}))?;
+                done += 1;
+            }
+            Err(e) => {
+                bar.suspend(|| eprintln!("expertcast: unit {} ({}) failed: {e:#}", u.id, u.trace_file.display()));
+                write_marker(&plan, u, serde_json::json!({"status": "failed", "error": format!("{e:#}"), "unit": info}))?;
+                failed += 1;
+            }
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    // The manifest lists every unit of the sweep (all shards) with its status now.
+    let units: Vec<serde_json::Value> = plan
+        .units
+        .iter()
+        .map(|u| {
+            let s = status(&plan, u);
+            serde_json::json!({
+                "id": u.id, "trace_file": u.trace_file, "origin_stride": u.origin_stride, "state_window": u.state_window,
+                "kappa": u.kappa, "status": s.as_ref().map_or("pending".into(), |s| s["status"].clone()),
+                "error": s.as_ref().and_then(|s| s.get("error").cloned()),
+            })
+        })
+        .collect();
+    let manifest = serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"), "config": args.config, "windows": plan.windows, "horizons": plan.horizons,
+        "forecasters": plan.forecasters, "units": units,
+    });
+    write_atomic(&plan.out, "manifest.json", serde_json::to_string_pretty(&manifest)?.as_bytes())?;
+    progress.line(format!(
+        "sweep: shard {si}/{sn}: {done} unit(s) run, {skipped} already done, {failed} failed ({:.1} s); results in {}",
+        t0.elapsed().as_secs_f64(),
+        plan.out.display()
+    ));
+    if failed > 0 {
+        bail!("{failed} unit(s) failed (see {}/units/)", plan.out.display());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_in_specs_expand_to_every_combination() {
+        assert_eq!(expand_spec("last").unwrap(), vec!["last"]);
+        assert_eq!(expand_spec("sw-avg:w=[10,100,500]").unwrap(), vec!["sw-avg:w=10", "sw-avg:w=100", "sw-avg:w=500"]);
+        assert_eq!(
+            expand_spec("arima:p=[1,2],d=1,q=[0,1]").unwrap(),
+            vec!["arima:p=1,d=1,q=0", "arima:p=1,d=1,q=1", "arima:p=2,d=1,q=0", "arima:p=2,d=1,q=1"]
+        );
+        assert!(expand_spec("mean:w=[10,20").is_err());
+        assert!(expand_spec("mean:w=[]").is_err());
+    }
+
+    #[test]
+    fn shards_come_from_the_flag_slurm_or_kubernetes() {
+        let none = |_: &str| None;
+        assert_eq!(shard(Some("2/4"), &none).unwrap(), (2, 4));
+        assert_eq!(shard(None, &none).unwrap(), (0, 1));
+        assert!(shard(Some("4/4"), &none).is_err());
+        assert!(shard(Some("1"), &none).is_err());
+        let slurm = |k: &str| match k {
+            "SLURM_ARRAY_TASK_ID" => Some("3".to_string()),
+            "SLURM_ARRAY_TASK_COUNT" => Some("4".to_string()),
+            "SLURM_ARRAY_TASK_MIN" => Some("1".to_string()),
+            _ => None,
+        };
+        assert_eq!(shard(None, &slurm).unwrap(), (2, 4));
+        let k8s = |k: &str| match k {
+            "JOB_COMPLETION_INDEX" => Some("1".to_string()),
+            "EXPERTCAST_SHARD_COUNT" => Some("3".to_string()),
+            _ => None,
+        };
+        assert_eq!(shard(None, &k8s).unwrap(), (1, 3));
+        let k8s_no_count = |k: &str| (k == "JOB_COMPLETION_INDEX").then(|| "1".to_string());
+        assert!(shard(None, &k8s_no_count).is_err());
+        // the flag wins over the environment
+        assert_eq!(shard(Some("0/2"), &slurm).unwrap(), (0, 2));
+    }
+
+    #[test]
+    fn hive_values_escape_path_characters() {
+        assert_eq!(hive_value("gpt12-e16_top2.s1"), "gpt12-e16_top2.s1");
+        assert_eq!(hive_value("a/b c"), "a%2Fb%20c");
+    }
+}
