@@ -7,7 +7,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 CARGO ?= cargo
 
-.PHONY: build run test venv venv-peers bench bench-window bench-peers bench-read bench-run bench-gpu bench-arima-peers bench-arima-scaling clean
+.PHONY: build run test test-slurm venv venv-peers bench bench-window bench-peers bench-read bench-run bench-gpu bench-arima-peers bench-arima-scaling clean
 
 build:
 	$(CARGO) build --release
@@ -37,6 +37,12 @@ venv-peers: $(PVPY)
 
 test: $(VPY)
 	EXPERTCAST_PYTHON=$(abspath $(VPY)) $(CARGO) test --release
+
+# A 4-task Slurm job array sweep on a throw-away single-node cluster on this host
+# (installs Debian's slurm-wlm and munge when missing; needs root). .ci/run runs it.
+test-slurm:
+	test -x target/release/expertcast || $(CARGO) build --release
+	tests/slurm/run.sh target/release/expertcast
 
 # Criterion bench of the CPU window statistics (20,000 steps x 1,536 series).
 bench-window:
