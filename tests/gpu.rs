@@ -165,3 +165,51 @@ fn run_on_cuda_writes_what_the_cpu_run_writes() {
     // Transition steps from the GPU's summaries agree with the CPU's.
     assert_eq!(common::col_i64(&tables[0].1, "transition_step"), common::col_i64(&tables[1].1, "transition_step"));
 }
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn sweep_over_every_gpu_matches_the_cpu_sweep() {
+    use common::*;
+    let d = tempfile::tempdir().unwrap();
+    let cfg = |name: &str| {
+        let p = d.path().join(format!("{name}.toml"));
+        let text = format!(
+            "traces = [{:?}]\nout = {:?}\nwindows = [10, 100]\nhorizons = [1, 100]\norigin_stride = [250, 500]\nforecasters = [\"last\", \"mean:w=100\"]\n",
+            root().join("datasets/gpt12-e*.parquet").display().to_string(),
+            d.path().join(name).display().to_string()
+        );
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let (gpu_cfg, cpu_cfg) = (cfg("gpu"), cfg("cpu"));
+    let g = expertcast(&["sweep", gpu_cfg.to_str().unwrap(), "--device", "cuda", "--devices", "all", "--jobs", "3"]);
+    assert!(g.status.success(), "{}", stderr(&g));
+    assert!(stderr(&g).contains("3 unit(s) at a time over GPU(s)"), "{}", stderr(&g));
+    let c = expertcast(&["sweep", cpu_cfg.to_str().unwrap(), "--device", "cpu", "--quiet"]);
+    assert!(c.status.success(), "{}", stderr(&c));
+    let mut compared = 0;
+    for table in ["layer_stats", "states", "metrics"] {
+        for part in std::fs::read_dir(d.path().join("cpu").join(table)).unwrap() {
+            let part = part.unwrap().path();
+            for f in std::fs::read_dir(&part).unwrap() {
+                let f = f.unwrap().path();
+                let rel = f.strip_prefix(d.path().join("cpu")).unwrap();
+                let (a, b) = (read_all(&f), read_all(&d.path().join("gpu").join(rel)));
+                assert_eq!(a.num_rows(), b.num_rows(), "{}", rel.display());
+                for (i, field) in a.schema().fields().iter().enumerate() {
+                    if field.data_type() == &arrow::datatypes::DataType::Float64 {
+                        let (x, y) = (col_f64(&a, field.name()), col_f64(&b, field.name()));
+                        for (p, q) in x.iter().zip(&y) {
+                            assert!((p - q).abs() <= 1e-6 || (p.is_nan() && q.is_nan()), "{} {}: {p} vs {q}", rel.display(), field.name());
+                        }
+                    } else {
+                        assert_eq!(a.column(i), b.column(i), "{} {}", rel.display(), field.name());
+                    }
+                }
+                compared += 1;
+            }
+        }
+    }
+    // 3 traces x 2 strides x 3 tables
+    assert_eq!(compared, 18);
+}

@@ -92,7 +92,7 @@ fn sweep_results_equal_direct_runs_and_shards_add_up() {
     // Shards: 0/2 by flag, 1/2 through Slurm's variables, into one directory.
     let sharded = d.path().join("sharded");
     let cfg2 = config(d.path(), &sharded);
-    let a = sweep(&[cfg2.to_str().unwrap(), "--quiet", "--shard", "0/2"]);
+    let a = sweep(&[cfg2.to_str().unwrap(), "--quiet", "--shard", "0/2", "--jobs", "2"]);
     assert!(a.status.success(), "{}", stderr(&a));
     let b = std::process::Command::new(bin())
         .args(["sweep", cfg2.to_str().unwrap(), "--quiet"])

@@ -136,6 +136,10 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = DeviceRequest::Auto)]
     pub device: DeviceRequest,
 
+    /// Which GPU (0-based) --device cuda or auto uses.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub gpu: usize,
+
     /// Worker threads for CPU stages (default: all cores).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,

@@ -100,7 +100,7 @@ pub fn run(args: &RunArgs, argv: &[String]) -> anyhow::Result<()> {
         rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("starting the thread pool")?;
     }
     let progress = Progress::new(args.quiet);
-    let (device, note) = gpu::choose(args.device)?;
+    let (device, note) = gpu::choose_at(args.device, args.gpu)?;
     if let Some(n) = note {
         progress.line(n);
     }

@@ -47,6 +47,14 @@ pub struct SweepArgs {
     /// Where window statistics run.
     #[arg(long, value_enum, default_value_t = DeviceRequest::Auto)]
     pub device: DeviceRequest,
+    /// GPUs to spread units over: `all`, or ordinals such as `0,1`. Unit k of the
+    /// shard goes to worker k mod jobs, and worker w uses GPU devices[w mod count].
+    #[arg(long, value_name = "all|0,1,...", default_value = "all")]
+    pub devices: String,
+    /// Units run at the same time (default: 2 per GPU in use, so that one unit's
+    /// GPU statistics overlap another's CPU forecasting; 1 without a GPU).
+    #[arg(long, value_name = "N")]
+    pub jobs: Option<usize>,
     /// No progress output.
     #[arg(long, short)]
     pub quiet: bool,
@@ -310,14 +318,33 @@ fn is_done(plan: &Plan, unit: &Unit) -> bool {
     status(plan, unit).is_some_and(|s| s["status"] == "done")
 }
 
+/// The GPU ordinals `--devices` names (`all`: every device the driver sees).
+pub fn parse_devices(s: &str, count: usize) -> Result<Vec<usize>, UsageError> {
+    if s.trim() == "all" {
+        return Ok((0..count).collect());
+    }
+    let mut v = Vec::new();
+    for part in s.split(',') {
+        let d: usize = part.trim().parse().map_err(|_| UsageError(format!("--devices {s}: {part:?} is not a GPU ordinal")))?;
+        if d >= count {
+            return Err(UsageError(format!("--devices {s}: GPU {d} does not exist ({count} visible)")));
+        }
+        if !v.contains(&d) {
+            v.push(d);
+        }
+    }
+    Ok(v)
+}
+
 /// Runs one unit through the pipeline and publishes it.
-fn run_unit(plan: &Plan, unit: &Unit, device: DeviceRequest) -> anyhow::Result<()> {
+fn run_unit(plan: &Plan, unit: &Unit, device: DeviceRequest, gpu: usize) -> anyhow::Result<()> {
     let tmp = plan.out.join(".tmp").join(&unit.id);
     let _ = std::fs::remove_dir_all(&tmp);
     let mut argv: Vec<String> = vec!["expertcast".into(), "run".into(), unit.trace_file.display().to_string()];
     argv.extend(["--out".into(), tmp.display().to_string(), "--quiet".into()]);
     argv.extend(["--origin-stride".into(), unit.origin_stride.to_string(), "--state-window".into(), unit.state_window.to_string()]);
     argv.extend(["--kappa".into(), unit.kappa.to_string(), "--device".into(), device_str(device).into()]);
+    argv.extend(["--gpu".into(), gpu.to_string()]);
     plan.windows.iter().for_each(|w| argv.extend(["--window".into(), w.to_string()]));
     plan.horizons.iter().for_each(|h| argv.extend(["--horizon".into(), h.to_string()]));
     plan.forecasters.iter().for_each(|f| argv.extend(["-f".into(), f.clone()]));
@@ -381,29 +408,64 @@ pub fn sweep(args: &SweepArgs) -> anyhow::Result<()> {
     let progress = super::progress::Progress::new(args.quiet);
     let bar = progress.bar(mine.len() as u64, "sweep");
     bar.set_message("units");
-    let t0 = Instant::now();
-    let (mut done, mut skipped, mut failed) = (0, 0, 0);
-    for u in &mine {
-        if is_done(&plan, u) {
-            skipped += 1;
-            bar.inc(1);
-            continue;
+    // Devices and workers: each worker runs units one after another on its GPU; the
+    // workers share the CPU thread pool, so GPU and CPU stages of different units overlap.
+    let gpus = if args.device == DeviceRequest::Cpu {
+        Vec::new()
+    } else {
+        let n = crate::gpu::cuda_device_count();
+        let v = parse_devices(&args.devices, n)?;
+        if v.is_empty() && args.device == DeviceRequest::Cuda {
+            return Err(crate::gpu::NoCuda("no GPU visible to the driver".into()).into());
         }
-        let t = Instant::now();
-        let info = serde_json::json!({"id": u.id, "trace_file": u.trace_file, "origin_stride": u.origin_stride, "state_window": u.state_window, "kappa": u.kappa});
-        match run_unit(&plan, u, args.device) {
-            Ok(()) => {
-                write_marker(&plan, u, serde_json::json!({"status": "done", "seconds": t.elapsed().as_secs_f64(), "unit": info}))?;
-                done += 1;
-            }
-            Err(e) => {
-                bar.suspend(|| eprintln!("expertcast: unit {} ({}) failed: {e:#}", u.id, u.trace_file.display()));
-                write_marker(&plan, u, serde_json::json!({"status": "failed", "error": format!("{e:#}"), "unit": info}))?;
-                failed += 1;
-            }
-        }
-        bar.inc(1);
+        v
+    };
+    let jobs = args.jobs.unwrap_or(if gpus.is_empty() { 1 } else { 2 * gpus.len() }).max(1);
+    if !gpus.is_empty() {
+        progress.line(format!("sweep: {jobs} unit(s) at a time over GPU(s) {gpus:?}"));
     }
+    let t0 = Instant::now();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let counts = std::sync::Mutex::new((0usize, 0usize, 0usize)); // done, skipped, failed
+    let marker_error: std::sync::Mutex<Option<anyhow::Error>> = std::sync::Mutex::new(None);
+    std::thread::scope(|scope| {
+        for w in 0..jobs {
+            let (plan, mine, bar, next, counts, marker_error, gpus) = (&plan, &mine, &bar, &next, &counts, &marker_error, &gpus);
+            scope.spawn(move || {
+                let gpu = if gpus.is_empty() { 0 } else { gpus[w % gpus.len()] };
+                loop {
+                    let k = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let Some(u) = mine.get(k) else { break };
+                    if is_done(plan, u) {
+                        counts.lock().unwrap().1 += 1;
+                        bar.inc(1);
+                        continue;
+                    }
+                    let t = Instant::now();
+                    let info = serde_json::json!({"id": u.id, "trace_file": u.trace_file, "origin_stride": u.origin_stride, "state_window": u.state_window, "kappa": u.kappa, "gpu": (!gpus.is_empty()).then_some(gpu)});
+                    let marker = match run_unit(plan, u, args.device, gpu) {
+                        Ok(()) => {
+                            counts.lock().unwrap().0 += 1;
+                            serde_json::json!({"status": "done", "seconds": t.elapsed().as_secs_f64(), "unit": info})
+                        }
+                        Err(e) => {
+                            bar.suspend(|| eprintln!("expertcast: unit {} ({}) failed: {e:#}", u.id, u.trace_file.display()));
+                            counts.lock().unwrap().2 += 1;
+                            serde_json::json!({"status": "failed", "error": format!("{e:#}"), "unit": info})
+                        }
+                    };
+                    if let Err(e) = write_marker(plan, u, marker) {
+                        marker_error.lock().unwrap().get_or_insert(e);
+                    }
+                    bar.inc(1);
+                }
+            });
+        }
+    });
+    if let Some(e) = marker_error.into_inner().unwrap() {
+        return Err(e);
+    }
+    let (done, skipped, failed) = counts.into_inner().unwrap();
     bar.finish_and_clear();
     // The manifest lists every unit of the sweep (all shards) with its status now.
     let units: Vec<serde_json::Value> = plan
@@ -474,6 +536,15 @@ mod tests {
         assert!(shard(None, &k8s_no_count).is_err());
         // the flag wins over the environment
         assert_eq!(shard(Some("0/2"), &slurm).unwrap(), (0, 2));
+    }
+
+    #[test]
+    fn devices_are_all_or_a_list_of_visible_ordinals() {
+        assert_eq!(parse_devices("all", 2).unwrap(), vec![0, 1]);
+        assert_eq!(parse_devices("all", 0).unwrap(), Vec::<usize>::new());
+        assert_eq!(parse_devices("1,0,1", 2).unwrap(), vec![1, 0]);
+        assert!(parse_devices("2", 2).is_err());
+        assert!(parse_devices("x", 2).is_err());
     }
 
     #[test]

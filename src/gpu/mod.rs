@@ -47,6 +47,20 @@ pub struct NoCuda(pub String);
 
 /// Opens GPU 0, or says why not. Never panics, also when the driver library is absent.
 pub fn probe_cuda() -> Result<Device, String> {
+    probe_cuda_at(0)
+}
+
+/// How many CUDA devices the driver sees (0 without a driver).
+pub fn cuda_device_count() -> usize {
+    // SAFETY: only loads and unloads a shared library to see whether it exists.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return 0;
+    }
+    std::panic::catch_unwind(|| CudaContext::device_count().map(|n| n.max(0) as usize).unwrap_or(0)).unwrap_or(0)
+}
+
+/// Opens GPU `ordinal`, or says why not.
+pub fn probe_cuda_at(ordinal: usize) -> Result<Device, String> {
     // SAFETY: only loads and unloads a shared library to see whether it exists.
     if !unsafe { cudarc::driver::sys::is_culib_present() } {
         return Err("the CUDA driver library (libcuda.so) was not found".into());
@@ -54,23 +68,28 @@ pub fn probe_cuda() -> Result<Device, String> {
     if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
         return Err("NVRTC (libnvrtc.so) was not found; add the CUDA toolkit's lib64 to LD_LIBRARY_PATH".into());
     }
-    let opened = std::panic::catch_unwind(|| CudaContext::new(0));
+    let opened = std::panic::catch_unwind(|| CudaContext::new(ordinal));
     match opened {
         Ok(Ok(ctx)) => {
             let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
             Ok(Device::Cuda(Arc::new(Gpu::new(ctx, name))))
         }
-        Ok(Err(e)) => Err(format!("the CUDA driver could not open device 0: {e}")),
+        Ok(Err(e)) => Err(format!("the CUDA driver could not open device {ordinal}: {e}")),
         Err(_) => Err("the CUDA driver library could not be used".into()),
     }
 }
 
 /// Resolves the request into a device plus, for `auto` on the CPU, the reason.
 pub fn choose(req: DeviceRequest) -> Result<(Device, Option<String>), NoCuda> {
+    choose_at(req, 0)
+}
+
+/// [`choose`] with GPU `ordinal`.
+pub fn choose_at(req: DeviceRequest, ordinal: usize) -> Result<(Device, Option<String>), NoCuda> {
     match req {
         DeviceRequest::Cpu => Ok((Device::Cpu, None)),
-        DeviceRequest::Cuda => probe_cuda().map(|d| (d, None)).map_err(NoCuda),
-        DeviceRequest::Auto => match probe_cuda() {
+        DeviceRequest::Cuda => probe_cuda_at(ordinal).map(|d| (d, None)).map_err(NoCuda),
+        DeviceRequest::Auto => match probe_cuda_at(ordinal) {
             Ok(d) => Ok((d, None)),
             Err(why) => Ok((Device::Cpu, Some(format!("device auto: using the CPU ({why})")))),
         },
