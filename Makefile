@@ -7,7 +7,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 CARGO ?= cargo
 
-.PHONY: build run test test-slurm venv venv-peers bench bench-window bench-peers bench-read bench-run bench-gpu bench-arima-peers bench-arima-scaling clean
+.PHONY: build run test test-slurm venv venv-peers bench bench-window bench-peers bench-read bench-run bench-gpu bench-arima-peers bench-arima-scaling bench-sweep-scale clean
 
 build:
 	$(CARGO) build --release
@@ -80,6 +80,11 @@ bench-arima-peers: build $(PVPY)
 # figures in BENCHMARKS.md come from this on the GPU host).
 bench-arima-scaling: build
 	benches/arima_scaling.sh
+
+# 64 synthetic GPT-3-350M-shaped traces swept, beside the pandas/numpy reference on
+# one of them (needs ~4 GB of disk; the BENCHMARKS.md figures are from the GPU host).
+bench-sweep-scale: build
+	benches/sweep_scale.sh target/release/expertcast 64
 
 bench: bench-peers bench-read bench-run bench-arima-peers
 
