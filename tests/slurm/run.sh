@@ -10,6 +10,8 @@ cd "$(dirname "$0")/../.."
 root=$PWD
 bin=$(realpath "${1:-target/release/expertcast}")
 if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
+  echo "installing slurm-wlm and munge (apt-get)"
+  apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null
 fi
 
