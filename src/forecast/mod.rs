@@ -146,6 +146,22 @@ impl Params {
         }
         Ok(n)
     }
+    /// `auto` (None), `true` or `false`.
+    pub fn auto_bool(&self, key: &str) -> Result<Option<bool>, String> {
+        match self.0[key].as_str() {
+            "auto" => Ok(None),
+            "true" => Ok(Some(true)),
+            "false" => Ok(Some(false)),
+            v => Err(format!("{key}={v} must be auto, true or false")),
+        }
+    }
+    pub fn bool(&self, key: &str) -> Result<bool, String> {
+        match self.0[key].as_str() {
+            "true" => Ok(true),
+            "false" => Ok(false),
+            v => Err(format!("{key}={v} must be true or false")),
+        }
+    }
     pub fn f64_in(&self, key: &str, lo: f64, hi: f64) -> Result<f64, String> {
         let v = &self.0[key];
         let x: f64 = v.parse().map_err(|_| format!("{key}={v} is not a number"))?;
@@ -191,25 +207,15 @@ pub static KNOWN: &[Known] = &[
             Param { key: "warm", default: "false", doc: "start each origin's fit from the previous origin's parameters (faster, less accurate: BENCHMARKS.md)" },
         ],
         build: |p| {
-            let mean = match p.0["mean"].as_str() {
-                "auto" => None,
-                "true" => Some(true),
-                "false" => Some(false),
-                v => return Err(format!("mean={v} must be auto, true or false")),
-            };
             let f = arima::ArimaForecaster {
                 p: p.usize("p", 0)?,
                 d: p.usize("d", 0)?,
                 q: p.usize("q", 0)?,
                 n: p.usize("n", 10)?,
                 method: arima::Method::parse(&p.0["method"])?,
-                mean,
+                mean: p.auto_bool("mean")?,
                 opt: arima::Optimizer::parse(&p.0["opt"])?,
-                warm: match p.0["warm"].as_str() {
-                    "true" => true,
-                    "false" => false,
-                    v => return Err(format!("warm={v} must be true or false")),
-                },
+                warm: p.bool("warm")?,
                 auto: None,
             };
             if f.p + f.q > 20 || f.d > 2 {
@@ -231,19 +237,13 @@ pub static KNOWN: &[Known] = &[
             Param { key: "approx", default: "false", doc: "CSS fits during the search: false (statsforecast AutoARIMA's default), true, or auto (when n > 150, R's auto.arima)" },
         ],
         build: |p| {
-            let approximation = match p.0["approx"].as_str() {
-                "auto" => None,
-                "true" => Some(true),
-                "false" => Some(false),
-                v => return Err(format!("approx={v} must be auto, true or false")),
-            };
             let a = arima::auto::AutoSettings {
                 max_p: p.usize("max_p", 0)?,
                 max_q: p.usize("max_q", 0)?,
                 max_d: p.usize("max_d", 0)?,
                 start_p: p.usize("start_p", 0)?,
                 start_q: p.usize("start_q", 0)?,
-                approximation,
+                approximation: p.auto_bool("approx")?,
                 ..Default::default()
             };
             if a.max_p + a.max_q > 20 || a.max_d > 2 {
@@ -302,6 +302,15 @@ pub fn parse_spec(spec: &str) -> Result<Box<dyn Forecaster>, SpecError> {
         }
     }
     (known.build)(&Params(params)).map_err(err)
+}
+
+/// How an `auto|true|false` parameter is written in a canonical spec.
+pub(crate) fn auto_bool_str(v: Option<bool>) -> &'static str {
+    match v {
+        None => "auto",
+        Some(true) => "true",
+        Some(false) => "false",
+    }
 }
 
 /// The canonical spec string of a forecaster with its parameters.

@@ -39,12 +39,6 @@ pub struct Choice {
     pub tried: usize,
 }
 
-impl Choice {
-    pub fn order(&self) -> Order {
-        Order { p: self.p, q: self.q, mean: self.constant }
-    }
-}
-
 /// The KPSS level-stationarity statistic with `floor(3 √n / 13)` Newey-West lags
 /// (statsmodels' `kpss(x, "c", nlags=...)`, as statsforecast's `ndiffs` calls it).
 pub fn kpss_stat(x: &[f64]) -> f64 {
@@ -172,14 +166,12 @@ pub fn select(y: &[f64], s: &AutoSettings) -> Option<Choice> {
     let mut results: Vec<Candidate> = Vec::new();
     let mut best = f64::INFINITY;
     let (mut p, mut q, mut constant) = (s.start_p.min(max_p), s.start_q.min(max_q), may_constant);
-    let mut tried = 0;
     // Fits a model unless already tried; returns whether it beat the best so far.
-    let mut try_model = |pp: usize, qq: usize, cc: bool, results: &mut Vec<Candidate>, best: &mut f64| -> bool {
+    let try_model = |pp: usize, qq: usize, cc: bool, results: &mut Vec<Candidate>, best: &mut f64| -> bool {
         if results.len() >= s.max_models || results.iter().any(|c| c.p == pp && c.q == qq && c.constant == cc) {
             return false;
         }
         let (ic, _) = criterion(&xd, n, d, pp, qq, cc, approx, offset);
-        tried += 1;
         results.push(Candidate { p: pp, q: qq, constant: cc, ic });
         if ic < *best {
             *best = ic;

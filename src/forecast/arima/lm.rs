@@ -1,5 +1,5 @@
 //! Levenberg-Marquardt for the small nonlinear least-squares problems of ARIMA
-//! fitting: both the CSS objective and (through `model::ml_residuals`) the exact
+//! fitting: both the CSS objective and (through `model::ml_residuals_lanes`) the exact
 //! concentrated likelihood are sums of squared residuals of at most ~20 parameters.
 //!
 //! Hand-written because argmin 0.11 has no Levenberg-Marquardt, its Gauss-Newton

@@ -187,18 +187,7 @@ impl lm::Residuals for ArmaResiduals<'_> {
         for ((xc, oc), kc) in xs.chunks(model::LANES).zip(outs.chunks_mut(model::LANES)).zip(ok.chunks_mut(model::LANES)) {
             let ms: Vec<Arma> = xc.iter().map(|raw| self.order.model(raw, self.ml)).collect();
             if self.ml {
-                let mut sums = [None; model::LANES];
-                model::chandrasekhar_lanes(self.x, &ms, oc, &mut sums);
-                for ((o, s), k) in oc.iter_mut().zip(sums).zip(kc.iter_mut()) {
-                    *k = match s {
-                        Some((_, sumlog)) => {
-                            let scale = (sumlog / (2.0 * self.x.len() as f64)).exp();
-                            o.iter_mut().for_each(|v| *v *= scale);
-                            true
-                        }
-                        None => false,
-                    };
-                }
+                model::ml_residuals_lanes(self.x, &ms, oc, kc);
             } else {
                 model::css_residuals_lanes(self.x, &ms, oc);
                 kc.iter_mut().zip(oc.iter()).for_each(|(k, o)| *k = !o.is_empty());
@@ -435,11 +424,6 @@ fn fallback(y: &[f64], len: usize) -> Vec<f64> {
 impl Forecaster for ArimaForecaster {
     fn spec(&self) -> String {
         if let Some(a) = &self.auto {
-            let approx = match a.approximation {
-                None => "auto",
-                Some(true) => "true",
-                Some(false) => "false",
-            };
             return canonical(
                 "arima-auto",
                 &[
@@ -449,15 +433,10 @@ impl Forecaster for ArimaForecaster {
                     ("start_p", a.start_p.to_string()),
                     ("start_q", a.start_q.to_string()),
                     ("n", self.n.to_string()),
-                    ("approx", approx.to_string()),
+                    ("approx", super::auto_bool_str(a.approximation).to_string()),
                 ],
             );
         }
-        let mean = match self.mean {
-            None => "auto",
-            Some(true) => "true",
-            Some(false) => "false",
-        };
         canonical(
             "arima",
             &[
@@ -466,7 +445,7 @@ impl Forecaster for ArimaForecaster {
                 ("q", self.q.to_string()),
                 ("n", self.n.to_string()),
                 ("method", self.method.as_str().to_string()),
-                ("mean", mean.to_string()),
+                ("mean", super::auto_bool_str(self.mean).to_string()),
                 ("opt", self.opt.as_str().to_string()),
                 ("warm", self.warm.to_string()),
             ],

@@ -298,12 +298,21 @@ pub fn filter_with(x: &[f64], m: &Arma, mut resid: Option<&mut Vec<f64>>) -> Opt
 
 /// Residuals whose sum of squares is `(Π F_t)^{1/n} Σ v_t² / F_t`, which the
 /// concentrated likelihood decreases in: least squares on them is maximum likelihood.
-/// Computed by [`chandrasekhar`], in O(r) a step. Returns `(Σ v²/F, Σ ln F)`.
-pub fn ml_residuals(x: &[f64], m: &Arma, out: &mut Vec<f64>) -> Option<(f64, f64)> {
-    let (sumsq, sumlog) = chandrasekhar(x, m, Some(out))?;
-    let scale = (sumlog / (2.0 * x.len() as f64)).exp();
-    out.iter_mut().for_each(|v| *v *= scale);
-    Some((sumsq, sumlog))
+/// Up to [`LANES`] models at once through [`chandrasekhar_lanes`]; `ok[l]` says
+/// whether model `l`'s residuals could be computed.
+pub fn ml_residuals_lanes(x: &[f64], ms: &[Arma], outs: &mut [Vec<f64>], ok: &mut [bool]) {
+    let mut sums = [None; LANES];
+    chandrasekhar_lanes(x, ms, outs, &mut sums);
+    for ((o, s), k) in outs.iter_mut().zip(sums).zip(ok.iter_mut()) {
+        *k = match s {
+            Some((_, sumlog)) => {
+                let scale = (sumlog / (2.0 * x.len() as f64)).exp();
+                o.iter_mut().for_each(|v| *v *= scale);
+                true
+            }
+            None => false,
+        };
+    }
 }
 
 /// The same innovations `v_t` and variances `F_t` as [`filter`], by the Chandrasekhar
