@@ -86,6 +86,9 @@ pub struct Fit {
     pub raw: Vec<f64>,
     /// Objective evaluations the fit used.
     pub evals: usize,
+    /// The Kalman filter at the estimates (its final state starts the forecasts);
+    /// `None` for a non-stationary CSS fit.
+    pub filtered: Option<model::Filtered>,
 }
 
 /// Order and estimation settings.
@@ -312,17 +315,17 @@ fn fit_from(x: &[f64], order: Order, method: Method, start: Option<&[f64]>, opt:
         evals += e;
     }
     let model = order.model(&raw, method != Method::Css);
-    let (sigma2, loglik) = if method == Method::Css {
-        // a CSS fit may be non-stationary: then it has no exact likelihood
+    // a CSS fit may be non-stationary: then it has no exact likelihood
+    let filtered = filter(x, &model);
+    let sigma2 = if method == Method::Css {
         let (ssq, n) = css(x, &model);
-        let s2 = ssq / n as f64;
-        (s2, filter(x, &model).map_or(f64::NAN, |f| f.loglik(s2)))
+        ssq / n as f64
     } else {
-        let f = filter(x, &model)?;
-        (f.sigma2(), f.loglik(f.sigma2()))
+        filtered.as_ref()?.sigma2()
     };
+    let loglik = filtered.as_ref().map_or(f64::NAN, |f| f.loglik(sigma2));
     let ok = sigma2.is_finite() && sigma2 > 0.0 && (method == Method::Css || loglik.is_finite());
-    ok.then_some(Fit { model, sigma2, loglik, raw, evals })
+    ok.then_some(Fit { model, sigma2, loglik, raw, evals, filtered })
 }
 
 /// Differences `y` `d` times.
@@ -401,8 +404,8 @@ impl ArimaForecaster {
                 (self.d, fit_with(&x, self.order(), self.method, start, self.opt))
             }
         };
-        let x = difference(hist, d);
-        if let Some((f, flt)) = fitted.and_then(|f| filter(&x, &f.model).map(|flt| (f, flt))) {
+        // the fit's own filter pass holds the final state the forecasts start from
+        if let Some((f, flt)) = fitted.and_then(|mut f| f.filtered.take().map(|flt| (f, flt))) {
             let out = integrate(hist, d, &forecast_mean(&flt, &f.model, len));
             if out.iter().all(|v| v.is_finite()) {
                 let se = model::level_stderr(&flt, &f.model, d, len, f.sigma2);

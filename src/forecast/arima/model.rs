@@ -205,6 +205,7 @@ fn solve(a: &mut [f64], b: &mut [f64], n: usize) -> Option<()> {
 }
 
 /// The Kalman filter's sums over a series, per unit σ², and its final predicted state.
+#[derive(Debug, Clone)]
 pub struct Filtered {
     /// Σ v_t² / F_t
     pub sumsq: f64,
