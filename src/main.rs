@@ -11,6 +11,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => expertcast::cli::bench::bench(args),
         Command::Synth(args) => expertcast::cli::synth(args),
         Command::Sweep(args) => expertcast::cli::sweep::sweep(args),
+        Command::Lstm(args) => expertcast::cli::lstm::lstm(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

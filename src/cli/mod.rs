@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod bench_arima;
+pub mod lstm;
 pub mod sweep;
 mod progress;
 mod run;
@@ -52,6 +53,9 @@ pub enum Command {
     /// as a hive-partitioned Parquet dataset; --shard I/N (or Slurm/Kubernetes
     /// array variables) splits the units across jobs.
     Sweep(sweep::SweepArgs),
+    /// Train the LSTM forecaster on traces and save a checkpoint that
+    /// `run -f lstm:model=DIR` applies to other traces.
+    Lstm(lstm::LstmArgs),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -118,7 +122,8 @@ pub struct RunArgs {
 
     /// Forecaster spec NAME[:key=value,...]; repeat for several. Known: last,
     /// mean:w=W, sw-avg:w=W, ema:alpha=A, oracle-median,
-    /// arima:p=P,d=D,q=Q,n=N,method=css|ml|css-ml.
+    /// arima:p=P,d=D,q=Q,..., arima-auto, lstm:... (lstm:model=DIR for a
+    /// checkpoint); `-f help` lists every parameter.
     #[arg(long = "forecaster", short = 'f', value_name = "SPEC",
           default_values_t = DEFAULT_FORECASTERS.iter().map(|s| s.to_string()).collect::<Vec<_>>())]
     pub forecasters: Vec<String>,

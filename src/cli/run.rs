@@ -77,7 +77,7 @@ fn sorted_unique(v: &[usize]) -> Vec<usize> {
 /// Runs the pipeline for `args`; `argv` is recorded in the manifest.
 pub fn run(args: &RunArgs, argv: &[String]) -> anyhow::Result<()> {
     args.validate()?;
-    let forecasters: Vec<Box<dyn Forecaster>> =
+    let mut forecasters: Vec<Box<dyn Forecaster>> =
         args.forecasters.iter().map(|s| parse_spec(s)).collect::<Result<_, _>>()?;
     let specs: Vec<String> = forecasters.iter().map(|f| f.spec()).collect();
     for (i, s) in specs.iter().enumerate() {
@@ -119,6 +119,12 @@ pub fn run(args: &RunArgs, argv: &[String]) -> anyhow::Result<()> {
         },
     };
     let traces = trace::read_all(&inputs, &opts)?;
+    for tr in &traces {
+        for (f, spec) in forecasters.iter().zip(&specs) {
+            f.check_experts(tr.experts())
+                .map_err(|e| UsageError(format!("{}: trace {} cannot be forecast with {spec}: {e}", tr.source.display(), tr.name)))?;
+        }
+    }
     stages.insert("read", t.elapsed().as_secs_f64());
     let n_layers: usize = traces.iter().map(|t| t.layers()).sum();
     progress.line(format!(
@@ -223,6 +229,13 @@ pub fn run(args: &RunArgs, argv: &[String]) -> anyhow::Result<()> {
         .sum();
     let bar = progress.bar(units, "forecast");
     bar.set_message("series forecasts (ARIMA: fits)");
+    let messages: crate::forecast::lstm::Messages = {
+        let bar = bar.clone();
+        std::sync::Arc::new(move |m: String| bar.set_message(m))
+    };
+    for f in forecasters.iter_mut() {
+        f.use_device(&device, Some(messages.clone()));
+    }
     let mut fc_writer = if args.save_forecasts {
         Some(AtomicParquet::create(&args.out, "forecasts.parquet", out::forecasts_schema())?)
     } else {

@@ -16,6 +16,7 @@
 //! ```
 
 pub mod arima;
+pub mod lstm;
 mod oracle;
 mod simple;
 
@@ -90,6 +91,17 @@ pub trait Forecaster: Send + Sync {
         false
     }
 
+    /// Tells the forecaster the run's device and where to send progress messages
+    /// (training). The simple forecasters ignore both.
+    fn use_device(&mut self, _device: &crate::gpu::Device, _messages: Option<lstm::Messages>) {}
+
+    /// Whether the forecaster can serve layers of `experts` experts (a joint-mode
+    /// LSTM checkpoint serves only the count it was trained on); checked for every
+    /// trace before a run writes anything.
+    fn check_experts(&self, _experts: usize) -> Result<(), String> {
+        Ok(())
+    }
+
     /// Predicts `p[origin .. origin + len]` into `out` (`len × experts`, step-major)
     /// from `history`, which for a real forecaster ends at `origin`. Returns how
     /// many expert series fell back to `mean:w=100` (0 for the simple forecasters).
@@ -134,8 +146,8 @@ pub struct Known {
     build: fn(&Params) -> Result<Box<dyn Forecaster>, String>,
 }
 
-/// Parsed `key=value` pairs with the defaults filled in.
-pub struct Params(BTreeMap<&'static str, String>);
+/// Parsed `key=value` pairs with the defaults filled in, and the keys given.
+pub struct Params(BTreeMap<&'static str, String>, Vec<&'static str>);
 
 impl Params {
     pub fn usize(&self, key: &str, min: usize) -> Result<usize, String> {
@@ -256,6 +268,12 @@ pub static KNOWN: &[Known] = &[
         },
     },
     Known {
+        name: "lstm",
+        doc: "LSTM (burn) on the run's device, trained before the first origin or loaded with model=",
+        params: lstm::PARAMS,
+        build: |p| lstm::build(p, &p.1),
+    },
+    Known {
         name: "oracle-median",
         doc: "median of the actual future over the horizon: a floor, not a forecast",
         params: &[],
@@ -301,7 +319,7 @@ pub fn parse_spec(spec: &str) -> Result<Box<dyn Forecaster>, SpecError> {
             params.insert(p.key, v.to_string());
         }
     }
-    (known.build)(&Params(params)).map_err(err)
+    (known.build)(&Params(params, given)).map_err(err)
 }
 
 /// How an `auto|true|false` parameter is written in a canonical spec.

@@ -1,0 +1,511 @@
+//! The paper's learned forecaster: an LSTM in burn, trained with burn's autodiff on
+//! the GPU (burn-cuda) or on the CPU (burn's ndarray backend).
+//!
+//! Two modes:
+//! - `joint` (the paper's): a step's input is every expert's share of a layer, the
+//!   output every expert's share for the next `k` steps;
+//! - `global`: one model shared by every expert series, each series on its own
+//!   scale, predicting its next `k` steps; it serves any number of experts.
+//!
+//! Every window is normalised by its own mean and standard deviation per series
+//! ([`data`]), so the network predicts deviations from the recent level.
+//! Multi-step output is `direct` (k steps at once; beyond `k` the k-th step is
+//! held) or `recursive` (each block of k predictions is fed back as input).
+//!
+//! Without `model=`, a run trains one model per layer on the `train` steps before
+//! the layer's first scored origin only (never on a scored step), then forecasts
+//! every origin in large batches. With `model=DIR` it applies a checkpoint written
+//! by `expertcast lstm train` (weights in burn's named MessagePack record, the
+//! config and training report in `lstm.json` beside them).
+
+pub mod data;
+pub mod net;
+pub mod train;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use burn::backend::{Autodiff, NdArray};
+use burn::module::Module;
+use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
+use burn::tensor::backend::Backend;
+
+use super::{Emit, Forecaster, LayerView, Params, WindowMean, canonical};
+use crate::gpu;
+use data::{Sample, Windows};
+use net::Net;
+pub use train::TrainReport;
+
+/// burn's CPU backend.
+pub type CpuBackend = NdArray<f32>;
+/// burn's CUDA backend.
+pub type CudaBackend = burn::backend::Cuda<f32, i32>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Joint,
+    Global,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Multi {
+    Direct,
+    Recursive,
+}
+
+impl Mode {
+    fn parse(s: &str) -> Result<Mode, String> {
+        match s {
+            "joint" => Ok(Mode::Joint),
+            "global" => Ok(Mode::Global),
+            _ => Err(format!("mode={s} must be joint or global")),
+        }
+    }
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Mode::Joint => "joint",
+            Mode::Global => "global",
+        }
+    }
+}
+
+impl Multi {
+    fn parse(s: &str) -> Result<Multi, String> {
+        match s {
+            "direct" => Ok(Multi::Direct),
+            "recursive" => Ok(Multi::Recursive),
+            _ => Err(format!("multi={s} must be direct or recursive")),
+        }
+    }
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Multi::Direct => "direct",
+            Multi::Recursive => "recursive",
+        }
+    }
+}
+
+/// Everything that defines a model and its training.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LstmConfig {
+    pub mode: Mode,
+    /// Steps of input a forecast reads.
+    pub lookback: usize,
+    pub hidden: usize,
+    pub layers: usize,
+    /// Steps the network writes at once.
+    pub k: usize,
+    pub multi: Multi,
+    pub lr: f64,
+    pub epochs: usize,
+    /// Epochs without a better validation loss before training stops.
+    pub patience: usize,
+    pub batch: usize,
+    pub seed: u64,
+    /// Share of each layer's windows (the latest) held out to pick the best epoch.
+    pub val: f64,
+}
+
+impl Default for LstmConfig {
+    fn default() -> Self {
+        LstmConfig {
+            mode: Mode::Joint,
+            lookback: 100,
+            hidden: 64,
+            layers: 2,
+            k: 10,
+            multi: Multi::Direct,
+            lr: 2e-3,
+            epochs: 30,
+            patience: 5,
+            batch: 256,
+            seed: 0,
+            val: 0.1,
+        }
+    }
+}
+
+impl LstmConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        let checks = [
+            (self.lookback >= 2, "lookback must be at least 2"),
+            (self.hidden >= 1, "hidden must be at least 1"),
+            (self.layers >= 1, "layers must be at least 1"),
+            (self.k >= 1, "k must be at least 1"),
+            (self.epochs >= 1, "epochs must be at least 1"),
+            (self.patience >= 1, "patience must be at least 1"),
+            (self.batch >= 1, "batch must be at least 1"),
+            (self.lr > 0.0 && self.lr.is_finite(), "lr must be a positive number"),
+            ((0.0..0.9).contains(&self.val), "val must be in [0, 0.9)"),
+        ];
+        match checks.iter().find(|c| !c.0) {
+            Some((_, msg)) => Err(msg.to_string()),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Where the network runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LstmDevice {
+    Cpu,
+    Cuda(usize),
+}
+
+impl LstmDevice {
+    pub fn from_gpu(d: &gpu::Device) -> LstmDevice {
+        match d {
+            gpu::Device::Cpu => LstmDevice::Cpu,
+            gpu::Device::Cuda(g) => LstmDevice::Cuda(g.ctx.ordinal()),
+        }
+    }
+}
+
+/// A saved model: `DIR/lstm.json` and `DIR/weights.mpk`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Checkpoint {
+    pub format: String,
+    pub version: u32,
+    pub config: LstmConfig,
+    /// Experts a step of input holds (`joint` mode); any in `global` mode.
+    pub experts: Option<usize>,
+    pub normalisation: String,
+    pub trained_on: Vec<String>,
+    pub report: TrainReport,
+}
+
+const FORMAT: &str = "expertcast-lstm";
+const NORMALISATION: &str = "per window and series: (p - mean) / max(std, 1e-5) over the lookback window, clipped to ±10";
+
+fn recorder() -> NamedMpkFileRecorder<FullPrecisionSettings> {
+    NamedMpkFileRecorder::<FullPrecisionSettings>::new()
+}
+
+impl Checkpoint {
+    /// Reads `DIR/lstm.json`, with errors naming the file.
+    pub fn read(dir: &Path) -> anyhow::Result<Checkpoint> {
+        let f = dir.join("lstm.json");
+        let text = std::fs::read_to_string(&f).with_context(|| format!("cannot read LSTM checkpoint {}", f.display()))?;
+        let c: Checkpoint = serde_json::from_str(&text).with_context(|| format!("{}: not an expertcast LSTM checkpoint", f.display()))?;
+        if c.format != FORMAT || c.version != 1 {
+            bail!("{}: format {:?} version {} is not {FORMAT} version 1", f.display(), c.format, c.version);
+        }
+        c.config.validate().map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+        if !dir.join("weights.mpk").is_file() {
+            bail!("{}: the weights file weights.mpk is missing beside it", f.display());
+        }
+        Ok(c)
+    }
+
+    fn load<B: Backend>(&self, dir: &Path, device: &B::Device) -> anyhow::Result<Net<B>> {
+        let d_in = self.experts.unwrap_or(1);
+        let net = Net::<B>::init(d_in, self.config.hidden, self.config.layers, d_in * self.config.k, 0, device);
+        net.load_file(dir.join("weights"), &recorder(), device)
+            .with_context(|| format!("cannot load LSTM weights {}", dir.join("weights.mpk").display()))
+    }
+}
+
+/// Writes a trained network and its checkpoint description into `dir`.
+pub fn save<B: Backend>(net: &Net<B>, ck: &Checkpoint, dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    net.clone()
+        .save_file(dir.join("weights"), &recorder())
+        .with_context(|| format!("cannot write {}", dir.join("weights.mpk").display()))?;
+    let tmp = dir.join("lstm.json.tmp");
+    std::fs::write(&tmp, serde_json::to_string_pretty(ck)? + "\n").with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, dir.join("lstm.json")).with_context(|| format!("cannot write {}", dir.join("lstm.json").display()))?;
+    Ok(())
+}
+
+/// Per layer, the windows `(layer, first t, last t)` whose targets end by `end`
+/// (exclusive), split into training and the latest `val` share for validation.
+fn split(win: &Windows, ends: &[usize], val: f64) -> (Vec<Sample>, Vec<Sample>) {
+    let (mut tr, mut va) = (Vec::new(), Vec::new());
+    for (l, &end) in ends.iter().enumerate() {
+        let from = win.lookback;
+        if end < from + win.k {
+            continue;
+        }
+        let to = end - win.k;
+        let n = to + 1 - from;
+        let n_val = if n >= 20 { (n as f64 * val).round() as usize } else { 0 };
+        let cut = to + 1 - n_val;
+        tr.extend(win.samples(&[(l, from, cut - 1)]));
+        if n_val > 0 {
+            va.extend(win.samples(&[(l, cut, to)]));
+        }
+    }
+    (tr, va)
+}
+
+/// Trains on the first `ends[l]` steps of every layer of `win`.
+pub fn fit(win: &Windows, ends: &[usize], cfg: &LstmConfig, device: LstmDevice, on_batch: &mut train::OnBatch<'_>) -> anyhow::Result<(Trained, TrainReport)> {
+    let (tr, va) = split(win, ends, cfg.val);
+    if tr.is_empty() {
+        bail!(
+            "no training window: the LSTM needs more than lookback + k = {} steps of history before the first origin",
+            win.lookback + win.k
+        );
+    }
+    Ok(match device {
+        LstmDevice::Cpu => {
+            let (net, r) = train::train::<Autodiff<CpuBackend>>(win, &tr, &va, cfg, &Default::default(), on_batch);
+            (Trained::Cpu(net), r)
+        }
+        LstmDevice::Cuda(i) => {
+            let dev = burn::backend::cuda::CudaDevice::new(i);
+            let (net, r) = train::train::<Autodiff<CudaBackend>>(win, &tr, &va, cfg, &dev, on_batch);
+            (Trained::Cuda(net, dev), r)
+        }
+    })
+}
+
+/// A trained network on its device.
+pub enum Trained {
+    Cpu(Net<CpuBackend>),
+    Cuda(Net<CudaBackend>, burn::backend::cuda::CudaDevice),
+}
+
+impl Trained {
+    pub fn predict(&self, win: &Windows, samples: &[Sample], len: usize, multi: Multi) -> Vec<f64> {
+        match self {
+            Trained::Cpu(n) => train::predict(n, win, samples, len, multi, &Default::default()),
+            Trained::Cuda(n, d) => train::predict(n, win, samples, len, multi, d),
+        }
+    }
+    pub fn save(&self, ck: &Checkpoint, dir: &Path) -> anyhow::Result<()> {
+        match self {
+            Trained::Cpu(n) => save(n, ck, dir),
+            Trained::Cuda(n, _) => save(n, ck, dir),
+        }
+    }
+    pub fn load(ck: &Checkpoint, dir: &Path, device: LstmDevice) -> anyhow::Result<Trained> {
+        Ok(match device {
+            LstmDevice::Cpu => Trained::Cpu(ck.load::<CpuBackend>(dir, &Default::default())?),
+            LstmDevice::Cuda(i) => {
+                let dev = burn::backend::cuda::CudaDevice::new(i);
+                Trained::Cuda(ck.load::<CudaBackend>(dir, &dev)?, dev)
+            }
+        })
+    }
+}
+
+/// Builds the checkpoint description of a model trained on `traces`.
+pub fn checkpoint(cfg: &LstmConfig, experts: usize, traces: Vec<String>, report: TrainReport) -> Checkpoint {
+    Checkpoint {
+        format: FORMAT.into(),
+        version: 1,
+        config: cfg.clone(),
+        experts: (cfg.mode == Mode::Joint).then_some(experts),
+        normalisation: NORMALISATION.into(),
+        trained_on: traces,
+        report,
+    }
+}
+
+/// A message sink for training progress inside a run.
+pub type Messages = Arc<dyn Fn(String) + Send + Sync>;
+
+/// `lstm:...` in a run.
+pub struct LstmForecaster {
+    pub cfg: LstmConfig,
+    /// Steps before the first origin a run trains on (without `model=`).
+    pub train: usize,
+    pub model: Option<(PathBuf, Checkpoint)>,
+    pub device: LstmDevice,
+    pub messages: Option<Messages>,
+}
+
+/// The spec parameters of `lstm` (see [`super::KNOWN`]).
+pub const PARAMS: &[super::Param] = &[
+    super::Param { key: "model", default: "", doc: "checkpoint directory from `expertcast lstm train` (else train per layer on the run's trace)" },
+    super::Param { key: "mode", default: "joint", doc: "joint (all experts of a layer in, all out) or global (one model for every series)" },
+    super::Param { key: "lookback", default: "100", doc: "input steps" },
+    super::Param { key: "hidden", default: "64", doc: "hidden units per layer" },
+    super::Param { key: "layers", default: "2", doc: "LSTM layers" },
+    super::Param { key: "k", default: "10", doc: "steps predicted at once" },
+    super::Param { key: "multi", default: "direct", doc: "beyond k steps: direct (hold the k-th) or recursive (feed predictions back)" },
+    super::Param { key: "lr", default: "0.002", doc: "Adam learning rate" },
+    super::Param { key: "epochs", default: "30", doc: "most training epochs" },
+    super::Param { key: "patience", default: "5", doc: "epochs without a better validation loss before stopping" },
+    super::Param { key: "batch", default: "256", doc: "windows per training batch" },
+    super::Param { key: "seed", default: "0", doc: "seed of the initial weights and the shuffling" },
+    super::Param { key: "val", default: "0.1", doc: "latest share of training windows held out to pick the best epoch" },
+    super::Param { key: "train", default: "2000", doc: "steps before the first origin to train on (without model=)" },
+];
+
+const ARCH_KEYS: &[&str] = &["mode", "lookback", "hidden", "layers", "k", "lr", "epochs", "patience", "batch", "seed", "val", "train"];
+
+/// Builds the forecaster from parsed spec parameters.
+pub fn build(p: &Params, given: &[&str]) -> Result<Box<dyn Forecaster>, String> {
+    let multi = Multi::parse(&p.0["multi"])?;
+    let model = &p.0["model"];
+    if !model.is_empty() {
+        if let Some(k) = given.iter().find(|k| ARCH_KEYS.contains(k)) {
+            return Err(format!("{k} comes from the checkpoint given by model=; only multi= may be set with it"));
+        }
+        let dir = PathBuf::from(model);
+        let mut ck = Checkpoint::read(&dir).map_err(|e| format!("{e:#}"))?;
+        ck.config.multi = multi;
+        return Ok(Box::new(LstmForecaster { cfg: ck.config.clone(), train: 0, model: Some((dir, ck)), device: LstmDevice::Cpu, messages: None }));
+    }
+    let lr: f64 = p.0["lr"].parse().map_err(|_| format!("lr={} is not a number", p.0["lr"]))?;
+    let val: f64 = p.0["val"].parse().map_err(|_| format!("val={} is not a number", p.0["val"]))?;
+    let cfg = LstmConfig {
+        mode: Mode::parse(&p.0["mode"])?,
+        lookback: p.usize("lookback", 2)?,
+        hidden: p.usize("hidden", 1)?,
+        layers: p.usize("layers", 1)?,
+        k: p.usize("k", 1)?,
+        multi,
+        lr,
+        epochs: p.usize("epochs", 1)?,
+        patience: p.usize("patience", 1)?,
+        batch: p.usize("batch", 1)?,
+        seed: p.usize("seed", 0)? as u64,
+        val,
+    };
+    cfg.validate()?;
+    let train = p.usize("train", 1)?;
+    if train < cfg.lookback + cfg.k {
+        return Err(format!("train={train} must be at least lookback + k = {}", cfg.lookback + cfg.k));
+    }
+    Ok(Box::new(LstmForecaster { cfg, train, model: None, device: LstmDevice::Cpu, messages: None }))
+}
+
+impl LstmForecaster {
+    fn layer_windows<'a>(&self, layer: &LayerView<'a>) -> Windows<'a> {
+        Windows { layers: vec![*layer], mode: self.cfg.mode, lookback: self.cfg.lookback, k: self.cfg.k }
+    }
+}
+
+impl Forecaster for LstmForecaster {
+    fn spec(&self) -> String {
+        let c = &self.cfg;
+        if let Some((dir, _)) = &self.model {
+            return canonical("lstm", &[("model", dir.display().to_string()), ("multi", c.multi.as_str().into())]);
+        }
+        canonical(
+            "lstm",
+            &[
+                ("mode", c.mode.as_str().into()),
+                ("lookback", c.lookback.to_string()),
+                ("hidden", c.hidden.to_string()),
+                ("layers", c.layers.to_string()),
+                ("k", c.k.to_string()),
+                ("multi", c.multi.as_str().into()),
+                ("lr", c.lr.to_string()),
+                ("epochs", c.epochs.to_string()),
+                ("patience", c.patience.to_string()),
+                ("batch", c.batch.to_string()),
+                ("seed", c.seed.to_string()),
+                ("val", c.val.to_string()),
+                ("train", self.train.to_string()),
+            ],
+        )
+    }
+
+    fn history(&self) -> usize {
+        if self.model.is_some() { self.cfg.lookback } else { self.train }
+    }
+
+    fn use_device(&mut self, device: &gpu::Device, messages: Option<Messages>) {
+        self.device = LstmDevice::from_gpu(device);
+        self.messages = messages;
+    }
+
+    fn check_experts(&self, experts: usize) -> Result<(), String> {
+        match &self.model {
+            Some((dir, ck)) => match ck.experts {
+                Some(e) if e != experts => Err(format!(
+                    "the joint-mode LSTM checkpoint {} was trained on {e} experts a layer, not {experts} (a global-mode model serves any number)",
+                    dir.display()
+                )),
+                _ => Ok(()),
+            },
+            None => Ok(()),
+        }
+    }
+
+    fn forecast_origin(&self, history: &LayerView, origin: usize, out: &mut [f64]) -> usize {
+        let len = out.len() / history.experts();
+        let mut fb = 0;
+        let mut emit = |_: usize, pred: &mut [f64], _: Option<&[f64]>, f: usize| {
+            out.copy_from_slice(pred);
+            fb = f;
+        };
+        match self.forecast_layer(history, &[origin], &[len], &mut emit) {
+            Ok(()) => fb,
+            Err(_) => {
+                WindowMean { w: 100 }.forecast_origin(history, origin, out);
+                history.experts()
+            }
+        }
+    }
+
+    fn forecast_layer(&self, layer: &LayerView, origins: &[usize], lens: &[usize], emit: &mut Emit<'_>) -> anyhow::Result<()> {
+        let Some(&first) = origins.first() else { return Ok(()) };
+        let experts = layer.experts();
+        let trained = match &self.model {
+            Some((dir, ck)) => {
+                self.check_experts(experts).map_err(anyhow::Error::msg)?;
+                Trained::load(ck, dir, self.device)?
+            }
+            None => {
+                // Train on the `train` steps before the first origin only.
+                let start = first.saturating_sub(self.train);
+                let history = LayerView::new(&layer.until(first).p[start * experts..], experts);
+                let win = self.layer_windows(&history);
+                let msg = self.messages.clone();
+                let mut on_batch = |done: usize, total: usize, epoch: usize, loss: Option<f64>| {
+                    if let Some(m) = &msg
+                        && (done % 20 == 0 || done == total)
+                    {
+                        m(format!("lstm training: epoch {}, batch {done}/{total}, loss {}", epoch + 1, loss.map_or("-".into(), |l| format!("{l:.4}"))));
+                    }
+                };
+                fit(&win, &[history.steps()], &self.cfg, self.device, &mut on_batch)?.0
+            }
+        };
+        // Every origin with a full lookback window in one batch; earlier ones fall back.
+        let win = self.layer_windows(layer);
+        let len = lens.iter().copied().max().unwrap_or(0);
+        let usable: Vec<usize> = (0..origins.len()).filter(|&i| origins[i] >= self.cfg.lookback).collect();
+        let samples: Vec<Sample> = usable
+            .iter()
+            .flat_map(|&i| win.samples(&[(0, origins[i], origins[i])]))
+            .collect();
+        let pred = if len > 0 { trained.predict(&win, &samples, len, self.cfg.multi) } else { Vec::new() };
+        let per_origin = len * experts;
+        let mut out = Vec::new();
+        let mut next = 0;
+        for (i, (&o, &n)) in origins.iter().zip(lens).enumerate() {
+            out.clear();
+            out.resize(n * experts, 0.0);
+            if next < usable.len() && usable[next] == i {
+                let block = &pred[next * per_origin..(next + 1) * per_origin];
+                match self.cfg.mode {
+                    // Step-major already.
+                    Mode::Joint => out.copy_from_slice(&block[..n * experts]),
+                    // Expert-major blocks of `len` steps.
+                    Mode::Global => {
+                        for e in 0..experts {
+                            for s in 0..n {
+                                out[s * experts + e] = block[e * len + s];
+                            }
+                        }
+                    }
+                }
+                next += 1;
+                emit(i, &mut out, None, 0);
+            } else {
+                WindowMean { w: 100 }.forecast_origin(&layer.until(o), o, &mut out);
+                emit(i, &mut out, None, experts);
+            }
+        }
+        Ok(())
+    }
+}
