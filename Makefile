@@ -7,7 +7,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 CARGO ?= cargo
 
-.PHONY: build run test test-slurm venv venv-peers bench bench-window bench-peers bench-read bench-run bench-gpu bench-arima-peers bench-arima-scaling bench-sweep-scale clean
+.PHONY: build run test test-slurm venv venv-peers bench bench-window bench-peers bench-read bench-run bench-gpu bench-arima-peers bench-arima-scaling bench-sweep-scale bench-lstm bench-lstm-accuracy clean
 
 build:
 	$(CARGO) build --release
@@ -85,6 +85,18 @@ bench-arima-scaling: build
 # one of them (needs ~4 GB of disk; the BENCHMARKS.md figures are from the GPU host).
 bench-sweep-scale: build
 	benches/sweep_scale.sh target/release/expertcast 64
+
+# LSTM training and inference windows/s: our kernels, our network in burn, burn's
+# stock nn::Lstm, and PyTorch's nn.LSTM (cuDNN) at the same sizes, in one run (GPU).
+bench-lstm: build
+	./target/release/expertcast bench --stage lstm --lstm-impl kernel
+	./target/release/expertcast bench --stage lstm --lstm-impl burn --lstm-steps 3
+	./target/release/expertcast bench --stage lstm --lstm-impl stock --lstm-steps 3
+	python3 benches/peers/lstm_torch.py
+
+# LSTM accuracy: train on gpt12-e16-top2-s1, score on gpt12-e16-top2-s2 (stable regime).
+bench-lstm-accuracy: build
+	benches/lstm_accuracy.sh target/release/expertcast .bench-out/lstm-accuracy
 
 bench: bench-peers bench-read bench-run bench-arima-peers
 

@@ -78,23 +78,30 @@ fn a_saved_checkpoint_predicts_exactly_what_the_trained_model_did() {
         let (trained, report) = lstm::fit(&win, &[300], &cfg, LstmDevice::Cpu, &mut |_, _, _, _| {}).unwrap();
         assert!(report.train_loss.is_finite() && report.epochs_run >= 1);
         let samples = win.samples(&[(0, 300, 390)]);
-        let before = trained.predict(&win, &samples, 7, Multi::Recursive);
+        let before = trained.predict(&win, &samples, 7, Multi::Recursive).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let ck = lstm::checkpoint(&cfg, 2, vec!["ar2".into()], report);
         trained.save(&ck, dir.path()).unwrap();
         let read = lstm::Checkpoint::read(dir.path()).unwrap();
         assert_eq!(read.config, cfg);
         let loaded = Trained::load(&read, dir.path(), LstmDevice::Cpu).unwrap();
-        let after = loaded.predict(&win, &samples, 7, Multi::Recursive);
+        let after = loaded.predict(&win, &samples, 7, Multi::Recursive).unwrap();
         assert_eq!(before, after, "{mode:?}");
-        // Direct and recursive agree on the first k steps (same network output).
-        let direct = loaded.predict(&win, &samples, 7, Multi::Direct);
+        // Direct, hold and recursive agree on the first k steps (same network output).
+        let direct = loaded.predict(&win, &samples, 7, Multi::Direct).unwrap();
+        let hold = loaded.predict(&win, &samples, 7, Multi::Hold).unwrap();
         let w = if mode == Mode::Joint { 2 } else { 1 };
-        for s in 0..samples.len() {
-            let (a, b) = (&before[s * 7 * w..], &direct[s * 7 * w..]);
+        let (mut x, mut norms) = (Vec::new(), Vec::new());
+        for (s, sample) in samples.iter().enumerate() {
+            let (a, b, h) = (&before[s * 7 * w..], &direct[s * 7 * w..], &hold[s * 7 * w..]);
             assert_eq!(a[..cfg.k * w], b[..cfg.k * w]);
-            // Direct holds the k-th step.
-            assert_eq!(b[(cfg.k - 1) * w..cfg.k * w], b[6 * w..7 * w]);
+            assert_eq!(a[..cfg.k * w], h[..cfg.k * w]);
+            // Hold repeats the k-th step; direct gives the window's mean beyond k.
+            assert_eq!(h[(cfg.k - 1) * w..cfg.k * w], h[6 * w..7 * w]);
+            norms.clear();
+            win.fill(sample, &mut x, None, &mut norms);
+            let level: Vec<f64> = norms.iter().map(|n| n.0).collect();
+            assert_eq!(b[6 * w..7 * w], level[..]);
         }
     }
 }
@@ -178,7 +185,7 @@ fn the_binary_trains_saves_and_scores_a_checkpoint() {
 fn bad_lstm_configs_fail_clearly() {
     for (spec, want) in [
         ("lstm:mode=both", "mode=both must be joint or global"),
-        ("lstm:multi=sideways", "multi=sideways must be direct or recursive"),
+        ("lstm:multi=sideways", "multi=sideways must be direct, hold or recursive"),
         ("lstm:lookback=1", "lookback=1 must be at least 2"),
         ("lstm:lr=-1", "lr must be a positive number"),
         ("lstm:val=0.95", "val must be in [0, 0.9)"),

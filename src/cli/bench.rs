@@ -23,6 +23,8 @@ pub enum Stage {
     Window,
     /// ARIMA fitting on the CPU (the --arima-* flags).
     Arima,
+    /// LSTM training and inference throughput (the --lstm-* flags).
+    Lstm,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -35,6 +37,8 @@ pub struct BenchArgs {
     pub threads: Option<usize>,
     #[command(flatten)]
     pub arima: super::bench_arima::ArimaBenchArgs,
+    #[command(flatten)]
+    pub lstm: super::bench_lstm::LstmBenchArgs,
     /// Steps of the benchmark trace.
     #[arg(long, default_value_t = 100_000)]
     pub steps: usize,
@@ -107,6 +111,9 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     }
     if args.stage == Stage::Arima {
         return super::bench_arima::bench_arima(&args.arima);
+    }
+    if args.stage == Stage::Lstm {
+        return super::bench_lstm::bench_lstm(&args.lstm, args.device);
     }
     let (device, note) = gpu::choose(args.device)?;
     if let Some(n) = note {

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod bench_arima;
+pub mod bench_lstm;
 pub mod lstm;
 pub mod sweep;
 mod progress;

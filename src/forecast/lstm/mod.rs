@@ -9,8 +9,9 @@
 //!
 //! Every window is normalised by its own mean and standard deviation per series
 //! ([`data`]), so the network predicts deviations from the recent level.
-//! Multi-step output is `direct` (k steps at once; beyond `k` the k-th step is
-//! held) or `recursive` (each block of k predictions is fed back as input).
+//! Multi-step output is `direct` (k steps at once; beyond `k` the window's level,
+//! a predicted deviation of 0), `hold` (beyond `k` the k-th step held) or
+//! `recursive` (each block of k predictions is fed back as input).
 //!
 //! Without `model=`, a run trains one model per layer on the `train` steps before
 //! the layer's first scored origin only (never on a scored step), then forecasts
@@ -19,11 +20,12 @@
 //! config and training report in `lstm.json` beside them).
 
 pub mod data;
+pub mod kernel;
 pub mod net;
 pub mod train;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, bail};
 use burn::backend::{Autodiff, NdArray};
@@ -52,7 +54,11 @@ pub enum Mode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Multi {
+    /// k steps at once; beyond k, the window's level (a predicted deviation of 0).
     Direct,
+    /// k steps at once; beyond k, the k-th step held.
+    Hold,
+    /// Each block of k predictions fed back as input until the horizon.
     Recursive,
 }
 
@@ -76,13 +82,15 @@ impl Multi {
     fn parse(s: &str) -> Result<Multi, String> {
         match s {
             "direct" => Ok(Multi::Direct),
+            "hold" => Ok(Multi::Hold),
             "recursive" => Ok(Multi::Recursive),
-            _ => Err(format!("multi={s} must be direct or recursive")),
+            _ => Err(format!("multi={s} must be direct, hold or recursive")),
         }
     }
     pub fn as_str(&self) -> &'static str {
         match self {
             Multi::Direct => "direct",
+            Multi::Hold => "hold",
             Multi::Recursive => "recursive",
         }
     }
@@ -241,7 +249,15 @@ fn split(win: &Windows, ends: &[usize], val: f64) -> (Vec<Sample>, Vec<Sample>) 
     (tr, va)
 }
 
-/// Trains on the first `ends[l]` steps of every layer of `win`.
+/// Whether GPU work uses burn-cuda instead of our kernels
+/// (`EXPERTCAST_LSTM_ENGINE=burn`, for comparison).
+fn burn_on_gpu() -> bool {
+    std::env::var("EXPERTCAST_LSTM_ENGINE").is_ok_and(|v| v == "burn")
+}
+
+/// Trains on the first `ends[l]` steps of every layer of `win`: on the CPU with
+/// burn's ndarray backend, on a GPU with our kernels (burn-cuda for sizes they do
+/// not take).
 pub fn fit(win: &Windows, ends: &[usize], cfg: &LstmConfig, device: LstmDevice, on_batch: &mut train::OnBatch<'_>) -> anyhow::Result<(Trained, TrainReport)> {
     let (tr, va) = split(win, ends, cfg.val);
     if tr.is_empty() {
@@ -252,13 +268,24 @@ pub fn fit(win: &Windows, ends: &[usize], cfg: &LstmConfig, device: LstmDevice, 
     }
     Ok(match device {
         LstmDevice::Cpu => {
-            let (net, r) = train::train::<Autodiff<CpuBackend>>(win, &tr, &va, cfg, &Default::default(), on_batch);
+            let dev = Default::default();
+            let mut l = train::BurnLearner::<Autodiff<CpuBackend>, ()>::new(win, cfg, &dev);
+            let (net, r) = train::train(&mut l, win, &tr, &va, cfg, on_batch)?;
             (Trained::Cpu(net), r)
+        }
+        LstmDevice::Cuda(i) if kernel::supports(win.d_in(), cfg.hidden) && !burn_on_gpu() => {
+            let net = Net::<CpuBackend>::init(win.d_in(), cfg.hidden, cfg.layers, win.d_out(), cfg.seed, &Default::default());
+            let mut l = kernel::KernelLearner { engine: kernel::Engine::from_net(&net, i)?, lookback: win.lookback, lr: cfg.lr };
+            let (best, r) = train::train(&mut l, win, &tr, &va, cfg, on_batch)?;
+            l.engine.set_params(&best)?;
+            (Trained::Kernel(Mutex::new(l.engine)), r)
         }
         LstmDevice::Cuda(i) => {
             let dev = burn::backend::cuda::CudaDevice::new(i);
-            let (net, r) = train::train::<Autodiff<CudaBackend>>(win, &tr, &va, cfg, &dev, on_batch);
-            (Trained::Cuda(net, dev), r)
+            let mut l = train::BurnLearner::<Autodiff<CudaBackend>, ()>::new(win, cfg, &dev);
+            let (net, r) = train::train(&mut l, win, &tr, &va, cfg, on_batch)?;
+            drop(l);
+            (Trained::Cuda(net, dev.clone()), r)
         }
     })
 }
@@ -266,25 +293,38 @@ pub fn fit(win: &Windows, ends: &[usize], cfg: &LstmConfig, device: LstmDevice, 
 /// A trained network on its device.
 pub enum Trained {
     Cpu(Net<CpuBackend>),
+    /// burn-cuda (sizes the kernels do not take).
     Cuda(Net<CudaBackend>, burn::backend::cuda::CudaDevice),
+    /// Our kernels.
+    Kernel(Mutex<kernel::Engine>),
 }
 
 impl Trained {
-    pub fn predict(&self, win: &Windows, samples: &[Sample], len: usize, multi: Multi) -> Vec<f64> {
+    pub fn predict(&self, win: &Windows, samples: &[Sample], len: usize, multi: Multi) -> anyhow::Result<Vec<f64>> {
+        let d = win.d_in();
         match self {
-            Trained::Cpu(n) => train::predict(n, win, samples, len, multi, &Default::default()),
-            Trained::Cuda(n, d) => train::predict(n, win, samples, len, multi, d),
+            Trained::Cpu(n) => train::predict(&mut train::burn_forward(n, d, &Default::default()), win, samples, len, multi),
+            Trained::Cuda(n, dev) => train::predict(&mut train::burn_forward(n, d, dev), win, samples, len, multi),
+            Trained::Kernel(e) => {
+                let mut e = e.lock().expect("engine");
+                train::predict(&mut |x: Vec<f32>, n, steps, carry| e.predict(&x, n, steps, carry), win, samples, len, multi)
+            }
         }
     }
     pub fn save(&self, ck: &Checkpoint, dir: &Path) -> anyhow::Result<()> {
         match self {
             Trained::Cpu(n) => save(n, ck, dir),
             Trained::Cuda(n, _) => save(n, ck, dir),
+            Trained::Kernel(e) => save(&e.lock().expect("engine").to_net::<CpuBackend>(&Default::default())?, ck, dir),
         }
     }
     pub fn load(ck: &Checkpoint, dir: &Path, device: LstmDevice) -> anyhow::Result<Trained> {
+        let net = ck.load::<CpuBackend>(dir, &Default::default())?;
         Ok(match device {
-            LstmDevice::Cpu => Trained::Cpu(ck.load::<CpuBackend>(dir, &Default::default())?),
+            LstmDevice::Cpu => Trained::Cpu(net),
+            LstmDevice::Cuda(i) if kernel::supports(ck.experts.unwrap_or(1), ck.config.hidden) && !burn_on_gpu() => {
+                Trained::Kernel(Mutex::new(kernel::Engine::from_net(&net, i)?))
+            }
             LstmDevice::Cuda(i) => {
                 let dev = burn::backend::cuda::CudaDevice::new(i);
                 Trained::Cuda(ck.load::<CudaBackend>(dir, &dev)?, dev)
@@ -327,7 +367,7 @@ pub const PARAMS: &[super::Param] = &[
     super::Param { key: "hidden", default: "64", doc: "hidden units per layer" },
     super::Param { key: "layers", default: "2", doc: "LSTM layers" },
     super::Param { key: "k", default: "10", doc: "steps predicted at once" },
-    super::Param { key: "multi", default: "direct", doc: "beyond k steps: direct (hold the k-th) or recursive (feed predictions back)" },
+    super::Param { key: "multi", default: "direct", doc: "beyond k steps: direct (the window's level), hold (the k-th step) or recursive (feed predictions back)" },
     super::Param { key: "lr", default: "0.002", doc: "Adam learning rate" },
     super::Param { key: "epochs", default: "30", doc: "most training epochs" },
     super::Param { key: "patience", default: "5", doc: "epochs without a better validation loss before stopping" },
@@ -478,7 +518,7 @@ impl Forecaster for LstmForecaster {
             .iter()
             .flat_map(|&i| win.samples(&[(0, origins[i], origins[i])]))
             .collect();
-        let pred = if len > 0 { trained.predict(&win, &samples, len, self.cfg.multi) } else { Vec::new() };
+        let pred = if len > 0 { trained.predict(&win, &samples, len, self.cfg.multi)? } else { Vec::new() };
         let per_origin = len * experts;
         let mut out = Vec::new();
         let mut next = 0;

@@ -120,3 +120,49 @@ impl<B: Backend> Net<B> {
         (y, state)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::NdArray;
+    use burn::nn::{LstmConfig, LstmState};
+
+    type B = NdArray<f32>;
+
+    /// Our fused-gate stack equals burn's stock `nn::Lstm` layers given the same
+    /// weights (stock gates: input, forget, cell, output; weights [d, H] each, a
+    /// bias on both the input and the hidden transform).
+    #[test]
+    fn fused_gates_match_burns_stock_lstm() {
+        let dev = Default::default();
+        let (n, steps, d_in, h, layers) = (5, 7, 3, 6, 2);
+        let net: Net<B> = Net::init(d_in, h, layers, 2, 3, &dev);
+        let mut rng = StdRng::seed_from_u64(9);
+        let xv: Vec<f32> = (0..n * steps * d_in).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        let x = Tensor::<B, 3>::from_data(TensorData::new(xv, [n, steps, d_in]), &dev);
+        let mut seq = x.clone();
+        let mut last = None;
+        for (l, cell) in net.cells.iter().enumerate() {
+            let d = if l == 0 { d_in } else { h };
+            let mut stock = LstmConfig::new(d, h, true).init::<B>(&dev);
+            let part = |w: Tensor<B, 2>, g: usize| w.narrow(1, g * h, h);
+            let bias = |g: usize| cell.bias.val().narrow(0, g * h, h);
+            for (g, gate) in [&mut stock.input_gate, &mut stock.forget_gate, &mut stock.cell_gate, &mut stock.output_gate].into_iter().enumerate() {
+                gate.input_transform.weight = Param::from_tensor(part(cell.w_ih.val(), g));
+                gate.input_transform.bias = Some(Param::from_tensor(bias(g)));
+                gate.hidden_transform.weight = Param::from_tensor(part(cell.w_hh.val(), g));
+                gate.hidden_transform.bias = Some(Param::from_tensor(Tensor::zeros([h], &dev)));
+            }
+            let (out, state): (Tensor<B, 3>, LstmState<B, 2>) = stock.forward(seq, None);
+            seq = out;
+            last = Some(state.hidden);
+        }
+        let want = last.unwrap().matmul(net.head_w.val()).add(net.head_b.val().unsqueeze_dim(0));
+        let (got, _) = net.forward(x, None);
+        let (a, b) = (got.into_data().to_vec::<f32>().unwrap(), want.into_data().to_vec::<f32>().unwrap());
+        assert_eq!(a.len(), n * 2);
+        for (a, b) in a.iter().zip(&b) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+    }
+}

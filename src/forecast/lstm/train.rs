@@ -2,6 +2,7 @@
 //! best epoch on held-out windows kept) and batched inference, generic over the
 //! backend.
 
+use anyhow::bail;
 use burn::module::AutodiffModule;
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::optim::grad_clipping::GradientClippingConfig;
@@ -34,84 +35,136 @@ pub struct TrainReport {
 /// training loss)`.
 pub type OnBatch<'a> = dyn FnMut(usize, usize, usize, Option<f64>) + 'a;
 
-fn batch<B: Backend>(win: &Windows, samples: &[Sample], with_y: bool, device: &B::Device) -> (Tensor<B, 3>, Option<Tensor<B, 2>>, Vec<(f64, f64)>) {
-    let (mut x, mut y, mut norms) = (Vec::new(), Vec::new(), Vec::new());
-    for s in samples {
-        win.fill(s, &mut x, with_y.then_some(&mut y), &mut norms);
-    }
-    let n = samples.len();
-    let x = Tensor::from_data(TensorData::new(x, [n, win.lookback, win.d_in()]), device);
-    let y = with_y.then(|| Tensor::from_data(TensorData::new(y, [n, win.d_out()]), device));
-    (x, y, norms)
-}
-
 fn to_f32<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
     t.into_data().convert::<f32>().into_vec::<f32>().expect("f32 tensor data")
 }
 
-/// Mean squared error of `net` on `samples` (no gradients).
-fn loss_of<B: Backend>(net: &Net<B>, win: &Windows, samples: &[Sample], batch_size: usize, device: &B::Device) -> f64 {
-    let mut total = 0.0;
-    for chunk in samples.chunks(batch_size.max(1)) {
-        let (x, y, _) = batch::<B>(win, chunk, true, device);
-        let (yp, _) = net.forward(x, None);
-        let se = (yp - y.expect("targets")).powi_scalar(2).sum();
-        total += to_f32(se)[0] as f64;
-    }
-    total / (samples.len() * win.d_out()).max(1) as f64
+/// What a training loop needs from a network on some device.
+pub trait Learner {
+    type Snapshot;
+    /// One optimiser step on `n` windows (inputs `x`, targets `y`), adding the
+    /// batch's summed squared error to a running total.
+    fn step(&mut self, x: Vec<f32>, y: Vec<f32>, n: usize) -> anyhow::Result<()>;
+    /// The running total since the last call.
+    fn take_sse(&mut self) -> anyhow::Result<f64>;
+    /// Summed squared error on `n` windows, without updating.
+    fn sse(&mut self, x: Vec<f32>, y: Vec<f32>, n: usize) -> anyhow::Result<f64>;
+    /// The current parameters.
+    fn snapshot(&mut self) -> anyhow::Result<Self::Snapshot>;
 }
 
-/// Trains a fresh network on `train`, scoring each epoch on `val` (when not empty)
-/// and keeping the best epoch; stops after `cfg.patience` epochs without a better
-/// validation loss.
-pub fn train<B: AutodiffBackend>(
+fn host_batch(win: &Windows, samples: &[Sample]) -> (Vec<f32>, Vec<f32>) {
+    let (mut x, mut y, mut norms) = (Vec::new(), Vec::new(), Vec::new());
+    for s in samples {
+        win.fill(s, &mut x, Some(&mut y), &mut norms);
+    }
+    (x, y)
+}
+
+/// burn's autodiff: the CPU path, and burn-cuda for sizes the kernels do not take.
+pub struct BurnLearner<B: AutodiffBackend, O> {
+    model: Option<Net<B>>,
+    optim: O,
+    lr: f64,
+    dims: (usize, usize, usize),
+    device: B::Device,
+    sum: Option<Tensor<B::InnerBackend, 1>>,
+}
+
+impl<B: AutodiffBackend> BurnLearner<B, ()> {
+    pub fn new(win: &Windows, cfg: &LstmConfig, device: &B::Device) -> BurnLearner<B, impl Optimizer<Net<B>, B>> {
+        BurnLearner {
+            model: Some(Net::init(win.d_in(), cfg.hidden, cfg.layers, win.d_out(), cfg.seed, device)),
+            optim: AdamConfig::new().with_grad_clipping(Some(GradientClippingConfig::Norm(1.0))).init(),
+            lr: cfg.lr,
+            dims: (win.lookback, win.d_in(), win.d_out()),
+            device: device.clone(),
+            sum: None,
+        }
+    }
+}
+
+impl<B: AutodiffBackend, O: Optimizer<Net<B>, B>> Learner for BurnLearner<B, O> {
+    type Snapshot = Net<B::InnerBackend>;
+    fn step(&mut self, x: Vec<f32>, y: Vec<f32>, n: usize) -> anyhow::Result<()> {
+        let (l, d_in, d_out) = self.dims;
+        let x = Tensor::<B, 3>::from_data(TensorData::new(x, [n, l, d_in]), &self.device);
+        let y = Tensor::<B, 2>::from_data(TensorData::new(y, [n, d_out]), &self.device);
+        let model = self.model.take().expect("a model");
+        let (yp, _) = model.forward(x, None);
+        let loss = (yp - y).powi_scalar(2).mean();
+        let sse = loss.clone().inner() * ((n * d_out) as f32);
+        self.sum = Some(match self.sum.take() {
+            Some(s) => s + sse,
+            None => sse,
+        });
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        self.model = Some(self.optim.step(self.lr, model, grads));
+        Ok(())
+    }
+    fn take_sse(&mut self) -> anyhow::Result<f64> {
+        Ok(self.sum.take().map_or(0.0, |s| to_f32(s)[0] as f64))
+    }
+    fn sse(&mut self, x: Vec<f32>, y: Vec<f32>, n: usize) -> anyhow::Result<f64> {
+        let (l, d_in, d_out) = self.dims;
+        let net = self.model.as_ref().expect("a model").valid();
+        let x = Tensor::<B::InnerBackend, 3>::from_data(TensorData::new(x, [n, l, d_in]), &self.device);
+        let y = Tensor::<B::InnerBackend, 2>::from_data(TensorData::new(y, [n, d_out]), &self.device);
+        let (yp, _) = net.forward(x, None);
+        Ok(to_f32((yp - y).powi_scalar(2).sum())[0] as f64)
+    }
+    fn snapshot(&mut self) -> anyhow::Result<Self::Snapshot> {
+        Ok(self.model.as_ref().expect("a model").valid())
+    }
+}
+
+/// Trains on `train`, scoring each epoch on `val` (when not empty) and keeping the
+/// best epoch; stops after `cfg.patience` epochs without a better validation loss.
+pub fn train<L: Learner>(
+    learner: &mut L,
     win: &Windows,
     train: &[Sample],
     val: &[Sample],
     cfg: &LstmConfig,
-    device: &B::Device,
     on_batch: &mut OnBatch<'_>,
-) -> (Net<B::InnerBackend>, TrainReport) {
+) -> anyhow::Result<(L::Snapshot, TrainReport)> {
     let t0 = std::time::Instant::now();
-    let mut model: Net<B> = Net::init(win.d_in(), cfg.hidden, cfg.layers, win.d_out(), cfg.seed, device);
-    let mut optim = AdamConfig::new().with_grad_clipping(Some(GradientClippingConfig::Norm(1.0))).init();
     let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0x9e37_79b9_7f4a_7c15);
     let mut order = train.to_vec();
     let per_epoch = order.len().div_ceil(cfg.batch);
     let total = per_epoch * cfg.epochs;
-    let mut best: Option<(f64, Net<B::InnerBackend>, usize)> = None;
+    let mut best: Option<(f64, L::Snapshot, usize)> = None;
     let mut report = TrainReport { train_windows: train.len(), val_windows: val.len(), ..Default::default() };
     let mut last_loss = None;
-    let mut done = 0;
-    let mut since_best = 0;
+    let (mut done, mut since_best) = (0, 0);
+    let cells = |n: usize| (n * win.d_out()).max(1) as f64;
     for epoch in 0..cfg.epochs {
         order.shuffle(&mut rng);
-        let mut sum: Option<Tensor<B::InnerBackend, 1>> = None;
         for chunk in order.chunks(cfg.batch) {
-            let (x, y, _) = batch::<B>(win, chunk, true, device);
-            let (yp, _) = model.forward(x, None);
-            let loss = (yp - y.expect("targets")).powi_scalar(2).mean();
-            let l = loss.clone().inner() * (chunk.len() as f32);
-            sum = Some(match sum {
-                Some(s) => s + l,
-                None => l,
-            });
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optim.step(cfg.lr, model, grads);
+            let (x, y) = host_batch(win, chunk);
+            learner.step(x, y, chunk.len())?;
             done += 1;
             on_batch(done, total, epoch, last_loss);
         }
-        let train_loss = sum.map_or(f64::NAN, |s| to_f32(s)[0] as f64 / order.len().max(1) as f64);
+        let train_loss = learner.take_sse()? / cells(order.len());
+        if !train_loss.is_finite() {
+            bail!("the training loss is not finite at epoch {} (try a smaller lr)", epoch + 1);
+        }
         last_loss = Some(train_loss);
         report.epochs_run = epoch + 1;
         report.train_loss = train_loss;
-        let valid = model.valid();
-        let score = if val.is_empty() { train_loss } else { loss_of(&valid, win, val, INFER_BATCH, device) };
-        if !val.is_empty() {
-            report.val_loss = Some(score);
-        }
+        let score = if val.is_empty() {
+            train_loss
+        } else {
+            let mut sse = 0.0;
+            for chunk in val.chunks(INFER_BATCH) {
+                let (x, y) = host_batch(win, chunk);
+                sse += learner.sse(x, y, chunk.len())?;
+            }
+            sse / cells(val.len())
+        };
         if best.as_ref().is_none_or(|b| score < b.0) {
-            best = Some((score, valid, epoch + 1));
+            best = Some((score, learner.snapshot()?, epoch + 1));
             since_best = 0;
         } else {
             since_best += 1;
@@ -122,39 +175,58 @@ pub fn train<B: AutodiffBackend>(
     }
     let (score, net, epoch) = best.expect("at least one epoch");
     report.best_epoch = epoch;
-    if !val.is_empty() {
-        report.val_loss = Some(score);
-    }
+    report.val_loss = (!val.is_empty()).then_some(score);
     report.seconds = t0.elapsed().as_secs_f64();
-    (net, report)
+    Ok((net, report))
+}
+
+/// A network's forward pass on `n` windows of `steps` steps (`x`: n × steps × d_in),
+/// continuing the previous call's state when `carry`; returns the head's output
+/// (`n × d_out`).
+pub type Forward<'a> = dyn FnMut(Vec<f32>, usize, usize, bool) -> anyhow::Result<Vec<f32>> + 'a;
+
+/// [`Forward`] for a burn network.
+pub fn burn_forward<'a, B: Backend>(net: &'a Net<B>, d_in: usize, device: &'a B::Device) -> impl FnMut(Vec<f32>, usize, usize, bool) -> anyhow::Result<Vec<f32>> + 'a {
+    let mut state = None;
+    move |x, n, steps, carry| {
+        let x = Tensor::<B, 3>::from_data(TensorData::new(x, [n, steps, d_in]), device);
+        let (y, s) = net.forward(x, if carry { state.take() } else { None });
+        state = Some(s);
+        Ok(to_f32(y))
+    }
 }
 
 /// Predicts `len` steps after each sample's window, in share units: per sample
-/// `len × width` numbers (step-major). `direct` holds the k-th predicted step
-/// beyond `k`; `recursive` feeds each block of `k` predictions back as input,
-/// continuing the network's state, until `len` steps are predicted.
-pub fn predict<B: Backend>(net: &Net<B>, win: &Windows, samples: &[Sample], len: usize, multi: Multi, device: &B::Device) -> Vec<f64> {
+/// `len × width` numbers (step-major). Beyond `k` steps `direct` gives the
+/// window's level and `hold` the k-th step; `recursive` feeds each block of `k`
+/// predictions back as input, continuing the network's state, until `len` steps
+/// are predicted.
+pub fn predict(forward: &mut Forward<'_>, win: &Windows, samples: &[Sample], len: usize, multi: Multi) -> anyhow::Result<Vec<f64>> {
     let (k, w) = (win.k, win.width());
+    let clip = super::data::CLIP as f32;
     let mut out = Vec::with_capacity(samples.len() * len * w);
     for chunk in samples.chunks(INFER_BATCH) {
         let n = chunk.len();
-        let (x, _, norms) = batch::<B>(win, chunk, false, device);
-        let (y, mut state) = net.forward(x, None);
-        let mut blocks = vec![to_f32(y.clone())];
+        let (mut x, mut norms) = (Vec::new(), Vec::new());
+        for s in chunk {
+            win.fill(s, &mut x, None, &mut norms);
+        }
+        let mut blocks = vec![forward(x, n, win.lookback, false)?];
         if multi == Multi::Recursive {
-            let mut prev = y;
             while blocks.len() * k < len {
-                let input = prev.reshape([n, k, w]).clamp(-super::data::CLIP as f32, super::data::CLIP as f32);
-                let (y, s) = net.forward(input, Some(state));
-                state = s;
-                blocks.push(to_f32(y.clone()));
-                prev = y;
+                // The block's k steps (k × width per window) as the next input.
+                let input: Vec<f32> = blocks.last().expect("a block").iter().map(|v| v.clamp(-clip, clip)).collect();
+                blocks.push(forward(input, n, k, true)?);
             }
         }
         for (i, norm) in norms.chunks(w).enumerate() {
             for step in 0..len {
                 let (b, j) = match multi {
-                    Multi::Direct => (0, step.min(k - 1)),
+                    Multi::Direct if step >= k => {
+                        out.extend(norm.iter().map(|&(level, _)| level));
+                        continue;
+                    }
+                    Multi::Direct | Multi::Hold => (0, step.min(k - 1)),
                     Multi::Recursive => (step / k, step % k),
                 };
                 let row = &blocks[b][i * k * w + j * w..i * k * w + (j + 1) * w];
@@ -162,5 +234,5 @@ pub fn predict<B: Backend>(net: &Net<B>, win: &Windows, samples: &[Sample], len:
             }
         }
     }
-    out
+    Ok(out)
 }
