@@ -10,7 +10,7 @@ mkdir -p "$OUT"
 /usr/bin/time -f "lstm train: %e s wall, %M KB peak" "$BIN" lstm train datasets/gpt12-e16-top2-s1.parquet -o "$OUT/model" "$@"
 /usr/bin/time -f "run: %e s wall, %M KB peak" "$BIN" run datasets/gpt12-e16-top2-s2.parquet -o "$OUT/run" -q \
   -f "lstm:model=$OUT/model" -f "lstm:model=$OUT/model,multi=recursive" -f sw-avg:w=100 -f mean:w=100 -f oracle-median
-python3 - "$OUT/run/metrics.parquet" <<'PY'
+${PYTHON:-python3} - "$OUT/run/metrics.parquet" <<'PY'
 import sys
 import pandas as pd
 m = pd.read_parquet(sys.argv[1])

@@ -124,7 +124,7 @@ pub struct RunArgs {
     /// Forecaster spec NAME[:key=value,...]; repeat for several. Known: last,
     /// mean:w=W, sw-avg:w=W, ema:alpha=A, oracle-median,
     /// arima:p=P,d=D,q=Q,..., arima-auto, lstm:... (lstm:model=DIR for a
-    /// checkpoint); `-f help` lists every parameter.
+    /// checkpoint); a wrong spec lists every forecaster and its parameters.
     #[arg(long = "forecaster", short = 'f', value_name = "SPEC",
           default_values_t = DEFAULT_FORECASTERS.iter().map(|s| s.to_string()).collect::<Vec<_>>())]
     pub forecasters: Vec<String>,
