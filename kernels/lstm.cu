@@ -229,28 +229,46 @@ extern "C" __global__ void transpose(const float* __restrict__ in, int rows, int
 }
 
 // y[b][o] = bias[o] + sum_k h[b][k] w[k][o]; with a target, dy = 2 (y - target) / (B O)
-// and loss += sum (y - target)^2.
+// and se = (y - target)^2 per output (summed by sum_into, in a fixed order).
 extern "C" __global__ void head_fwd(const float* __restrict__ h, const float* __restrict__ w, const float* __restrict__ bias,
                                     int B, int HH, int O, float* __restrict__ y, const float* __restrict__ target,
-                                    float* __restrict__ dy, float* __restrict__ loss)
+                                    float* __restrict__ dy, float* __restrict__ se)
 {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
-    float se = 0.0f;
-    if (i < B * O) {
-        const int b = i / O, o = i % O;
-        float s = bias[o];
-        for (int k = 0; k < HH; k++) s += h[(size_t)b * HH + k] * w[k * O + o];
-        y[i] = s;
-        if (target) {
-            const float d = s - target[i];
-            dy[i] = 2.0f * d / ((float)B * (float)O);
-            se = d * d;
-        }
-    }
+    if (i >= B * O) return;
+    const int b = i / O, o = i % O;
+    float s = bias[o];
+    for (int k = 0; k < HH; k++) s += h[(size_t)b * HH + k] * w[k * O + o];
+    y[i] = s;
     if (target) {
-        for (int off = 16; off > 0; off >>= 1) se += __shfl_down_sync(0xffffffff, se, off);
-        if ((threadIdx.x & 31) == 0) atomicAdd(loss, se);
+        const float d = s - target[i];
+        dy[i] = 2.0f * d / ((float)B * (float)O);
+        se[i] = d * d;
     }
+}
+
+// Sum of v[lo, hi) by one block of 1024 threads, the same order every time.
+__device__ float block_sum(const float* __restrict__ v, int lo, int hi, bool square)
+{
+    __shared__ float red[32];
+    float s = 0.0f;
+    for (int i = lo + threadIdx.x; i < hi; i += blockDim.x) s += square ? v[i] * v[i] : v[i];
+    for (int off = 16; off > 0; off >>= 1) s += __shfl_down_sync(0xffffffff, s, off);
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = s;
+    __syncthreads();
+    s = 0.0f;
+    if (threadIdx.x < 32) {
+        s = threadIdx.x < (blockDim.x >> 5) ? red[threadIdx.x] : 0.0f;
+        for (int off = 16; off > 0; off >>= 1) s += __shfl_down_sync(0xffffffff, s, off);
+    }
+    return s;  // valid in thread 0
+}
+
+// total[0] += sum of v[0, n): one block of 1024 threads.
+extern "C" __global__ void sum_into(const float* __restrict__ v, int n, float* __restrict__ total)
+{
+    const float s = block_sum(v, 0, n, false);
+    if (threadIdx.x == 0) total[0] += s;
 }
 
 // dh[b][k] = sum_o dy[b][o] w[k][o]
@@ -283,15 +301,13 @@ extern "C" __global__ void head_bwd_w(const float* __restrict__ h, const float* 
     }
 }
 
-// Squared norm of each parameter tensor: segment s = [start[s], start[s+1]).
+// Squared norm of each parameter tensor: segment s = [start[s], start[s+1]), one
+// block of 1024 threads a segment (no atomics: the same result every time).
 extern "C" __global__ void seg_sqnorm(const float* __restrict__ g, const int* __restrict__ start, float* __restrict__ out)
 {
-    const int s = blockIdx.y;
-    const int lo = start[s], hi = start[s + 1];
-    float v = 0.0f;
-    for (int i = lo + blockIdx.x * blockDim.x + threadIdx.x; i < hi; i += gridDim.x * blockDim.x) v += g[i] * g[i];
-    for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffff, v, off);
-    if ((threadIdx.x & 31) == 0) atomicAdd(out + s, v);
+    const int s = blockIdx.x;
+    const float v = block_sum(g, start[s], start[s + 1], true);
+    if (threadIdx.x == 0) out[s] = v;
 }
 
 // Adam (burn's formula) after clipping each tensor's gradient to norm `clip`.

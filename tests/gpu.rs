@@ -233,6 +233,13 @@ fn lstm_on_cuda_matches_the_cpu_backend() {
         let samples = win.samples(&[(0, 1000, 1490)]);
         let (cpu, rc) = lstm::fit(&win, &[end], &cfg, LstmDevice::Cpu, &mut |_, _, _, _| {}).unwrap();
         let (gpu, rg) = lstm::fit(&win, &[end], &cfg, LstmDevice::Cuda(0), &mut |_, _, _, _| {}).unwrap();
+        // The kernels are deterministic: a second training gives the same model.
+        let (again, _) = lstm::fit(&win, &[end], &cfg, LstmDevice::Cuda(0), &mut |_, _, _, _| {}).unwrap();
+        assert_eq!(
+            gpu.predict(&win, &samples, 20, Multi::Direct).unwrap(),
+            again.predict(&win, &samples, 20, Multi::Direct).unwrap(),
+            "{mode:?}: two trainings on the GPU differ"
+        );
         // One checkpoint on both devices.
         let dir = tempfile::tempdir().unwrap();
         cpu.save(&lstm::checkpoint(&cfg, tr.experts(), vec![], rc.clone()), dir.path()).unwrap();

@@ -41,6 +41,7 @@ struct Kernels {
     head_bwd_h: CudaFunction,
     head_bwd_w: CudaFunction,
     seg_sqnorm: CudaFunction,
+    sum_into: CudaFunction,
     adam: CudaFunction,
 }
 
@@ -89,6 +90,7 @@ fn kernels(ctx: &Arc<CudaContext>, d: usize, h: usize) -> anyhow::Result<Arc<Ker
         head_bwd_h: f("head_bwd_h")?,
         head_bwd_w: f("head_bwd_w")?,
         seg_sqnorm: f("seg_sqnorm")?,
+        sum_into: f("sum_into")?,
         adam: f("adam")?,
         _module: module,
     });
@@ -108,6 +110,8 @@ struct Work {
     y: CudaSlice<f32>,
     target: CudaSlice<f32>,
     dy: CudaSlice<f32>,
+    /// Squared error of every output of the batch.
+    se: CudaSlice<f32>,
     dh_last: CudaSlice<f32>,
     /// Per layer: h and c sequences, activations (training only), final h and c.
     hs: Vec<CudaSlice<f32>>,
@@ -259,6 +263,7 @@ impl Engine {
             y: s.alloc_zeros(batch * self.d_out)?,
             target: s.alloc_zeros(batch * self.d_out)?,
             dy: s.alloc_zeros(batch * self.d_out)?,
+            se: s.alloc_zeros(batch * self.d_out)?,
             dh_last: s.alloc_zeros(batch * h)?,
             hs: per(seq * h)?,
             cs: per(if train { seq * h } else { 1 })?,
@@ -325,12 +330,20 @@ impl Engine {
         let mut b = self.stream.launch_builder(&top.head_fwd);
         b.arg(&w.h_last[layers - 1]).arg(&head_w).arg(&head_b).arg(&ni).arg(&hi).arg(&oi).arg(&mut w.y);
         if target {
-            b.arg(&w.target).arg(&mut w.dy).arg(&mut self.loss);
+            b.arg(&w.target).arg(&mut w.dy).arg(&mut w.se);
         } else {
             b.arg(&null).arg(&null).arg(&null);
         }
-        // SAFETY: y, target and dy hold n × d_out floats, h_last n × H.
+        // SAFETY: y, target, dy and se hold n × d_out floats, h_last n × H.
         unsafe { b.launch(grid(n * self.d_out)) }.context("launching head_fwd")?;
+        if target {
+            let m = (n * self.d_out) as i32;
+            let mut b = self.stream.launch_builder(&top.sum_into);
+            b.arg(&w.se).arg(&m).arg(&mut self.loss);
+            let one = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
+            // SAFETY: se holds m floats, loss one.
+            unsafe { b.launch(one) }.context("launching sum_into")?;
+        }
         Ok(())
     }
 
@@ -444,7 +457,7 @@ impl Engine {
         self.stream.memset_zeros(&mut self.sqnorm)?;
         let segs = self.tensors.len();
         let k = self.layer_k[0].clone();
-        let cfg = LaunchConfig { grid_dim: (64, segs as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let cfg = LaunchConfig { grid_dim: (segs as u32, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
         let mut b = self.stream.launch_builder(&k.seg_sqnorm);
         b.arg(&self.grads).arg(&self.seg_start).arg(&mut self.sqnorm);
         // SAFETY: seg_start holds segs + 1 offsets into grads; sqnorm segs floats.
