@@ -152,10 +152,6 @@ pub fn supports(d_in: usize, hidden: usize) -> bool {
     hidden <= MAX_HIDDEN && d_in <= MAX_INPUT && hidden >= 1
 }
 
-fn tensor_data<B: Backend, const N: usize>(t: Tensor<B, N>) -> Vec<f32> {
-    t.into_data().convert::<f32>().into_vec::<f32>().expect("f32 tensor data")
-}
-
 impl Engine {
     /// Uploads `net` onto CUDA device `ordinal`.
     pub fn from_net<B: Backend>(net: &Net<B>, ordinal: usize) -> anyhow::Result<Engine> {
@@ -175,13 +171,13 @@ impl Engine {
         };
         let mut layer_k = Vec::new();
         for (l, c) in net.cells.iter().enumerate() {
-            push(tensor_data(c.w_ih.val()));
-            push(tensor_data(c.w_hh.val()));
-            push(tensor_data(c.bias.val()));
+            push(super::train::to_f32(c.w_ih.val()));
+            push(super::train::to_f32(c.w_hh.val()));
+            push(super::train::to_f32(c.bias.val()));
             layer_k.push(kernels(&ctx, if l == 0 { d_in } else { hidden }, hidden)?);
         }
-        push(tensor_data(net.head_w.val()));
-        push(tensor_data(net.head_b.val()));
+        push(super::train::to_f32(net.head_w.val()));
+        push(super::train::to_f32(net.head_b.val()));
         let n = flat.len();
         let mut starts: Vec<i32> = tensors.iter().map(|t| t.0 as i32).collect();
         starts.push(n as i32);

@@ -35,7 +35,8 @@ pub struct TrainReport {
 /// training loss)`.
 pub type OnBatch<'a> = dyn FnMut(usize, usize, usize, Option<f64>) + 'a;
 
-fn to_f32<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+/// A tensor's values as f32, on the host.
+pub(crate) fn to_f32<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
     t.into_data().convert::<f32>().into_vec::<f32>().expect("f32 tensor data")
 }
 
