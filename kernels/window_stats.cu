@@ -199,37 +199,61 @@ __device__ __forceinline__ bool task_of(const float* x, int T, int S, int W, int
     return true;
 }
 
-// Windows of at most 32 steps: every window lies within this slab and the one
-// before, held in two registers per lane; each output gathers its W values by
-// shuffles (at most 32, a constant), and no shared memory is needed.
+// Windows of at most 32 steps. A warp moves through its chunk GROUP steps at a time:
+// the group's inputs go to shared memory behind the 32 steps before it, and the
+// next group is loaded into registers while this one is computed (GROUP / 32 loads
+// in flight per lane). Each output then reads its W inputs from shared memory
+// (consecutive lanes, consecutive words: no bank conflicts).
+#define GROUP 128
+// Floats of shared memory per warp of window_stats_short (the harness and
+// src/stats/cuda.rs use the same figure).
+#define SHORT_SMEM_FLOATS (SLAB + GROUP)
+
 extern "C" __global__ void __launch_bounds__(256) window_stats_short(const float* __restrict__ x, int T, int S, int W,
                                                                      int chunk, float* __restrict__ mean_out,
                                                                      float* __restrict__ var_out,
                                                                      float* __restrict__ range_out) {
+    extern __shared__ float smem[];
     Task k;
     if (!task_of(x, T, S, W, chunk, k)) return;
     const int lane = k.lane, c0 = k.c0, c1 = k.c1, a = k.a;
     const float* xs = k.xs;
     const float shift = k.shift;
-    float prev = (c0 - SLAB + lane >= a) ? xs[c0 - SLAB + lane] : 0.0f;
-    for (int t0 = c0; t0 < c1; t0 += SLAB) {
-        const int t = t0 + lane;
-        const float cur = (t < c1) ? xs[t] : 0.0f;
-        Agg w = agg_identity();
-        for (int d = 0; d < W; d++) {
-            const int src = lane - d;
-            const float vc = __shfl_sync(FULL, cur, src & 31);
-            const float vp = __shfl_sync(FULL, prev, src & 31);
-            w = agg_join(w, agg_of(src >= 0 ? vc : vp, shift));
+    float* buf = smem + k.warp * SHORT_SMEM_FLOATS;
+    buf[lane] = (c0 - SLAB + lane >= a) ? xs[c0 - SLAB + lane] : 0.0f;
+    float nx[GROUP / SLAB];
+#pragma unroll
+    for (int j = 0; j < GROUP / SLAB; j++) {
+        const int t = c0 + SLAB * j + lane;
+        nx[j] = (t < c1) ? xs[t] : 0.0f;
+    }
+    for (int t0 = c0; t0 < c1; t0 += GROUP) {
+#pragma unroll
+        for (int j = 0; j < GROUP / SLAB; j++) buf[SLAB + SLAB * j + lane] = nx[j];
+#pragma unroll
+        for (int j = 0; j < GROUP / SLAB; j++) {
+            const int t = t0 + GROUP + SLAB * j + lane;
+            nx[j] = (t < c1) ? xs[t] : 0.0f;
         }
-        if (t < c1) emit(mean_out, var_out, range_out, k.obase + t, w, k.inv_w, shift);
-        prev = cur;
+        __syncwarp();
+#pragma unroll
+        for (int j = 0; j < GROUP / SLAB; j++) {
+            const int i = SLAB + SLAB * j + lane;
+            Agg w = agg_identity();
+            for (int d = 0; d < W; d++) w = agg_join(w, agg_of(buf[i - d], shift));
+            const int t = t0 + SLAB * j + lane;
+            if (t < c1) emit(mean_out, var_out, range_out, k.obase + t, w, k.inv_w, shift);
+        }
+        __syncwarp();
+        buf[lane] = buf[GROUP + lane];
+        __syncwarp();
     }
 }
 
 // Windows longer than 32 steps: van Herk blocks. Dynamic shared memory per warp:
 // 4 padded arrays of W + W / 32 + 1 floats, and 4 staging arrays of 132 floats
 // through which each span's inputs and outputs move coalesced.
+#define LONG_SMEM_FLOATS(W) (4 * ((W) + (W) / 32 + 1) + 4 * (SPAN + SPAN / 32))
 extern "C" __global__ void __launch_bounds__(256) window_stats_long(const float* __restrict__ x, int T, int S, int W,
                                                                     int chunk, float* __restrict__ mean_out,
                                                                     float* __restrict__ var_out,
@@ -249,8 +273,30 @@ extern "C" __global__ void __launch_bounds__(256) window_stats_long(const float*
     float* suf_sum = suf_mn + stride;
     float* suf_sq = suf_sum + stride;
 
-    // Block 0: raw values, then its suffixes; its last step is the first output.
-    for (int i = lane; i < W; i += SLAB) suf_mx[pad(i)] = xs[a + i];
+    // Block 0: raw values (eight loads in flight per lane), then its suffixes; its
+    // last step is the first output. The first span of block 1 is loaded meanwhile.
+    for (int i0 = 0; i0 < W; i0 += 8 * SLAB) {
+        float v[8];
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            const int i = i0 + SLAB * j + lane;
+            v[j] = (i < W) ? xs[a + i] : 0.0f;
+        }
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            const int i = i0 + SLAB * j + lane;
+            if (i < W) suf_mx[pad(i)] = v[j];
+        }
+    }
+    // nx holds the next span to be scanned, loaded coalesced: nx[j] is step
+    // b + i0 + 32 j + lane of that span. Spans run through blocks and on into the
+    // next block, so a load is always in flight, also when a block is a single span.
+    float nx[K];
+#pragma unroll
+    for (int j = 0; j < K; j++) {
+        const int t = a + W + SLAB * j + lane;
+        nx[j] = (t < c1) ? xs[t] : 0.0f;
+    }
     __syncwarp();
     block_suffix(suf_mx, suf_mn, suf_sum, suf_sq, W, shift, lane);
     if (lane == 0) {
@@ -274,20 +320,16 @@ extern "C" __global__ void __launch_bounds__(256) window_stats_long(const float*
     for (int b = a + W; b < c1; b += W) {
         const int len = min(W, c1 - b);
         Agg carry = agg_identity();
-        float nx[K];  // the next span, loaded coalesced: nx[j] is position 32 j + lane
-#pragma unroll
-        for (int j = 0; j < K; j++) {
-            const int i = SLAB * j + lane;
-            nx[j] = (i < len) ? xs[b + i] : 0.0f;
-        }
         for (int i0 = 0; i0 < len; i0 += SPAN) {
 #pragma unroll
             for (int j = 0; j < K; j++) st_in[pad(SLAB * j + lane)] = nx[j];
-            // Prefetch the span after this one while this one is scanned.
+            // Prefetch the span after this one (in this block or the next) while
+            // this one is scanned.
+            const int next = (i0 + SPAN < len) ? b + i0 + SPAN : b + W;
 #pragma unroll
             for (int j = 0; j < K; j++) {
-                const int i = i0 + SPAN + SLAB * j + lane;
-                nx[j] = (i < len) ? xs[b + i] : 0.0f;
+                const int t = next + SLAB * j + lane;
+                nx[j] = (t < c1) ? xs[t] : 0.0f;
             }
             __syncwarp();
             float v[K];

@@ -27,10 +27,10 @@ pub struct Geometry {
     pub smem_bytes: usize,
 }
 
-/// Shared memory the kernel needs per warp for window `w` (short windows, up to
-/// 32 steps, are gathered by warp shuffles and need none).
+/// Shared memory the kernel needs per warp for window `w`: `SHORT_SMEM_FLOATS` and
+/// `LONG_SMEM_FLOATS(W)` of kernels/window_stats.cu, in bytes.
 pub fn smem_per_warp(w: usize) -> usize {
-    if w <= 32 { 0 } else { 16 * (w + w / 32 + 1) + 16 * 132 }
+    if w <= 32 { 4 * (32 + 128) } else { 16 * (w + w / 32 + 1) + 16 * 132 }
 }
 
 /// The largest window the kernel can run on `gpu` (its shared memory per block).

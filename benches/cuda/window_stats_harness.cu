@@ -1,0 +1,238 @@
+// Standalone check-and-time harness for kernels/window_stats.cu, for kernel work on a
+// GPU machine that has nvcc but no Rust toolchain:
+//
+//   nvcc -O3 -arch=sm_90 -o ws benches/cuda/window_stats_harness.cu && ./ws [reps] [W ...]
+//   nvcc ... -DKFILE='"other.cu"'      # a candidate version of the kernels
+//
+// It launches the kernels with the geometry of src/stats/cuda.rs (`geometry`), checks
+// every output of awkward small shapes and of four whole paper-scale series against
+// a float64 computation (outputs poisoned with NaN first), and times each window with
+// CUDA events beside a device-to-device copy of the input. `expertcast bench` remains
+// the benchmark of record; this harness is for trying kernel variants quickly.
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <deque>
+#include <vector>
+
+#ifndef KFILE
+#define KFILE "../../kernels/window_stats.cu"
+#endif
+#include KFILE
+
+#ifndef SHORT_SMEM_FLOATS  // versions before the short kernel used shared memory
+#define SHORT_SMEM_FLOATS 0
+#define LONG_SMEM_FLOATS(W) (4 * ((W) + (W) / 32 + 1) + 4 * 132)
+#endif
+
+#define CK(x)                                                                                         \
+    do {                                                                                              \
+        cudaError_t e_ = (x);                                                                         \
+        if (e_ != cudaSuccess) {                                                                      \
+            fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_));        \
+            exit(1);                                                                                  \
+        }                                                                                             \
+    } while (0)
+
+// What the access pattern allows: read each series' steps W - 1 .. T - 1 and write
+// three outputs per step, with no arithmetic to speak of.
+__global__ void ceiling_kernel(const float* __restrict__ x, int T, int W, float* __restrict__ m,
+                               float* __restrict__ v, float* __restrict__ r) {
+    const int n = T - W + 1;
+    const long s = blockIdx.y;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+        const float a = x[s * T + W - 1 + i];
+        m[s * n + i] = a;
+        v[s * n + i] = a * a;
+        r[s * n + i] = a + 1.0f;
+    }
+}
+
+struct Geo {
+    int chunk, wpb, blocks;
+    size_t smem;
+};
+
+static size_t smem_per_warp(int w) { return 4 * (size_t)(w <= 32 ? SHORT_SMEM_FLOATS : LONG_SMEM_FLOATS(w)); }
+
+// Mirror of geometry() in src/stats/cuda.rs.
+static Geo geometry(int w, int T, int S, int sms) {
+    long n = std::max(T - w + 1, 1);
+    long want_warps = 16L * 32 * sms;
+    long want_chunks = (want_warps + S - 1) / S;
+    long chunk = std::min(std::max(std::max(8L * w, (n + want_chunks - 1) / want_chunks), 32L), n);
+    size_t spw = smem_per_warp(w);
+    int wpb = (int)std::min<size_t>(std::max<size_t>(48 * 1024 / std::max<size_t>(spw, 1), 1), 8);
+    long warps = (long)S * ((n + chunk - 1) / chunk);
+    return Geo{(int)chunk, wpb, (int)((warps + wpb - 1) / wpb), wpb * spw};
+}
+
+static void launch(const float* x, int T, int S, int W, int sms, float* m, float* v, float* r) {
+    Geo g = geometry(W, T, S, sms);
+    if (W <= 32) {
+        CK(cudaFuncSetAttribute(window_stats_short, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)g.smem));
+        window_stats_short<<<g.blocks, 32 * g.wpb, g.smem>>>(x, T, S, W, g.chunk, m, v, r);
+    } else {
+        CK(cudaFuncSetAttribute(window_stats_long, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)g.smem));
+        window_stats_long<<<g.blocks, 32 * g.wpb, g.smem>>>(x, T, S, W, g.chunk, m, v, r);
+    }
+    CK(cudaGetLastError());
+}
+
+static float share(long s, long t, unsigned* seed) {
+    *seed = *seed * 1664525u + 1013904223u;
+    double u = (double)(*seed >> 8) / (double)(1u << 24) * 2.0 - 1.0;
+    return (float)((1.0 + 0.5 * sin(t * 0.001 * (1 + s % 7)) + 0.2 * u) / 128.0);
+}
+
+// Float64 reference for series s: prefix sums for mean and variance (two-pass on
+// each window would be O(T W)), monotone deques for max and min.
+static double check_series(const float* xs, int T, int W, const float* m, const float* v, const float* r) {
+    double worst = 0.0;
+    std::deque<int> dmax, dmin;
+    for (int t = 0; t < T; t++) {
+        while (!dmax.empty() && xs[dmax.back()] <= xs[t]) dmax.pop_back();
+        dmax.push_back(t);
+        while (!dmin.empty() && xs[dmin.back()] >= xs[t]) dmin.pop_back();
+        dmin.push_back(t);
+        if (dmax.front() <= t - W) dmax.pop_front();
+        if (dmin.front() <= t - W) dmin.pop_front();
+        if (t < W - 1) continue;
+        int i = t - W + 1;
+        double s = 0.0;
+        for (int j = i; j <= t; j++) s += xs[j];
+        double mean = s / W, q = 0.0;
+        for (int j = i; j <= t; j++) q += (xs[j] - mean) * (xs[j] - mean);
+        double var = q / W, rng = (double)xs[dmax.front()] - xs[dmin.front()];
+        double e = std::max({fabs(mean - m[i]), fabs(var - v[i]), fabs(rng - r[i])});
+        if (!(e <= worst)) worst = std::isnan(e) ? INFINITY : std::max(worst, e);
+    }
+    return worst;
+}
+
+struct Run {
+    float *x, *m, *v, *r;
+};
+
+static Run alloc_run(const std::vector<float>& h, long outputs) {
+    Run d;
+    CK(cudaMalloc(&d.x, h.size() * 4));
+    CK(cudaMemcpy(d.x, h.data(), h.size() * 4, cudaMemcpyHostToDevice));
+    CK(cudaMalloc(&d.m, outputs * 4));
+    CK(cudaMalloc(&d.v, outputs * 4));
+    CK(cudaMalloc(&d.r, outputs * 4));
+    return d;
+}
+
+static void free_run(Run d) {
+    cudaFree(d.x);
+    cudaFree(d.m);
+    cudaFree(d.v);
+    cudaFree(d.r);
+}
+
+// Runs one shape and returns the worst |GPU - float64| over the listed series.
+static double check_shape(const std::vector<float>& h, int T, int S, int W, int sms, const std::vector<int>& series,
+                          Run* keep) {
+    int n = T - W + 1;
+    long outputs = std::max(1L, (long)S * n);
+    Run d = keep ? *keep : alloc_run(h, outputs);
+    CK(cudaMemset(d.m, 0xff, outputs * 4));
+    CK(cudaMemset(d.v, 0xff, outputs * 4));
+    CK(cudaMemset(d.r, 0xff, outputs * 4));
+    launch(d.x, T, S, W, sms, d.m, d.v, d.r);
+    CK(cudaDeviceSynchronize());
+    double worst = 0.0;
+    if (n > 0) {
+        std::vector<float> m(n), v(n), r(n);
+        for (int s : series) {
+            CK(cudaMemcpy(m.data(), d.m + (long)s * n, n * 4, cudaMemcpyDeviceToHost));
+            CK(cudaMemcpy(v.data(), d.v + (long)s * n, n * 4, cudaMemcpyDeviceToHost));
+            CK(cudaMemcpy(r.data(), d.r + (long)s * n, n * 4, cudaMemcpyDeviceToHost));
+            double e = check_series(h.data() + (long)s * T, T, W, m.data(), v.data(), r.data());
+            worst = std::isnan(e) ? INFINITY : std::max(worst, e);
+        }
+    }
+    if (!keep) free_run(d);
+    return worst;
+}
+
+int main(int argc, char** argv) {
+    int reps = argc > 1 ? atoi(argv[1]) : 20;
+    std::vector<int> windows;
+    for (int i = 2; i < argc; i++) windows.push_back(atoi(argv[i]));
+    if (windows.empty()) windows = {10, 100, 1000};
+    int sms = 0;
+    CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+    bool ok = true;
+
+    // Awkward small shapes, every series checked.
+    const int shapes[][3] = {{50, 3, 10},  {10, 2, 10},     {9, 2, 10},    {1000, 1, 1},   {3000, 4, 33},
+                             {1100, 4, 1000}, {5000, 3, 100}, {20000, 2, 32}, {777, 5, 129}, {40000, 3, 1000}};
+    for (auto& sh : shapes) {
+        int T = sh[0], S = sh[1], W = sh[2];
+        std::vector<float> h((size_t)S * T);
+        unsigned seed = 7;
+        for (int s = 0; s < S; s++)
+            for (int t = 0; t < T; t++) h[(size_t)s * T + t] = share(s, t, &seed);
+        std::vector<int> all;
+        for (int s = 0; s < S; s++) all.push_back(s);
+        double e = check_shape(h, T, S, W, sms, all, nullptr);
+        printf("check T=%d S=%d W=%d: max |gpu - f64| = %.3g%s\n", T, S, W, e, e <= 1e-6 ? "" : "  FAIL");
+        ok &= e <= 1e-6;
+    }
+
+    // Paper scale.
+    const int T = 100000, S = 12 * 128;
+    std::vector<float> h((size_t)S * T);
+    unsigned seed = 11;
+    for (int s = 0; s < S; s++)
+        for (int t = 0; t < T; t++) h[(size_t)s * T + t] = share(s, t, &seed);
+    Run d = alloc_run(h, (long)S * T);
+    float* y;
+    CK(cudaMalloc(&y, h.size() * 4));
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+    float ms = 0;
+    CK(cudaMemcpy(y, d.x, h.size() * 4, cudaMemcpyDeviceToDevice));
+    CK(cudaEventRecord(e0));
+    for (int i = 0; i < reps; i++) CK(cudaMemcpy(y, d.x, h.size() * 4, cudaMemcpyDeviceToDevice));
+    CK(cudaEventRecord(e1));
+    CK(cudaEventSynchronize(e1));
+    CK(cudaEventElapsedTime(&ms, e0, e1));
+    double copy_gbs = 2.0 * h.size() * 4 / (ms / reps * 1e-3) / 1e9;
+    printf("copy %.1f MB: %.3f ms, %.0f GB/s (read + write)\n", h.size() * 4 / 1e6, ms / reps, copy_gbs);
+    cudaFree(y);
+    for (int W : windows) {
+        double e = check_shape(h, T, S, W, sms, {0, 1, S / 2, S - 1}, &d);
+        launch(d.x, T, S, W, sms, d.m, d.v, d.r);
+        CK(cudaEventRecord(e0));
+        for (int i = 0; i < reps; i++) launch(d.x, T, S, W, sms, d.m, d.v, d.r);
+        CK(cudaEventRecord(e1));
+        CK(cudaEventSynchronize(e1));
+        CK(cudaEventElapsedTime(&ms, e0, e1));
+        double t = ms / reps, n = T - W + 1;
+        double gbs = ((double)S * T * 4 + 3.0 * S * n * 4) / (t * 1e-3) / 1e9;
+        Geo g = geometry(W, T, S, sms);
+        dim3 cg((unsigned)((n + 1023) / 1024), S);
+        ceiling_kernel<<<cg, 256>>>(d.x, T, W, d.m, d.v, d.r);
+        CK(cudaEventRecord(e0));
+        for (int i = 0; i < reps; i++) ceiling_kernel<<<cg, 256>>>(d.x, T, W, d.m, d.v, d.r);
+        CK(cudaEventRecord(e1));
+        CK(cudaEventSynchronize(e1));
+        CK(cudaEventElapsedTime(&ms, e0, e1));
+        double cgbs = ((double)S * T * 4 + 3.0 * S * n * 4) / (ms / reps * 1e-3) / 1e9;
+        printf("W=%5d ceiling (1 read, 3 writes, no work): %.3f ms %6.0f GB/s %5.1f%% of copy\n", W, ms / reps, cgbs,
+               100 * cgbs / copy_gbs);
+        printf("W=%5d %.3f ms %6.0f GB/s %5.1f%% of copy  chunk %d, %d warps/block, %zu B smem  max err %.3g%s\n", W,
+               t, gbs, 100 * gbs / copy_gbs, g.chunk, g.wpb, g.smem, e, e <= 1e-6 ? "" : "  FAIL");
+        ok &= e <= 1e-6;
+    }
+    free_run(d);
+    return ok ? 0 : 1;
+}
