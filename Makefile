@@ -7,7 +7,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 CARGO ?= cargo
 
-.PHONY: build run test test-slurm venv venv-peers bench bench-window bench-peers bench-read bench-run bench-gpu bench-arima-peers bench-arima-scaling bench-sweep-scale bench-lstm bench-lstm-accuracy clean
+.PHONY: build run test test-slurm venv venv-peers bench bench-window bench-peers bench-read bench-run bench-gpu bench-arima-peers bench-arima-scaling bench-sweep-scale bench-sweep-full bench-lstm bench-lstm-accuracy clean
 
 build:
 	$(CARGO) build --release
@@ -85,6 +85,11 @@ bench-arima-scaling: build
 # one of them (needs ~4 GB of disk; the BENCHMARKS.md figures are from the GPU host).
 bench-sweep-scale: build
 	benches/sweep_scale.sh target/release/expertcast 64
+
+# The same with ARIMA and the LSTM too (origin stride 4000), beside a reference that
+# adds statsmodels' ARIMA and PyTorch's LSTM (about 10 minutes on a 16-core GPU host).
+bench-sweep-full: build
+	FULL=1 STRIDE=4000 SWEEP_ARGS="--jobs 4" benches/sweep_scale.sh target/release/expertcast 64
 
 # LSTM training and inference windows/s: our kernels, our network in burn, burn's
 # stock nn::Lstm, and PyTorch's nn.LSTM (cuDNN) at the same sizes, in one run (GPU).

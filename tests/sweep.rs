@@ -65,6 +65,16 @@ fn sweep_results_equal_direct_runs_and_shards_add_up() {
     let units = manifest["units"].as_array().unwrap();
     assert_eq!(units.len(), 4);
     assert!(units.iter().all(|u| u["status"] == "done"));
+    // Each unit's marker has its seconds per stage, none longer than the unit.
+    for u in units {
+        let path = full.join("units").join(format!("{}.json", u["id"].as_str().unwrap()));
+        let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let total = m["seconds"].as_f64().unwrap();
+        for stage in ["read", "stats", "states", "forecast"] {
+            let t = m["stages"][stage].as_f64().unwrap_or_else(|| panic!("{}: no {stage} seconds: {m}", path.display()));
+            assert!((0.0..=total).contains(&t), "{}: {stage} {t} s of {total} s", path.display());
+        }
+    }
 
     // One unit against `expertcast run` with the same settings.
     let unit = units.iter().find(|u| u["origin_stride"] == 1000 && u["trace_file"].as_str().unwrap().contains("s2")).unwrap();

@@ -336,8 +336,9 @@ pub fn parse_devices(s: &str, count: usize) -> Result<Vec<usize>, UsageError> {
     Ok(v)
 }
 
-/// Runs one unit through the pipeline and publishes it.
-fn run_unit(plan: &Plan, unit: &Unit, device: DeviceRequest, gpu: usize) -> anyhow::Result<()> {
+/// Runs one unit through the pipeline and publishes it; returns the run's seconds
+/// per stage (its manifest's `seconds`).
+fn run_unit(plan: &Plan, unit: &Unit, device: DeviceRequest, gpu: usize) -> anyhow::Result<serde_json::Value> {
     let tmp = plan.out.join(".tmp").join(&unit.id);
     let _ = std::fs::remove_dir_all(&tmp);
     let mut argv: Vec<String> = vec!["expertcast".into(), "run".into(), unit.trace_file.display().to_string()];
@@ -352,9 +353,12 @@ fn run_unit(plan: &Plan, unit: &Unit, device: DeviceRequest, gpu: usize) -> anyh
     let Command::Run(args) = &cli.command else { bail!("unit arguments did not parse as run") };
     args.validate()?;
     super::run(args, &argv)?;
+    let manifest = tmp.join("manifest.json");
+    let text = std::fs::read_to_string(&manifest).with_context(|| format!("reading {}", manifest.display()))?;
+    let stages = serde_json::from_str::<serde_json::Value>(&text)?.get("seconds").cloned().unwrap_or_default();
     publish(plan, unit, &tmp)?;
     std::fs::remove_dir_all(&tmp).ok();
-    Ok(())
+    Ok(stages)
 }
 
 fn device_str(d: DeviceRequest) -> &'static str {
@@ -444,9 +448,9 @@ pub fn sweep(args: &SweepArgs) -> anyhow::Result<()> {
                     let t = Instant::now();
                     let info = serde_json::json!({"id": u.id, "trace_file": u.trace_file, "origin_stride": u.origin_stride, "state_window": u.state_window, "kappa": u.kappa, "gpu": (!gpus.is_empty()).then_some(gpu)});
                     let marker = match run_unit(plan, u, args.device, gpu) {
-                        Ok(()) => {
+                        Ok(stages) => {
                             counts.lock().unwrap().0 += 1;
-                            serde_json::json!({"status": "done", "seconds": t.elapsed().as_secs_f64(), "unit": info})
+                            serde_json::json!({"status": "done", "seconds": t.elapsed().as_secs_f64(), "stages": stages, "unit": info})
                         }
                         Err(e) => {
                             bar.suspend(|| eprintln!("expertcast: unit {} ({}) failed: {e:#}", u.id, u.trace_file.display()));
