@@ -210,6 +210,21 @@ fn bad_lstm_configs_fail_clearly() {
     let f = parse_spec("lstm:lookback=50,k=10,train=60").unwrap();
     let e = f.forecast_layer(&layer, &[55], &[1], &mut |_, _, _, _| {}).err().unwrap().to_string();
     assert!(e.contains("no training window"), "{e}");
+    // A run whose first origin leaves no training window is refused before it reads
+    // or writes anything (exit 2), naming the flag and the forecaster.
+    let out = dir.path().join("early");
+    let o = expertcast(&[
+        "run", "datasets/gpt12-e16-top2-s1.parquet", "-o", out.to_str().unwrap(), "-q", "--device", "cpu",
+        "-f", "lstm:lookback=50,k=10,train=60", "--origin-start", "59",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--origin-start 59") && stderr(&o).contains("at least lookback + k = 60"), "{}", stderr(&o));
+    assert!(!out.exists(), "nothing written");
+    // At exactly lookback + k there is one window, and the check lets it through.
+    assert_eq!(f.check_start(60), Ok(()));
+    // A checkpoint needs no training window.
+    let g = parse_spec(&format!("lstm:model={}", dir.path().display())).unwrap();
+    assert_eq!(g.check_start(1), Ok(()));
     // The CLI: bad values exit 2 naming the flag.
     let o = expertcast(&["lstm", "train", "datasets/gpt12-e16-top2-s1.parquet", "-o", "/nonexistent/x", "--k", "0"]);
     assert_eq!(o.status.code(), Some(2));

@@ -95,6 +95,9 @@ pub fn run(args: &RunArgs, argv: &[String]) -> anyhow::Result<()> {
         start: args.origin_start.unwrap_or_else(|| eval::default_start(&forecasters)),
         renormalize: !args.no_renormalize,
     };
+    for (f, spec) in forecasters.iter().zip(&specs) {
+        f.check_start(proto.start).map_err(|e| UsageError(format!("--origin-start {}: {spec}: {e}", proto.start)))?;
+    }
     let inputs = if args.traces.is_empty() { bundled_traces()? } else { args.traces.clone() };
     if let Some(n) = args.threads {
         rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("starting the thread pool")?;

@@ -102,6 +102,13 @@ pub trait Forecaster: Send + Sync {
         Ok(())
     }
 
+    /// Whether the forecaster can serve a run whose first origin is `start` (an LSTM
+    /// trained by the run needs one training window before it); checked before a
+    /// run reads or writes anything.
+    fn check_start(&self, _start: usize) -> Result<(), String> {
+        Ok(())
+    }
+
     /// Predicts `p[origin .. origin + len]` into `out` (`len × experts`, step-major)
     /// from `history`, which for a real forecaster ends at `origin`. Returns how
     /// many expert series fell back to `mean:w=100` (0 for the simple forecasters).

@@ -262,7 +262,7 @@ pub fn fit(win: &Windows, ends: &[usize], cfg: &LstmConfig, device: LstmDevice, 
     let (tr, va) = split(win, ends, cfg.val);
     if tr.is_empty() {
         bail!(
-            "no training window: the LSTM needs more than lookback + k = {} steps of history before the first origin",
+            "no training window: the LSTM needs at least lookback + k = {} steps of history before the first origin",
             win.lookback + win.k
         );
     }
@@ -455,6 +455,16 @@ impl Forecaster for LstmForecaster {
     fn use_device(&mut self, device: &gpu::Device, messages: Option<Messages>) {
         self.device = LstmDevice::from_gpu(device);
         self.messages = messages;
+    }
+
+    fn check_start(&self, start: usize) -> Result<(), String> {
+        let need = self.cfg.lookback + self.cfg.k;
+        if self.model.is_none() && start < need {
+            return Err(format!(
+                "the first origin, step {start}, leaves no training window: an LSTM trained by the run needs at least lookback + k = {need} steps before it (or give model=DIR)"
+            ));
+        }
+        Ok(())
     }
 
     fn check_experts(&self, experts: usize) -> Result<(), String> {
