@@ -3,22 +3,30 @@
 // (`window_series`); tests/gpu.rs compares the two.
 //
 // Layout: input `x` is series-major float32, x[s * T + t]; outputs are series-major
-// too, out[s * n + i] for the window ending at step t = W - 1 + i, n = T - W + 1.
+// too, out[s * n + i] for the window x[i .. i + W - 1] (ending at step W - 1 + i),
+// n = T - W + 1.
 //
-// One warp handles one series over one chunk of outputs, so that a small trace still
-// gives thousands of warps (the time axis is split into chunks that overlap by
-// W - 1 input steps). Lanes walk the time axis together, so a warp's loads cover
-// consecutive steps of one series: whole 128-byte lines.
-//
-// O(1) work per output whatever W (van Herk / Gil-Werman): the chunk's inputs are cut
-// into blocks of W steps. The window ending at offset i of block j+1 is the suffix of
-// block j from offset i+1 plus the prefix of block j+1 up to offset i. Prefixes are
-// scans (each lane K consecutive steps in registers, then one warp scan of the lanes'
-// totals); each finished block's suffix max, min, sum and sum of squares are kept in
-// shared memory (4 padded arrays of W floats per warp) for the next block. Windows
-// of at most 32 steps are gathered from registers by warp shuffles instead. Sums are of
-// x - shift (shift = the chunk's first input), and never span more than 2 W steps,
-// so float32 sums stay within 1e-6 of a float64 computation.
+// window_stats_mid (5 <= W <= 128) and window_stats_long (W > 128) do O(1) work per
+// output whatever W. One warp handles
+// one series over one chunk of outputs, so that a small trace still gives thousands
+// of warps. It walks the chunk in spans of 128 outputs, lane l owning outputs
+// 4l .. 4l + 3 of a span, so that each lane writes its three results as float4:
+// spans are aligned on the flat output index s * n + i (a chunk's first span starts
+// up to 3 outputs early, those lanes write nothing). A span's work:
+//   - each lane loads the last input of its 4 windows ("ends");
+//   - the ends are cut into blocks of B steps, B the largest power of two <= W - 1
+//     (at most 128), and scanned within blocks: prefixes (max, min, sum, sum of
+//     squares) in registers, suffixes from every end to its block's end stored in a
+//     ring in shared memory;
+//   - the window of output i is x[i .. i + W - 1]: its first step i was an end
+//     W - 1 steps earlier, so window = suffix(i) from the ring, joined with the
+//     whole blocks in between (block totals are the suffixes at block starts: Q - 1
+//     or Q of them, W - 1 = Q B + r) and the prefix of its end's block.
+// Each input is loaded once per chunk (chunks overlap by W - 1 steps, the warm-up
+// spans at a chunk's start produce no output). Sums are of x - shift (shift = an
+// input of the chunk) and span at most W + B steps, so float32 stays within 1e-6 of
+// a float64 computation for shares. Windows of at most 4 steps use
+// window_stats_short, which gathers each window from shared memory.
 
 #define FULL 0xffffffffu
 #define SLAB 32
@@ -84,74 +92,9 @@ __device__ __forceinline__ Agg agg_shfl(Agg a, int src) {
     return r;
 }
 
-// Inclusive prefix scan over the 32 lanes.
-__device__ __forceinline__ Agg scan_up(Agg a, int lane) {
-#pragma unroll
-    for (int d = 1; d < 32; d <<= 1) {
-        Agg o = agg_shfl_up(a, d);
-        if (lane >= d) a = agg_join(o, a);
-    }
-    return a;
-}
-
-// Inclusive suffix scan over the 32 lanes.
-__device__ __forceinline__ Agg scan_down(Agg a, int lane) {
-#pragma unroll
-    for (int d = 1; d < 32; d <<= 1) {
-        Agg o = agg_shfl_down(a, d);
-        if (lane + d < 32) a = agg_join(a, o);
-    }
-    return a;
-}
-
-// Both kernels: grid of enough warps for S * chunks (series, chunk) pairs; mean_out
-// may be null, var_out and range_out may not.
-
-// Each lane owns K consecutive positions of a span of 32 K: local scans in registers,
-// one warp scan of the lanes' totals per span.
-#define K 4
-#define SPAN (SLAB * K)
-
 // Shared-memory index with one pad word per 32, so that the 32 lanes touching
-// positions K * lane + c hit 32 different banks.
+// positions 4 * lane + c hit 32 different banks.
 __device__ __forceinline__ int pad(int i) { return i + (i >> 5); }
-
-// Suffix aggregates of the W raw values held in suf_mx (the raw buffer), written to
-// the four suffix arrays; suf_mx is overwritten in place.
-__device__ void block_suffix(float* suf_mx, float* suf_mn, float* suf_sum, float* suf_sq, int W, float shift,
-                             int lane) {
-    Agg carry = agg_identity();
-    for (int e = W; e > 0; e -= SPAN) {
-        const int s0 = e - SPAN + lane * K;
-        Agg sk[K];
-        Agg run = agg_identity();
-#pragma unroll
-        for (int k = K - 1; k >= 0; k--) {
-            const int i = s0 + k;
-            run = agg_join(i >= 0 ? agg_of(suf_mx[pad(i)], shift) : agg_identity(), run);
-            sk[k] = run;
-        }
-        const Agg incl = scan_down(run, lane);
-        Agg after = agg_shfl_down(incl, 1);
-        if (lane == 31) after = agg_identity();
-        const Agg base = agg_join(after, carry);
-        carry = agg_join(agg_shfl(incl, 0), carry);
-        __syncwarp();
-#pragma unroll
-        for (int k = 0; k < K; k++) {
-            const int i = s0 + k;
-            if (i >= 0) {
-                const Agg r = agg_join(sk[k], base);
-                const int p = pad(i);
-                suf_mx[p] = r.mx;
-                suf_mn[p] = r.mn;
-                suf_sum[p] = r.sum;
-                suf_sq[p] = r.sq;
-            }
-        }
-        __syncwarp();
-    }
-}
 
 // Mean, population variance and range of a window from its aggregate, in float32:
 // the sums are of x - shift, so for shares (0 <= x <= 1) the cancellation in
@@ -201,8 +144,8 @@ __device__ __forceinline__ bool task_of(const float* x, int T, int S, int W, int
     return true;
 }
 
-// Windows of at most 32 steps. A warp moves through its chunk GROUP steps at a time:
-// the group's inputs go to shared memory behind the 32 steps before it, and the
+// Windows of at most 4 steps (the kernel is right for any W <= 32). A warp moves
+// through its chunk GROUP steps at a time: the group's inputs go to shared memory behind the 32 steps before it, and the
 // next group is loaded into registers while this one is computed (GROUP / 32 loads
 // in flight per lane). Each output then reads its W inputs from shared memory
 // (consecutive lanes, consecutive words: no bank conflicts).
@@ -211,6 +154,8 @@ __device__ __forceinline__ bool task_of(const float* x, int T, int S, int W, int
 // src/stats/cuda.rs use the same figure).
 #define SHORT_SMEM_FLOATS (SLAB + GROUP)
 
+// Both kernels: grid of enough warps for S * chunks (series, chunk) pairs; mean_out
+// may be null, var_out and range_out may not.
 extern "C" __global__ void __launch_bounds__(256) window_stats_short(const float* __restrict__ x, int T, int S, int W,
                                                                      int chunk, float* __restrict__ mean_out,
                                                                      float* __restrict__ var_out,
@@ -252,145 +197,323 @@ extern "C" __global__ void __launch_bounds__(256) window_stats_short(const float
     }
 }
 
-// Windows longer than 32 steps: van Herk blocks. Dynamic shared memory per warp:
-// 4 padded arrays of W + W / 32 + 1 floats, and 4 staging arrays of 132 floats
-// through which each span's inputs and outputs move coalesced.
-#define LONG_SMEM_FLOATS(W) (4 * ((W) + (W) / 32 + 1) + 4 * (SPAN + SPAN / 32))
-extern "C" __global__ void __launch_bounds__(256) window_stats_long(const float* __restrict__ x, int T, int S, int W,
-                                                                    int chunk, float* __restrict__ mean_out,
-                                                                    float* __restrict__ var_out,
-                                                                    float* __restrict__ range_out) {
+
+// Outputs per span and lanes' outputs per span.
+#define SPAN 128
+// Positions of the rings of window W (a multiple of SPAN, at least W - 1 + SPAN),
+// and the floats of shared memory per warp of window_stats_long (src/stats/cuda.rs
+// and the harness use the same figures).
+#define RING(W) ((((W) - 1) / SPAN + 2) * SPAN)
+// A span of 128 positions, padded.
+#define SPANP (SPAN + SPAN / 32)
+// W <= 128: 4 padded suffix rings. W > 128: a padded raw ring, 2 suffix buffers
+// (4 quantities of a span each) and rings of block totals and of suffixes within
+// groups of blocks (4 quantities a span each).
+#define LONG_SMEM_FLOATS(W)                                                           \
+    ((W) <= SPAN ? 4 * (RING(W) + RING(W) / 32)                                     \
+                 : RING(W) + RING(W) / 32 + 8 * SPANP + 8 * (RING(W) / SPAN))
+
+// The 4 quantities at index i of 4 arrays `stride` apart.
+__device__ __forceinline__ Agg agg_at(const float* a0, int stride, int i) {
+    Agg a;
+    a.mx = a0[i];
+    a.mn = a0[stride + i];
+    a.sum = a0[2 * stride + i];
+    a.sq = a0[3 * stride + i];
+    return a;
+}
+
+__device__ __forceinline__ void agg_put(float* a0, int stride, int i, Agg a) {
+    a0[i] = a.mx;
+    a0[stride + i] = a.mn;
+    a0[2 * stride + i] = a.sum;
+    a0[3 * stride + i] = a.sq;
+}
+
+// The same in padded arrays (shared-memory rings and buffers).
+__device__ __forceinline__ Agg ring_load(const float* r, int stride, int slot) { return agg_at(r, stride, pad(slot)); }
+
+__device__ __forceinline__ void store3(float* mean_out, float* var_out, float* range_out, long o, float3 r) {
+    if (mean_out) __stcs(mean_out + o, r.x);
+    __stcs(var_out + o, r.y);
+    __stcs(range_out + o, r.z);
+}
+
+// The body of window_stats_mid (BIG = false: W <= 128, blocks of B < 128 ends and
+// a suffix ring) and window_stats_long (BIG = true: W > 128, blocks are spans, raw
+// ring); two kernels so that each keeps only its own path's registers.
+// AHEAD: spans whose loads are in flight ahead of the one being computed.
+template <bool BIG, int AHEAD>
+__device__ __forceinline__ void span_stats(const float* __restrict__ x, int T, int S, int W, int chunk,
+                                           float* __restrict__ mean_out, float* __restrict__ var_out,
+                                           float* __restrict__ range_out) {
     extern __shared__ float smem[];
-    Task k;
-    if (!task_of(x, T, S, W, chunk, k)) return;
-    const int lane = k.lane, warp = k.warp, c0 = k.c0, c1 = k.c1, a = k.a;
-    const float* xs = k.xs;
-    const float shift = k.shift;
-    const float inv_w = k.inv_w;
-    const long obase = k.obase;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int n = T - W + 1;
+    if (n <= 0) return;
+    const int chunks = (n + chunk - 1) / chunk;
+    const long gw = (long)blockIdx.x * (blockDim.x >> 5) + warp;
+    if (gw >= (long)S * chunks) return;
+    const int s = (int)(gw / chunks);
+    const int i0 = (int)(gw % chunks) * chunk;  // first output of the chunk
+    const int i1 = min(i0 + chunk, n);          // one past its last
+    const long gbase = (long)s * n;             // flat index of output 0 of the series
+    const int ia = i0 - (int)((gbase + i0) & 3);  // first span, aligned on the flat index
+    const int D = W - 1;
+    int B = SPAN;
+    if (!BIG)
+        for (B = 4; 2 * B <= D && B < SPAN;) B *= 2;
+    const int G = B / 4;  // lanes per block
+    const int Q = D / B, r = D % B;
+    const int R = RING(W), stride = R + R / 32;
+    const int warm = (D + SPAN - 1) / SPAN;
+    const int o0 = ia - warm * SPAN;  // output index of span 0 (whose ends start the ring)
+    const float* xs = x + (long)s * T;
+    const float shift = xs[i0];
+    const float inv_w = 1.0f / (float)W;
+    const int li = lane & (G - 1);
+    const int own = 4 * lane;  // this lane's first output in a span
 
-    const int stride = W + (W >> 5) + 1;  // padded length of one suffix array
-    float* suf_mx = smem + (long)warp * 4 * (stride + SPAN + SPAN / 32);
-    float* suf_mn = suf_mx + stride;
-    float* suf_sum = suf_mn + stride;
-    float* suf_sq = suf_sum + stride;
-
-    // Block 0: raw values (eight loads in flight per lane), then its suffixes; its
-    // last step is the first output. The first span of block 1 is loaded meanwhile.
-    for (int i0 = 0; i0 < W; i0 += 8 * SLAB) {
-        float v[8];
+    // nx[a][k]: the end of output own + k of span v0 + a, loaded AHEAD spans before
+    // it is used; steps outside the series load as 0.
+    float nx[AHEAD][4];
 #pragma unroll
-        for (int j = 0; j < 8; j++) {
-            const int i = i0 + SLAB * j + lane;
-            v[j] = (i < W) ? xs[a + i] : 0.0f;
+    for (int a = 0; a < AHEAD; a++) {
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            const int p = o0 + a * SPAN + own + k + D;
+            nx[a][k] = ((unsigned)p < (unsigned)T) ? __ldg(xs + p) : 0.0f;
         }
-#pragma unroll
-        for (int j = 0; j < 8; j++) {
-            const int i = i0 + SLAB * j + lane;
-            if (i < W) suf_mx[pad(i)] = v[j];
-        }
     }
-    // nx holds the next span to be scanned, loaded coalesced: nx[j] is step
-    // b + i0 + 32 j + lane of that span. Spans run through blocks and on into the
-    // next block, so a load is always in flight, also when a block is a single span.
-    float nx[K];
+    int sbase = 0;  // ring slot of the span's first end
+    // Long kernel: groups of L blocks for the blocks between a window's ends; the
+    // prefix of the current group and the position in it.
+    const int L = Q - 1;
+    Agg gpre = agg_identity();
+    int gpos = 0;
+    for (int v0 = 0; o0 + v0 * SPAN < i1; v0 += AHEAD) {
 #pragma unroll
-    for (int j = 0; j < K; j++) {
-        const int t = a + W + SLAB * j + lane;
-        nx[j] = (t < c1) ? xs[t] : 0.0f;
-    }
-    __syncwarp();
-    block_suffix(suf_mx, suf_mn, suf_sum, suf_sq, W, shift, lane);
-    if (lane == 0) {
-        Agg w;
-        w.mx = suf_mx[0];
-        w.mn = suf_mn[0];
-        w.sum = suf_sum[0];
-        w.sq = suf_sq[0];
-        emit(mean_out, var_out, range_out, obase + c0, w, inv_w, shift);
-    }
-    __syncwarp();
-
-    // Staging for coalesced global access: a span's inputs, and its outputs.
-    const int sp = SPAN + SPAN / 32;
-    float* st_in = suf_sq + stride;
-    float* st_mean = st_in + sp;
-    float* st_var = st_mean + sp;
-    float* st_rng = st_var + sp;
-
-    // Blocks 1, 2, ...: prefix scans joined with the previous block's suffixes.
-    for (int b = a + W; b < c1; b += W) {
-        const int len = min(W, c1 - b);
-        Agg carry = agg_identity();
-        for (int i0 = 0; i0 < len; i0 += SPAN) {
+        for (int a = 0; a < AHEAD; a++) {
+            const int isp = o0 + (v0 + a) * SPAN;  // output index of the span's first output
+            if (isp >= i1) break;
+            float cur[4];
 #pragma unroll
-            for (int j = 0; j < K; j++) st_in[pad(SLAB * j + lane)] = nx[j];
-            // Prefetch the span after this one (in this block or the next) while
-            // this one is scanned.
-            const int next = (i0 + SPAN < len) ? b + i0 + SPAN : b + W;
-#pragma unroll
-            for (int j = 0; j < K; j++) {
-                const int t = next + SLAB * j + lane;
-                nx[j] = (t < c1) ? xs[t] : 0.0f;
+            for (int k = 0; k < 4; k++) {
+                cur[k] = nx[a][k];
+                const int p = isp + AHEAD * SPAN + own + k + D;
+                nx[a][k] = ((unsigned)p < (unsigned)T && isp + AHEAD * SPAN < i1) ? __ldg(xs + p) : 0.0f;
             }
-            __syncwarp();
-            float v[K];
-            Agg pk[K];
+            // The lane's 4 ends and their prefixes within the block (4 quantities):
+            // local running joins, then a scan over the G lanes of each block.
+            // Steps outside the series (loaded as 0) need no masking: a window's
+            // start, whole blocks and end lie inside it, so its suffix, blocks and
+            // prefix never include them.
+            Agg e[4], pk[4];
             Agg run = agg_identity();
 #pragma unroll
-            for (int k = 0; k < K; k++) {
-                const int i = i0 + lane * K + k;
-                v[k] = st_in[pad(lane * K + k)];
-                run = agg_join(run, i < len ? agg_of(v[k], shift) : agg_identity());
+            for (int k = 0; k < 4; k++) {
+                e[k] = agg_of(cur[k], shift);
+                run = agg_join(run, e[k]);
                 pk[k] = run;
             }
-            const Agg incl = scan_up(run, lane);
-            Agg before = agg_shfl_up(incl, 1);
-            if (lane == 0) before = agg_identity();
-            const Agg base = agg_join(carry, before);
-            carry = agg_join(carry, agg_shfl(incl, 31));
+            Agg incl = run;
 #pragma unroll
-            for (int k = 0; k < K; k++) {
-                const int i = i0 + lane * K + k;
-                if (i < len) {
-                    Agg w = agg_join(base, pk[k]);
-                    if (i + 1 < W) {
-                        const int p = pad(i + 1);
-                        Agg q;
-                        q.mx = suf_mx[p];
-                        q.mn = suf_mn[p];
-                        q.sum = suf_sum[p];
-                        q.sq = suf_sq[p];
-                        w = agg_join(q, w);
+            for (int d = 1; d < 32; d <<= 1) {
+                if (d >= G) break;
+                const Agg o = agg_shfl_up(incl, d);
+                if (li >= d) incl = agg_join(o, incl);
+            }
+            Agg ex = agg_shfl_up(incl, 1);
+            if (li == 0) ex = agg_identity();
+#pragma unroll
+            for (int k = 0; k < 4; k++) pk[k] = agg_join(ex, pk[k]);
+            // win[k]: the window of output own + k up to its end's block.
+            Agg win[4];
+            if (BIG) {
+                // Blocks are spans. The raw ends go to the raw ring and the span's
+                // total to the totals ring; block J - Q (J this span) is read back
+                // from the raw ring and suffix-scanned into the suffix buffer of this
+                // span's parity: the windows of this span start in block J - Q (at
+                // offset o - r for o >= r) or in block J - Q - 1 (the other buffer).
+                float* raw = smem + (long)warp * LONG_SMEM_FLOATS(W);
+                float* sbuf = raw + stride;
+                float* tots = sbuf + 8 * SPANP;
+                float* gsuf = tots + 4 * (R / SPAN);
+                const int nb = R / SPAN, jb = sbase / SPAN;
+#pragma unroll
+                for (int k = 0; k < 4; k++) raw[pad(sbase + own + k)] = cur[k];
+                if (lane == 31) agg_put(tots, nb, jb, incl);
+                __syncwarp();
+                const int par = (v0 + a) & 1;
+                float* cb = sbuf + par * 4 * SPANP;
+                const float* pb = sbuf + (par ^ 1) * 4 * SPANP;
+                // Warm-up spans before the one just before the first output only
+                // feed the raw ring and the block totals: no output reads their
+                // suffixes.
+                if (isp + SPAN >= ia) {
+                    int qs = sbase - Q * SPAN;
+                    if (qs < 0) qs += R;
+                    Agg sk[4];
+                    Agg back = agg_identity();
+#pragma unroll
+                    for (int k = 3; k >= 0; k--) {
+                        const Agg f = agg_of(raw[pad(qs + own + k)], shift);
+                        back = agg_join(f, back);
+                        sk[k] = back;
                     }
-                    const float3 r = finish(w, inv_w, shift);
-                    const int p = pad(lane * K + k);
-                    st_mean[p] = r.x;
-                    st_var[p] = r.y;
-                    st_rng[p] = r.z;
+#pragma unroll
+                    for (int d = 1; d < 32; d <<= 1) {
+                        const Agg o = agg_shfl_down(back, d);
+                        if (lane + d < 32) back = agg_join(back, o);
+                    }
+                    Agg after = agg_shfl_down(back, 1);
+                    if (lane == 31) after = agg_identity();
+#pragma unroll
+                    for (int k = 0; k < 4; k++) {
+                        agg_put(cb, SPANP, pad(own + k), agg_join(sk[k], after));
+                    }
+                }
+                __syncwarp();
+                // Whole blocks between: J - Q + 1 .. J - 1 (ma), and J - Q too (mb).
+                // ma slides by one block a span: van Herk again, over the blocks, in
+                // groups of L = Q - 1: ma = (suffix of its first block's group) joined
+                // with (prefix of block J - 1's group), or that whole group.
+                Agg ma = agg_identity();
+                if (L > 0) {
+                    if (gpos == 0) {
+                        ma = gpre;
+                    } else {
+                        int t = jb - L;
+                        if (t < 0) t += nb;
+                        ma = agg_join(agg_at(gsuf, nb, t), gpre);
+                    }
+                    const Agg tj = agg_at(tots, nb, jb);
+                    gpre = gpos == 0 ? tj : agg_join(gpre, tj);
+                    if (++gpos == L) {
+                        // Block J ends a group: the suffixes of its blocks.
+                        gpos = 0;
+                        Agg acc = agg_identity();
+                        for (int j = 0; j < L; j++) {
+                            int t = jb - j;
+                            if (t < 0) t += nb;
+                            acc = agg_join(agg_at(tots, nb, t), acc);
+                            if (lane == 0) agg_put(gsuf, nb, t, acc);
+                        }
+                    }
+                }
+                const Agg mb = agg_join(ma, ring_load(cb, SPANP, 0));
+#pragma unroll
+                for (int k = 0; k < 4; k++) {
+                    const int o = own + k;
+                    const bool here = o >= r;
+                    win[k] = agg_join(ring_load(here ? cb : pb, SPANP, here ? o - r : o - r + SPAN), here ? ma : mb);
+                }
+            } else {
+                // Blocks of B < 128 ends: every end's suffix to its block's end goes
+                // to the ring; windows read their first step's suffix back.
+                float* ring = smem + (long)warp * LONG_SMEM_FLOATS(W);
+                float smx[4], smn[4];
+                float m1 = -F_INF, m2 = F_INF;
+#pragma unroll
+                for (int k = 3; k >= 0; k--) {
+                    m1 = fmaxf(m1, e[k].mx);
+                    m2 = fminf(m2, e[k].mn);
+                    smx[k] = m1;
+                    smn[k] = m2;
+                }
+#pragma unroll
+                for (int d = 1; d < 32; d <<= 1) {
+                    if (d >= G) break;
+                    const float u1 = __shfl_down_sync(FULL, m1, d), u2 = __shfl_down_sync(FULL, m2, d);
+                    if (li + d < G) {
+                        m1 = fmaxf(m1, u1);
+                        m2 = fminf(m2, u2);
+                    }
+                }
+                const Agg tot = agg_shfl(incl, lane | (G - 1));
+                float a1 = __shfl_down_sync(FULL, m1, 1), a2 = __shfl_down_sync(FULL, m2, 1);
+                if (li == G - 1) {
+                    a1 = -F_INF;
+                    a2 = F_INF;
+                }
+#pragma unroll
+                for (int k = 0; k < 4; k++) {
+                    Agg f;
+                    f.mx = fmaxf(smx[k], a1);
+                    f.mn = fminf(smn[k], a2);
+                    f.sum = tot.sum - pk[k].sum + e[k].sum;
+                    f.sq = tot.sq - pk[k].sq + e[k].sq;
+                    agg_put(ring, stride, pad(sbase + own + k), f);
+                }
+                __syncwarp();
+                // Whole blocks between a window's first step and its end's block:
+                // the Q - 1 before this lane's block (ma), and one more (mb).
+                const int bstart = sbase + (own & ~(B - 1));
+                Agg ma = agg_identity();
+                for (int j = 1; j < Q; j++) {
+                    int q = bstart - j * B;
+                    if (q < 0) q += R;
+                    ma = agg_join(ma, ring_load(ring, stride, q));
+                }
+                int qb = bstart - Q * B;
+                if (qb < 0) qb += R;
+                const Agg mb = agg_join(ma, ring_load(ring, stride, qb));
+#pragma unroll
+                for (int k = 0; k < 4; k++) {
+                    int q = sbase + own + k - D;
+                    if (q < 0) q += R;
+                    const int off = (own + k) & (B - 1);
+                    win[k] = agg_join(ring_load(ring, stride, q), off >= r ? ma : mb);
                 }
             }
             __syncwarp();
+            if (isp >= ia) {
+                float3 res[4];
 #pragma unroll
-            for (int k = 0; k < K; k++) {
-                const int i = i0 + lane * K + k;
-                if (i < len) suf_mx[pad(i)] = v[k];  // raw values of this block, for its suffixes
-            }
+                for (int k = 0; k < 4; k++) res[k] = finish(agg_join(win[k], pk[k]), inv_w, shift);
+                const long o = gbase + isp + own;
+                if (isp >= i0 && isp + SPAN <= i1) {
+                    if (mean_out)
+                        __stcs((float4*)(mean_out + o), make_float4(res[0].x, res[1].x, res[2].x, res[3].x));
+                    __stcs((float4*)(var_out + o), make_float4(res[0].y, res[1].y, res[2].y, res[3].y));
+                    __stcs((float4*)(range_out + o), make_float4(res[0].z, res[1].z, res[2].z, res[3].z));
+                } else {
 #pragma unroll
-            for (int j = 0; j < K; j++) {
-                const int i = i0 + SLAB * j + lane;
-                if (i < len) {
-                    const long o = obase + b + i;
-                    const int p = pad(SLAB * j + lane);
-                    if (mean_out) mean_out[o] = st_mean[p];
-                    var_out[o] = st_var[p];
-                    range_out[o] = st_rng[p];
+                    for (int k = 0; k < 4; k++) {
+                        const int i = isp + own + k;
+                        if (i >= i0 && i < i1) store3(mean_out, var_out, range_out, o + k, res[k]);
+                    }
                 }
             }
-            __syncwarp();
+            sbase += SPAN;
+            if (sbase == R) sbase = 0;
         }
-        if (b + W < c1) block_suffix(suf_mx, suf_mn, suf_sum, suf_sq, W, shift, lane);
     }
+}
+
+// Settings measured on an H200 with benches/cuda/window_stats_harness.cu (the
+// macros let the harness try others): both kernels run fastest with two spans of
+// loads ahead; the mid kernel with no register cap (118 registers), the long kernel
+// capped at 128 (2 blocks of 256 threads a multiprocessor; at 80 registers, W = 1000
+// took 1.148 ms instead of 1.075 ms).
+#ifndef MID_AHEAD
+#define MID_AHEAD 2
+#define MID_MIN_BLOCKS 1
+#endif
+#ifndef LONG_AHEAD
+#define LONG_AHEAD 2
+#define LONG_MIN_BLOCKS 2
+#endif
+extern "C" __global__ void __launch_bounds__(256, MID_MIN_BLOCKS)
+    window_stats_mid(const float* __restrict__ x, int T, int S, int W, int chunk, float* __restrict__ mean_out,
+                     float* __restrict__ var_out, float* __restrict__ range_out) {
+    span_stats<false, MID_AHEAD>(x, T, S, W, chunk, mean_out, var_out, range_out);
+}
+
+extern "C" __global__ void __launch_bounds__(256, LONG_MIN_BLOCKS)
+    window_stats_long(const float* __restrict__ x, int T, int S, int W, int chunk, float* __restrict__ mean_out,
+                      float* __restrict__ var_out, float* __restrict__ range_out) {
+    span_stats<true, LONG_AHEAD>(x, T, S, W, chunk, mean_out, var_out, range_out);
 }
 
 // Layer summaries from the per-expert variance and range: for each layer l and

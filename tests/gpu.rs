@@ -73,6 +73,23 @@ fn awkward_shapes_match_the_cpu() {
         (4, 1100, 1000), // a window longer than a warp's chunk of outputs
         (5, 20_000, 1000),
         (130, 777, 33),
+        // Each side of the short/long kernel boundary (W = 4 / 5) and of every block
+        // size of the long kernel (the largest power of two <= W - 1, 4 .. 128), and
+        // windows of several blocks of 128 with remainders.
+        (5, 2003, 4),
+        (5, 2003, 5),
+        (5, 2003, 8),
+        (5, 2003, 9),
+        (5, 2003, 10),
+        (5, 2003, 17),
+        (5, 2003, 32),
+        (5, 2003, 64),
+        (5, 2003, 65),
+        (5, 2003, 128),
+        (5, 2003, 129),
+        (5, 2003, 257),
+        (6, 2999, 513),
+        (9, 131, 7),
     ] {
         check(series, steps, w, sd);
     }

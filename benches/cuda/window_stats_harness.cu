@@ -7,8 +7,12 @@
 // It launches the kernels with the geometry of src/stats/cuda.rs (`geometry`), checks
 // every output of awkward small shapes and of four whole paper-scale series against
 // a float64 computation (outputs poisoned with NaN first), and times each window with
-// CUDA events beside a device-to-device copy of the input. `expertcast bench` remains
-// the benchmark of record; this harness is for trying kernel variants quickly.
+// CUDA events beside a device-to-device copy of the input and four kernels that move
+// the same bytes with no arithmetic (ceilings of the access pattern). Environment:
+// WS_CHUNK_W (chunk length in windows, default 8) and WS_WPB (warps a block) override
+// the geometry; the kernels' AHEAD / MIN_BLOCKS macros can be set with -D.
+// `expertcast bench` remains the benchmark of record; this harness is for trying
+// kernel variants quickly.
 
 #include <cuda_runtime.h>
 
@@ -39,55 +43,79 @@
     } while (0)
 
 // What the access pattern allows: read each series' steps W - 1 .. T - 1 and write
-// three outputs per step, with no arithmetic to speak of.
+// three outputs per step, with no arithmetic to speak of; STREAM: with streaming
+// stores (evict-first, as the outputs are not read again by the kernel).
+template <bool STREAM>
 __global__ void ceiling_kernel(const float* __restrict__ x, int T, int W, float* __restrict__ m,
                                float* __restrict__ v, float* __restrict__ r) {
     const int n = T - W + 1;
     const long s = blockIdx.y;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
         const float a = x[s * T + W - 1 + i];
-        m[s * n + i] = a;
-        v[s * n + i] = a * a;
-        r[s * n + i] = a + 1.0f;
+        if (STREAM) {
+            __stcs(m + s * n + i, a);
+            __stcs(v + s * n + i, a * a);
+            __stcs(r + s * n + i, a + 1.0f);
+        } else {
+            m[s * n + i] = a;
+            v[s * n + i] = a * a;
+            r[s * n + i] = a + 1.0f;
+        }
     }
 }
 
-// The same bytes moved as flat float4 streams (16-byte loads and streaming stores):
-// the pattern's ceiling without per-series offsets or alignment concerns.
-__global__ void ceiling4_kernel(const float4* __restrict__ x, long n4, float4* __restrict__ m,
-                                float4* __restrict__ v, float4* __restrict__ r) {
-    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n4; i += (long)gridDim.x * blockDim.x) {
-        const float4 a = x[i];
-        __stcs(m + i, a);
-        __stcs(v + i, make_float4(a.x * a.x, a.y * a.y, a.z * a.z, a.w * a.w));
-        __stcs(r + i, make_float4(a.x + 1, a.y + 1, a.z + 1, a.w + 1));
+// Outputs as one flat index g = s n + i cut into aligned float4 groups (a group may
+// straddle two series); each output's input x[g + (s + 1)(W - 1)] read as a scalar.
+// The ceiling of a kernel that writes float4 in the real output layout.
+__global__ void ceiling_g4_kernel(const float* __restrict__ x, int n, int W, long total, float* __restrict__ m,
+                                  float* __restrict__ v, float* __restrict__ r) {
+    for (long g = 4 * (blockIdx.x * (long)blockDim.x + threadIdx.x); g < total;
+         g += 4 * (long)gridDim.x * blockDim.x) {
+        float a[4];
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            const long gk = min(g + k, total - 1);
+            a[k] = __ldg(x + gk + (gk / n + 1) * (long)(W - 1));
+        }
+        __stcs((float4*)(m + g), make_float4(a[0], a[1], a[2], a[3]));
+        __stcs((float4*)(v + g), make_float4(a[0] * a[0], a[1] * a[1], a[2] * a[2], a[3] * a[3]));
+        __stcs((float4*)(r + g), make_float4(a[0] + 1, a[1] + 1, a[2] + 1, a[3] + 1));
     }
 }
+
+#ifndef CHUNK_W
+#define CHUNK_W 8
+#endif
 
 struct Geo {
     int chunk, wpb, blocks;
     size_t smem;
 };
 
-static size_t smem_per_warp(int w) { return 4 * (size_t)(w <= 32 ? SHORT_SMEM_FLOATS : LONG_SMEM_FLOATS(w)); }
+static size_t smem_per_warp(int w) { return 4 * (size_t)(w <= 4 ? SHORT_SMEM_FLOATS : LONG_SMEM_FLOATS(w)); }
 
 // Mirror of geometry() in src/stats/cuda.rs.
 static Geo geometry(int w, int T, int S, int sms) {
     long n = std::max(T - w + 1, 1);
     long want_warps = 16L * 32 * sms;
     long want_chunks = (want_warps + S - 1) / S;
-    long chunk = std::min(std::max(std::max(8L * w, (n + want_chunks - 1) / want_chunks), 32L), n);
+    static long per_w = getenv("WS_CHUNK_W") ? atol(getenv("WS_CHUNK_W")) : CHUNK_W;
+    long chunk = std::min(std::max(std::max(per_w * w, (n + want_chunks - 1) / want_chunks), 32L), n);
     size_t spw = smem_per_warp(w);
-    int wpb = (int)std::min<size_t>(std::max<size_t>(48 * 1024 / std::max<size_t>(spw, 1), 1), 8);
+    int wpb = (int)std::min<size_t>(std::max<size_t>(96 * 1024 / std::max<size_t>(spw, 1), 1), 8);
+    if (getenv("WS_WPB")) wpb = atoi(getenv("WS_WPB"));
     long warps = (long)S * ((n + chunk - 1) / chunk);
     return Geo{(int)chunk, wpb, (int)((warps + wpb - 1) / wpb), wpb * spw};
 }
 
 static void launch(const float* x, int T, int S, int W, int sms, float* m, float* v, float* r) {
     Geo g = geometry(W, T, S, sms);
-    if (W <= 32) {
+    if (W <= 4) {
         CK(cudaFuncSetAttribute(window_stats_short, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)g.smem));
         window_stats_short<<<g.blocks, 32 * g.wpb, g.smem>>>(x, T, S, W, g.chunk, m, v, r);
+    } else if (W <= 128) {
+        CK(cudaFuncSetAttribute(window_stats_mid, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)g.smem));
+        window_stats_mid<<<g.blocks, 32 * g.wpb, g.smem>>>(x, T, S, W, g.chunk, m, v, r);
     } else {
         CK(cudaFuncSetAttribute(window_stats_long, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)g.smem));
         window_stats_long<<<g.blocks, 32 * g.wpb, g.smem>>>(x, T, S, W, g.chunk, m, v, r);
@@ -184,7 +212,10 @@ int main(int argc, char** argv) {
 
     // Awkward small shapes, every series checked.
     const int shapes[][3] = {{50, 3, 10},  {10, 2, 10},     {9, 2, 10},    {1000, 1, 1},   {3000, 4, 33},
-                             {1100, 4, 1000}, {5000, 3, 100}, {20000, 2, 32}, {777, 5, 129}, {40000, 3, 1000}};
+                             {1100, 4, 1000}, {5000, 3, 100}, {20000, 2, 32}, {777, 5, 129}, {40000, 3, 1000},
+                             {3001, 5, 4},  {3001, 5, 5},     {3001, 5, 6},  {3001, 5, 9},    {3001, 5, 10},
+                             {3001, 5, 17}, {3001, 5, 64},    {3001, 5, 65}, {3001, 5, 128},  {3001, 5, 257},
+                             {3001, 5, 300}, {2999, 7, 513},  {5, 3, 5},     {131, 9, 7},     {1000, 1, 999}};
     for (auto& sh : shapes) {
         int T = sh[0], S = sh[1], W = sh[2];
         std::vector<float> h((size_t)S * T);
@@ -207,51 +238,51 @@ int main(int argc, char** argv) {
     Run d = alloc_run(h, (long)S * T);
     float* y;
     CK(cudaMalloc(&y, h.size() * 4));
+    // Milliseconds per call of f: one call to warm up, then reps between events.
     cudaEvent_t e0, e1;
     CK(cudaEventCreate(&e0));
     CK(cudaEventCreate(&e1));
-    float ms = 0;
-    CK(cudaMemcpy(y, d.x, h.size() * 4, cudaMemcpyDeviceToDevice));
-    CK(cudaEventRecord(e0));
-    for (int i = 0; i < reps; i++) CK(cudaMemcpy(y, d.x, h.size() * 4, cudaMemcpyDeviceToDevice));
-    CK(cudaEventRecord(e1));
-    CK(cudaEventSynchronize(e1));
-    CK(cudaEventElapsedTime(&ms, e0, e1));
-    double copy_gbs = 2.0 * h.size() * 4 / (ms / reps * 1e-3) / 1e9;
-    printf("copy %.1f MB: %.3f ms, %.0f GB/s (read + write)\n", h.size() * 4 / 1e6, ms / reps, copy_gbs);
+    auto time_ms = [&](auto f) {
+        f();
+        CK(cudaEventRecord(e0));
+        for (int i = 0; i < reps; i++) f();
+        CK(cudaEventRecord(e1));
+        CK(cudaEventSynchronize(e1));
+        float ms = 0;
+        CK(cudaEventElapsedTime(&ms, e0, e1));
+        CK(cudaGetLastError());
+        return ms / reps;
+    };
+    double ms = time_ms([&] { CK(cudaMemcpy(y, d.x, h.size() * 4, cudaMemcpyDeviceToDevice)); });
+    double copy_gbs = 2.0 * h.size() * 4 / (ms * 1e-3) / 1e9;
+    printf("copy %.1f MB: %.3f ms, %.0f GB/s (read + write)\n", h.size() * 4 / 1e6, ms, copy_gbs);
     cudaFree(y);
     for (int W : windows) {
         double e = check_shape(h, T, S, W, sms, {0, 1, S / 2, S - 1}, &d);
-        launch(d.x, T, S, W, sms, d.m, d.v, d.r);
-        CK(cudaEventRecord(e0));
-        for (int i = 0; i < reps; i++) launch(d.x, T, S, W, sms, d.m, d.v, d.r);
-        CK(cudaEventRecord(e1));
-        CK(cudaEventSynchronize(e1));
-        CK(cudaEventElapsedTime(&ms, e0, e1));
-        double t = ms / reps, n = T - W + 1;
-        double gbs = ((double)S * T * 4 + 3.0 * S * n * 4) / (t * 1e-3) / 1e9;
+        const double n = T - W + 1, bytes = (double)S * T * 4 + 3.0 * S * n * 4;
+        auto report = [&](const char* what, double ms) {
+            const double gbs = bytes / (ms * 1e-3) / 1e9;
+            printf("W=%5d ceiling, %s: %.3f ms %6.0f GB/s %5.1f%% of copy\n", W, what, ms, gbs, 100 * gbs / copy_gbs);
+        };
+        double t = time_ms([&] { launch(d.x, T, S, W, sms, d.m, d.v, d.r); });
+        double gbs = bytes / (t * 1e-3) / 1e9;
         Geo g = geometry(W, T, S, sms);
         dim3 cg((unsigned)((n + 1023) / 1024), S);
-        ceiling_kernel<<<cg, 256>>>(d.x, T, W, d.m, d.v, d.r);
-        CK(cudaEventRecord(e0));
-        for (int i = 0; i < reps; i++) ceiling_kernel<<<cg, 256>>>(d.x, T, W, d.m, d.v, d.r);
-        CK(cudaEventRecord(e1));
-        CK(cudaEventSynchronize(e1));
-        CK(cudaEventElapsedTime(&ms, e0, e1));
-        double cgbs = ((double)S * T * 4 + 3.0 * S * n * 4) / (ms / reps * 1e-3) / 1e9;
-        printf("W=%5d ceiling (1 read, 3 writes, no work): %.3f ms %6.0f GB/s %5.1f%% of copy\n", W, ms / reps, cgbs,
-               100 * cgbs / copy_gbs);
-        const long n4 = (long)S * (long)n / 4;
-        ceiling4_kernel<<<132 * 16, 256>>>((const float4*)d.x, n4, (float4*)d.m, (float4*)d.v, (float4*)d.r);
-        CK(cudaEventRecord(e0));
-        for (int i = 0; i < reps; i++)
+        report("per series (1 read, 3 writes, no work)",
+               time_ms([&] { ceiling_kernel<false><<<cg, 256>>>(d.x, T, W, d.m, d.v, d.r); }));
+        report("per series, streaming stores",
+               time_ms([&] { ceiling_kernel<true><<<cg, 256>>>(d.x, T, W, d.m, d.v, d.r); }));
+        const long total = (long)S * (long)n;
+        report("flat outputs as float4, scalar reads",
+               time_ms([&] { ceiling_g4_kernel<<<132 * 16, 256>>>(d.x, (int)n, W, total & ~3L, d.m, d.v, d.r); }));
+        // Flat streams: 16 bytes read and 48 written per 4 outputs (n4 * 64 bytes).
+        const long n4 = total / 4;
+        const double fms = time_ms([&] {
             ceiling4_kernel<<<132 * 16, 256>>>((const float4*)d.x, n4, (float4*)d.m, (float4*)d.v, (float4*)d.r);
-        CK(cudaEventRecord(e1));
-        CK(cudaEventSynchronize(e1));
-        CK(cudaEventElapsedTime(&ms, e0, e1));
-        cgbs = (16.0 * n4 * 4) / (ms / reps * 1e-3) / 1e9;
-        printf("W=%5d ceiling, flat float4 streams: %.3f ms %6.0f GB/s %5.1f%% of copy\n", W, ms / reps, cgbs,
-               100 * cgbs / copy_gbs);
+        });
+        const double fgbs = 64.0 * n4 / (fms * 1e-3) / 1e9;
+        printf("W=%5d ceiling, flat float4 streams: %.3f ms %6.0f GB/s %5.1f%% of copy\n", W, fms, fgbs,
+               100 * fgbs / copy_gbs);
         printf("W=%5d %.3f ms %6.0f GB/s %5.1f%% of copy  chunk %d, %d warps/block, %zu B smem  max err %.3g%s\n", W,
                t, gbs, 100 * gbs / copy_gbs, g.chunk, g.wpb, g.smem, e, e <= 1e-6 ? "" : "  FAIL");
         ok &= e <= 1e-6;

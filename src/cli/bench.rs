@@ -186,7 +186,7 @@ fn bench_gpu(g: &Gpu, tr: &Trace, args: &BenchArgs) -> anyhow::Result<()> {
         let sm = g.ctx.attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as usize;
         let geo = cuda::geometry(w, nt, series, sm);
         let k = g.kernels()?;
-        let f = if w <= 32 { &k.window_stats_short } else { &k.window_stats_long };
+        let f = cuda::kernel_for(&k, w);
         let regs = f.get_attribute(cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_NUM_REGS)?;
         println!(
             "{w:>6} {ms:>10.3} {gbs:>10.0} {:>7.1}% {sms:>12.3} {:>14} {regs:>5} regs, {} warps/block, {} B smem",

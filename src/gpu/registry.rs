@@ -9,14 +9,17 @@ use anyhow::{Context, anyhow};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule};
 use cudarc::nvrtc::{CompileOptions, compile_ptx_with_opts};
 
-/// Source of the window-statistics kernels (`window_stats_short`, `window_stats_long`, `layer_summary`).
+/// Source of the window-statistics kernels (`window_stats_short`, `window_stats_mid`,
+/// `window_stats_long`, `layer_summary`).
 pub const WINDOW_STATS_CU: &str = include_str!("../../kernels/window_stats.cu");
 
 /// The loaded kernels of one context.
 pub struct Kernels {
     _module: Arc<CudaModule>,
-    /// Windows of at most 32 steps.
+    /// Windows of at most 4 steps.
     pub window_stats_short: CudaFunction,
+    /// Windows of 5 to 128 steps (dynamic shared memory).
+    pub window_stats_mid: CudaFunction,
     /// Longer windows (dynamic shared memory).
     pub window_stats_long: CudaFunction,
     pub layer_summary: CudaFunction,
@@ -47,6 +50,7 @@ impl Gpu {
         let module = self.ctx.load_module(ptx).context("loading kernels/window_stats.cu")?;
         Ok(Kernels {
             window_stats_short: module.load_function("window_stats_short").context("loading kernel window_stats_short")?,
+            window_stats_mid: module.load_function("window_stats_mid").context("loading kernel window_stats_mid")?,
             window_stats_long: module.load_function("window_stats_long").context("loading kernel window_stats_long")?,
             layer_summary: module.load_function("layer_summary").context("loading kernel layer_summary")?,
             _module: module,

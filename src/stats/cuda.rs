@@ -17,7 +17,7 @@ use super::{ExpertStats, LayerStats, cpu};
 use crate::gpu::Gpu;
 use crate::trace::Trace;
 
-/// Launch geometry of `window_stats_short` / `window_stats_long` for one window.
+/// Launch geometry of the window-statistics kernel of one window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Geometry {
     /// Outputs per warp.
@@ -27,10 +27,52 @@ pub struct Geometry {
     pub smem_bytes: usize,
 }
 
+/// Windows up to this length run `window_stats_short` (each window gathered from
+/// shared memory); longer ones `window_stats_mid` up to [`MID_MAX_WINDOW`], then
+/// `window_stats_long` (both O(1) work per output).
+pub const SHORT_MAX_WINDOW: usize = 4;
+pub const MID_MAX_WINDOW: usize = 128;
+
+/// The kernel that computes window `w`.
+pub fn kernel_for(k: &crate::gpu::Kernels, w: usize) -> &cudarc::driver::CudaFunction {
+    if w <= SHORT_MAX_WINDOW {
+        &k.window_stats_short
+    } else if w <= MID_MAX_WINDOW {
+        &k.window_stats_mid
+    } else {
+        &k.window_stats_long
+    }
+}
+
+/// Positions of the rings of `window_stats_mid` / `_long` for window `w`: `RING(W)` of
+/// kernels/window_stats.cu, a multiple of 128 that is at least `w - 1 + 128`.
+fn ring(w: usize) -> usize {
+    ((w.max(1) - 1) / 128 + 2) * 128
+}
+
 /// Shared memory the kernel needs per warp for window `w`: `SHORT_SMEM_FLOATS` and
 /// `LONG_SMEM_FLOATS(W)` of kernels/window_stats.cu, in bytes.
 pub fn smem_per_warp(w: usize) -> usize {
-    if w <= 32 { 4 * (32 + 128) } else { 16 * (w + w / 32 + 1) + 16 * 132 }
+    let r = ring(w);
+    let floats = if w <= SHORT_MAX_WINDOW {
+        32 + 128
+    } else if w <= MID_MAX_WINDOW {
+        4 * (r + r / 32)
+    } else {
+        r + r / 32 + 8 * 132 + 8 * (r / 128)
+    };
+    4 * floats
+}
+
+/// The largest window whose warp fits in `bytes` of shared memory.
+pub fn max_window_for(bytes: usize) -> usize {
+    // smem_per_warp grows with w: the last w that fits, by bisection.
+    let (mut lo, mut hi) = (SHORT_MAX_WINDOW, 1 << 20);
+    while lo + 1 < hi {
+        let mid = (lo + hi) / 2;
+        if smem_per_warp(mid) <= bytes { lo = mid } else { hi = mid }
+    }
+    lo
 }
 
 /// The largest window the kernel can run on `gpu` (its shared memory per block).
@@ -39,8 +81,7 @@ pub fn max_window(gpu: &Gpu) -> anyhow::Result<usize> {
         .ctx
         .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
         .context("reading the GPU's shared memory per block")?;
-    // 16 (W + W / 32 + 1) + 16 · 132 bytes per warp
-    Ok((optin as usize / 16 - 133) * 32 / 33)
+    Ok(max_window_for(optin as usize))
 }
 
 /// Chooses chunk length and block shape: chunks of at least 8 W outputs (so the
@@ -51,7 +92,10 @@ pub fn geometry(w: usize, steps: usize, series: usize, sms: usize) -> Geometry {
     let want_warps = 16 * 32 * sms.max(1);
     let want_chunks = want_warps.div_ceil(series.max(1));
     let chunk = (8 * w).max(n.div_ceil(want_chunks)).max(32).min(n);
-    let warps_per_block = (48 * 1024 / smem_per_warp(w).max(1)).clamp(1, 8);
+    // Up to 8 warps a block within 96 KiB: two such blocks fill a multiprocessor as
+    // far as the kernels' registers allow (W = 1000 on an H200: 1.032 ms with 8
+    // warps a block, 1.075 ms with the 5 that a 48 KiB budget gave).
+    let warps_per_block = (96 * 1024 / smem_per_warp(w).max(1)).clamp(1, 8);
     let warps = series * n.div_ceil(chunk);
     Geometry {
         chunk,
@@ -95,7 +139,7 @@ pub fn launch_window_stats(
     let k = gpu.kernels()?;
     let sms = gpu.ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as usize;
     let g = geometry(w, steps, series, sms);
-    let f = if w <= 32 { &k.window_stats_short } else { &k.window_stats_long };
+    let f = kernel_for(&k, w);
     f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, g.smem_bytes as i32)
         .context("setting the shared memory of window_stats")?;
     let cfg = LaunchConfig {
@@ -113,8 +157,9 @@ pub fn launch_window_stats(
     };
     b.arg(&mut out.var).arg(&mut out.range);
     // SAFETY: x holds series × steps floats and each output series × n (asserted
-    // above); the grid covers exactly series × ceil(n / chunk) warps (extra warps of
-    // the last block return at once), and each warp's shared memory is 4 padded arrays of W floats and 4 staging arrays,
+    // above), all allocated by cudarc (256-byte aligned, as the float4 stores need);
+    // the grid covers exactly series × ceil(n / chunk) warps (extra warps of the last
+    // block return at once), and each warp's shared memory is smem_per_warp(w) bytes,
     // the smem_bytes / warps_per_block given here.
     unsafe { b.launch(cfg) }.with_context(|| format!("launching window_stats (W = {w}, {series} series × {steps} steps)"))?;
     Ok(())
@@ -369,4 +414,30 @@ pub fn layer_stats_cuda_grouped(
     }
     // Windows with no output (trace shorter than the window) give empty summaries.
     Ok(results.into_iter().flatten().flatten().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn longest_window_is_the_last_that_fits() {
+        // 227 KiB per block (H100, H200), 163 KiB (A100), 99 KiB (consumer parts), 48 KiB.
+        for bytes in [232_448, 166_912, 101_376, 49_152] {
+            let w = max_window_for(bytes);
+            assert!(smem_per_warp(w) <= bytes, "{bytes}: W = {w} needs {}", smem_per_warp(w));
+            assert!(smem_per_warp(w + 1) > bytes, "{bytes}: W = {} also fits", w + 1);
+        }
+        // H200: rings of 52,096 positions.
+        assert_eq!(max_window_for(232_448), 51_968);
+    }
+
+    #[test]
+    fn ring_holds_a_window_and_a_span() {
+        for w in [5, 10, 128, 129, 130, 255, 256, 257, 1000, 51_968] {
+            let r = ring(w);
+            assert_eq!(r % 128, 0);
+            assert!(r >= w - 1 + 128 && r <= w - 1 + 256, "W = {w}: ring {r}");
+        }
+    }
 }
