@@ -7,12 +7,13 @@
 // n = T - W + 1.
 //
 // window_stats_mid (5 <= W <= 128) and window_stats_long (W > 128) do O(1) work per
-// output whatever W. One warp handles
-// one series over one chunk of outputs, so that a small trace still gives thousands
-// of warps. It walks the chunk in spans of 128 outputs, lane l owning outputs
-// 4l .. 4l + 3 of a span, so that each lane writes its three results as float4:
-// spans are aligned on the flat output index s * n + i (a chunk's first span starts
-// up to 3 outputs early, those lanes write nothing). A span's work:
+// output whatever W. One warp handles one series over one chunk of outputs, so
+// that a small trace still gives thousands of warps. It walks the chunk in spans of
+// 128 outputs, lane l owning outputs 4l .. 4l + 3 of a span, so that each lane
+// writes its three results as float4: spans are aligned on the flat output index
+// s * n + i, and chunks (a multiple of 128 outputs from the host) start on such a
+// boundary, so only a series' first and last spans are partial (their lanes write
+// single floats, those outside the chunk nothing). A span's work:
 //   - each lane loads the last input of its 4 windows ("ends");
 //   - the ends are cut into blocks of B steps, B the largest power of two <= W - 1
 //     (at most 128), and scanned within blocks: prefixes (max, min, sum, sum of
@@ -29,6 +30,8 @@
 // window_stats_short, which gathers each window from shared memory.
 
 #define FULL 0xffffffffu
+// The dynamic shared memory of every kernel here (one declaration).
+extern __shared__ float smem[];
 #define SLAB 32
 // NVRTC has no math.h: +infinity by its bits.
 #define F_INF __int_as_float(0x7f800000)
@@ -81,6 +84,24 @@ __device__ __forceinline__ Agg agg_shfl_down(Agg a, int d) {
     r.sum = __shfl_down_sync(FULL, a.sum, d);
     r.sq = __shfl_down_sync(FULL, a.sq, d);
     return r;
+}
+
+// One step of an inclusive scan within groups of G lanes (G a power of two): joins
+// the aggregate d lanes before (UP) or after in the group. Where that lane lies
+// outside the group the shuffle returns the lane's own aggregate, which max and min
+// absorb unchanged; the sums add nothing there (`in` false). Branch-free: predicated
+// joins made nvcc copy every quantity between registers at each step.
+template <bool UP>
+__device__ __forceinline__ Agg scan_step(Agg a, int d, int G, bool in) {
+    const float mx = UP ? __shfl_up_sync(FULL, a.mx, d, G) : __shfl_down_sync(FULL, a.mx, d, G);
+    const float mn = UP ? __shfl_up_sync(FULL, a.mn, d, G) : __shfl_down_sync(FULL, a.mn, d, G);
+    const float sum = UP ? __shfl_up_sync(FULL, a.sum, d, G) : __shfl_down_sync(FULL, a.sum, d, G);
+    const float sq = UP ? __shfl_up_sync(FULL, a.sq, d, G) : __shfl_down_sync(FULL, a.sq, d, G);
+    a.mx = fmaxf(a.mx, mx);
+    a.mn = fminf(a.mn, mn);
+    a.sum += in ? sum : 0.0f;
+    a.sq += in ? sq : 0.0f;
+    return a;
 }
 
 __device__ __forceinline__ Agg agg_shfl(Agg a, int src) {
@@ -160,7 +181,6 @@ extern "C" __global__ void __launch_bounds__(256) window_stats_short(const float
                                                                      int chunk, float* __restrict__ mean_out,
                                                                      float* __restrict__ var_out,
                                                                      float* __restrict__ range_out) {
-    extern __shared__ float smem[];
     Task k;
     if (!task_of(x, T, S, W, chunk, k)) return;
     const int lane = k.lane, c0 = k.c0, c1 = k.c1, a = k.a;
@@ -198,20 +218,25 @@ extern "C" __global__ void __launch_bounds__(256) window_stats_short(const float
 }
 
 
-// Outputs per span and lanes' outputs per span.
+// Outputs per span of window_stats_mid and window_stats_long (each lane owns 4).
 #define SPAN 128
-// Positions of the rings of window W (a multiple of SPAN, at least W - 1 + SPAN),
-// and the floats of shared memory per warp of window_stats_long (src/stats/cuda.rs
-// and the harness use the same figures).
-#define RING(W) ((((W) - 1) / SPAN + 2) * SPAN)
 // A span of 128 positions, padded.
 #define SPANP (SPAN + SPAN / 32)
-// W <= 128: 4 padded suffix rings. W > 128: a padded raw ring, 2 suffix buffers
-// (4 quantities of a span each) and rings of block totals and of suffixes within
-// groups of blocks (4 quantities a span each).
-#define LONG_SMEM_FLOATS(W)                                                           \
-    ((W) <= SPAN ? 4 * (RING(W) + RING(W) / 32)                                     \
-                 : RING(W) + RING(W) / 32 + 8 * SPANP + 8 * (RING(W) / SPAN))
+// Windows up to SHORT_MAX_W steps run window_stats_short, up to MID_MAX_W
+// window_stats_mid (its blocks hold at least 4 ends, so W - 1 >= 4), longer ones
+// window_stats_long (its blocks are spans, so W - 1 >= SPAN). src/stats/cuda.rs and
+// the harness use the same figures.
+#define SHORT_MAX_W 4
+#define MID_MAX_W SPAN
+// Positions of the rings of window W: a multiple of SPAN, at least W - 1 + SPAN.
+#define RING(W) ((((W) - 1) / SPAN + 2) * SPAN)
+// Floats of shared memory per warp of window W. window_stats_mid: 4 padded suffix
+// rings. window_stats_long: a padded raw ring, a suffix ring of two spans (4
+// quantities, padded) and rings of block totals and of suffixes within groups of
+// blocks (4 quantities a span each).
+#define SPAN_SMEM_FLOATS(W)                                                           \
+    ((W) <= MID_MAX_W ? 4 * (RING(W) + RING(W) / 32)                                \
+                      : RING(W) + RING(W) / 32 + 8 * SPANP + 8 * (RING(W) / SPAN))
 
 // The 4 quantities at index i of 4 arrays `stride` apart.
 __device__ __forceinline__ Agg agg_at(const float* a0, int stride, int i) {
@@ -239,49 +264,53 @@ __device__ __forceinline__ void store3(float* mean_out, float* var_out, float* r
     __stcs(range_out + o, r.z);
 }
 
-// The body of window_stats_mid (BIG = false: W <= 128, blocks of B < 128 ends and
-// a suffix ring) and window_stats_long (BIG = true: W > 128, blocks are spans, raw
-// ring); two kernels so that each keeps only its own path's registers.
-// AHEAD: spans whose loads are in flight ahead of the one being computed.
+// The body of window_stats_mid (BIG = false: blocks of B <= W - 1 ends and a suffix
+// ring) and window_stats_long (BIG = true: blocks are spans, raw ring); two kernels
+// so that each keeps only its own path's registers. AHEAD: spans whose loads are in
+// flight ahead of the one being computed.
 template <bool BIG, int AHEAD>
 __device__ __forceinline__ void span_stats(const float* __restrict__ x, int T, int S, int W, int chunk,
                                            float* __restrict__ mean_out, float* __restrict__ var_out,
                                            float* __restrict__ range_out) {
-    extern __shared__ float smem[];
+    constexpr int K = 4, SP = SPAN, SPP = SPANP;  // outputs a lane, a span, padded
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int n = T - W + 1;
     if (n <= 0) return;
     const int chunks = (n + chunk - 1) / chunk;
     const long gw = (long)blockIdx.x * (blockDim.x >> 5) + warp;
     if (gw >= (long)S * chunks) return;
-    const int s = (int)(gw / chunks);
-    const int i0 = (int)(gw % chunks) * chunk;  // first output of the chunk
-    const int i1 = min(i0 + chunk, n);          // one past its last
-    const long gbase = (long)s * n;             // flat index of output 0 of the series
+    const int s = (int)(gw / chunks), c = (int)(gw % chunks);
+    const long gbase = (long)s * n;  // flat index of output 0 of the series
+    // Chunks start where the flat index is a multiple of 4 (c * chunk moved back by
+    // the series' misalignment), so that with chunk a multiple of the span only a
+    // series' first and last spans are partial.
+    const int mis = (int)(gbase & 3);
+    const int i0 = c == 0 ? 0 : c * chunk - mis;               // first output of the chunk
+    const int i1 = c == chunks - 1 ? n : (c + 1) * chunk - mis;  // one past its last
     const int ia = i0 - (int)((gbase + i0) & 3);  // first span, aligned on the flat index
     const int D = W - 1;
-    int B = SPAN;
+    int B = SP;
     if (!BIG)
-        for (B = 4; 2 * B <= D && B < SPAN;) B *= 2;
-    const int G = B / 4;  // lanes per block
+        for (B = K; 2 * B <= D && B < SP;) B *= 2;
+    const int G = B / K;  // lanes per block
     const int Q = D / B, r = D % B;
     const int R = RING(W), stride = R + R / 32;
-    const int warm = (D + SPAN - 1) / SPAN;
-    const int o0 = ia - warm * SPAN;  // output index of span 0 (whose ends start the ring)
+    const int warm = (D + SP - 1) / SP;
+    const int o0 = ia - warm * SP;  // output index of span 0 (whose ends start the ring)
     const float* xs = x + (long)s * T;
     const float shift = xs[i0];
     const float inv_w = 1.0f / (float)W;
     const int li = lane & (G - 1);
-    const int own = 4 * lane;  // this lane's first output in a span
+    const int own = K * lane;  // this lane's first output in a span
 
     // nx[a][k]: the end of output own + k of span v0 + a, loaded AHEAD spans before
     // it is used; steps outside the series load as 0.
-    float nx[AHEAD][4];
+    float nx[AHEAD][K];
 #pragma unroll
     for (int a = 0; a < AHEAD; a++) {
 #pragma unroll
-        for (int k = 0; k < 4; k++) {
-            const int p = o0 + a * SPAN + own + k + D;
+        for (int k = 0; k < K; k++) {
+            const int p = o0 + a * SP + own + k + D;
             nx[a][k] = ((unsigned)p < (unsigned)T) ? __ldg(xs + p) : 0.0f;
         }
     }
@@ -291,27 +320,27 @@ __device__ __forceinline__ void span_stats(const float* __restrict__ x, int T, i
     const int L = Q - 1;
     Agg gpre = agg_identity();
     int gpos = 0;
-    for (int v0 = 0; o0 + v0 * SPAN < i1; v0 += AHEAD) {
+    for (int v0 = 0; o0 + v0 * SP < i1; v0 += AHEAD) {
 #pragma unroll
         for (int a = 0; a < AHEAD; a++) {
-            const int isp = o0 + (v0 + a) * SPAN;  // output index of the span's first output
+            const int isp = o0 + (v0 + a) * SP;  // output index of the span's first output
             if (isp >= i1) break;
-            float cur[4];
+            float cur[K];
 #pragma unroll
-            for (int k = 0; k < 4; k++) {
+            for (int k = 0; k < K; k++) {
                 cur[k] = nx[a][k];
-                const int p = isp + AHEAD * SPAN + own + k + D;
-                nx[a][k] = ((unsigned)p < (unsigned)T && isp + AHEAD * SPAN < i1) ? __ldg(xs + p) : 0.0f;
+                const int p = isp + AHEAD * SP + own + k + D;
+                nx[a][k] = ((unsigned)p < (unsigned)T && isp + AHEAD * SP < i1) ? __ldg(xs + p) : 0.0f;
             }
-            // The lane's 4 ends and their prefixes within the block (4 quantities):
+            // The lane's K ends and their prefixes within the block (4 quantities):
             // local running joins, then a scan over the G lanes of each block.
             // Steps outside the series (loaded as 0) need no masking: a window's
             // start, whole blocks and end lie inside it, so its suffix, blocks and
             // prefix never include them.
-            Agg e[4], pk[4];
+            Agg e[K], pk[K];
             Agg run = agg_identity();
 #pragma unroll
-            for (int k = 0; k < 4; k++) {
+            for (int k = 0; k < K; k++) {
                 e[k] = agg_of(cur[k], shift);
                 run = agg_join(run, e[k]);
                 pk[k] = run;
@@ -320,58 +349,56 @@ __device__ __forceinline__ void span_stats(const float* __restrict__ x, int T, i
 #pragma unroll
             for (int d = 1; d < 32; d <<= 1) {
                 if (d >= G) break;
-                const Agg o = agg_shfl_up(incl, d);
-                if (li >= d) incl = agg_join(o, incl);
+                incl = scan_step<true>(incl, d, G, li >= d);
             }
             Agg ex = agg_shfl_up(incl, 1);
             if (li == 0) ex = agg_identity();
 #pragma unroll
-            for (int k = 0; k < 4; k++) pk[k] = agg_join(ex, pk[k]);
+            for (int k = 0; k < K; k++) pk[k] = agg_join(ex, pk[k]);
             // win[k]: the window of output own + k up to its end's block.
-            Agg win[4];
+            Agg win[K];
             if (BIG) {
                 // Blocks are spans. The raw ends go to the raw ring and the span's
                 // total to the totals ring; block J - Q (J this span) is read back
-                // from the raw ring and suffix-scanned into the suffix buffer of this
-                // span's parity: the windows of this span start in block J - Q (at
-                // offset o - r for o >= r) or in block J - Q - 1 (the other buffer).
-                float* raw = smem + (long)warp * LONG_SMEM_FLOATS(W);
+                // from the raw ring and suffix-scanned into this span's half (hb) of
+                // a suffix ring of two spans (stride SS): the windows of this span
+                // start in block J - Q (at offset o - r for o >= r) or in block
+                // J - Q - 1 (the other half), so at position hb + o - r of that ring
+                // either way (one read per window, no bank conflicts between halves).
+                constexpr int SS = 2 * SPP;
+                float* raw = smem + (long)warp * SPAN_SMEM_FLOATS(W);
                 float* sbuf = raw + stride;
-                float* tots = sbuf + 8 * SPANP;
-                float* gsuf = tots + 4 * (R / SPAN);
-                const int nb = R / SPAN, jb = sbase / SPAN;
+                float* tots = sbuf + 4 * SS;
+                float* gsuf = tots + 4 * (R / SP);
+                const int nb = R / SP, jb = sbase / SP;
+                // A lane's 4 positions share one pad word (spans and ring positions
+                // here are multiples of 32): pad once.
+                float* rawk = raw + pad(sbase + own);
 #pragma unroll
-                for (int k = 0; k < 4; k++) raw[pad(sbase + own + k)] = cur[k];
+                for (int k = 0; k < K; k++) rawk[k] = cur[k];
                 if (lane == 31) agg_put(tots, nb, jb, incl);
                 __syncwarp();
-                const int par = (v0 + a) & 1;
-                float* cb = sbuf + par * 4 * SPANP;
-                const float* pb = sbuf + (par ^ 1) * 4 * SPANP;
+                const int hb = ((v0 + a) & 1) * SP;  // this span's half
                 // Warm-up spans before the one just before the first output only
                 // feed the raw ring and the block totals: no output reads their
                 // suffixes.
-                if (isp + SPAN >= ia) {
-                    int qs = sbase - Q * SPAN;
+                if (isp + SP >= ia) {
+                    int qs = sbase - Q * SP;
                     if (qs < 0) qs += R;
-                    Agg sk[4];
+                    Agg sk[K];
                     Agg back = agg_identity();
 #pragma unroll
-                    for (int k = 3; k >= 0; k--) {
-                        const Agg f = agg_of(raw[pad(qs + own + k)], shift);
+                    for (int k = K - 1; k >= 0; k--) {
+                        const Agg f = agg_of(raw[pad(qs + own) + k], shift);
                         back = agg_join(f, back);
                         sk[k] = back;
                     }
 #pragma unroll
-                    for (int d = 1; d < 32; d <<= 1) {
-                        const Agg o = agg_shfl_down(back, d);
-                        if (lane + d < 32) back = agg_join(back, o);
-                    }
+                    for (int d = 1; d < 32; d <<= 1) back = scan_step<false>(back, d, 32, lane + d < 32);
                     Agg after = agg_shfl_down(back, 1);
                     if (lane == 31) after = agg_identity();
 #pragma unroll
-                    for (int k = 0; k < 4; k++) {
-                        agg_put(cb, SPANP, pad(own + k), agg_join(sk[k], after));
-                    }
+                    for (int k = 0; k < K; k++) agg_put(sbuf, SS, pad(hb + own) + k, agg_join(sk[k], after));
                 }
                 __syncwarp();
                 // Whole blocks between: J - Q + 1 .. J - 1 (ma), and J - Q too (mb).
@@ -401,21 +428,20 @@ __device__ __forceinline__ void span_stats(const float* __restrict__ x, int T, i
                         }
                     }
                 }
-                const Agg mb = agg_join(ma, ring_load(cb, SPANP, 0));
+                const Agg mb = agg_join(ma, ring_load(sbuf, SS, hb));
 #pragma unroll
-                for (int k = 0; k < 4; k++) {
+                for (int k = 0; k < K; k++) {
                     const int o = own + k;
-                    const bool here = o >= r;
-                    win[k] = agg_join(ring_load(here ? cb : pb, SPANP, here ? o - r : o - r + SPAN), here ? ma : mb);
+                    win[k] = agg_join(ring_load(sbuf, SS, (hb + o - r) & (2 * SP - 1)), o >= r ? ma : mb);
                 }
             } else {
-                // Blocks of B < 128 ends: every end's suffix to its block's end goes
-                // to the ring; windows read their first step's suffix back.
-                float* ring = smem + (long)warp * LONG_SMEM_FLOATS(W);
-                float smx[4], smn[4];
+                // Blocks of B ends: every end's suffix to its block's end goes to the
+                // ring; windows read their first step's suffix back.
+                float* ring = smem + (long)warp * SPAN_SMEM_FLOATS(W);
+                float smx[K], smn[K];
                 float m1 = -F_INF, m2 = F_INF;
 #pragma unroll
-                for (int k = 3; k >= 0; k--) {
+                for (int k = K - 1; k >= 0; k--) {
                     m1 = fmaxf(m1, e[k].mx);
                     m2 = fminf(m2, e[k].mn);
                     smx[k] = m1;
@@ -424,11 +450,9 @@ __device__ __forceinline__ void span_stats(const float* __restrict__ x, int T, i
 #pragma unroll
                 for (int d = 1; d < 32; d <<= 1) {
                     if (d >= G) break;
-                    const float u1 = __shfl_down_sync(FULL, m1, d), u2 = __shfl_down_sync(FULL, m2, d);
-                    if (li + d < G) {
-                        m1 = fmaxf(m1, u1);
-                        m2 = fminf(m2, u2);
-                    }
+                    // Past the group's end the shuffle returns the lane's own value.
+                    m1 = fmaxf(m1, __shfl_down_sync(FULL, m1, d, G));
+                    m2 = fminf(m2, __shfl_down_sync(FULL, m2, d, G));
                 }
                 const Agg tot = agg_shfl(incl, lane | (G - 1));
                 float a1 = __shfl_down_sync(FULL, m1, 1), a2 = __shfl_down_sync(FULL, m2, 1);
@@ -437,71 +461,72 @@ __device__ __forceinline__ void span_stats(const float* __restrict__ x, int T, i
                     a2 = F_INF;
                 }
 #pragma unroll
-                for (int k = 0; k < 4; k++) {
+                for (int k = 0; k < K; k++) {
                     Agg f;
                     f.mx = fmaxf(smx[k], a1);
                     f.mn = fminf(smn[k], a2);
                     f.sum = tot.sum - pk[k].sum + e[k].sum;
                     f.sq = tot.sq - pk[k].sq + e[k].sq;
-                    agg_put(ring, stride, pad(sbase + own + k), f);
+                    agg_put(ring, stride, pad(sbase + own) + k, f);
                 }
                 __syncwarp();
-                // Whole blocks between a window's first step and its end's block:
-                // the Q - 1 before this lane's block (ma), and one more (mb).
-                const int bstart = sbase + (own & ~(B - 1));
-                Agg ma = agg_identity();
-                for (int j = 1; j < Q; j++) {
-                    int q = bstart - j * B;
-                    if (q < 0) q += R;
-                    ma = agg_join(ma, ring_load(ring, stride, q));
-                }
-                int qb = bstart - Q * B;
+                // B is the largest power of two <= W - 1 = D (and W <= MID_MAX_W keeps
+                // it below the cap), so D < 2 B: a window's first step lies in the
+                // block before its end's block (at offset off - r, for off >= r) or
+                // in the one before that, with the block between whole (its total
+                // is the suffix at its start).
+                int qb = sbase + (own & ~(B - 1)) - B;
                 if (qb < 0) qb += R;
-                const Agg mb = agg_join(ma, ring_load(ring, stride, qb));
+                const Agg mb = ring_load(ring, stride, qb);
 #pragma unroll
-                for (int k = 0; k < 4; k++) {
+                for (int k = 0; k < K; k++) {
                     int q = sbase + own + k - D;
                     if (q < 0) q += R;
-                    const int off = (own + k) & (B - 1);
-                    win[k] = agg_join(ring_load(ring, stride, q), off >= r ? ma : mb);
+                    const Agg f = ring_load(ring, stride, q);
+                    win[k] = ((own + k) & (B - 1)) >= r ? f : agg_join(f, mb);
                 }
             }
             __syncwarp();
             if (isp >= ia) {
-                float3 res[4];
-#pragma unroll
-                for (int k = 0; k < 4; k++) res[k] = finish(agg_join(win[k], pk[k]), inv_w, shift);
                 const long o = gbase + isp + own;
-                if (isp >= i0 && isp + SPAN <= i1) {
-                    if (mean_out)
-                        __stcs((float4*)(mean_out + o), make_float4(res[0].x, res[1].x, res[2].x, res[3].x));
+                float3 res[K];
+#pragma unroll
+                for (int k = 0; k < K; k++) res[k] = finish(agg_join(win[k], pk[k]), inv_w, shift);
+                if (isp >= i0 && isp + SP <= i1) {
+                    if (mean_out) __stcs((float4*)(mean_out + o), make_float4(res[0].x, res[1].x, res[2].x, res[3].x));
                     __stcs((float4*)(var_out + o), make_float4(res[0].y, res[1].y, res[2].y, res[3].y));
                     __stcs((float4*)(range_out + o), make_float4(res[0].z, res[1].z, res[2].z, res[3].z));
                 } else {
 #pragma unroll
-                    for (int k = 0; k < 4; k++) {
+                    for (int k = 0; k < K; k++) {
                         const int i = isp + own + k;
                         if (i >= i0 && i < i1) store3(mean_out, var_out, range_out, o + k, res[k]);
                     }
                 }
             }
-            sbase += SPAN;
+            sbase += SP;
             if (sbase == R) sbase = 0;
         }
     }
 }
 
 // Settings measured on an H200 with benches/cuda/window_stats_harness.cu (the
-// macros let the harness try others): both kernels run fastest with two spans of
-// loads ahead; the mid kernel with no register cap (118 registers), the long kernel
-// capped at 128 (2 blocks of 256 threads a multiprocessor; at 80 registers, W = 1000
-// took 1.148 ms instead of 1.075 ms).
+// macros let the harness try others). The mid kernel: one span of loads ahead,
+// capped at 80 registers so that 3 blocks of 256 threads share a multiprocessor
+// (W = 10 / 100: 0.795 / 0.796 ms; with two spans ahead and no cap, 106 registers,
+// 0.772 / 0.811 ms). The long kernel: two spans ahead, capped at 128 registers (2
+// blocks a multiprocessor; at 80 registers, W = 1000 took 1.148 ms instead of
+// 1.075 ms in an earlier version; three spans ahead: 0.936 instead of 0.921 ms).
 #ifndef MID_AHEAD
-#define MID_AHEAD 2
-#define MID_MIN_BLOCKS 1
+#define MID_AHEAD 1
+#endif
+#ifndef MID_MIN_BLOCKS
+#define MID_MIN_BLOCKS 3
 #endif
 #ifndef LONG_AHEAD
 #define LONG_AHEAD 2
+#endif
+#ifndef LONG_MIN_BLOCKS
 #define LONG_MIN_BLOCKS 2
 #endif
 extern "C" __global__ void __launch_bounds__(256, MID_MIN_BLOCKS)

@@ -9,8 +9,9 @@
 // a float64 computation (outputs poisoned with NaN first), and times each window with
 // CUDA events beside a device-to-device copy of the input and four kernels that move
 // the same bytes with no arithmetic (ceilings of the access pattern). Environment:
-// WS_CHUNK_W (chunk length in windows, default 8) and WS_WPB (warps a block) override
-// the geometry; the kernels' AHEAD / MIN_BLOCKS macros can be set with -D.
+// WS_CHUNK_W (shortest chunk in windows, default 8), WS_BALANCE=0 (no balancing of
+// waves), WS_WPB (warps a block) and WS_SMEM_KIB (shared memory a block, default 96)
+// override the geometry; the kernels' AHEAD / MIN_BLOCKS macros can be set with -D.
 // `expertcast bench` remains the benchmark of record; this harness is for trying
 // kernel variants quickly.
 
@@ -31,6 +32,11 @@
 #ifndef SHORT_SMEM_FLOATS  // versions before the short kernel used shared memory
 #define SHORT_SMEM_FLOATS 0
 #define LONG_SMEM_FLOATS(W) (4 * ((W) + (W) / 32 + 1) + 4 * 132)
+#endif
+#ifndef SPAN_SMEM_FLOATS  // versions with 4 outputs a lane everywhere
+#define SHORT_MAX_W 4
+#define MID_MAX_W 128
+#define SPAN_SMEM_FLOATS(W) LONG_SMEM_FLOATS(W)
 #endif
 
 #define CK(x)                                                                                         \
@@ -104,28 +110,52 @@ struct Geo {
     size_t smem;
 };
 
-static size_t smem_per_warp(int w) { return 4 * (size_t)(w <= 4 ? SHORT_SMEM_FLOATS : LONG_SMEM_FLOATS(w)); }
+static size_t smem_per_warp(int w) { return 4 * (size_t)(w <= SHORT_MAX_W ? SHORT_SMEM_FLOATS : SPAN_SMEM_FLOATS(w)); }
 
-// Mirror of geometry() in src/stats/cuda.rs.
+// Blocks of the kernel of window w resident on one multiprocessor.
+static int blocks_per_sm(int w, int wpb, size_t smem) {
+    const void* f = w <= SHORT_MAX_W ? (const void*)window_stats_short
+                    : w <= MID_MAX_W ? (const void*)window_stats_mid
+                                     : (const void*)window_stats_long;
+    CK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    int b = 0;
+    CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, f, 32 * wpb, smem));
+    return std::max(b, 1);
+}
+
+// Mirror of block_shape() and geometry() in src/stats/cuda.rs. WS_BALANCE=0: chunks
+// of chunk0, no wave balancing.
 static Geo geometry(int w, int T, int S, int sms) {
     long n = std::max(T - w + 1, 1);
     long want_warps = 16L * 32 * sms;
     long want_chunks = (want_warps + S - 1) / S;
     static long per_w = getenv("WS_CHUNK_W") ? atol(getenv("WS_CHUNK_W")) : CHUNK_W;
-    long chunk = std::min(std::max(std::max(per_w * w, (n + want_chunks - 1) / want_chunks), 32L), n);
+    static bool balance = !getenv("WS_BALANCE") || atoi(getenv("WS_BALANCE")) != 0;
+    auto whole = [&](long c) { return std::min((c + 127) / 128 * 128, n); };
     size_t spw = smem_per_warp(w);
-    int wpb = (int)std::min<size_t>(std::max<size_t>(96 * 1024 / std::max<size_t>(spw, 1), 1), 8);
+    static size_t budget = 1024 * (getenv("WS_SMEM_KIB") ? atol(getenv("WS_SMEM_KIB")) : 96);
+    int wpb = (int)std::min<size_t>(std::max<size_t>(budget / std::max<size_t>(spw, 1), 1), 8);
     if (getenv("WS_WPB")) wpb = atoi(getenv("WS_WPB"));
+    const long chunk0 = whole(std::max(std::max(per_w * w, (n + want_chunks - 1) / want_chunks), 32L));
+    const long c0 = (n + chunk0 - 1) / chunk0;
+    const long resident = (long)sms * blocks_per_sm(w, wpb, wpb * spw) * wpb;
+    const long warm = w > SHORT_MAX_W ? (w - 1 + 127) / 128 * 128 : 0;
+    auto cost = [&](long chunk) { return ((S * ((n + chunk - 1) / chunk)) + resident - 1) / resident * (chunk + warm); };
+    long chunk = chunk0;
+    for (long c = c0 - 1; balance && c >= std::max(c0 - c0 / 4, 1L); c--) {
+        const long ch = whole((n + c - 1) / c);
+        if (cost(ch) < cost(chunk)) chunk = ch;
+    }
     long warps = (long)S * ((n + chunk - 1) / chunk);
     return Geo{(int)chunk, wpb, (int)((warps + wpb - 1) / wpb), wpb * spw};
 }
 
 static void launch(const float* x, int T, int S, int W, int sms, float* m, float* v, float* r) {
     Geo g = geometry(W, T, S, sms);
-    if (W <= 4) {
+    if (W <= SHORT_MAX_W) {
         CK(cudaFuncSetAttribute(window_stats_short, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)g.smem));
         window_stats_short<<<g.blocks, 32 * g.wpb, g.smem>>>(x, T, S, W, g.chunk, m, v, r);
-    } else if (W <= 128) {
+    } else if (W <= MID_MAX_W) {
         CK(cudaFuncSetAttribute(window_stats_mid, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)g.smem));
         window_stats_mid<<<g.blocks, 32 * g.wpb, g.smem>>>(x, T, S, W, g.chunk, m, v, r);
     } else {
@@ -227,6 +257,7 @@ int main(int argc, char** argv) {
                              {1100, 4, 1000}, {5000, 3, 100}, {20000, 2, 32}, {777, 5, 129}, {40000, 3, 1000},
                              {3001, 5, 4},  {3001, 5, 5},     {3001, 5, 6},  {3001, 5, 9},    {3001, 5, 10},
                              {3001, 5, 17}, {3001, 5, 64},    {3001, 5, 65}, {3001, 5, 128},  {3001, 5, 257},
+                             {3001, 5, 8},   {3001, 5, 200},   {3001, 5, 256}, {3001, 5, 129},
                              {3001, 5, 300}, {2999, 7, 513},  {5, 3, 5},     {131, 9, 7},     {1000, 1, 999}};
     for (auto& sh : shapes) {
         int T = sh[0], S = sh[1], W = sh[2];
