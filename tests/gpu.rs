@@ -90,6 +90,10 @@ fn awkward_shapes_match_the_cpu() {
         (5, 2003, 257),
         (6, 2999, 513),
         (9, 131, 7),
+        // Many chunks in series whose first outputs fall at every flat index mod 4
+        // (n = 4094 and 8802): chunks start on span boundaries of the flat index.
+        (7, 4099, 6),
+        (3, 9001, 200),
     ] {
         check(series, steps, w, sd);
     }

@@ -44,10 +44,14 @@ pub fn kernel_for(k: &crate::gpu::Kernels, w: usize) -> &cudarc::driver::CudaFun
     }
 }
 
+/// Outputs per span of `window_stats_mid` / `_long` (`SPAN` of kernels/window_stats.cu).
+/// Chunks are whole spans, so that only a series' first and last spans are partial.
+const SPAN: usize = 128;
+
 /// Positions of the rings of `window_stats_mid` / `_long` for window `w`: `RING(W)` of
-/// kernels/window_stats.cu, a multiple of 128 that is at least `w - 1 + 128`.
+/// kernels/window_stats.cu, a multiple of the span that is at least `w - 1 + SPAN`.
 fn ring(w: usize) -> usize {
-    ((w.max(1) - 1) / 128 + 2) * 128
+    ((w.max(1) - 1) / SPAN + 2) * SPAN
 }
 
 /// Shared memory the kernel needs per warp for window `w`: `SHORT_SMEM_FLOATS` and
@@ -59,7 +63,7 @@ pub fn smem_per_warp(w: usize) -> usize {
     } else if w <= MID_MAX_WINDOW {
         4 * (r + r / 32)
     } else {
-        r + r / 32 + 8 * 132 + 8 * (r / 128)
+        r + r / 32 + 8 * (SPAN + SPAN / 32) + 8 * (r / SPAN)
     };
     4 * floats
 }
@@ -84,25 +88,54 @@ pub fn max_window(gpu: &Gpu) -> anyhow::Result<usize> {
     Ok(max_window_for(optin as usize))
 }
 
-/// Chooses chunk length and block shape: chunks of at least 8 W outputs (so the
-/// W - 1 overlap costs at most 1/8), and enough (series, chunk) warps to give every
-/// multiprocessor several, also for a small trace.
-pub fn geometry(w: usize, steps: usize, series: usize, sms: usize) -> Geometry {
+/// Warps a block and dynamic shared memory a block for window `w`: up to 8 warps
+/// within 96 KiB; two or three such blocks fill a multiprocessor as far as the
+/// kernels' registers allow (W = 1000 on an H200: 1.032 ms with 8 warps a block, 1.075 ms
+/// with the 5 that a 48 KiB budget gave).
+pub fn block_shape(w: usize) -> (usize, usize) {
+    let wpb = (96 * 1024 / smem_per_warp(w).max(1)).clamp(1, 8);
+    (wpb, wpb * smem_per_warp(w))
+}
+
+/// Chooses chunk length and block shape. Chunks are whole spans of at least 8 W
+/// outputs (so the W - 1 warm-up steps cost at most about 1/8), and enough
+/// (series, chunk) warps to give every multiprocessor several, also for a small
+/// trace. Between that many chunks a series and 3/4 as many (longer ones), the
+/// count is taken that finishes soonest by a simple model: waves of `blocks_per_sm`
+/// resident blocks on each of `sms` multiprocessors, each wave as long as a chunk
+/// and its warm-up
+/// (W = 1000 on the paper-scale bench, H200: 11 chunks a series, 8 full waves,
+/// 0.921 ms, instead of 13 and 9.45 waves, 0.958 ms).
+pub fn geometry(w: usize, steps: usize, series: usize, sms: usize, blocks_per_sm: usize) -> Geometry {
     let n = cpu::outputs(steps, w).max(1);
     let want_warps = 16 * 32 * sms.max(1);
     let want_chunks = want_warps.div_ceil(series.max(1));
-    let chunk = (8 * w).max(n.div_ceil(want_chunks)).max(32).min(n);
-    // Up to 8 warps a block within 96 KiB: two such blocks fill a multiprocessor as
-    // far as the kernels' registers allow (W = 1000 on an H200: 1.032 ms with 8
-    // warps a block, 1.075 ms with the 5 that a 48 KiB budget gave).
-    let warps_per_block = (96 * 1024 / smem_per_warp(w).max(1)).clamp(1, 8);
+    let whole = |c: usize| c.next_multiple_of(SPAN).min(n);
+    let (warps_per_block, smem_bytes) = block_shape(w);
+    let chunk0 = whole((8 * w).max(n.div_ceil(want_chunks)).max(32));
+    let c0 = n.div_ceil(chunk0);
+    let resident = (sms * blocks_per_sm * warps_per_block).max(1);
+    let warm = if w > SHORT_MAX_WINDOW { (w - 1).next_multiple_of(SPAN) } else { 0 };
+    let cost = |chunk: usize| (series * n.div_ceil(chunk)).div_ceil(resident) * (chunk + warm);
+    // Fewer chunks than c0 are longer than chunk0; on a tie the shortest wins.
+    let fewer = ((c0 - c0 / 4).max(1)..c0).rev().map(|c| whole(n.div_ceil(c)));
+    let chunk = std::iter::once(chunk0).chain(fewer).min_by_key(|&c| cost(c)).unwrap_or(chunk0);
     let warps = series * n.div_ceil(chunk);
-    Geometry {
-        chunk,
-        warps_per_block,
-        blocks: warps.div_ceil(warps_per_block),
-        smem_bytes: warps_per_block * smem_per_warp(w),
-    }
+    Geometry { chunk, warps_per_block, blocks: warps.div_ceil(warps_per_block), smem_bytes }
+}
+
+/// Blocks of the kernel of window `w` that fit on one multiprocessor at once
+/// (registers and shared memory), as the driver computes it.
+pub fn blocks_per_sm(gpu: &Gpu, w: usize) -> anyhow::Result<usize> {
+    let k = gpu.kernels()?;
+    let (wpb, smem) = block_shape(w);
+    let f = kernel_for(&k, w);
+    f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
+        .context("setting the shared memory of window_stats")?;
+    let b = f
+        .occupancy_max_active_blocks_per_multiprocessor(32 * wpb as u32, smem, None)
+        .context("reading the occupancy of window_stats")?;
+    Ok((b as usize).max(1))
 }
 
 /// Per-expert outputs of one window on the device, `[series][n]`.
@@ -114,13 +147,17 @@ pub struct DeviceOutputs {
 
 /// Launches `window_stats` on `stream` for `series` series of `steps` steps held
 /// series-major in `x`. Outputs are written into `out`, whose slices hold at least
-/// `series * outputs(steps, w)` values.
+/// `series * outputs(steps, w)` values. Chunks are planned for `plan_series` series
+/// (the whole trace when it goes in groups of layers): the rounding of a series'
+/// results depends on its chunks, so every group gets the same ones.
+#[allow(clippy::too_many_arguments)]
 pub fn launch_window_stats(
     gpu: &Gpu,
     stream: &Arc<CudaStream>,
     x: &CudaSlice<f32>,
     steps: usize,
     series: usize,
+    plan_series: usize,
     w: usize,
     out: &mut DeviceOutputs,
 ) -> anyhow::Result<()> {
@@ -128,8 +165,9 @@ pub fn launch_window_stats(
     if n == 0 || series == 0 {
         return Ok(());
     }
-    if w > max_window(gpu)? {
-        bail!("window {w} is longer than the GPU kernel's shared memory allows ({} steps)", max_window(gpu)?);
+    let longest = max_window(gpu)?;
+    if w > longest {
+        bail!("window {w} is longer than the GPU kernel's shared memory allows ({longest} steps)");
     }
     assert!(x.len() >= series * steps, "input holds series × steps values");
     assert!(out.var.len() >= series * n && out.range.len() >= series * n, "outputs hold series × n values");
@@ -138,10 +176,9 @@ pub fn launch_window_stats(
     }
     let k = gpu.kernels()?;
     let sms = gpu.ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as usize;
-    let g = geometry(w, steps, series, sms);
+    let mut g = geometry(w, steps, plan_series.max(series), sms, blocks_per_sm(gpu, w)?);
+    g.blocks = (series * n.div_ceil(g.chunk)).div_ceil(g.warps_per_block);
     let f = kernel_for(&k, w);
-    f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, g.smem_bytes as i32)
-        .context("setting the shared memory of window_stats")?;
     let cfg = LaunchConfig {
         grid_dim: (g.blocks as u32, 1, 1),
         block_dim: (32 * g.warps_per_block as u32, 1, 1),
@@ -226,7 +263,7 @@ pub fn window_stats_host(gpu: &Gpu, x: &[f32], steps: usize, w: usize) -> anyhow
     // Poisoned outputs: any value the kernel fails to write shows up as NaN.
     let poison = vec![f32::NAN; (series * n).max(1)];
     let mut out = DeviceOutputs { mean: Some(stream.clone_htod(&poison)?), var: stream.clone_htod(&poison)?, range: stream.clone_htod(&poison)? };
-    launch_window_stats(gpu, &stream, &dx, steps, series, w, &mut out)?;
+    launch_window_stats(gpu, &stream, &dx, steps, series, series, w, &mut out)?;
     let get = |d: &CudaSlice<f32>| -> anyhow::Result<Vec<f32>> {
         let mut v = stream.clone_dtoh(d)?;
         v.truncate(series * n);
@@ -393,7 +430,7 @@ pub fn layer_stats_cuda_grouped(
             if n == 0 {
                 continue;
             }
-            launch_window_stats(gpu, &st, &slot.d_in, nt, series, w, &mut slot.out)?;
+            launch_window_stats(gpu, &st, &slot.d_in, nt, series, nl * ne, w, &mut slot.out)?;
             let (dsum, hsum) = &mut slot.sums[wi];
             launch_layer_summary(gpu, &st, &slot.out, n, layers.len(), ne, dsum)?;
             for (d, h) in dsum.all().into_iter().zip(hsum.iter_mut()) {
@@ -430,6 +467,32 @@ mod tests {
         }
         // H200: rings of 52,096 positions.
         assert_eq!(max_window_for(232_448), 51_968);
+    }
+
+    #[test]
+    fn chunks_are_whole_spans_and_fill_whole_waves() {
+        // The paper-scale bench on an H200: 132 multiprocessors, 3 blocks each of
+        // window_stats_mid, 2 of window_stats_long.
+        let (steps, series) = (100_000, 12 * 128);
+        for (w, bps, chunk) in [(10, 3, 3072), (100, 3, 3072), (1000, 2, 9088)] {
+            let g = geometry(w, steps, series, 132, bps);
+            assert_eq!(g.chunk, chunk, "W = {w}");
+            let n = steps - w + 1;
+            let warps = series * n.div_ceil(g.chunk);
+            assert_eq!(g.blocks, warps.div_ceil(g.warps_per_block));
+            assert_eq!(g.warps_per_block, 8);
+            assert_eq!(g.smem_bytes, 8 * smem_per_warp(w));
+        }
+        // W = 1000: 11 chunks a series, 16,896 warps = 8 waves of 132 × 2 × 8; the
+        // 8 W minimum alone would give 13 chunks and 9.45 waves.
+        assert_eq!(series * 99_001usize.div_ceil(9088), 8 * 132 * 2 * 8);
+        // Any shape: whole spans of at least 8 W outputs, or the whole series.
+        for (w, steps, series, sms, bps) in [(5, 40, 3, 1, 1), (129, 10_000, 96, 132, 2), (33, 777, 1, 80, 3), (1000, 1000, 4, 132, 2)] {
+            let g = geometry(w, steps, series, sms, bps);
+            let n = steps - w + 1;
+            assert!(g.chunk == n || g.chunk % SPAN == 0, "{w} {steps}: chunk {}", g.chunk);
+            assert!(g.chunk >= (8 * w).min(n), "{w} {steps}: chunk {}", g.chunk);
+        }
     }
 
     #[test]
