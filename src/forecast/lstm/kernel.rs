@@ -450,7 +450,7 @@ impl Engine {
     pub fn step_uploaded(&mut self, n: usize, steps: usize, lr: f64, clip: f32) -> anyhow::Result<()> {
         self.forward(n, steps, true, None, true)?;
         self.backward(n)?;
-        self.stream.memset_zeros(&mut self.sqnorm)?;
+        // seg_sqnorm writes every segment's squared norm (one block each).
         let segs = self.tensors.len();
         let k = self.layer_k[0].clone();
         let cfg = LaunchConfig { grid_dim: (segs as u32, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
