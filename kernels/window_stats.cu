@@ -272,7 +272,7 @@ template <bool BIG, int AHEAD>
 __device__ __forceinline__ void span_stats(const float* __restrict__ x, int T, int S, int W, int chunk,
                                            float* __restrict__ mean_out, float* __restrict__ var_out,
                                            float* __restrict__ range_out) {
-    constexpr int K = 4, SP = SPAN, SPP = SPANP;  // outputs a lane, a span, padded
+    constexpr int K = 4;  // outputs a lane
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int n = T - W + 1;
     if (n <= 0) return;
@@ -289,14 +289,14 @@ __device__ __forceinline__ void span_stats(const float* __restrict__ x, int T, i
     const int i1 = c == chunks - 1 ? n : (c + 1) * chunk - mis;  // one past its last
     const int ia = i0 - (int)((gbase + i0) & 3);  // first span, aligned on the flat index
     const int D = W - 1;
-    int B = SP;
+    int B = SPAN;
     if (!BIG)
-        for (B = K; 2 * B <= D && B < SP;) B *= 2;
+        for (B = K; 2 * B <= D && B < SPAN;) B *= 2;
     const int G = B / K;  // lanes per block
     const int Q = D / B, r = D % B;
     const int R = RING(W), stride = R + R / 32;
-    const int warm = (D + SP - 1) / SP;
-    const int o0 = ia - warm * SP;  // output index of span 0 (whose ends start the ring)
+    const int warm = (D + SPAN - 1) / SPAN;
+    const int o0 = ia - warm * SPAN;  // output index of span 0 (whose ends start the ring)
     const float* xs = x + (long)s * T;
     const float shift = xs[i0];
     const float inv_w = 1.0f / (float)W;
@@ -310,7 +310,7 @@ __device__ __forceinline__ void span_stats(const float* __restrict__ x, int T, i
     for (int a = 0; a < AHEAD; a++) {
 #pragma unroll
         for (int k = 0; k < K; k++) {
-            const int p = o0 + a * SP + own + k + D;
+            const int p = o0 + a * SPAN + own + k + D;
             nx[a][k] = ((unsigned)p < (unsigned)T) ? __ldg(xs + p) : 0.0f;
         }
     }
@@ -320,17 +320,17 @@ __device__ __forceinline__ void span_stats(const float* __restrict__ x, int T, i
     const int L = Q - 1;
     Agg gpre = agg_identity();
     int gpos = 0;
-    for (int v0 = 0; o0 + v0 * SP < i1; v0 += AHEAD) {
+    for (int v0 = 0; o0 + v0 * SPAN < i1; v0 += AHEAD) {
 #pragma unroll
         for (int a = 0; a < AHEAD; a++) {
-            const int isp = o0 + (v0 + a) * SP;  // output index of the span's first output
+            const int isp = o0 + (v0 + a) * SPAN;  // output index of the span's first output
             if (isp >= i1) break;
             float cur[K];
 #pragma unroll
             for (int k = 0; k < K; k++) {
                 cur[k] = nx[a][k];
-                const int p = isp + AHEAD * SP + own + k + D;
-                nx[a][k] = ((unsigned)p < (unsigned)T && isp + AHEAD * SP < i1) ? __ldg(xs + p) : 0.0f;
+                const int p = isp + AHEAD * SPAN + own + k + D;
+                nx[a][k] = ((unsigned)p < (unsigned)T && isp + AHEAD * SPAN < i1) ? __ldg(xs + p) : 0.0f;
             }
             // The lane's K ends and their prefixes within the block (4 quantities):
             // local running joins, then a scan over the G lanes of each block.
@@ -365,12 +365,12 @@ __device__ __forceinline__ void span_stats(const float* __restrict__ x, int T, i
                 // start in block J - Q (at offset o - r for o >= r) or in block
                 // J - Q - 1 (the other half), so at position hb + o - r of that ring
                 // either way (one read per window, no bank conflicts between halves).
-                constexpr int SS = 2 * SPP;
+                constexpr int SS = 2 * SPANP;
                 float* raw = smem + (long)warp * SPAN_SMEM_FLOATS(W);
                 float* sbuf = raw + stride;
                 float* tots = sbuf + 4 * SS;
-                float* gsuf = tots + 4 * (R / SP);
-                const int nb = R / SP, jb = sbase / SP;
+                float* gsuf = tots + 4 * (R / SPAN);
+                const int nb = R / SPAN, jb = sbase / SPAN;
                 // A lane's 4 positions share one pad word (spans and ring positions
                 // here are multiples of 32): pad once.
                 float* rawk = raw + pad(sbase + own);
@@ -378,12 +378,12 @@ __device__ __forceinline__ void span_stats(const float* __restrict__ x, int T, i
                 for (int k = 0; k < K; k++) rawk[k] = cur[k];
                 if (lane == 31) agg_put(tots, nb, jb, incl);
                 __syncwarp();
-                const int hb = ((v0 + a) & 1) * SP;  // this span's half
+                const int hb = ((v0 + a) & 1) * SPAN;  // this span's half
                 // Warm-up spans before the one just before the first output only
                 // feed the raw ring and the block totals: no output reads their
                 // suffixes.
-                if (isp + SP >= ia) {
-                    int qs = sbase - Q * SP;
+                if (isp + SPAN >= ia) {
+                    int qs = sbase - Q * SPAN;
                     if (qs < 0) qs += R;
                     Agg sk[K];
                     Agg back = agg_identity();
@@ -432,7 +432,7 @@ __device__ __forceinline__ void span_stats(const float* __restrict__ x, int T, i
 #pragma unroll
                 for (int k = 0; k < K; k++) {
                     const int o = own + k;
-                    win[k] = agg_join(ring_load(sbuf, SS, (hb + o - r) & (2 * SP - 1)), o >= r ? ma : mb);
+                    win[k] = agg_join(ring_load(sbuf, SS, (hb + o - r) & (2 * SPAN - 1)), o >= r ? ma : mb);
                 }
             } else {
                 // Blocks of B ends: every end's suffix to its block's end goes to the
@@ -492,7 +492,7 @@ __device__ __forceinline__ void span_stats(const float* __restrict__ x, int T, i
                 float3 res[K];
 #pragma unroll
                 for (int k = 0; k < K; k++) res[k] = finish(agg_join(win[k], pk[k]), inv_w, shift);
-                if (isp >= i0 && isp + SP <= i1) {
+                if (isp >= i0 && isp + SPAN <= i1) {
                     if (mean_out) __stcs((float4*)(mean_out + o), make_float4(res[0].x, res[1].x, res[2].x, res[3].x));
                     __stcs((float4*)(var_out + o), make_float4(res[0].y, res[1].y, res[2].y, res[3].y));
                     __stcs((float4*)(range_out + o), make_float4(res[0].z, res[1].z, res[2].z, res[3].z));
@@ -504,7 +504,7 @@ __device__ __forceinline__ void span_stats(const float* __restrict__ x, int T, i
                     }
                 }
             }
-            sbase += SP;
+            sbase += SPAN;
             if (sbase == R) sbase = 0;
         }
     }

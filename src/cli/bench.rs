@@ -183,8 +183,7 @@ fn bench_gpu(g: &Gpu, tr: &Trace, args: &BenchArgs) -> anyhow::Result<()> {
         let gbs = bytes / (ms * 1e-3) / 1e9;
         let mut sums = cuda::DeviceSummaries::alloc(&stream, nl * n)?;
         let sms = events_ms(g, args.reps, || cuda::launch_layer_summary(g, &stream, &out, n, nl, ne, &mut sums))?;
-        let sm = g.ctx.attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as usize;
-        let geo = cuda::geometry(w, nt, series, sm, cuda::blocks_per_sm(g, w)?);
+        let geo = cuda::launch_geometry(g, w, nt, series, series)?;
         let k = g.kernels()?;
         let f = cuda::kernel_for(&k, w);
         let regs = f.get_attribute(cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_NUM_REGS)?;

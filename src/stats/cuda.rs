@@ -138,6 +138,15 @@ pub fn blocks_per_sm(gpu: &Gpu, w: usize) -> anyhow::Result<usize> {
     Ok((b as usize).max(1))
 }
 
+/// The geometry [`launch_window_stats`] uses on `gpu`: chunks planned for
+/// `plan_series` series, blocks for the `series` launched.
+pub fn launch_geometry(gpu: &Gpu, w: usize, steps: usize, series: usize, plan_series: usize) -> anyhow::Result<Geometry> {
+    let sms = gpu.ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as usize;
+    let mut g = geometry(w, steps, plan_series.max(series), sms, blocks_per_sm(gpu, w)?);
+    g.blocks = (series * cpu::outputs(steps, w).max(1).div_ceil(g.chunk)).div_ceil(g.warps_per_block);
+    Ok(g)
+}
+
 /// Per-expert outputs of one window on the device, `[series][n]`.
 pub struct DeviceOutputs {
     pub mean: Option<CudaSlice<f32>>,
@@ -175,9 +184,7 @@ pub fn launch_window_stats(
         assert!(m.len() >= series * n);
     }
     let k = gpu.kernels()?;
-    let sms = gpu.ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as usize;
-    let mut g = geometry(w, steps, plan_series.max(series), sms, blocks_per_sm(gpu, w)?);
-    g.blocks = (series * n.div_ceil(g.chunk)).div_ceil(g.warps_per_block);
+    let g = launch_geometry(gpu, w, steps, series, plan_series)?;
     let f = kernel_for(&k, w);
     let cfg = LaunchConfig {
         grid_dim: (g.blocks as u32, 1, 1),
