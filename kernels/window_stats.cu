@@ -89,8 +89,9 @@ __device__ __forceinline__ Agg agg_shfl_down(Agg a, int d) {
 // One step of an inclusive scan within groups of G lanes (G a power of two): joins
 // the aggregate d lanes before (UP) or after in the group. Where that lane lies
 // outside the group the shuffle returns the lane's own aggregate, which max and min
-// absorb unchanged; the sums add nothing there (`in` false). Branch-free: predicated
-// joins made nvcc copy every quantity between registers at each step.
+// absorb unchanged; the sums add nothing there (`in` false). Max and min are joined
+// unconditionally: predicating all four made nvcc copy every quantity between
+// registers at each step.
 template <bool UP>
 __device__ __forceinline__ Agg scan_step(Agg a, int d, int G, bool in) {
     const float mx = UP ? __shfl_up_sync(FULL, a.mx, d, G) : __shfl_down_sync(FULL, a.mx, d, G);
@@ -99,8 +100,10 @@ __device__ __forceinline__ Agg scan_step(Agg a, int d, int G, bool in) {
     const float sq = UP ? __shfl_up_sync(FULL, a.sq, d, G) : __shfl_down_sync(FULL, a.sq, d, G);
     a.mx = fmaxf(a.mx, mx);
     a.mn = fminf(a.mn, mn);
-    a.sum += in ? sum : 0.0f;
-    a.sq += in ? sq : 0.0f;
+    if (in) {  // predicated adds: 1% faster than selecting 0 (H200, W = 300 .. 3000)
+        a.sum += sum;
+        a.sq += sq;
+    }
     return a;
 }
 

@@ -9,7 +9,7 @@
 // a float64 computation (outputs poisoned with NaN first), and times each window with
 // CUDA events beside a device-to-device copy of the input and four kernels that move
 // the same bytes with no arithmetic (ceilings of the access pattern). Environment:
-// WS_CHUNK_W (shortest chunk in windows, default 8), WS_BALANCE=0 (no balancing of
+// WS_CHUNK_W (shortest chunk in windows, default 8), WS_FEW (see geometry), WS_BALANCE=0 (no balancing of
 // waves), WS_WPB (warps a block) and WS_SMEM_KIB (shared memory a block, default 96)
 // override the geometry; the kernels' AHEAD / MIN_BLOCKS macros can be set with -D.
 // `expertcast bench` remains the benchmark of record; this harness is for trying
@@ -142,7 +142,11 @@ static Geo geometry(int w, int T, int S, int sms) {
     const long warm = w > SHORT_MAX_W ? (w - 1 + 127) / 128 * 128 : 0;
     auto cost = [&](long chunk) { return ((S * ((n + chunk - 1) / chunk)) + resident - 1) / resident * (chunk + warm); };
     long chunk = chunk0;
-    for (long c = c0 - 1; balance && c >= std::max(c0 - c0 / 4, 1L); c--) {
+    // Down to 1/4 as many chunks for the long kernel, 3/4 for the others;
+    // WS_FEW=k: down to 1/k of them for every kernel.
+    static long few = getenv("WS_FEW") ? atol(getenv("WS_FEW")) : 0;
+    const long lo = few > 0 ? std::max(c0 / few, 1L) : std::max(w > MID_MAX_W ? c0 / 4 : c0 - c0 / 4, 1L);
+    for (long c = c0 - 1; balance && c >= lo; c--) {
         const long ch = whole((n + c - 1) / c);
         if (cost(ch) < cost(chunk)) chunk = ch;
     }

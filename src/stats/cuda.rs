@@ -100,12 +100,15 @@ pub fn block_shape(w: usize) -> (usize, usize) {
 /// Chooses chunk length and block shape. Chunks are whole spans of at least 8 W
 /// outputs (so the W - 1 warm-up steps cost at most about 1/8), and enough
 /// (series, chunk) warps to give every multiprocessor several, also for a small
-/// trace. Between that many chunks a series and 3/4 as many (longer ones), the
-/// count is taken that finishes soonest by a simple model: waves of `blocks_per_sm`
-/// resident blocks on each of `sms` multiprocessors, each wave as long as a chunk
-/// and its warm-up
-/// (W = 1000 on the paper-scale bench, H200: 11 chunks a series, 8 full waves,
-/// 0.921 ms, instead of 13 and 9.45 waves, 0.958 ms).
+/// trace. Between that many chunks a series and 3/4 as many (1/4 as many for
+/// `window_stats_long`, W > 128, whose warm-up is W - 1 steps), the count is taken
+/// that finishes soonest by a simple model: waves of `blocks_per_sm` resident
+/// blocks on each of `sms` multiprocessors, each wave as long as a chunk and its
+/// warm-up. Paper-scale bench, H200: W = 1000 gets 4 chunks a series (2.9 waves),
+/// 0.906 ms instead of 0.923 ms with 11 (8 full waves; 0.958 ms with the 13 of the
+/// 8 W minimum); W = 300, 11 instead of 30 chunks, 0.891 instead of 0.945 ms.
+/// W = 10 / 100 keep 3/4: down to 1/4 they took 0.806 / 0.812 ms instead of
+/// 0.800 / 0.802 ms.
 pub fn geometry(w: usize, steps: usize, series: usize, sms: usize, blocks_per_sm: usize) -> Geometry {
     let n = cpu::outputs(steps, w).max(1);
     let want_warps = 16 * 32 * sms.max(1);
@@ -117,8 +120,10 @@ pub fn geometry(w: usize, steps: usize, series: usize, sms: usize, blocks_per_sm
     let resident = (sms * blocks_per_sm * warps_per_block).max(1);
     let warm = if w > SHORT_MAX_WINDOW { (w - 1).next_multiple_of(SPAN) } else { 0 };
     let cost = |chunk: usize| (series * n.div_ceil(chunk)).div_ceil(resident) * (chunk + warm);
-    // Fewer chunks than c0 are longer than chunk0; on a tie the shortest wins.
-    let fewer = ((c0 - c0 / 4).max(1)..c0).rev().map(|c| whole(n.div_ceil(c)));
+    // Fewer chunks than c0 are longer than chunk0; on a tie the shortest wins. The
+    // long kernel's warm-up is long enough to look down to c0 / 4.
+    let fewest = if w > MID_MAX_WINDOW { c0 / 4 } else { c0 - c0 / 4 };
+    let fewer = (fewest.max(1)..c0).rev().map(|c| whole(n.div_ceil(c)));
     let chunk = std::iter::once(chunk0).chain(fewer).min_by_key(|&c| cost(c)).unwrap_or(chunk0);
     let warps = series * n.div_ceil(chunk);
     Geometry { chunk, warps_per_block, blocks: warps.div_ceil(warps_per_block), smem_bytes }
@@ -481,7 +486,7 @@ mod tests {
         // The paper-scale bench on an H200: 132 multiprocessors, 3 blocks each of
         // window_stats_mid, 2 of window_stats_long.
         let (steps, series) = (100_000, 12 * 128);
-        for (w, bps, chunk) in [(10, 3, 3072), (100, 3, 3072), (1000, 2, 9088)] {
+        for (w, bps, chunk) in [(10, 3, 3072), (100, 3, 3072), (300, 2, 9088), (1000, 2, 24_832)] {
             let g = geometry(w, steps, series, 132, bps);
             assert_eq!(g.chunk, chunk, "W = {w}");
             let n = steps - w + 1;
@@ -490,9 +495,11 @@ mod tests {
             assert_eq!(g.warps_per_block, 8);
             assert_eq!(g.smem_bytes, 8 * smem_per_warp(w));
         }
-        // W = 1000: 11 chunks a series, 16,896 warps = 8 waves of 132 × 2 × 8; the
-        // 8 W minimum alone would give 13 chunks and 9.45 waves.
-        assert_eq!(series * 99_001usize.div_ceil(9088), 8 * 132 * 2 * 8);
+        // W = 1000: 4 chunks a series, 6,144 warps = 2.9 waves of 132 × 2 × 8, each
+        // 24,832 + 1,024 steps long (the model's 77,568 against 80,896 for 11
+        // chunks in 8 full waves); W = 300: 11 chunks, 8 full waves.
+        assert_eq!(series * 99_001usize.div_ceil(24_832), 6144);
+        assert_eq!(series * 99_701usize.div_ceil(9088), 8 * 132 * 2 * 8);
         // Any shape: whole spans of at least 8 W outputs, or the whole series.
         for (w, steps, series, sms, bps) in [(5, 40, 3, 1, 1), (129, 10_000, 96, 132, 2), (33, 777, 1, 80, 3), (1000, 1000, 4, 132, 2)] {
             let g = geometry(w, steps, series, sms, bps);
