@@ -1,9 +1,11 @@
 //! Window statistics on the GPU: `kernels/window_stats.cu` through cudarc.
 //!
 //! The trace goes to the GPU as float32 shares, series-major, in groups of layers
-//! sized to fit the device's free memory. Two CUDA streams alternate between
-//! groups, each with its own pinned host buffers, so that preparing and copying
-//! one group overlaps the kernels of the other. Layer summaries are reduced on the
+//! sized to fit the device's free memory. The shares are prepared a layer (at most
+//! 64 MiB) at a time into one of two pinned staging buffers and copied
+//! asynchronously, so that preparing a piece overlaps copying the last one; two
+//! CUDA streams alternate between groups, so that one group's preparation and
+//! copies overlap the kernels of the other. Layer summaries are reduced on the
 //! GPU; only they cross PCIe unless the per-expert detail is asked for.
 
 use std::sync::Arc;
@@ -286,20 +288,25 @@ pub fn window_stats_host(gpu: &Gpu, x: &[f32], steps: usize, w: usize) -> anyhow
     Ok(r)
 }
 
-/// Pinned host memory that the host reads (not write-combined).
+/// Pinned host memory that the host reads or writes in cache (not write-combined).
 fn pinned_readable(gpu: &Gpu, len: usize) -> anyhow::Result<PinnedHostSlice<f32>> {
-    // SAFETY: the buffer is fully written by a device-to-host copy before it is read.
+    // SAFETY: callers write the buffer in full (a device-to-host copy, or the host
+    // before a copy to the device) before anything reads it.
     Ok(unsafe { gpu.ctx.alloc_pinned_with_flags::<f32>(len.max(1), 0) }?)
 }
+
+/// Steps a task of the host preparation fills, for all the experts of a piece.
+const FILL_STEPS: usize = 2048;
+/// Most bytes of one of the two pinned staging buffers of the input.
+const STAGE_BYTES: usize = 64 << 20;
 
 /// One stream with its buffers for a group of layers.
 struct Slot {
     stream: Arc<CudaStream>,
-    host_in: PinnedHostSlice<f32>,
     d_in: CudaSlice<f32>,
     out: DeviceOutputs,
-    /// Per window: device summaries and their pinned host copies (5 arrays).
-    sums: Vec<(DeviceSummaries, Vec<PinnedHostSlice<f32>>)>,
+    /// Per window: device summaries (copied back once the group is done).
+    sums: Vec<DeviceSummaries>,
     /// Per window: pinned host copies of mean, var, range (detail only).
     detail: Vec<Vec<PinnedHostSlice<f32>>>,
     /// The layers whose results are in flight on this stream.
@@ -347,15 +354,12 @@ pub fn layer_stats_cuda_grouped(
         let mut sums = Vec::new();
         let mut det = Vec::new();
         for &n in &ns {
-            let host: Vec<PinnedHostSlice<f32>> = (0..5).map(|_| pinned_readable(gpu, group * n)).collect::<Result<_, _>>()?;
-            sums.push((DeviceSummaries::alloc(&stream, (group * n).max(1))?, host));
+            sums.push(DeviceSummaries::alloc(&stream, (group * n).max(1))?);
             if keep {
                 det.push((0..3).map(|_| pinned_readable(gpu, series * n)).collect::<Result<_, _>>()?);
             }
         }
         slots.push(Slot {
-            // SAFETY: written in full from the trace before every copy to the device.
-            host_in: unsafe { gpu.ctx.alloc_pinned::<f32>(series * nt) }?,
             d_in: stream.alloc_zeros((series * nt).max(1))?,
             out: DeviceOutputs {
                 mean: if keep { Some(stream.alloc_zeros((series * n_max).max(1))?) } else { None },
@@ -369,6 +373,17 @@ pub fn layer_stats_cuda_grouped(
         });
     }
 
+    // Two pinned staging buffers of a layer's shares (or of as many of its experts'
+    // rows as fit STAGE_BYTES, a divisor of E so that every piece fills a buffer),
+    // shared by the slots: pinning costs about 0.5 ms a MB on the H200's host (the
+    // whole paper-scale input at once: 330 ms to pin and 95 ms to free, for an
+    // 11 ms copy).
+    let stage_rows = (1..=ne).rev().find(|r| ne % r == 0 && r * nt * 4 <= STAGE_BYTES).unwrap_or(1);
+    let stage_len = stage_rows * nt;
+    // Cached (not write-combined): the fill writes many rows at once; each is
+    // written in full from the trace before every copy to the device.
+    let mut stage = [pinned_readable(gpu, stage_len)?, pinned_readable(gpu, stage_len)?];
+    let mut staged = 0usize;
     let mut results: Vec<Option<Vec<LayerStats>>> = vec![None; nl];
     let mut collect = |slot: &mut Slot,
                        results: &mut Vec<Option<Vec<LayerStats>>>,
@@ -376,24 +391,34 @@ pub fn layer_stats_cuda_grouped(
      -> anyhow::Result<()> {
         let Some(layers) = slot.pending.take() else { return Ok(()) };
         slot.stream.synchronize().context("waiting for the window statistics kernels")?;
-        for (gi, &l) in layers.iter().enumerate() {
-            let mut per_window = Vec::with_capacity(windows.len());
-            for (wi, &w) in windows.iter().enumerate() {
-                let n = ns[wi];
-                let host = &slot.sums[wi].1;
-                let part = |k: usize| -> anyhow::Result<Vec<f64>> {
-                    Ok(host[k].as_slice()?[gi * n..(gi + 1) * n].iter().map(|&v| v as f64).collect())
-                };
-                per_window.push(LayerStats {
-                    layer: l,
-                    window: w,
-                    var_mean: part(0)?,
-                    var_max: part(1)?,
-                    range_mean: part(2)?,
-                    range_max: part(3)?,
-                    std_mean: part(4)?,
-                });
+        // The group's summaries, per window the 5 arrays of layers × n values (a few
+        // MB: pageable memory, as pinning it would cost more than the copy).
+        let mut host: Vec<Vec<Vec<f32>>> = Vec::with_capacity(windows.len());
+        for (wi, &n) in ns.iter().enumerate() {
+            let len = layers.len() * n;
+            let mut arrays = Vec::with_capacity(5);
+            for d in slot.sums[wi].all() {
+                arrays.push(if len == 0 { Vec::new() } else { slot.stream.clone_dtoh(&d.slice(..len)).context("copying layer summaries to the host")? });
             }
+            host.push(arrays);
+        }
+        // Widened to float64, a layer per task.
+        let stats: Vec<Vec<LayerStats>> = layers
+            .par_iter()
+            .enumerate()
+            .map(|(gi, &l)| {
+                windows
+                    .iter()
+                    .enumerate()
+                    .map(|(wi, &w)| {
+                        let n = ns[wi];
+                        let part = |k: usize| -> Vec<f64> { host[wi][k][gi * n..(gi + 1) * n].iter().map(|&v| v as f64).collect() };
+                        LayerStats { layer: l, window: w, var_mean: part(0), var_max: part(1), range_mean: part(2), range_max: part(3), std_mean: part(4) }
+                    })
+                    .collect()
+            })
+            .collect();
+        for ((gi, &l), per_window) in layers.iter().enumerate().zip(stats) {
             if let Some(d) = detail.as_mut() {
                 let mut ex = Vec::with_capacity(ne * windows.len());
                 for e in 0..ne {
@@ -420,34 +445,45 @@ pub fn layer_stats_cuda_grouped(
         let slot = &mut slots[g % slots_needed];
         collect(slot, &mut results, &mut detail)?;
         let series = layers.len() * ne;
-        // Shares as float32, series-major, straight into pinned memory.
-        {
-            let host = slot.host_in.as_mut_slice()?;
-            // A layer per task, walking steps in order: each step's loads are read
-            // contiguously and written to the layer's expert rows (a transpose).
-            host[..series * nt].par_chunks_mut(ne * nt).zip(&layers).for_each(|(rows, &l)| {
-                let mut shares = vec![0.0; ne];
-                for t in 0..nt {
-                    trace.step_shares(t, l, &mut shares);
-                    for (e, p) in shares.iter().enumerate() {
-                        rows[e * nt + t] = *p as f32;
+        let st = slot.stream.clone();
+        // Shares as float32, series-major, a piece at a time into one of the two
+        // pinned staging buffers and copied on the group's stream: the next piece is
+        // prepared while the last one copies (`as_mut_slice` waits for a buffer's
+        // previous copy). Each task takes FILL_STEPS steps of all the piece's rows:
+        // the trace holds a step's loads together, so a task reads each of its steps'
+        // loads once, and its rows' segments stay in cache (tasks per expert, each
+        // reading every step, spent most of their time on TLB misses: 117 ms for the
+        // paper-scale input on 16 cores).
+        let pieces = layers.iter().enumerate().flat_map(|(gi, &l)| (0..ne).step_by(stage_rows.max(1)).map(move |e0| (gi, l, e0)));
+        for (gi, l, e0) in pieces.filter(|_| stage_len > 0) {
+            let buf = &mut stage[staged % 2];
+            staged += 1;
+            let host = buf.as_mut_slice()?;
+            let mut tiles: Vec<Vec<&mut [f32]>> = (0..nt.div_ceil(FILL_STEPS)).map(|_| Vec::with_capacity(stage_rows)).collect();
+            for row in host.chunks_mut(nt) {
+                for (k, seg) in row.chunks_mut(FILL_STEPS).enumerate() {
+                    tiles[k].push(seg);
+                }
+            }
+            tiles.into_par_iter().enumerate().for_each(|(k, mut segs)| {
+                let mut shares = vec![0.0; segs.len()];
+                for dt in 0..segs.first().map_or(0, |s| s.len()) {
+                    trace.step_shares_from(k * FILL_STEPS + dt, l, e0, &mut shares);
+                    for (seg, p) in segs.iter_mut().zip(&shares) {
+                        seg[dt] = *p as f32;
                     }
                 }
             });
+            let at = (gi * ne + e0) * nt;
+            st.memcpy_htod(&*buf, &mut slot.d_in.slice_mut(at..at + stage_len)).context("copying shares to the GPU")?;
         }
-        let st = slot.stream.clone();
-        st.memcpy_htod(&slot.host_in, &mut slot.d_in).context("copying shares to the GPU")?;
         for (wi, &w) in windows.iter().enumerate() {
             let n = ns[wi];
             if n == 0 {
                 continue;
             }
             launch_window_stats(gpu, &st, &slot.d_in, nt, series, nl * ne, w, &mut slot.out)?;
-            let (dsum, hsum) = &mut slot.sums[wi];
-            launch_layer_summary(gpu, &st, &slot.out, n, layers.len(), ne, dsum)?;
-            for (d, h) in dsum.all().into_iter().zip(hsum.iter_mut()) {
-                st.memcpy_dtoh(&d.slice(..layers.len() * n), h).context("copying layer summaries to the host")?;
-            }
+            launch_layer_summary(gpu, &st, &slot.out, n, layers.len(), ne, &mut slot.sums[wi])?;
             if keep {
                 let h = &mut slot.detail[wi];
                 let outs = [slot.out.mean.as_ref().unwrap(), &slot.out.var, &slot.out.range];

@@ -186,11 +186,16 @@ impl Trace {
     }
     /// The shares of every expert of layer `l` at step `t`, into `out` (`E` values).
     pub fn step_shares(&self, t: usize, l: usize, out: &mut [f64]) {
+        let ne = self.experts().min(out.len());
+        self.step_shares_from(t, l, 0, &mut out[..ne]);
+    }
+    /// The shares of experts `e0 .. e0 + out.len()` of layer `l` at step `t`.
+    pub fn step_shares_from(&self, t: usize, l: usize, e0: usize, out: &mut [f64]) {
         let (ne, nl) = (self.experts(), self.layers());
         let total = self.totals[t * nl + l];
-        let base = (t * nl + l) * ne;
-        for (e, o) in out.iter_mut().enumerate().take(ne) {
-            *o = self.loads.get(base + e) / total;
+        let base = (t * nl + l) * ne + e0;
+        for (j, o) in out.iter_mut().enumerate() {
+            *o = self.loads.get(base + j) / total;
         }
     }
     /// Proportions of layer `l`, step-major: `out[t * E + e]`.
