@@ -289,7 +289,7 @@ pub fn window_stats_host(gpu: &Gpu, x: &[f32], steps: usize, w: usize) -> anyhow
 }
 
 /// Pinned host memory that the host reads or writes in cache (not write-combined).
-fn pinned_readable(gpu: &Gpu, len: usize) -> anyhow::Result<PinnedHostSlice<f32>> {
+fn pinned_cached(gpu: &Gpu, len: usize) -> anyhow::Result<PinnedHostSlice<f32>> {
     // SAFETY: callers write the buffer in full (a device-to-host copy, or the host
     // before a copy to the device) before anything reads it.
     Ok(unsafe { gpu.ctx.alloc_pinned_with_flags::<f32>(len.max(1), 0) }?)
@@ -356,7 +356,7 @@ pub fn layer_stats_cuda_grouped(
         for &n in &ns {
             sums.push(DeviceSummaries::alloc(&stream, (group * n).max(1))?);
             if keep {
-                det.push((0..3).map(|_| pinned_readable(gpu, series * n)).collect::<Result<_, _>>()?);
+                det.push((0..3).map(|_| pinned_cached(gpu, series * n)).collect::<Result<_, _>>()?);
             }
         }
         slots.push(Slot {
@@ -382,7 +382,7 @@ pub fn layer_stats_cuda_grouped(
     let stage_len = stage_rows * nt;
     // Cached (not write-combined): the fill writes many rows at once; each is
     // written in full from the trace before every copy to the device.
-    let mut stage = [pinned_readable(gpu, stage_len)?, pinned_readable(gpu, stage_len)?];
+    let mut stage = [pinned_cached(gpu, stage_len)?, pinned_cached(gpu, stage_len)?];
     let mut staged = 0usize;
     let mut results: Vec<Option<Vec<LayerStats>>> = vec![None; nl];
     let mut collect = |slot: &mut Slot,
@@ -454,8 +454,8 @@ pub fn layer_stats_cuda_grouped(
         // loads once, and its rows' segments stay in cache (tasks per expert, each
         // reading every step, spent most of their time on TLB misses: 117 ms for the
         // paper-scale input on 16 cores).
-        let pieces = layers.iter().enumerate().flat_map(|(gi, &l)| (0..ne).step_by(stage_rows.max(1)).map(move |e0| (gi, l, e0)));
-        for (gi, l, e0) in pieces.filter(|_| stage_len > 0) {
+        let pieces = layers.iter().enumerate().flat_map(|(gi, &l)| (0..ne).step_by(stage_rows).map(move |e0| (gi, l, e0)));
+        for (gi, l, e0) in pieces.take_while(|_| stage_len > 0) {
             let buf = &mut stage[staged % 2];
             staged += 1;
             let host = buf.as_mut_slice()?;
