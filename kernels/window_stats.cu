@@ -10,10 +10,12 @@
 // output whatever W. One warp handles one series over one chunk of outputs, so
 // that a small trace still gives thousands of warps. It walks the chunk in spans of
 // 128 outputs, lane l owning outputs 4l .. 4l + 3 of a span, so that each lane
-// writes its three results as float4: spans are aligned on the flat output index
-// s * n + i, and chunks (a multiple of 128 outputs from the host) start on such a
-// boundary, so only a series' first and last spans are partial (their lanes write
-// single floats, those outside the chunk nothing). A span's work:
+// writes its three results as float4: spans start where the flat output index
+// s * n + i is a multiple of 32 (128-byte lines: 8 % faster at W = 10 than spans
+// aligned only on float4, whose first and last lines each span half-writes), and
+// chunks (a multiple of 128 outputs from the host) start on such a boundary, so only
+// a series' first and last spans are partial (their lanes write single floats,
+// those outside the chunk nothing). A span's work:
 //   - each lane loads the last input of its 4 windows ("ends");
 //   - the ends are cut into blocks of B steps, B the largest power of two <= W - 1
 //     (at most 128), and scanned within blocks: prefixes (max, min, sum, sum of
@@ -26,8 +28,13 @@
 // Each input is loaded once per chunk (chunks overlap by W - 1 steps, the warm-up
 // spans at a chunk's start produce no output). Sums are of x - shift (shift = an
 // input of the chunk) and span at most W + B steps, so float32 stays within 1e-6 of
-// a float64 computation for shares. Windows of at most 4 steps use
-// window_stats_short, which gathers each window from shared memory.
+// a float64 computation for shares. window_stats_long keeps the block scheme for
+// max and min only: its sums slide, each output's window adding its end and dropping
+// the step before its start (read back from a ring of raw inputs), the differences
+// prefix-scanned within the span on top of a float64 carry from the spans before
+// (the carry is rounded to float32 once a span, so errors do not build up along
+// the chunk). Windows of at most 4 steps use window_stats_short, which gathers each
+// window from shared memory.
 
 #define FULL 0xffffffffu
 // The dynamic shared memory of every kernel here (one declaration).
@@ -231,15 +238,21 @@ extern "C" __global__ void __launch_bounds__(256) window_stats_short(const float
 // the harness use the same figures.
 #define SHORT_MAX_W 4
 #define MID_MAX_W SPAN
+// Spans start where the flat output index is a multiple of this (a 128-byte line of
+// outputs; H200, harness: W = 10 / 100 / 1000 0.730 / 0.750 / 0.807 ms, against
+// 0.800 / 0.801 / 0.823 ms with spans aligned on 4 outputs).
+#ifndef SPAN_ALIGN
+#define SPAN_ALIGN 32
+#endif
 // Positions of the rings of window W: a multiple of SPAN, at least W - 1 + SPAN.
 #define RING(W) ((((W) - 1) / SPAN + 2) * SPAN)
 // Floats of shared memory per warp of window W. window_stats_mid: 4 padded suffix
-// rings. window_stats_long: a padded raw ring, a suffix ring of two spans (4
-// quantities, padded) and rings of block totals and of suffixes within groups of
-// blocks (4 quantities a span each).
+// rings. window_stats_long: a padded raw ring, a suffix ring of two spans (max and
+// min, padded) and rings of block totals and of suffixes within groups of blocks
+// (max and min a span each).
 #define SPAN_SMEM_FLOATS(W)                                                           \
     ((W) <= MID_MAX_W ? 4 * (RING(W) + RING(W) / 32)                                \
-                      : RING(W) + RING(W) / 32 + 8 * SPANP + 8 * (RING(W) / SPAN))
+                      : RING(W) + RING(W) / 32 + 4 * SPANP + 4 * (RING(W) / SPAN))
 
 // The 4 quantities at index i of 4 arrays `stride` apart.
 __device__ __forceinline__ Agg agg_at(const float* a0, int stride, int i) {
@@ -284,13 +297,13 @@ __device__ __forceinline__ void span_stats(const float* __restrict__ x, int T, i
     if (gw >= (long)S * chunks) return;
     const int s = (int)(gw / chunks), c = (int)(gw % chunks);
     const long gbase = (long)s * n;  // flat index of output 0 of the series
-    // Chunks start where the flat index is a multiple of 4 (c * chunk moved back by
-    // the series' misalignment), so that with chunk a multiple of the span only a
-    // series' first and last spans are partial.
-    const int mis = (int)(gbase & 3);
+    // Chunks start where the flat index is a multiple of SPAN_ALIGN (c * chunk moved
+    // back by the series' misalignment), so that with chunk a multiple of the span
+    // only a series' first and last spans are partial.
+    const int mis = (int)(gbase & (SPAN_ALIGN - 1));
     const int i0 = c == 0 ? 0 : c * chunk - mis;               // first output of the chunk
     const int i1 = c == chunks - 1 ? n : (c + 1) * chunk - mis;  // one past its last
-    const int ia = i0 - (int)((gbase + i0) & 3);  // first span, aligned on the flat index
+    const int ia = i0 - (int)((gbase + i0) & (SPAN_ALIGN - 1));  // first span, aligned
     const int D = W - 1;
     int B = SPAN;
     if (!BIG)
@@ -318,6 +331,15 @@ __device__ __forceinline__ void span_stats(const float* __restrict__ x, int T, i
         }
     }
     int sbase = 0;  // ring slot of the span's first end
+    // Long kernel: the raw ring starts as `shift` everywhere, so that the first W
+    // ends leave nothing behind them in the sums of differences (below).
+    float* raw = smem + (long)warp * SPAN_SMEM_FLOATS(W);
+    double csum = 0.0, csq = 0.0;  // long kernel: window sums (of x - shift) before this span
+    if (BIG) {
+        for (int i = lane; i < stride; i += 32) raw[i] = shift;
+        __syncwarp();
+    }
+    const float shift2 = 2.0f * shift;
     // Long kernel: groups of L blocks for the blocks between a window's ends; the
     // prefix of the current group and the position in it.
     const int L = Q - 1;
@@ -344,7 +366,22 @@ __device__ __forceinline__ void span_stats(const float* __restrict__ x, int T, i
             Agg run = agg_identity();
 #pragma unroll
             for (int k = 0; k < K; k++) {
-                e[k] = agg_of(cur[k], shift);
+                if (BIG) {
+                    // The window of output i differs from that of i - 1 by its end
+                    // x[i + D] in and x[i - 1] out: x[i - 1] is the end of output
+                    // i - W, W slots back in the raw ring (R >= W + SPAN: not this
+                    // span's slots). Sums scan these differences and add the carry.
+                    int q = sbase + own + k - W;
+                    if (q < 0) q += R;
+                    const float lv = raw[pad(q)];
+                    const float d = cur[k] - lv;
+                    e[k].mx = cur[k];
+                    e[k].mn = cur[k];
+                    e[k].sum = d;
+                    e[k].sq = d * ((cur[k] + lv) - shift2);
+                } else {
+                    e[k] = agg_of(cur[k], shift);
+                }
                 run = agg_join(run, e[k]);
                 pk[k] = run;
             }
@@ -362,81 +399,114 @@ __device__ __forceinline__ void span_stats(const float* __restrict__ x, int T, i
             Agg win[K];
             if (BIG) {
                 // Blocks are spans. The raw ends go to the raw ring and the span's
-                // total to the totals ring; block J - Q (J this span) is read back
-                // from the raw ring and suffix-scanned into this span's half (hb) of
-                // a suffix ring of two spans (stride SS): the windows of this span
-                // start in block J - Q (at offset o - r for o >= r) or in block
-                // J - Q - 1 (the other half), so at position hb + o - r of that ring
-                // either way (one read per window, no bank conflicts between halves).
+                // max / min to the totals ring; block J - Q (J this span) is read
+                // back from the raw ring and suffix-scanned (max and min) into this
+                // span's half (hb) of a suffix ring of two spans (stride SS): the
+                // windows of this span start in block J - Q (at offset o - r for
+                // o >= r) or in block J - Q - 1 (the other half), so at position
+                // hb + o - r of that ring either way (one read per window, no bank
+                // conflicts between halves). The sums are the carry plus the prefix
+                // of differences.
                 constexpr int SS = 2 * SPANP;
-                float* raw = smem + (long)warp * SPAN_SMEM_FLOATS(W);
                 float* sbuf = raw + stride;
-                float* tots = sbuf + 4 * SS;
-                float* gsuf = tots + 4 * (R / SPAN);
+                float* tots = sbuf + 2 * SS;
+                float* gsuf = tots + 2 * (R / SPAN);
                 const int nb = R / SPAN, jb = sbase / SPAN;
                 // A lane's 4 positions share one pad word (spans and ring positions
                 // here are multiples of 32): pad once.
                 float* rawk = raw + pad(sbase + own);
 #pragma unroll
                 for (int k = 0; k < K; k++) rawk[k] = cur[k];
-                if (lane == 31) agg_put(tots, nb, jb, incl);
+                if (lane == 31) {
+                    tots[jb] = incl.mx;
+                    tots[nb + jb] = incl.mn;
+                }
+                // The span's sums of differences, for the carry of the next span.
+                const float tsum = __shfl_sync(FULL, incl.sum, 31), tsq = __shfl_sync(FULL, incl.sq, 31);
                 __syncwarp();
                 const int hb = ((v0 + a) & 1) * SPAN;  // this span's half
                 // Warm-up spans before the one just before the first output only
-                // feed the raw ring and the block totals: no output reads their
-                // suffixes.
+                // feed the raw ring, the block totals and the carry: no output reads
+                // their suffixes.
                 if (isp + SPAN >= ia) {
                     int qs = sbase - Q * SPAN;
                     if (qs < 0) qs += R;
-                    Agg sk[K];
-                    Agg back = agg_identity();
+                    float smx[K], smn[K];
+                    float m1 = -F_INF, m2 = F_INF;
 #pragma unroll
                     for (int k = K - 1; k >= 0; k--) {
-                        const Agg f = agg_of(raw[pad(qs + own) + k], shift);
-                        back = agg_join(f, back);
-                        sk[k] = back;
+                        const float f = raw[pad(qs + own) + k];
+                        m1 = fmaxf(f, m1);
+                        m2 = fminf(f, m2);
+                        smx[k] = m1;
+                        smn[k] = m2;
                     }
 #pragma unroll
-                    for (int d = 1; d < 32; d <<= 1) back = scan_step<false>(back, d, 32, lane + d < 32);
-                    Agg after = agg_shfl_down(back, 1);
-                    if (lane == 31) after = agg_identity();
+                    for (int d = 1; d < 32; d <<= 1) {
+                        // Past the warp's end the shuffle returns the lane's own value.
+                        m1 = fmaxf(m1, __shfl_down_sync(FULL, m1, d));
+                        m2 = fminf(m2, __shfl_down_sync(FULL, m2, d));
+                    }
+                    float a1 = __shfl_down_sync(FULL, m1, 1), a2 = __shfl_down_sync(FULL, m2, 1);
+                    if (lane == 31) {
+                        a1 = -F_INF;
+                        a2 = F_INF;
+                    }
+                    float* sk = sbuf + pad(hb + own);
 #pragma unroll
-                    for (int k = 0; k < K; k++) agg_put(sbuf, SS, pad(hb + own) + k, agg_join(sk[k], after));
+                    for (int k = 0; k < K; k++) {
+                        sk[k] = fmaxf(smx[k], a1);
+                        sk[SS + k] = fminf(smn[k], a2);
+                    }
                 }
                 __syncwarp();
                 // Whole blocks between: J - Q + 1 .. J - 1 (ma), and J - Q too (mb).
                 // ma slides by one block a span: van Herk again, over the blocks, in
                 // groups of L = Q - 1: ma = (suffix of its first block's group) joined
                 // with (prefix of block J - 1's group), or that whole group.
-                Agg ma = agg_identity();
+                float max_a = -F_INF, min_a = F_INF;
                 if (L > 0) {
                     if (gpos == 0) {
-                        ma = gpre;
+                        max_a = gpre.mx;
+                        min_a = gpre.mn;
                     } else {
                         int t = jb - L;
                         if (t < 0) t += nb;
-                        ma = agg_join(agg_at(gsuf, nb, t), gpre);
+                        max_a = fmaxf(gsuf[t], gpre.mx);
+                        min_a = fminf(gsuf[nb + t], gpre.mn);
                     }
-                    const Agg tj = agg_at(tots, nb, jb);
-                    gpre = gpos == 0 ? tj : agg_join(gpre, tj);
+                    const float tx = tots[jb], tn = tots[nb + jb];
+                    gpre.mx = gpos == 0 ? tx : fmaxf(gpre.mx, tx);
+                    gpre.mn = gpos == 0 ? tn : fminf(gpre.mn, tn);
                     if (++gpos == L) {
                         // Block J ends a group: the suffixes of its blocks.
                         gpos = 0;
-                        Agg acc = agg_identity();
+                        float ax = -F_INF, an = F_INF;
                         for (int j = 0; j < L; j++) {
                             int t = jb - j;
                             if (t < 0) t += nb;
-                            acc = agg_join(agg_at(tots, nb, t), acc);
-                            if (lane == 0) agg_put(gsuf, nb, t, acc);
+                            ax = fmaxf(tots[t], ax);
+                            an = fminf(tots[nb + t], an);
+                            if (lane == 0) {
+                                gsuf[t] = ax;
+                                gsuf[nb + t] = an;
+                            }
                         }
                     }
                 }
-                const Agg mb = agg_join(ma, ring_load(sbuf, SS, hb));
+                const float max_b = fmaxf(max_a, sbuf[pad(hb)]), min_b = fminf(min_a, sbuf[SS + pad(hb)]);
+                const float cs = (float)csum, cq = (float)csq;
 #pragma unroll
                 for (int k = 0; k < K; k++) {
                     const int o = own + k;
-                    win[k] = agg_join(ring_load(sbuf, SS, (hb + o - r) & (2 * SPAN - 1)), o >= r ? ma : mb);
+                    const int slot = pad((hb + o - r) & (2 * SPAN - 1));
+                    win[k].mx = fmaxf(sbuf[slot], o >= r ? max_a : max_b);
+                    win[k].mn = fminf(sbuf[SS + slot], o >= r ? min_a : min_b);
+                    win[k].sum = cs;
+                    win[k].sq = cq;
                 }
+                csum += (double)tsum;
+                csq += (double)tsq;
             } else {
                 // Blocks of B ends: every end's suffix to its block's end goes to the
                 // ring; windows read their first step's suffix back.
