@@ -38,9 +38,14 @@ fn seed() -> u64 {
 
 /// Compares the kernel with the float64 CPU path on the same float32 inputs.
 fn check(series: usize, steps: usize, w: usize, seed: u64) {
+    check_planned(series, steps, w, seed, series);
+}
+
+/// [`check`] with the kernel's chunks planned for `plan` series.
+fn check_planned(series: usize, steps: usize, w: usize, seed: u64, plan: usize) {
     let g = gpu();
     let x = random_series(series, steps, seed);
-    let (m, v, r) = cuda::window_stats_host(&g, &x, steps, w).unwrap();
+    let (m, v, r) = cuda::window_stats_host_planned(&g, &x, steps, w, plan).unwrap();
     let n = cpu::outputs(steps, w);
     assert_eq!(m.len(), series * n);
     let mut s = cpu::Scratch::default();
@@ -106,6 +111,21 @@ fn long_series_stay_within_1e6() {
     check(3, 100_000, 10, sd);
     check(3, 100_000, 1000, sd);
     check(2, 100_000, 4096, sd);
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn long_chunks_stay_within_1e6() {
+    // Chunks planned as for a paper-scale trace (12 × 128 series): the long kernel's
+    // float64 carry of window sums then runs over 24,832 outputs at W = 1000 and a
+    // whole series at W = 3000 (the chunks of a few series alone are far shorter).
+    let g = gpu();
+    let sd = seed();
+    for (w, at_least) in [(1000, 24_000), (3000, 97_001)] {
+        let geo = cuda::launch_geometry(&g, w, 100_000, 3, 12 * 128).unwrap();
+        assert!(geo.chunk >= at_least, "W = {w}: chunks of {} outputs", geo.chunk);
+        check_planned(3, 100_000, w, sd, 12 * 128);
+    }
 }
 
 #[test]

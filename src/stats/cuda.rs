@@ -270,6 +270,18 @@ pub fn launch_layer_summary(
 /// Window statistics of `series` series (series-major in `x`), on the GPU, back on
 /// the host: `(mean, var, range)`, each `[series][n]`. For tests and benchmarks.
 pub fn window_stats_host(gpu: &Gpu, x: &[f32], steps: usize, w: usize) -> anyhow::Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+    window_stats_host_planned(gpu, x, steps, w, x.len() / steps.max(1))
+}
+
+/// [`window_stats_host`] with chunks planned for `plan_series` series, as a group of
+/// a larger trace gets them (more series: fewer, longer chunks).
+pub fn window_stats_host_planned(
+    gpu: &Gpu,
+    x: &[f32],
+    steps: usize,
+    w: usize,
+    plan_series: usize,
+) -> anyhow::Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
     let series = x.len() / steps.max(1);
     let n = cpu::outputs(steps, w);
     let stream = gpu.ctx.default_stream();
@@ -277,7 +289,7 @@ pub fn window_stats_host(gpu: &Gpu, x: &[f32], steps: usize, w: usize) -> anyhow
     // Poisoned outputs: any value the kernel fails to write shows up as NaN.
     let poison = vec![f32::NAN; (series * n).max(1)];
     let mut out = DeviceOutputs { mean: Some(stream.clone_htod(&poison)?), var: stream.clone_htod(&poison)?, range: stream.clone_htod(&poison)? };
-    launch_window_stats(gpu, &stream, &dx, steps, series, series, w, &mut out)?;
+    launch_window_stats(gpu, &stream, &dx, steps, series, plan_series, w, &mut out)?;
     let get = |d: &CudaSlice<f32>| -> anyhow::Result<Vec<f32>> {
         let mut v = stream.clone_dtoh(d)?;
         v.truncate(series * n);
