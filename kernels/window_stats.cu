@@ -11,7 +11,7 @@
 // that a small trace still gives thousands of warps. It walks the chunk in spans of
 // 128 outputs, lane l owning outputs 4l .. 4l + 3 of a span, so that each lane
 // writes its three results as float4: spans start where the flat output index
-// s * n + i is a multiple of 32 (128-byte lines: 8 % faster at W = 10 than spans
+// s * n + i is a multiple of 32 (128-byte lines: 9 % faster at W = 10 than spans
 // aligned only on float4, whose first and last lines each span half-writes), and
 // chunks (a multiple of 128 outputs from the host) start on such a boundary, so only
 // a series' first and last spans are partial (their lanes write single floats,
