@@ -6,7 +6,7 @@
 
 mod registry;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use cudarc::driver::CudaContext;
 
@@ -59,7 +59,12 @@ pub fn cuda_device_count() -> usize {
     std::panic::catch_unwind(|| CudaContext::device_count().map(|n| n.max(0) as usize).unwrap_or(0)).unwrap_or(0)
 }
 
-/// Opens GPU `ordinal`, or says why not.
+/// GPUs opened so far in this process, by ordinal: a sweep's units (each a whole
+/// run) then share one context, its kernels compiled once and its pinned staging
+/// buffers.
+static OPENED: Mutex<Vec<(usize, Arc<Gpu>)>> = Mutex::new(Vec::new());
+
+/// Opens GPU `ordinal` (or hands back the one this process opened), or says why not.
 pub fn probe_cuda_at(ordinal: usize) -> Result<Device, String> {
     // SAFETY: only loads and unloads a shared library to see whether it exists.
     if !unsafe { cudarc::driver::sys::is_culib_present() } {
@@ -68,11 +73,17 @@ pub fn probe_cuda_at(ordinal: usize) -> Result<Device, String> {
     if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
         return Err("NVRTC (libnvrtc.so) was not found; add the CUDA toolkit's lib64 to LD_LIBRARY_PATH".into());
     }
+    let mut opened_before = OPENED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, g)) = opened_before.iter().find(|(o, _)| *o == ordinal) {
+        return Ok(Device::Cuda(g.clone()));
+    }
     let opened = std::panic::catch_unwind(|| CudaContext::new(ordinal));
     match opened {
         Ok(Ok(ctx)) => {
             let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
-            Ok(Device::Cuda(Arc::new(Gpu::new(ctx, name))))
+            let g = Arc::new(Gpu::new(ctx, name));
+            opened_before.push((ordinal, g.clone()));
+            Ok(Device::Cuda(g))
         }
         Ok(Err(e)) => Err(format!("the CUDA driver could not open device {ordinal}: {e}")),
         Err(_) => Err("the CUDA driver library could not be used".into()),

@@ -3,10 +3,10 @@
 //! Each `kernels/*.cu` file is embedded with `include_str!` and compiled for the
 //! device's own architecture the first time a kernel of it is asked for.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::{Context, anyhow};
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, PinnedHostSlice};
 use cudarc::nvrtc::{CompileOptions, compile_ptx_with_opts};
 
 /// Source of the window-statistics kernels (`window_stats_short`, `window_stats_mid`,
@@ -30,15 +30,22 @@ pub struct Gpu {
     pub ctx: Arc<CudaContext>,
     pub name: String,
     kernels: OnceLock<Result<Kernels, String>>,
+    /// Pinned staging buffers of the statistics stage's input, kept for the next call
+    /// (see `stats::cuda`): pinning costs about 0.5 ms a MB on the H200's host.
+    pub(crate) staging: Mutex<Vec<PinnedHostSlice<f32>>>,
 }
 
 impl Gpu {
     pub fn new(ctx: Arc<CudaContext>, name: String) -> Gpu {
-        Gpu { ctx, name, kernels: OnceLock::new() }
+        Gpu { ctx, name, kernels: OnceLock::new(), staging: Mutex::new(Vec::new()) }
     }
 
-    /// The kernels, compiled and loaded on first use.
+    /// The kernels, compiled and loaded on first use. Also makes the context current
+    /// on the calling thread: a process opens each GPU once and may use it from any
+    /// thread, and some driver calls (a kernel's attributes and occupancy) do not bind
+    /// the context themselves.
     pub fn kernels(&self) -> anyhow::Result<&Kernels> {
+        self.ctx.bind_to_thread().context("making the GPU's context current on this thread")?;
         self.kernels.get_or_init(|| self.load().map_err(|e| format!("{e:#}"))).as_ref().map_err(|e| anyhow!("{e}"))
     }
 

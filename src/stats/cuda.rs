@@ -307,6 +307,27 @@ fn pinned_cached(gpu: &Gpu, len: usize) -> anyhow::Result<PinnedHostSlice<f32>> 
     Ok(unsafe { gpu.ctx.alloc_pinned_with_flags::<f32>(len.max(1), 0) }?)
 }
 
+/// Two pinned staging buffers of `len` floats: the ones the last call on `gpu` left
+/// when they have that length (a sweep's traces and the bench's passes usually do),
+/// else new ones; kept buffers of another length are freed.
+fn take_staging(gpu: &Gpu, len: usize) -> anyhow::Result<[PinnedHostSlice<f32>; 2]> {
+    let mut kept = std::mem::take(&mut *gpu.staging.lock().unwrap_or_else(|e| e.into_inner()));
+    kept.retain(|b| b.len() == len);
+    let mut next = || kept.pop().map_or_else(|| pinned_cached(gpu, len), Ok);
+    Ok([next()?, next()?])
+}
+
+/// Hands staging buffers back to `gpu` for its next call (at most two are kept: 128
+/// MiB of pinned memory a GPU at most, until the `Gpu` is dropped).
+fn keep_staging(gpu: &Gpu, bufs: [PinnedHostSlice<f32>; 2]) {
+    let mut kept = gpu.staging.lock().unwrap_or_else(|e| e.into_inner());
+    for b in bufs {
+        if kept.len() < 2 {
+            kept.push(b);
+        }
+    }
+}
+
 /// Steps a task of the host preparation fills, for all the experts of a piece.
 const FILL_STEPS: usize = 2048;
 /// Most bytes of one of the two pinned staging buffers of the input.
@@ -389,12 +410,12 @@ pub fn layer_stats_cuda_grouped(
     // rows as fit STAGE_BYTES, a divisor of E so that every piece fills a buffer),
     // shared by the slots: pinning costs about 0.5 ms a MB on the H200's host (the
     // whole paper-scale input at once: 330 ms to pin and 95 ms to free, for an
-    // 11 ms copy).
+    // 11 ms copy), so the buffers are kept on `gpu` for the next call.
     let stage_rows = (1..=ne).rev().find(|r| ne % r == 0 && r * nt * 4 <= STAGE_BYTES).unwrap_or(1);
     let stage_len = stage_rows * nt;
     // Cached (not write-combined): the fill writes many rows at once; each is
     // written in full from the trace before every copy to the device.
-    let mut stage = [pinned_cached(gpu, stage_len)?, pinned_cached(gpu, stage_len)?];
+    let mut stage = take_staging(gpu, stage_len)?;
     let mut staged = 0usize;
     let mut results: Vec<Option<Vec<LayerStats>>> = vec![None; nl];
     let mut collect = |slot: &mut Slot,
@@ -509,6 +530,8 @@ pub fn layer_stats_cuda_grouped(
     for slot in slots.iter_mut() {
         collect(slot, &mut results, &mut detail)?;
     }
+    // Every stream is done with the staging buffers (and their events say so).
+    keep_staging(gpu, stage);
     // Windows with no output (trace shorter than the window) give empty summaries.
     Ok(results.into_iter().flatten().flatten().collect())
 }
