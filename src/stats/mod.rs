@@ -1,5 +1,5 @@
 //! Window statistics over every layer and expert of a trace, and the states
-//! (transient, stable) derived from them. SPEC.md, "Window statistics" and "States".
+//! (transient, stable) derived from them. docs/reference.md, "Window statistics" and "States".
 
 pub mod cpu;
 pub mod cuda;
@@ -73,6 +73,10 @@ pub struct ExpertStats {
     pub range: Vec<f64>,
 }
 
+/// Blocks of experts a layer's summaries are summed in (fixed, so that the sums do
+/// not depend on the number of threads or their scheduling).
+const BLOCKS: usize = 16;
+
 /// Computes the layer summaries of every (layer, window) on the CPU, layer by
 /// layer with the experts of a layer in parallel. When `detail` is given it
 /// receives each layer's per-expert statistics (in expert, then window order)
@@ -92,27 +96,36 @@ pub fn layer_stats_cpu(
         let init = || -> (Vec<LayerStats>, Vec<ExpertStats>) {
             (windows.iter().map(|&w| LayerStats::zeros(l, w, cpu::outputs(nt, w))).collect(), Vec::new())
         };
-        let (mut acc, mut kept) = series
-            .par_chunks(nt)
+        // Experts in a fixed number of blocks, each summed in expert order, the blocks
+        // then merged in block order: the same bits whatever the threads.
+        let block = ne.div_ceil(BLOCKS);
+        let parts: Vec<(Vec<LayerStats>, Vec<ExpertStats>)> = series
+            .par_chunks(nt * block)
             .enumerate()
-            .fold_with(init(), |(mut acc, mut kept), (e, x)| {
+            .map(|(b, xs)| {
+                let (mut acc, mut kept) = init();
                 let mut s = cpu::Scratch::default();
-                for (wi, &w) in windows.iter().enumerate() {
-                    let n = cpu::outputs(nt, w);
-                    let (mut m, mut v, mut r) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
-                    cpu::window_series(x, w, &mut m, &mut v, &mut r, &mut s);
-                    acc[wi].add(&v, &r);
-                    if keep {
-                        kept.push(ExpertStats { layer: l, expert: e, window: w, mean: m, var: v, range: r });
+                for (i, x) in xs.chunks(nt).enumerate() {
+                    let e = b * block + i;
+                    for (wi, &w) in windows.iter().enumerate() {
+                        let n = cpu::outputs(nt, w);
+                        let (mut m, mut v, mut r) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+                        cpu::window_series(x, w, &mut m, &mut v, &mut r, &mut s);
+                        acc[wi].add(&v, &r);
+                        if keep {
+                            kept.push(ExpertStats { layer: l, expert: e, window: w, mean: m, var: v, range: r });
+                        }
                     }
                 }
                 (acc, kept)
             })
-            .reduce(init, |(mut a, mut ka), (b, kb)| {
-                a.iter_mut().zip(&b).for_each(|(x, y)| x.merge(y));
-                ka.extend(kb);
-                (a, ka)
-            });
+            .collect();
+        let mut parts = parts.into_iter();
+        let (mut acc, mut kept) = parts.next().unwrap_or_else(init);
+        for (a, k) in parts {
+            acc.iter_mut().zip(&a).for_each(|(x, y)| x.merge(y));
+            kept.extend(k);
+        }
         acc.iter_mut().for_each(|s| s.finish(ne));
         if let Some(d) = detail.as_mut() {
             kept.sort_by_key(|k| (k.expert, windows.iter().position(|&w| w == k.window)));
@@ -129,6 +142,26 @@ mod tests {
     use super::*;
     use crate::trace::Loads;
     use std::path::Path;
+
+    #[test]
+    fn layer_summaries_have_the_same_bits_whatever_the_threads() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets/gpt12-e64-top2-s1.parquet");
+        let t = crate::trace::read_file(&path, &Default::default()).unwrap().remove(0);
+        let with = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| layer_stats_cpu(&t, &[10, 100], None, || {}).unwrap())
+        };
+        let one = with(1);
+        for threads in [2, 3, 8] {
+            let many = with(threads);
+            for (a, b) in one.iter().zip(&many) {
+                let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&a.var_mean), bits(&b.var_mean), "{threads} threads");
+                assert_eq!(bits(&a.std_mean), bits(&b.std_mean), "{threads} threads");
+                assert_eq!(bits(&a.range_mean), bits(&b.range_mean), "{threads} threads");
+            }
+        }
+    }
 
     #[test]
     fn layer_summaries_average_and_max_over_experts() {
