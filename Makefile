@@ -15,7 +15,8 @@ build:
 run: build
 	./target/release/expertcast run
 
-# Python packages for the interoperability test and the peer benchmarks.
+# Python packages for the interoperability test, the README snippets (duckdb,
+# polars) and the peer benchmarks.
 $(VPY): tests/requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip

@@ -9,12 +9,13 @@
 
 use std::time::Instant;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use cudarc::driver::CudaSlice;
 
+use super::UsageError;
 use crate::gpu::{self, Device, DeviceRequest, Gpu};
 use crate::stats::{self, cpu, cuda};
-use crate::trace::{Loads, ReadOptions, Trace, read_file};
+use crate::trace::{Input, Loads, ReadOptions, Trace, read_inputs};
 
 /// Which stage `expertcast bench` measures.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,9 +67,8 @@ pub struct BenchArgs {
 /// series `s` at step `t` is series `s mod 96` of it at step `(t + 37 s) mod 8001`
 /// (the rule benches/peers/*.py use too).
 pub fn bench_trace(steps: usize, layers: usize, experts: usize) -> anyhow::Result<Trace> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets/gpt12-e16-top2-s1.parquet");
-    let local = std::path::Path::new("datasets/gpt12-e16-top2-s1.parquet");
-    let src = read_file(if local.exists() { local } else { &path }, &ReadOptions::default())?.remove(0);
+    let bundled = Input::bundled_named("gpt12-e16-top2-s1.parquet").expect("a bundled trace");
+    let src = read_inputs(&[bundled], &ReadOptions::default())?.remove(0);
     let (t0, n_src, ne0) = (src.steps(), src.layers() * src.experts(), src.experts());
     let mut loads = vec![0f32; steps * layers * experts];
     for t in 0..steps {
@@ -115,7 +115,12 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     if args.stage == Stage::Lstm {
         return super::bench_lstm::bench_lstm(&args.lstm, args.device);
     }
+    // The device first: a machine without a GPU hears so before any data is built.
     let (device, note) = gpu::choose(args.device)?;
+    if !device.is_cuda() && !args.cpu {
+        let why = note.map(|n| format!(" ({n})")).unwrap_or_default();
+        return Err(UsageError(format!("bench --stage window measures the GPU kernels and no GPU is in use{why}; pass --cpu to measure the CPU path")).into());
+    }
     if let Some(n) = note {
         eprintln!("expertcast: {n}");
     }
@@ -133,8 +138,6 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     );
     if let Device::Cuda(g) = &device {
         bench_gpu(g, &tr, args)?;
-    } else if !args.cpu {
-        bail!("no GPU: pass --cpu to measure the CPU path");
     }
     if args.cpu {
         let t = Instant::now();

@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 use rayon::prelude::*;
 
 use crate::forecast::arima::{Method, Optimizer, Order, difference, fit_with};
-use crate::trace::{ReadOptions, read_file};
+use crate::trace::{Input, ReadOptions, read_inputs};
 
 /// Settings of the ARIMA stage of `expertcast bench`.
 #[derive(clap::Args, Debug, Clone)]
@@ -45,11 +45,11 @@ pub fn bench_arima(a: &ArimaBenchArgs) -> anyhow::Result<()> {
     let [p, d, q] = order[..] else { bail!("--arima-order must be p,d,q") };
     let method = Method::parse(&a.method).map_err(anyhow::Error::msg)?;
     let opt = Optimizer::parse(&a.opt).map_err(anyhow::Error::msg)?;
-    let path = a.trace.clone().unwrap_or_else(|| {
-        let local = std::path::Path::new("datasets/gpt12-e16-top2-s1.parquet");
-        if local.exists() { local.into() } else { std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(local) }
-    });
-    let tr = read_file(&path, &ReadOptions::default())?.remove(0);
+    let input = match &a.trace {
+        Some(p) => Input::File(p.clone()),
+        None => Input::bundled_named("gpt12-e16-top2-s1.parquet").expect("a bundled trace"),
+    };
+    let tr = read_inputs(std::slice::from_ref(&input), &ReadOptions::default())?.remove(0);
     if a.end > tr.steps() || a.start + p + q + d + 2 > a.end {
         bail!("--arima-start {} .. --arima-end {} does not fit the trace's {} steps", a.start, a.end, tr.steps());
     }
@@ -83,7 +83,7 @@ pub fn bench_arima(a: &ArimaBenchArgs) -> anyhow::Result<()> {
         a.end - a.start,
         a.start,
         a.end,
-        path.display(),
+        input.path().display(),
         a.method,
         a.opt,
         wall,

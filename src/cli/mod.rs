@@ -40,11 +40,12 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the whole pipeline: read traces, window statistics, states, forecasts,
-    /// scores; write the Parquet files of SPEC.md into --out.
+    /// scores; write the Parquet files of docs/reference.md into --out.
     Run(RunArgs),
     /// Measure a stage: the window statistics against their ceiling (the GPU's copy
     /// bandwidth) on a paper-scale trace tiled from the bundled data (`--stage
-    /// window`), or ARIMA fits per second on a trace's series (`--stage arima`).
+    /// window`), ARIMA fits per second on a trace's series (`--stage arima`), or LSTM
+    /// training and inference windows per second (`--stage lstm`).
     Bench(bench::BenchArgs),
     /// Write a synthetic trace of any shape whose dynamics are calibrated to the
     /// bundled real traces (transient then stable, autocorrelated fluctuations,
@@ -121,13 +122,20 @@ pub struct RunArgs {
     #[arg(long = "horizon", value_name = "H", default_values_t = [1usize, 10, 100, 1000, 2000])]
     pub horizons: Vec<usize>,
 
-    /// Forecaster spec NAME[:key=value,...]; repeat for several. Known: last,
-    /// mean:w=W, sw-avg:w=W, ema:alpha=A, oracle-median,
-    /// arima:p=P,d=D,q=Q,..., arima-auto, lstm:... (lstm:model=DIR for a
-    /// checkpoint); a wrong spec lists every forecaster and its parameters.
+    /// Forecaster spec NAME[:key=value,...]; repeat for several. Given at all, -f
+    /// replaces the default list (use -a to add to it). Known: last, mean:w=W,
+    /// sw-avg:w=W, ema:alpha=A, oracle-median, arima:p=P,d=D,q=Q,..., arima-auto,
+    /// lstm:... (lstm:model=DIR for a checkpoint); a wrong spec lists every
+    /// forecaster and its parameters.
     #[arg(long = "forecaster", short = 'f', value_name = "SPEC",
           default_values_t = DEFAULT_FORECASTERS.iter().map(|s| s.to_string()).collect::<Vec<_>>())]
     pub forecasters: Vec<String>,
+
+    /// Forecaster spec added to the -f list (to the defaults when -f is not given):
+    /// `-a arima` scores ARIMA beside the baselines and the oracle-median floor.
+    /// Repeat for several.
+    #[arg(long = "add-forecaster", short = 'a', value_name = "SPEC")]
+    pub add_forecasters: Vec<String>,
 
     /// Steps between forecast origins.
     #[arg(long, value_name = "N", default_value_t = 100)]
@@ -196,6 +204,11 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
+    /// The run's forecaster specs as given: the -f list (or the defaults), then -a's.
+    pub fn all_forecasters(&self) -> impl Iterator<Item = &String> {
+        self.forecasters.iter().chain(&self.add_forecasters)
+    }
+
     /// Checks the values clap cannot.
     pub fn validate(&self) -> Result<(), UsageError> {
         let bad = |m: String| Err(UsageError(m));

@@ -1,22 +1,21 @@
 //! `expertcast run`: the whole pipeline, stage by stage.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Context;
 use rayon::prelude::*;
-use sha2::{Digest, Sha256};
 
 use super::progress::Progress;
 use super::summary;
 use super::{RunArgs, StatsDetail, UsageError};
-use crate::eval::{self, Protocol, SavedForecasts, Score};
+use crate::eval::{self, Protocol, SavedForecasts, SavedRow, Score};
 use crate::forecast::{Forecaster, LayerView, parse_spec};
 use crate::gpu;
 use crate::output::{self as out, AtomicParquet};
 use crate::stats::{self, ExpertStats, LayerStats, states};
-use crate::trace::{self, ColumnNames, ReadOptions, Trace};
+use crate::trace::{self, ColumnNames, Input, ReadOptions, Trace};
 
 /// One row of `metrics.parquet`.
 pub(super) struct MetricRow {
@@ -36,37 +35,6 @@ pub(super) struct StateRow {
     pub final_std: Option<f64>,
 }
 
-/// Finds the traces bundled in `datasets/`: next to the working directory, next
-/// to the executable's checkout, or in the source tree it was built from.
-fn bundled_traces() -> Result<Vec<PathBuf>, UsageError> {
-    let mut dirs = vec![PathBuf::from("datasets")];
-    if let Ok(exe) = std::env::current_exe() {
-        if let Some(root) = exe.parent().and_then(Path::parent).and_then(Path::parent) {
-            dirs.push(root.join("datasets"));
-        }
-    }
-    dirs.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets"));
-    for d in dirs {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
-        let mut files: Vec<PathBuf> = rd
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("parquet" | "csv" | "npy")))
-            .collect();
-        files.sort();
-        if !files.is_empty() {
-            return Ok(files);
-        }
-    }
-    Err(UsageError("no TRACE given and no bundled traces found in datasets/".into()))
-}
-
-fn sha256_file(path: &Path) -> anyhow::Result<String> {
-    let mut f = std::fs::File::open(path).with_context(|| format!("hashing {}", path.display()))?;
-    let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h)?;
-    Ok(format!("{:x}", h.finalize()))
-}
-
 fn sorted_unique(v: &[usize]) -> Vec<usize> {
     let mut v = v.to_vec();
     v.sort_unstable();
@@ -78,11 +46,12 @@ fn sorted_unique(v: &[usize]) -> Vec<usize> {
 pub fn run(args: &RunArgs, argv: &[String]) -> anyhow::Result<()> {
     args.validate()?;
     let mut forecasters: Vec<Box<dyn Forecaster>> =
-        args.forecasters.iter().map(|s| parse_spec(s)).collect::<Result<_, _>>()?;
+        args.all_forecasters().map(|s| parse_spec(s)).collect::<Result<_, _>>()?;
     let specs: Vec<String> = forecasters.iter().map(|f| f.spec()).collect();
     for (i, s) in specs.iter().enumerate() {
         if specs[..i].contains(s) {
-            return Err(UsageError(format!("forecaster {s} is given twice")).into());
+            let how = if i >= args.forecasters.len() { " (-a adds to the -f list, or to the defaults without -f)" } else { "" };
+            return Err(UsageError(format!("forecaster {s} is given twice{how}")).into());
         }
     }
     let windows = sorted_unique(&args.windows);
@@ -98,7 +67,8 @@ pub fn run(args: &RunArgs, argv: &[String]) -> anyhow::Result<()> {
     for (f, spec) in forecasters.iter().zip(&specs) {
         f.check_start(proto.start).map_err(|e| UsageError(format!("--origin-start {}: {spec}: {e}", proto.start)))?;
     }
-    let inputs = if args.traces.is_empty() { bundled_traces()? } else { args.traces.clone() };
+    let inputs: Vec<Input> =
+        if args.traces.is_empty() { Input::bundled() } else { args.traces.iter().cloned().map(Input::File).collect() };
     if let Some(n) = args.threads {
         rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("starting the thread pool")?;
     }
@@ -121,7 +91,9 @@ pub fn run(args: &RunArgs, argv: &[String]) -> anyhow::Result<()> {
             trace: args.trace_col.clone(),
         },
     };
-    let traces = trace::read_all(&inputs, &opts)?;
+    let traces = trace::read_inputs(&inputs, &opts)?;
+    // Sizes and hashes of what was read, taken now (before anything is written).
+    let input_hashes: Vec<(u64, String)> = inputs.iter().map(|i| i.size_and_sha256()).collect::<Result<_, _>>()?;
     for tr in &traces {
         for (f, spec) in forecasters.iter().zip(&specs) {
             f.check_experts(tr.experts())
@@ -231,7 +203,7 @@ pub fn run(args: &RunArgs, argv: &[String]) -> anyhow::Result<()> {
         .map(|t| (t.layers() * t.experts() * proto.origins(t.steps()).len() * forecasters.len()) as u64)
         .sum();
     let bar = progress.bar(units, "forecast");
-    bar.set_message("series forecasts (ARIMA: fits)");
+    bar.set_message(if specs.iter().any(|s| s.starts_with("arima")) { "series forecasts (ARIMA: fits)" } else { "series forecasts" });
     let messages: crate::forecast::lstm::Messages = {
         let bar = bar.clone();
         std::sync::Arc::new(move |m: String| bar.set_message(m))
@@ -240,6 +212,19 @@ pub fn run(args: &RunArgs, argv: &[String]) -> anyhow::Result<()> {
         f.use_device(&device, Some(messages.clone()));
     }
     let mut fc_writer = if args.save_forecasts {
+        // Say how big it gets before writing it: with the defaults on the bundled
+        // traces it is 189 M rows, and writing them dominates the run.
+        let rows: u64 = traces
+            .iter()
+            .map(|t| t.layers() as u64 * forecasters.len() as u64 * eval::saved_rows(&proto, t.steps(), t.experts()))
+            .sum();
+        let bytes = rows as f64 * 2.3;
+        let size = if bytes < 1e6 { format!("{:.0} kB", bytes / 1e3) } else { format!("{:.0} MB", bytes / 1e6) };
+        progress.line(format!(
+            "--save-forecasts: forecasts.parquet gets {} rows (about {size} at the ~2.3 bytes a row measured on the \
+             bundled traces); encoding them takes most of this stage",
+            super::progress::group_digits(rows)
+        ));
         Some(AtomicParquet::create(&args.out, "forecasts.parquet", out::forecasts_schema())?)
     } else {
         None
@@ -259,7 +244,9 @@ pub fn run(args: &RunArgs, argv: &[String]) -> anyhow::Result<()> {
                 .map(|&(g, fi)| {
                     let l = layers[g];
                     let view = LayerView::new(&shares[g], tr.experts());
-                    let mut saved = args.save_forecasts.then(SavedForecasts::default);
+                    let mut saved = args
+                        .save_forecasts
+                        .then(|| SavedForecasts::with_capacity(eval::saved_rows(&proto, tr.steps(), tr.experts()) as usize));
                     let scores =
                         eval::evaluate_layer_progress(&view, forecasters[fi].as_ref(), &proto, stable_from[ti][l], saved.as_mut(), &|n| bar.inc(n))
                             .with_context(|| format!("forecasting {} layer {} with {}", tr.name, tr.layer_ids[l], specs[fi]))?;
@@ -279,7 +266,7 @@ pub fn run(args: &RunArgs, argv: &[String]) -> anyhow::Result<()> {
                     });
                 }
                 if let (Some(w), Some(s)) = (fc_writer.as_mut(), saved) {
-                    write_forecasts(w, tr, l, &specs[fi], &s)?;
+                    write_forecasts(w, tr, l, &LayerView::new(&shares[g], tr.experts()), &specs[fi], &s)?;
                 }
             }
         }
@@ -317,11 +304,11 @@ pub fn run(args: &RunArgs, argv: &[String]) -> anyhow::Result<()> {
 
     // Manifest last: its presence marks a complete run.
     let mut inputs_json = Vec::new();
-    for p in &inputs {
-        let bytes = std::fs::metadata(p)?.len();
+    for (input, (bytes, sha256)) in inputs.iter().zip(&input_hashes) {
+        let p = input.path();
         let ts: Vec<serde_json::Value> = traces
             .iter()
-            .filter(|t| &t.source == p)
+            .filter(|t| t.source == p)
             .map(|t| {
                 serde_json::json!({
                     "name": t.name, "steps": t.steps(), "layers": t.layers(), "experts": t.experts(),
@@ -330,7 +317,7 @@ pub fn run(args: &RunArgs, argv: &[String]) -> anyhow::Result<()> {
             })
             .collect();
         inputs_json.push(serde_json::json!({
-            "path": p.display().to_string(), "bytes": bytes, "sha256": sha256_file(p)?, "traces": ts,
+            "path": p.display().to_string(), "bytes": bytes, "sha256": sha256, "traces": ts,
         }));
     }
     let manifest = serde_json::json!({
@@ -360,7 +347,7 @@ pub fn run(args: &RunArgs, argv: &[String]) -> anyhow::Result<()> {
     out::write_atomic(&args.out, "manifest.json", serde_json::to_string_pretty(&manifest)?.as_bytes())?;
 
     if !args.quiet {
-        summary::print(&metric_rows, &state_rows, args.state_window, args.kappa, &args.out);
+        summary::print(&metric_rows, &state_rows, &specs, args.state_window, args.kappa, &args.out);
     }
     Ok(())
 }
@@ -448,24 +435,27 @@ fn write_metrics(dir: &Path, rows: &[MetricRow]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn write_forecasts(w: &mut AtomicParquet, tr: &Trace, l: usize, spec: &str, s: &SavedForecasts) -> anyhow::Result<()> {
+fn write_forecasts(w: &mut AtomicParquet, tr: &Trace, l: usize, layer: &LayerView, spec: &str, s: &SavedForecasts) -> anyhow::Result<()> {
     let schema = out::forecasts_schema();
-    const CHUNK: usize = 1 << 20;
-    for start in (0..s.len()).step_by(CHUNK) {
-        let r = start..(start + CHUNK).min(s.len());
-        let n = r.len();
+    const CHUNK: usize = 1 << 16;
+    let mut rows = s.rows(layer).peekable();
+    let mut chunk: Vec<SavedRow> = Vec::with_capacity(CHUNK.min(s.len()));
+    while rows.peek().is_some() {
+        chunk.clear();
+        chunk.extend(rows.by_ref().take(CHUNK));
+        let n = chunk.len();
         let b = out::batch(
             &schema,
             vec![
                 out::strs(std::iter::repeat_n(&tr.name, n)),
                 out::i32s(std::iter::repeat_n(tr.layer_ids[l], n)),
-                out::i32s(s.expert[r.clone()].iter().map(|&e| tr.expert_ids[e])),
+                out::i32s(chunk.iter().map(|r| tr.expert_ids[r.expert])),
                 out::strs(std::iter::repeat_n(spec, n)),
-                out::i64s(s.origin[r.clone()].iter().map(|&o| tr.step_at(o))),
-                out::i32s(s.k[r.clone()].iter().map(|&k| k as i64)),
-                out::f64s(s.predicted[r.clone()].iter().copied()),
-                out::f64s(s.actual[r.clone()].iter().copied()),
-                out::opt_f64s(s.stderr[r].iter().copied()),
+                out::i64s(chunk.iter().map(|r| tr.step_at(r.origin))),
+                out::i32s(chunk.iter().map(|r| r.k as i64)),
+                out::f64s(chunk.iter().map(|r| r.predicted)),
+                out::f64s(chunk.iter().map(|r| r.actual)),
+                out::opt_f64s(chunk.iter().map(|r| r.stderr)),
             ],
         )?;
         w.write(&b)?;

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use super::run::{MetricRow, StateRow};
 use crate::eval::Regime;
+use crate::forecast::display_name;
 
 /// Mean `mae_pp` (regime `all`) of each forecaster at each horizon, over every
 /// trace and layer that scored at least one origin.
@@ -27,11 +28,14 @@ pub(super) fn mean_mae(rows: &[MetricRow]) -> BTreeMap<usize, Vec<(String, bool,
     out
 }
 
-pub(super) fn print(metrics: &[MetricRow], states: &[StateRow], state_window: usize, kappa: f64, out: &Path) {
+pub(super) fn print(metrics: &[MetricRow], states: &[StateRow], specs: &[String], state_window: usize, kappa: f64, out: &Path) {
     println!();
     println!("Best forecaster per horizon (mae_pp, mean over traces and layers, regime all)");
-    let table = mean_mae(metrics);
-    let wd = table.values().flatten().map(|x| x.0.len()).max().unwrap_or(0).max(22);
+    let mut table = mean_mae(metrics);
+    for v in table.values_mut() {
+        v.iter_mut().for_each(|x| x.0 = display_name(&x.0, specs));
+    }
+    let wd = table.values().flatten().map(|x| x.0.chars().count()).max().unwrap_or(0).max(22);
     println!("{:>8}  {:<wd$} {:>8}  {:<wd$} {:>8}  {:>13}", "horizon", "best", "mae_pp", "runner-up", "mae_pp", "oracle-median");
     for (h, v) in table {
         let real: Vec<&(String, bool, f64)> = v.iter().filter(|x| x.1).collect();
@@ -40,6 +44,12 @@ pub(super) fn print(metrics: &[MetricRow], states: &[StateRow], state_window: us
         let (b, bm) = cell(0);
         let (r, rm) = cell(1);
         println!("{h:>8}  {b:<wd$} {bm:>8}  {r:<wd$} {rm:>8}  {oracle:>13}");
+    }
+    for spec in specs {
+        let short = display_name(spec, specs);
+        if short != *spec {
+            println!("  {short} = {spec}");
+        }
     }
     println!();
     println!("Transition steps per layer (window {state_window}, kappa {kappa}; '-' = none)");

@@ -227,7 +227,28 @@ pub fn plan(config: &Path) -> anyhow::Result<Plan> {
             }
         }
     }
-    Ok(Plan { units, out: base.join(&cfg.out), windows: cfg.windows, horizons: cfg.horizons, forecasters })
+    Ok(Plan { units, out: lexical_clean(&base.join(&cfg.out)), windows: cfg.windows, horizons: cfg.horizons, forecasters })
+}
+
+/// `datasets/../sweep-out` as `sweep-out`, the way the path is shown and recorded:
+/// `..` cancels the folder name before it, unless that is a symbolic link (whose
+/// `..` is its target's parent, not the folder the link sits in).
+fn lexical_clean(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir
+                if matches!(out.components().next_back(), Some(Component::Normal(_)))
+                    && !std::fs::symlink_metadata(&out).is_ok_and(|m| m.file_type().is_symlink()) =>
+            {
+                out.pop();
+            }
+            c => out.push(c),
+        }
+    }
+    if out.as_os_str().is_empty() { PathBuf::from(".") } else { out }
 }
 
 /// `(index, count)` of this process's shard: from `--shard I/N`, else Slurm's array
@@ -471,6 +492,9 @@ pub fn sweep(args: &SweepArgs) -> anyhow::Result<()> {
     }
     let (done, skipped, failed) = counts.into_inner().unwrap();
     bar.finish_and_clear();
+    // Units clean up their own scratch folders; the parent goes once it is empty (a
+    // unit of another shard may still be using it).
+    let _ = std::fs::remove_dir(plan.out.join(".tmp"));
     // The manifest lists every unit of the sweep (all shards) with its status now.
     let units: Vec<serde_json::Value> = plan
         .units
@@ -549,6 +573,21 @@ mod tests {
         assert_eq!(parse_devices("1,0,1", 2).unwrap(), vec![1, 0]);
         assert!(parse_devices("2", 2).is_err());
         assert!(parse_devices("x", 2).is_err());
+    }
+
+    #[test]
+    fn output_paths_are_shown_without_dot_dot() {
+        assert_eq!(lexical_clean(Path::new("datasets/../sweep-out")), PathBuf::from("sweep-out"));
+        assert_eq!(lexical_clean(Path::new("./a/./b/../c")), PathBuf::from("a/c"));
+        assert_eq!(lexical_clean(Path::new("../x")), PathBuf::from("../x"));
+        assert_eq!(lexical_clean(Path::new("/a/../b")), PathBuf::from("/b"));
+        assert_eq!(lexical_clean(Path::new("a/..")), PathBuf::from("."));
+        // through a symbolic link, `..` is left for the system to resolve
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("real")).unwrap();
+        std::os::unix::fs::symlink(d.path().join("real"), d.path().join("link")).unwrap();
+        let via = d.path().join("link/../out");
+        assert_eq!(lexical_clean(&via), via);
     }
 
     #[test]

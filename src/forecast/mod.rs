@@ -102,10 +102,15 @@ pub trait Forecaster: Send + Sync {
         Ok(())
     }
 
-    /// Whether the forecaster can serve a run whose first origin is `start` (an LSTM
-    /// trained by the run needs one training window before it); checked before a
-    /// run reads or writes anything.
-    fn check_start(&self, _start: usize) -> Result<(), String> {
+    /// Whether the forecaster can serve a run whose first origin is `start`; checked
+    /// before a run reads or writes anything. By default the origin must leave the
+    /// forecaster its [`history`](Self::history) (an LSTM trained by the run asks
+    /// only for one training window).
+    fn check_start(&self, start: usize) -> Result<(), String> {
+        let need = self.history();
+        if start < need {
+            return Err(format!("needs {need} steps of history before its first origin, and step index {start} leaves {start}"));
+        }
         Ok(())
     }
 
@@ -240,6 +245,13 @@ pub static KNOWN: &[Known] = &[
             if f.p + f.q > 20 || f.d > 2 {
                 return Err(format!("p + q must be at most 20 and d at most 2 (got p={}, d={}, q={})", f.p, f.d, f.q));
             }
+            let need = arima::min_history(f.p, f.d, f.q);
+            if f.n < need {
+                return Err(format!(
+                    "n={} is below the {need} observations an ARIMA({},{},{}) fit needs (d + max(50, 10 (p + q + 1)))",
+                    f.n, f.p, f.d, f.q
+                ));
+            }
             Ok(Box::new(f))
         },
     },
@@ -270,6 +282,10 @@ pub static KNOWN: &[Known] = &[
             }
             let mut f = arima::ArimaForecaster::new(0, 0, 0);
             f.n = p.usize("n", 10)?;
+            let need = arima::min_history(a.max_p, a.max_d, a.max_q);
+            if f.n < need {
+                return Err(format!("n={} is below the {need} observations the largest model of the search needs (max_d + max(50, 10 (max_p + max_q + 1)))", f.n));
+            }
             f.auto = Some(a);
             Ok(Box::new(f))
         },
@@ -347,6 +363,42 @@ pub(crate) fn canonical(name: &str, params: &[(&str, String)]) -> String {
     format!("{name}:{}", kv.join(","))
 }
 
+/// Longest canonical spec shown as it is in the run's summary table.
+pub const DISPLAY_WIDTH: usize = 24;
+
+/// The name a forecaster goes by in the summary table: its canonical spec when that
+/// is at most [`DISPLAY_WIDTH`] characters, else the spec without the parameters
+/// that are at their defaults (those that differ between forecasters of the same
+/// name in `all` are kept, so two forecasters never share a display name).
+/// `arima:p=5,d=1,q=5,n=1000,...` with every default becomes `arima`. The files
+/// always hold the canonical spec.
+pub fn display_name(spec: &str, all: &[String]) -> String {
+    if spec.chars().count() <= DISPLAY_WIDTH {
+        return spec.to_string();
+    }
+    let split = |s: &str| -> (String, Vec<(String, String)>) {
+        match s.split_once(':') {
+            None => (s.to_string(), Vec::new()),
+            Some((n, rest)) => (
+                n.to_string(),
+                rest.split(',').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            ),
+        }
+    };
+    let (name, params) = split(spec);
+    let siblings: Vec<Vec<(String, String)>> = all.iter().map(|s| split(s)).filter(|(n, _)| *n == name).map(|(_, p)| p).collect();
+    let default = |k: &str| KNOWN.iter().find(|x| x.name == name).and_then(|x| x.params.iter().find(|p| p.key == k)).map(|p| p.default);
+    let kept: Vec<(&str, String)> = params
+        .iter()
+        .filter(|(k, v)| {
+            let differs = siblings.iter().any(|p| p.iter().find(|(k2, _)| k2 == k).map(|(_, v2)| v2) != Some(v));
+            differs || default(k) != Some(v.as_str())
+        })
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
+    canonical(&name, &kept)
+}
+
 /// Clips a prediction at 0 and renormalises every step to sum to 1 over experts
 /// (a step that clips to all zeros becomes uniform).
 pub fn renormalize(out: &mut [f64], experts: usize) {
@@ -396,6 +448,24 @@ mod tests {
             assert!(e.contains(want), "{spec}: {e}");
             assert!(e.contains("known forecasters:") && e.contains("sw-avg [w=100"), "{e}");
         }
+    }
+
+    #[test]
+    fn display_names_drop_defaults_of_long_specs_only() {
+        let arima = parse_spec("arima").unwrap().spec();
+        let arima2 = parse_spec("arima:p=2,q=1").unwrap().spec();
+        assert!(arima.len() > DISPLAY_WIDTH, "{arima}");
+        let all = vec!["mean:w=100".to_string(), "sw-avg:w=10".to_string(), arima.clone()];
+        assert_eq!(display_name("mean:w=100", &all), "mean:w=100");
+        assert_eq!(display_name("sw-avg:w=10", &all), "sw-avg:w=10");
+        assert_eq!(display_name(&arima, &all), "arima");
+        assert_eq!(display_name(&arima2, &[arima2.clone()]), "arima:p=2,q=1");
+        // two ARIMAs: what tells them apart stays, even where one is at its default
+        let both = vec![arima.clone(), arima2.clone()];
+        assert_eq!(display_name(&arima, &both), "arima:p=5,q=5");
+        assert_eq!(display_name(&arima2, &both), "arima:p=2,q=1");
+        let auto = parse_spec("arima-auto:n=500").unwrap().spec();
+        assert_eq!(display_name(&auto, &[auto.clone()]), "arima-auto:n=500");
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Parquet schemas and atomic writers for the files of SPEC.md, "Output directory".
+//! Parquet schemas and atomic writers for the files of docs/reference.md, "Output directory".
 //!
 //! Each file is written to a hidden temporary name in the output directory and
 //! renamed when complete, so a reader never sees half a file.
@@ -173,4 +173,34 @@ pub fn opt_f64s(v: impl IntoIterator<Item = Option<f64>>) -> ArrayRef {
 
 pub fn batch(schema: &SchemaRef, cols: Vec<ArrayRef>) -> anyhow::Result<RecordBatch> {
     Ok(RecordBatch::try_new(schema.clone(), cols)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The file tables of docs/reference.md and README.md list every column of every
+    /// schema, in order, so the docs cannot drift from the files.
+    #[test]
+    fn the_docs_list_every_column_in_order() {
+        let docs = [("docs/reference.md", include_str!("../../docs/reference.md")), ("README.md", include_str!("../../README.md"))];
+        let schemas = [
+            ("layer_stats.parquet", layer_stats_schema()),
+            ("window_stats.parquet", window_stats_schema()),
+            ("states.parquet", states_schema()),
+            ("metrics.parquet", metrics_schema()),
+            ("forecasts.parquet", forecasts_schema()),
+        ];
+        for (doc, text) in docs {
+            for (file, schema) in &schemas {
+                let want: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+                let row = text
+                    .lines()
+                    .find(|l| l.starts_with(&format!("| `{file}`")))
+                    .unwrap_or_else(|| panic!("{doc} has no table row for {file}"));
+                let cols = row.trim_end_matches('|').rsplit('|').next().unwrap().trim();
+                assert_eq!(cols, want.join(", "), "{doc}, {file}");
+            }
+        }
+    }
 }

@@ -115,7 +115,7 @@ pub fn window_stats_many(series: &[f64], steps: usize, w: usize, mean: &mut [f64
 mod tests {
     use super::*;
 
-    /// The float64 two-pass reference of SPEC.md, written the slow way.
+    /// The float64 two-pass reference of docs/reference.md, written the slow way.
     fn reference(x: &[f64], w: usize) -> Vec<(f64, f64, f64)> {
         (0..outputs(x.len(), w))
             .map(|i| {

@@ -1,4 +1,4 @@
-//! Transient and stable states (SPEC.md, "States").
+//! Transient and stable states (docs/reference.md, "States").
 //!
 //! `s(t)` is the mean over experts of the window standard deviation, defined for
 //! `t >= W - 1`. Of its `n` values, `final` is the median of the last

@@ -412,18 +412,16 @@ fn check_complete(file: &Path, s: &Scan, all: &[Scan], steps: usize, experts: us
 struct ParquetSource<'a> {
     file: &'a Path,
     names: &'a ColumnNames,
+    /// The file's bytes when they are in memory (the bundled traces); else it is opened.
+    data: Option<bytes::Bytes>,
 }
 
-impl BatchSource for ParquetSource<'_> {
-    fn unit(&self) -> &'static str {
-        "row"
-    }
-    fn row_base(&self) -> u64 {
-        0
-    }
-    fn open(&self) -> Result<(Layout, Box<dyn Iterator<Item = std::result::Result<RecordBatch, arrow::error::ArrowError>>>)> {
-        let f = File::open(self.file).map_err(|source| TraceError::Io { file: self.file.to_path_buf(), source })?;
-        let builder = ParquetRecordBatchReaderBuilder::try_new(f)
+impl ParquetSource<'_> {
+    fn reader<T: parquet::file::reader::ChunkReader + 'static>(
+        &self,
+        input: T,
+    ) -> Result<(Layout, Box<dyn Iterator<Item = std::result::Result<RecordBatch, arrow::error::ArrowError>>>)> {
+        let builder = ParquetRecordBatchReaderBuilder::try_new(input)
             .map_err(|e| invalid(self.file, format!("not a readable Parquet file (truncated or corrupt?): {e}")))?;
         let full = Layout::resolve(self.file, builder.schema(), self.names)?;
         let mut roots = vec![full.step, full.layer, full.expert, full.tokens];
@@ -440,8 +438,28 @@ impl BatchSource for ParquetSource<'_> {
     }
 }
 
+impl BatchSource for ParquetSource<'_> {
+    fn unit(&self) -> &'static str {
+        "row"
+    }
+    fn row_base(&self) -> u64 {
+        0
+    }
+    fn open(&self) -> Result<(Layout, Box<dyn Iterator<Item = std::result::Result<RecordBatch, arrow::error::ArrowError>>>)> {
+        match &self.data {
+            Some(b) => self.reader(b.clone()),
+            None => self.reader(File::open(self.file).map_err(|source| TraceError::Io { file: self.file.to_path_buf(), source })?),
+        }
+    }
+}
+
 pub(super) fn read_parquet(file: &Path, names: &ColumnNames) -> Result<Vec<Trace>> {
-    read_long(file, names, &ParquetSource { file, names })
+    read_long(file, names, &ParquetSource { file, names, data: None })
+}
+
+/// A Parquet file held in memory; `file` names it in traces and messages.
+pub(super) fn read_parquet_bytes(file: &Path, data: &'static [u8], names: &ColumnNames) -> Result<Vec<Trace>> {
+    read_long(file, names, &ParquetSource { file, names, data: Some(bytes::Bytes::from_static(data)) })
 }
 
 struct CsvSource<'a> {

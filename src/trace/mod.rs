@@ -1,6 +1,6 @@
 //! Reading, validating and normalising expert-load traces.
 //!
-//! A trace is `load[t, l, e] >= 0` (SPEC.md, "Trace"). Inputs are long Parquet or
+//! A trace is `load[t, l, e] >= 0` (docs/reference.md, "Trace"). Inputs are long Parquet or
 //! CSV files (`step`, `layer`, `expert`, `tokens`, optional `trace`) or dense
 //! `[steps, layers, experts]` NumPy arrays. Every problem with an input is a
 //! [`TraceError`] naming the file and the row, step, layer or expert at fault.
@@ -269,12 +269,23 @@ pub fn read_file(path: &Path, opts: &ReadOptions) -> Result<Vec<Trace>> {
 
 /// Reads every input of a run; trace names must be unique across files.
 pub fn read_all(paths: &[PathBuf], opts: &ReadOptions) -> Result<Vec<Trace>> {
+    let inputs: Vec<Input> = paths.iter().cloned().map(Input::File).collect();
+    read_inputs(&inputs, opts)
+}
+
+/// Reads every input of a run, files or bundled traces; trace names must be unique.
+pub fn read_inputs(inputs: &[Input], opts: &ReadOptions) -> Result<Vec<Trace>> {
     let mut out: Vec<Trace> = Vec::new();
-    for p in paths {
-        for t in read_file(p, opts)? {
+    for input in inputs {
+        let p = input.path();
+        let traces = match input {
+            Input::File(p) => read_file(p, opts)?,
+            Input::Bundled(b) => columnar::read_parquet_bytes(&p, b.bytes, &opts.columns)?,
+        };
+        for t in traces {
             if let Some(prev) = out.iter().find(|o| o.name == t.name) {
                 return Err(invalid(
-                    p,
+                    &p,
                     format!(
                         "trace name {:?} is also used by {}; rename one of the files or use a trace column",
                         t.name,
@@ -286,6 +297,66 @@ pub fn read_all(paths: &[PathBuf], opts: &ReadOptions) -> Result<Vec<Trace>> {
         }
     }
     Ok(out)
+}
+
+/// A trace bundled with the project (`datasets/`), compiled into the binary so that a
+/// copied or installed binary runs its defaults from any directory.
+#[derive(Debug)]
+pub struct BundledTrace {
+    /// File name in `datasets/`.
+    pub file: &'static str,
+    pub bytes: &'static [u8],
+}
+
+/// The traces `run` uses when given none, in name order.
+pub static BUNDLED: &[BundledTrace] = &[
+    BundledTrace { file: "gpt12-e16-top2-s1.parquet", bytes: include_bytes!("../../datasets/gpt12-e16-top2-s1.parquet") },
+    BundledTrace { file: "gpt12-e16-top2-s2.parquet", bytes: include_bytes!("../../datasets/gpt12-e16-top2-s2.parquet") },
+    BundledTrace { file: "gpt12-e64-top2-s1.parquet", bytes: include_bytes!("../../datasets/gpt12-e64-top2-s1.parquet") },
+];
+
+/// How the bundled traces are named in traces, messages and the manifest.
+pub const BUNDLED_PREFIX: &str = "<bundled>";
+
+/// One input of a run: a file, or a trace compiled into the binary.
+#[derive(Debug, Clone)]
+pub enum Input {
+    File(PathBuf),
+    Bundled(&'static BundledTrace),
+}
+
+impl Input {
+    /// Every bundled trace.
+    pub fn bundled() -> Vec<Input> {
+        BUNDLED.iter().map(Input::Bundled).collect()
+    }
+    /// The bundled trace whose file name is `file`.
+    pub fn bundled_named(file: &str) -> Option<Input> {
+        BUNDLED.iter().find(|b| b.file == file).map(Input::Bundled)
+    }
+    /// The file's path, or `<bundled>/FILE` for a bundled trace.
+    pub fn path(&self) -> PathBuf {
+        match self {
+            Input::File(p) => p.clone(),
+            Input::Bundled(b) => Path::new(BUNDLED_PREFIX).join(b.file),
+        }
+    }
+    /// The input's bytes on disk (or in the binary) and their SHA-256, read now.
+    pub fn size_and_sha256(&self) -> Result<(u64, String)> {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        let n = match self {
+            Input::File(p) => {
+                let mut f = std::fs::File::open(p).map_err(|source| TraceError::Io { file: p.clone(), source })?;
+                std::io::copy(&mut f, &mut h).map_err(|source| TraceError::Io { file: p.clone(), source })?
+            }
+            Input::Bundled(b) => {
+                h.update(b.bytes);
+                b.bytes.len() as u64
+            }
+        };
+        Ok((n, format!("{:x}", h.finalize())))
+    }
 }
 
 /// The file stem used as a trace's name when the file has no trace column.
@@ -325,6 +396,31 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("f.npy") && err.contains("layer 7") && err.contains("step 0"), "{err}");
+    }
+
+    #[test]
+    fn the_binary_bundles_every_trace_of_datasets() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets");
+        let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".parquet"))
+            .collect();
+        on_disk.sort();
+        let bundled: Vec<&str> = BUNDLED.iter().map(|b| b.file).collect();
+        assert_eq!(bundled, on_disk);
+        for b in BUNDLED {
+            assert_eq!(b.bytes, std::fs::read(dir.join(b.file)).unwrap().as_slice(), "{}", b.file);
+        }
+        let from_binary = read_inputs(&Input::bundled(), &ReadOptions::default()).unwrap();
+        let from_files: Vec<PathBuf> = on_disk.iter().map(|f| dir.join(f)).collect();
+        let from_files = read_all(&from_files, &ReadOptions::default()).unwrap();
+        assert_eq!(from_binary.len(), from_files.len());
+        for (a, b) in from_binary.iter().zip(&from_files) {
+            assert_eq!((&a.name, a.steps(), &a.layer_ids, &a.expert_ids), (&b.name, b.steps(), &b.layer_ids, &b.expert_ids));
+            assert_eq!(a.layer_proportions(0), b.layer_proportions(0));
+        }
+        assert_eq!(from_binary[0].source, Path::new("<bundled>/gpt12-e16-top2-s1.parquet"));
     }
 
     #[test]

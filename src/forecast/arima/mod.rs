@@ -24,6 +24,13 @@ use rayon::prelude::*;
 use super::{Emit, Forecaster, LayerView, canonical};
 use model::{Arma, css, filter, forecast_mean, partrans};
 
+/// Observations an ARIMA(p, d, q) fit needs before its first origin: `d` for the
+/// differences plus at least 50 (Box and Jenkins' minimum) and at least 10 for each
+/// of the `p + q + 1` coefficients. ARIMA(5,1,5): 111 steps.
+pub fn min_history(p: usize, d: usize, q: usize) -> usize {
+    d + 50usize.max(10 * (p + q + 1))
+}
+
 /// How parameters are estimated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
@@ -418,7 +425,7 @@ impl ArimaForecaster {
     }
 }
 
-/// `mean:w=100` of the history, SPEC's fallback for a failed fit.
+/// `mean:w=100` of the history, the protocol's fallback for a failed fit.
 fn fallback(y: &[f64], len: usize) -> Vec<f64> {
     let w = &y[y.len().saturating_sub(100)..];
     vec![w.iter().sum::<f64>() / w.len().max(1) as f64; len]
@@ -456,8 +463,8 @@ impl Forecaster for ArimaForecaster {
     }
     fn history(&self) -> usize {
         match &self.auto {
-            Some(a) => a.max_p + a.max_d + a.max_q + 2,
-            None => self.p + self.d + self.q + 2,
+            Some(a) => min_history(a.max_p, a.max_d, a.max_q),
+            None => min_history(self.p, self.d, self.q),
         }
     }
     fn forecast_origin(&self, h: &LayerView, origin: usize, out: &mut [f64]) -> usize {
@@ -651,6 +658,16 @@ mod tests {
         assert!(crate::forecast::parse_spec("arima:opt=bfgs").is_err());
         assert!(crate::forecast::parse_spec("arima:p=15,q=15").is_err());
         assert!(crate::forecast::parse_spec("arima:method=mle").is_err());
+        // a fit needs d + max(50, 10 (p + q + 1)) observations: n below that is refused,
+        // and the run's first origin moves there
+        assert_eq!((min_history(5, 1, 5), min_history(1, 1, 1), min_history(0, 0, 0)), (111, 51, 50));
+        let e = crate::forecast::parse_spec("arima:n=100").err().unwrap().to_string();
+        assert!(e.contains("n=100") && e.contains("111"), "{e}");
+        let f = crate::forecast::parse_spec("arima").unwrap();
+        assert_eq!(f.history(), 111);
+        assert!(f.check_start(110).unwrap_err().contains("111"));
+        assert!(f.check_start(111).is_ok());
+        assert_eq!(crate::forecast::parse_spec("arima-auto").unwrap().history(), 112);
         // A constant series cannot be fitted: every series falls back to its mean.
         let p = vec![0.5; 2 * 60];
         let view = LayerView::new(&p, 2);
