@@ -3,7 +3,8 @@
 //! A trace comes in ([`trace`]), its window statistics and states are computed
 //! ([`stats`]), forecasters predict ([`forecast`]), predictions are scored under
 //! one rolling-origin protocol ([`eval`]), and results go out as Parquet
-//! ([`output`]). [`gpu`] holds the device choice; [`cli`] the command line.
+//! ([`output`]). [`pipeline`] chains the stages for a resolved plan; [`gpu`] holds
+//! the device choice; [`cli`] the command line.
 //!
 //! ```
 //! use expertcast::stats::cpu::{outputs, window_series, Scratch};
@@ -20,16 +21,22 @@ pub mod eval;
 pub mod forecast;
 pub mod gpu;
 pub mod output;
+pub mod pipeline;
 pub mod stats;
 pub mod synth;
 pub mod trace;
+
+/// A flag, setting or argument that makes no sense: exit status 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
 
 /// Exit status for an error: 2 for bad input or usage, 1 for anything else.
 pub fn exit_code(err: &anyhow::Error) -> u8 {
     let user_error = err.chain().any(|e| {
         e.is::<trace::TraceError>()
             || e.is::<forecast::SpecError>()
-            || e.is::<cli::UsageError>()
+            || e.is::<UsageError>()
             || e.is::<gpu::NoCuda>()
     });
     if user_error { 2 } else { 1 }

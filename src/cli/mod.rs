@@ -11,17 +11,17 @@ mod summary;
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
 use crate::gpu::DeviceRequest;
-use crate::trace::Format;
+use crate::pipeline::RunPlan;
+use crate::trace::{ColumnNames, Format, Input, ReadOptions};
 
 pub use run::run;
 
-/// A flag or argument that makes no sense: exit status 2.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
+pub use crate::UsageError;
+pub use crate::pipeline::StatsDetail;
+use crate::pipeline::plan as defaults;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -90,18 +90,6 @@ pub fn synth(args: &SynthArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// How much window statistics detail to write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StatsDetail {
-    /// Layer summaries only (layer_stats.parquet).
-    Layer,
-    /// Also every expert's mean, variance and range (window_stats.parquet).
-    Expert,
-}
-
-pub const DEFAULT_FORECASTERS: &[&str] = &["last", "mean:w=100", "sw-avg:w=100", "ema:alpha=0.3", "oracle-median"];
-
 #[derive(clap::Args, Debug, Clone, serde::Serialize)]
 pub struct RunArgs {
     /// Trace files (.parquet, .csv long format; .npy dense [steps, layers, experts]).
@@ -114,12 +102,12 @@ pub struct RunArgs {
     pub out: PathBuf,
 
     /// Window length W in steps for the window statistics; repeat for several.
-    #[arg(long = "window", short = 'w', value_name = "W", default_values_t = [10usize, 100, 200])]
+    #[arg(long = "window", short = 'w', value_name = "W", default_values_t = defaults::WINDOWS)]
     pub windows: Vec<usize>,
 
     /// Forecast horizon H in steps; repeat for several. Each is scored on the
     /// origins that have H steps ahead.
-    #[arg(long = "horizon", value_name = "H", default_values_t = [1usize, 10, 100, 1000, 2000])]
+    #[arg(long = "horizon", value_name = "H", default_values_t = defaults::HORIZONS)]
     pub horizons: Vec<usize>,
 
     /// Forecaster spec NAME[:key=value,...]; repeat for several. Given at all, -f
@@ -128,7 +116,7 @@ pub struct RunArgs {
     /// lstm:... (lstm:model=DIR for a checkpoint); a wrong spec lists every
     /// forecaster and its parameters.
     #[arg(long = "forecaster", short = 'f', value_name = "SPEC",
-          default_values_t = DEFAULT_FORECASTERS.iter().map(|s| s.to_string()).collect::<Vec<_>>())]
+          default_values_t = defaults::FORECASTERS.map(String::from))]
     pub forecasters: Vec<String>,
 
     /// Forecaster spec added to the -f list (to the defaults when -f is not given):
@@ -138,7 +126,7 @@ pub struct RunArgs {
     pub add_forecasters: Vec<String>,
 
     /// Steps between forecast origins.
-    #[arg(long, value_name = "N", default_value_t = 100)]
+    #[arg(long, value_name = "N", default_value_t = defaults::ORIGIN_STRIDE)]
     pub origin_stride: usize,
 
     /// First forecast origin (step index from the trace's first step). Default:
@@ -167,11 +155,11 @@ pub struct RunArgs {
     pub stats_detail: StatsDetail,
 
     /// Tolerance of the states rule: stable once s(t) <= (1 + kappa) * final.
-    #[arg(long, value_name = "K", default_value_t = 0.5, allow_negative_numbers = true)]
+    #[arg(long, value_name = "K", default_value_t = defaults::KAPPA, allow_negative_numbers = true)]
     pub kappa: f64,
 
     /// Window whose states define each layer's transition step (regime = stable).
-    #[arg(long, value_name = "W", default_value_t = 100)]
+    #[arg(long, value_name = "W", default_value_t = defaults::STATE_WINDOW)]
     pub state_window: usize,
 
     /// Score predictions as they are, without clipping at 0 and renormalising.
@@ -204,38 +192,39 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
-    /// The run's forecaster specs as given: the -f list (or the defaults), then -a's.
-    pub fn all_forecasters(&self) -> impl Iterator<Item = &String> {
-        self.forecasters.iter().chain(&self.add_forecasters)
-    }
-
-    /// Checks the values clap cannot.
-    pub fn validate(&self) -> Result<(), UsageError> {
-        let bad = |m: String| Err(UsageError(m));
-        if let Some(w) = self.windows.iter().find(|&&w| w == 0) {
-            return bad(format!("--window {w}: a window must be at least 1 step"));
-        }
-        if self.horizons.contains(&0) {
-            return bad("--horizon 0: a horizon must be at least 1 step".into());
-        }
-        if self.origin_stride == 0 {
-            return bad("--origin-stride 0: the stride must be at least 1".into());
-        }
-        if self.origin_start == Some(0) {
-            return bad("--origin-start 0: a forecast needs at least one step of history".into());
-        }
-        if self.state_window == 0 {
-            return bad("--state-window 0: a window must be at least 1 step".into());
-        }
-        if !(self.kappa.is_finite() && self.kappa >= 0.0) {
-            return bad(format!("--kappa {}: must be a finite number >= 0", self.kappa));
-        }
+    /// The run's resolved plan (checked by the pipeline); `argv` is recorded in the
+    /// manifest.
+    pub fn plan(&self, argv: &[String]) -> Result<RunPlan, UsageError> {
         if self.threads == Some(0) {
-            return bad("--threads 0: at least one thread is needed".into());
+            return Err(UsageError("--threads 0: at least one thread is needed".into()));
         }
-        if self.forecasters.is_empty() {
-            return bad("at least one --forecaster is needed".into());
-        }
-        Ok(())
+        let inputs = if self.traces.is_empty() { Input::bundled() } else { self.traces.iter().cloned().map(Input::File).collect() };
+        Ok(RunPlan {
+            inputs,
+            read: ReadOptions {
+                format: self.format,
+                columns: ColumnNames {
+                    step: self.step_col.clone(),
+                    layer: self.layer_col.clone(),
+                    expert: self.expert_col.clone(),
+                    tokens: self.tokens_col.clone(),
+                    trace: self.trace_col.clone(),
+                },
+            },
+            windows: self.windows.clone(),
+            horizons: self.horizons.clone(),
+            forecasters: self.forecasters.clone(),
+            added_forecasters: self.add_forecasters.clone(),
+            origin_stride: self.origin_stride,
+            origin_start: self.origin_start,
+            state_window: self.state_window,
+            kappa: self.kappa,
+            renormalize: !self.no_renormalize,
+            device: self.device,
+            gpu: self.gpu,
+            stats_detail: self.stats_detail,
+            save_forecasts: self.save_forecasts,
+            command_line: argv.to_vec(),
+        })
     }
 }

@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle, WeakProgressBar};
 
+use crate::pipeline::group_digits;
+
 /// How often a long stage reports itself when stderr is not a terminal (a log file,
 /// a batch job): a bar there would be invisible.
 pub const LOG_EVERY: Duration = Duration::from_secs(10);
@@ -58,19 +60,6 @@ fn whole(x: f64) -> String {
     group_digits(if x.is_finite() && x > 0.0 { x.round() as u64 } else { 0 })
 }
 
-/// `189234000` as `189,234,000`.
-pub(super) fn group_digits(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
 /// The log line of a stage `what` at `pos` of `len` after `secs` seconds.
 fn log_line(what: &str, pos: u64, len: u64, secs: f64, msg: &str) -> String {
     let pct = if len > 0 { 100.0 * pos as f64 / len as f64 } else { 0.0 };
@@ -97,6 +86,15 @@ fn log_lines(pb: WeakProgressBar, what: String) {
             }
         }
     });
+}
+
+impl crate::pipeline::Progress for Progress {
+    fn line(&self, msg: String) {
+        Progress::line(self, msg)
+    }
+    fn bar(&self, len: u64, what: &str) -> ProgressBar {
+        Progress::bar(self, len, what)
+    }
 }
 
 #[cfg(test)]

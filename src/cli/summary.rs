@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::run::{MetricRow, StateRow};
+use crate::output::{MetricRow, StateRow};
 use crate::eval::Regime;
 use crate::forecast::display_name;
 

@@ -4,29 +4,28 @@
 //! A unit is one trace file with one origin stride, state window and kappa (windows,
 //! horizons and forecasters are all computed inside a unit). Its id hashes everything
 //! that determines its results, so a changed config never reuses stale results. A
-//! unit runs into `OUT/.tmp/ID/`; its tables are then split by trace and written as
-//! `OUT/TABLE/trace=NAME/part-ID.parquet` (temporary name, then rename), and only then
+//! unit is a [`RunPlan`] built from the grid and run by the pipeline into a
+//! [`HiveSink`], which splits its tables by trace into
+//! `OUT/TABLE/trace=NAME/part-ID.parquet` (temporary name, then rename); only then
 //! is `OUT/units/ID.json` written: a unit with that marker saying "done" is finished
 //! and skipped by a rerun, so a killed sweep resumes where it stopped. A failing unit
 //! gets a marker with its error and does not stop the others (a rerun retries it).
 //! `--shard I/N` (or Slurm's array variables, or Kubernetes' completion index) runs
 //! every N-th unit of the sorted plan.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
-use arrow::datatypes::{DataType, Field, Schema};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::{Cli, Command, DEFAULT_FORECASTERS, UsageError};
+use super::UsageError;
 use crate::gpu::DeviceRequest;
-use crate::output::{AtomicParquet, write_atomic};
+use crate::output::hive::{HiveSink, UnitColumns};
+use crate::output::write_atomic;
+use crate::pipeline::{self, RunPlan, plan as defaults};
+use crate::trace::Input;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct SweepArgs {
@@ -91,22 +90,22 @@ fn default_out() -> PathBuf {
     PathBuf::from("sweep-out")
 }
 fn default_windows() -> Vec<usize> {
-    vec![10, 100, 200]
+    defaults::WINDOWS.to_vec()
 }
 fn default_horizons() -> Vec<usize> {
-    vec![1, 10, 100, 1000, 2000]
+    defaults::HORIZONS.to_vec()
 }
 fn default_stride() -> Vec<usize> {
-    vec![100]
+    vec![defaults::ORIGIN_STRIDE]
 }
 fn default_state_window() -> Vec<usize> {
-    vec![100]
+    vec![defaults::STATE_WINDOW]
 }
 fn default_kappa() -> Vec<f64> {
-    vec![0.5]
+    vec![defaults::KAPPA]
 }
 fn default_forecasters() -> Vec<String> {
-    DEFAULT_FORECASTERS.iter().map(|s| s.to_string()).collect()
+    defaults::FORECASTERS.map(String::from).to_vec()
 }
 
 /// One unit of work.
@@ -274,61 +273,6 @@ pub fn shard(flag: Option<&str>, env: &dyn Fn(&str) -> Option<String>) -> anyhow
     Ok((i, n))
 }
 
-/// Hive partition value: file-name-safe characters kept, others percent-encoded.
-fn hive_value(s: &str) -> String {
-    s.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-_.".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
-        .collect()
-}
-
-const TABLES: [&str; 3] = ["metrics", "states", "layer_stats"];
-
-/// A unit's tables, split by trace, with its settings as columns, into the hive layout.
-fn publish(plan: &Plan, unit: &Unit, tmp: &Path) -> anyhow::Result<()> {
-    for table in TABLES {
-        let src = tmp.join(format!("{table}.parquet"));
-        let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&src).with_context(|| format!("opening {}", src.display()))?)?;
-        let batches: Vec<RecordBatch> = reader.build()?.collect::<Result<_, _>>()?;
-        let Some(first) = batches.first() else { continue };
-        let schema = first.schema();
-        let all = arrow::compute::concat_batches(&schema, &batches)?;
-        let ti = schema.index_of("trace")?;
-        let names = all.column(ti).as_any().downcast_ref::<StringArray>().context("trace column")?.clone();
-        let mut by_trace: BTreeMap<String, Vec<u32>> = BTreeMap::new();
-        for r in 0..all.num_rows() {
-            by_trace.entry(names.value(r).to_string()).or_default().push(r as u32);
-        }
-        let mut fields: Vec<Field> = schema.fields().iter().filter(|f| f.name() != "trace").map(|f| f.as_ref().clone()).collect();
-        fields.extend([
-            Field::new("unit", DataType::Utf8, false),
-            Field::new("origin_stride", DataType::Int64, false),
-            Field::new("state_window", DataType::Int64, false),
-            Field::new("kappa", DataType::Float64, false),
-        ]);
-        let out_schema = Arc::new(Schema::new(fields));
-        for (name, rows) in by_trace {
-            let idx = arrow::array::UInt32Array::from(rows);
-            let n = idx.len();
-            let mut cols: Vec<ArrayRef> = Vec::new();
-            for (c, f) in schema.fields().iter().enumerate() {
-                if f.name() != "trace" {
-                    cols.push(arrow::compute::take(all.column(c), &idx, None)?);
-                }
-            }
-            cols.push(Arc::new(StringArray::from(vec![unit.id.as_str(); n])));
-            cols.push(Arc::new(Int64Array::from(vec![unit.origin_stride as i64; n])));
-            cols.push(Arc::new(Int64Array::from(vec![unit.state_window as i64; n])));
-            cols.push(Arc::new(Float64Array::from(vec![unit.kappa; n])));
-            let dir = plan.out.join(table).join(format!("trace={}", hive_value(&name)));
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            let mut w = AtomicParquet::create(&dir, &format!("part-{}.parquet", unit.id), out_schema.clone())?;
-            w.write(&RecordBatch::try_new(out_schema.clone(), cols)?)?;
-            w.finish()?;
-        }
-    }
-    Ok(())
-}
-
 /// The status recorded for a unit, if any.
 fn status(plan: &Plan, unit: &Unit) -> Option<serde_json::Value> {
     let text = std::fs::read_to_string(plan.out.join("units").join(format!("{}.json", unit.id))).ok()?;
@@ -357,37 +301,27 @@ pub fn parse_devices(s: &str, count: usize) -> Result<Vec<usize>, UsageError> {
     Ok(v)
 }
 
-/// Runs one unit through the pipeline and publishes it; returns the run's seconds
-/// per stage (its manifest's `seconds`).
-fn run_unit(plan: &Plan, unit: &Unit, device: DeviceRequest, gpu: usize) -> anyhow::Result<serde_json::Value> {
-    let tmp = plan.out.join(".tmp").join(&unit.id);
-    let _ = std::fs::remove_dir_all(&tmp);
-    let mut argv: Vec<String> = vec!["expertcast".into(), "run".into(), unit.trace_file.display().to_string()];
-    argv.extend(["--out".into(), tmp.display().to_string(), "--quiet".into()]);
-    argv.extend(["--origin-stride".into(), unit.origin_stride.to_string(), "--state-window".into(), unit.state_window.to_string()]);
-    argv.extend(["--kappa".into(), unit.kappa.to_string(), "--device".into(), device_str(device).into()]);
-    argv.extend(["--gpu".into(), gpu.to_string()]);
-    plan.windows.iter().for_each(|w| argv.extend(["--window".into(), w.to_string()]));
-    plan.horizons.iter().for_each(|h| argv.extend(["--horizon".into(), h.to_string()]));
-    plan.forecasters.iter().for_each(|f| argv.extend(["-f".into(), f.clone()]));
-    let cli = <Cli as clap::Parser>::try_parse_from(&argv).map_err(|e| anyhow::anyhow!("unit arguments: {e}"))?;
-    let Command::Run(args) = &cli.command else { bail!("unit arguments did not parse as run") };
-    args.validate()?;
-    super::run(args, &argv)?;
-    let manifest = tmp.join("manifest.json");
-    let text = std::fs::read_to_string(&manifest).with_context(|| format!("reading {}", manifest.display()))?;
-    let stages = serde_json::from_str::<serde_json::Value>(&text)?.get("seconds").cloned().unwrap_or_default();
-    publish(plan, unit, &tmp)?;
-    std::fs::remove_dir_all(&tmp).ok();
-    Ok(stages)
+/// The plan of one unit: the grid's settings for its trace file, run defaults else.
+fn unit_plan(plan: &Plan, unit: &Unit, device: DeviceRequest, gpu: usize) -> RunPlan {
+    let mut rp = RunPlan::new(vec![Input::File(unit.trace_file.clone())]);
+    rp.windows = plan.windows.clone();
+    rp.horizons = plan.horizons.clone();
+    rp.forecasters = plan.forecasters.clone();
+    rp.origin_stride = unit.origin_stride;
+    rp.state_window = unit.state_window;
+    rp.kappa = unit.kappa;
+    rp.device = device;
+    rp.gpu = gpu;
+    rp
 }
 
-fn device_str(d: DeviceRequest) -> &'static str {
-    match d {
-        DeviceRequest::Auto => "auto",
-        DeviceRequest::Cpu => "cpu",
-        DeviceRequest::Cuda => "cuda",
-    }
+/// Runs one unit through the pipeline into the dataset; returns its seconds per stage.
+fn run_unit(plan: &Plan, unit: &Unit, device: DeviceRequest, gpu: usize) -> anyhow::Result<serde_json::Value> {
+    let rp = unit_plan(plan, unit, device, gpu);
+    let cols = UnitColumns { id: unit.id.clone(), origin_stride: unit.origin_stride, state_window: unit.state_window, kappa: unit.kappa };
+    let mut sink = HiveSink::new(plan.out.clone(), cols);
+    let report = pipeline::run(&rp, &mut sink, &pipeline::Silent)?;
+    Ok(serde_json::to_value(&report.seconds)?)
 }
 
 fn write_marker(plan: &Plan, unit: &Unit, value: serde_json::Value) -> anyhow::Result<()> {
@@ -492,9 +426,6 @@ pub fn sweep(args: &SweepArgs) -> anyhow::Result<()> {
     }
     let (done, skipped, failed) = counts.into_inner().unwrap();
     bar.finish_and_clear();
-    // Units clean up their own scratch folders; the parent goes once it is empty (a
-    // unit of another shard may still be using it).
-    let _ = std::fs::remove_dir(plan.out.join(".tmp"));
     // The manifest lists every unit of the sweep (all shards) with its status now.
     let units: Vec<serde_json::Value> = plan
         .units
@@ -588,11 +519,5 @@ mod tests {
         std::os::unix::fs::symlink(d.path().join("real"), d.path().join("link")).unwrap();
         let via = d.path().join("link/../out");
         assert_eq!(lexical_clean(&via), via);
-    }
-
-    #[test]
-    fn hive_values_escape_path_characters() {
-        assert_eq!(hive_value("gpt12-e16_top2.s1"), "gpt12-e16_top2.s1");
-        assert_eq!(hive_value("a/b c"), "a%2Fb%20c");
     }
 }

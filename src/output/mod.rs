@@ -1,7 +1,9 @@
-//! Parquet schemas and atomic writers for the files of docs/reference.md, "Output directory".
+//! The outputs: row types, Parquet schemas and batches of the files of
+//! docs/reference.md ("Output directory"), and the [`Sink`]s a run writes them to:
+//! a run's directory ([`RunDir`]) or a sweep's hive dataset ([`hive::HiveSink`]).
 //!
-//! Each file is written to a hidden temporary name in the output directory and
-//! renamed when complete, so a reader never sees half a file.
+//! Each file is written to a hidden temporary name and renamed when complete, so a
+//! reader never sees half a file.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -19,6 +21,9 @@
 //! assert_eq!(back[0].as_ref().unwrap(), &batch);
 //! ```
 
+pub mod hive;
+mod rows;
+
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -29,6 +34,96 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
+
+pub use rows::*;
+
+/// The tables of a run, in the order their files are published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Table {
+    LayerStats,
+    WindowStats,
+    States,
+    Metrics,
+    Forecasts,
+}
+
+impl Table {
+    /// The file's name in a run's directory.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            Table::LayerStats => "layer_stats.parquet",
+            Table::WindowStats => "window_stats.parquet",
+            Table::States => "states.parquet",
+            Table::Metrics => "metrics.parquet",
+            Table::Forecasts => "forecasts.parquet",
+        }
+    }
+    /// The table's name in a sweep's dataset (its folder).
+    pub fn name(self) -> &'static str {
+        self.file_name().trim_end_matches(".parquet")
+    }
+    pub fn schema(self) -> SchemaRef {
+        match self {
+            Table::LayerStats => layer_stats_schema(),
+            Table::WindowStats => window_stats_schema(),
+            Table::States => states_schema(),
+            Table::Metrics => metrics_schema(),
+            Table::Forecasts => forecasts_schema(),
+        }
+    }
+}
+
+/// Where a run's tables go. The pipeline calls [`write`](Sink::write) with batches of
+/// a table's schema in output order, then [`finish`](Sink::finish) once with the
+/// manifest; until then nothing is published.
+pub trait Sink {
+    fn write(&mut self, table: Table, batch: &RecordBatch) -> anyhow::Result<()>;
+    fn finish(&mut self, manifest: &serde_json::Value) -> anyhow::Result<()>;
+}
+
+/// A run's output directory: one Parquet file per table, `manifest.json` last. The
+/// directory and its temporary files are created when the first table arrives (the
+/// pipeline has read and checked every input by then, so bad input leaves nothing).
+pub struct RunDir {
+    dir: PathBuf,
+    tables: Vec<Table>,
+    files: Option<Vec<(Table, AtomicParquet)>>,
+}
+
+impl RunDir {
+    /// A sink for `tables` in `dir`; nothing is created yet.
+    pub fn new(dir: &Path, tables: &[Table]) -> RunDir {
+        RunDir { dir: dir.to_path_buf(), tables: tables.to_vec(), files: None }
+    }
+
+    fn files(&mut self) -> anyhow::Result<&mut Vec<(Table, AtomicParquet)>> {
+        if self.files.is_none() {
+            std::fs::create_dir_all(&self.dir).with_context(|| format!("cannot create {}", self.dir.display()))?;
+            let mut files = Vec::new();
+            for &t in &self.tables {
+                files.push((t, AtomicParquet::create(&self.dir, t.file_name(), t.schema())?));
+            }
+            self.files = Some(files);
+        }
+        Ok(self.files.as_mut().expect("just created"))
+    }
+}
+
+impl Sink for RunDir {
+    fn write(&mut self, table: Table, batch: &RecordBatch) -> anyhow::Result<()> {
+        let (_, w) = self.files()?.iter_mut().find(|(t, _)| *t == table).with_context(|| format!("{} was not opened", table.file_name()))?;
+        w.write(batch)
+    }
+    fn finish(&mut self, manifest: &serde_json::Value) -> anyhow::Result<()> {
+        let mut files = std::mem::take(self.files()?);
+        files.sort_by_key(|(t, _)| *t);
+        for (_, w) in files {
+            w.finish()?;
+        }
+        // Manifest last: its presence marks a complete run.
+        write_atomic(&self.dir, "manifest.json", serde_json::to_string_pretty(manifest)?.as_bytes())
+    }
+}
 
 /// A Parquet file that appears under its final name only once [`finish`](Self::finish)
 /// succeeds; dropped unfinished, it leaves nothing behind.

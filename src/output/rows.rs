@@ -1,0 +1,138 @@
+//! The rows of each table and the record batches they are written as.
+
+use arrow::array::RecordBatch;
+
+use super::{batch, f64s, i32s, i64s, opt_f64s, opt_i64s, strs, Table};
+use crate::eval::{SavedForecasts, SavedRow, Score};
+use crate::forecast::LayerView;
+use crate::stats::{ExpertStats, LayerStats};
+use crate::trace::Trace;
+
+/// One row of `metrics.parquet`.
+#[derive(Debug, Clone)]
+pub struct MetricRow {
+    pub trace: String,
+    pub layer: i64,
+    pub forecaster: String,
+    pub real: bool,
+    pub score: Score,
+}
+
+/// One row of `states.parquet`.
+#[derive(Debug, Clone)]
+pub struct StateRow {
+    pub trace: String,
+    pub layer: i64,
+    pub window: usize,
+    pub transition_step: Option<i64>,
+    pub final_std: Option<f64>,
+}
+
+/// The `layer_stats.parquet` rows of one (layer, window) of a trace.
+pub fn layer_stats_batch(tr: &Trace, s: &LayerStats) -> anyhow::Result<RecordBatch> {
+    let n = s.var_mean.len();
+    batch(
+        &Table::LayerStats.schema(),
+        vec![
+            strs(std::iter::repeat_n(&tr.name, n)),
+            i32s(std::iter::repeat_n(tr.layer_ids[s.layer], n)),
+            i32s(std::iter::repeat_n(s.window as i64, n)),
+            i64s((0..n).map(|i| tr.step_at(s.window - 1 + i))),
+            f64s(s.var_mean.iter().copied()),
+            f64s(s.var_max.iter().copied()),
+            f64s(s.range_mean.iter().copied()),
+            f64s(s.range_max.iter().copied()),
+        ],
+    )
+}
+
+/// The `window_stats.parquet` rows of one (layer, expert, window) of a trace.
+pub fn window_stats_batch(tr: &Trace, s: &ExpertStats) -> anyhow::Result<RecordBatch> {
+    let n = s.mean.len();
+    batch(
+        &Table::WindowStats.schema(),
+        vec![
+            strs(std::iter::repeat_n(&tr.name, n)),
+            i32s(std::iter::repeat_n(tr.layer_ids[s.layer], n)),
+            i32s(std::iter::repeat_n(tr.expert_ids[s.expert], n)),
+            i32s(std::iter::repeat_n(s.window as i64, n)),
+            i64s((0..n).map(|i| tr.step_at(s.window - 1 + i))),
+            f64s(s.mean.iter().copied()),
+            f64s(s.var.iter().copied()),
+            f64s(s.range.iter().copied()),
+        ],
+    )
+}
+
+/// `states.parquet`.
+pub fn states_batch(rows: &[StateRow], kappa: f64) -> anyhow::Result<RecordBatch> {
+    batch(
+        &Table::States.schema(),
+        vec![
+            strs(rows.iter().map(|r| &r.trace)),
+            i32s(rows.iter().map(|r| r.layer)),
+            i32s(rows.iter().map(|r| r.window as i64)),
+            f64s(rows.iter().map(|_| kappa)),
+            opt_i64s(rows.iter().map(|r| r.transition_step)),
+            opt_f64s(rows.iter().map(|r| r.final_std)),
+        ],
+    )
+}
+
+/// `metrics.parquet`.
+pub fn metrics_batch(rows: &[MetricRow]) -> anyhow::Result<RecordBatch> {
+    batch(
+        &Table::Metrics.schema(),
+        vec![
+            strs(rows.iter().map(|r| &r.trace)),
+            i32s(rows.iter().map(|r| r.layer)),
+            strs(rows.iter().map(|r| &r.forecaster)),
+            i32s(rows.iter().map(|r| r.score.horizon as i64)),
+            strs(rows.iter().map(|r| r.score.regime.as_str())),
+            i64s(rows.iter().map(|r| r.score.origins as i64)),
+            opt_f64s(rows.iter().map(|r| r.score.mae_pp)),
+            opt_f64s(rows.iter().map(|r| r.score.rmse_pp)),
+            opt_f64s(rows.iter().map(|r| r.score.tv_pct)),
+            i64s(rows.iter().map(|r| r.score.fallbacks as i64)),
+        ],
+    )
+}
+
+/// Rows of `forecasts.parquet` a batch holds.
+const FORECAST_ROWS: usize = 1 << 16;
+
+/// The `forecasts.parquet` rows of layer `l` (its shares `layer`) and forecaster
+/// `spec`, handed to `each` a batch at a time, so they are never all held as Arrow.
+pub fn forecasts_batches(
+    tr: &Trace,
+    l: usize,
+    layer: &LayerView,
+    spec: &str,
+    saved: &SavedForecasts,
+    mut each: impl FnMut(&RecordBatch) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let schema = Table::Forecasts.schema();
+    let mut rows = saved.rows(layer).peekable();
+    let mut chunk: Vec<SavedRow> = Vec::with_capacity(FORECAST_ROWS.min(saved.len()));
+    while rows.peek().is_some() {
+        chunk.clear();
+        chunk.extend(rows.by_ref().take(FORECAST_ROWS));
+        let n = chunk.len();
+        let b = batch(
+            &schema,
+            vec![
+                strs(std::iter::repeat_n(&tr.name, n)),
+                i32s(std::iter::repeat_n(tr.layer_ids[l], n)),
+                i32s(chunk.iter().map(|r| tr.expert_ids[r.expert])),
+                strs(std::iter::repeat_n(spec, n)),
+                i64s(chunk.iter().map(|r| tr.step_at(r.origin))),
+                i32s(chunk.iter().map(|r| r.k as i64)),
+                f64s(chunk.iter().map(|r| r.predicted)),
+                f64s(chunk.iter().map(|r| r.actual)),
+                opt_f64s(chunk.iter().map(|r| r.stderr)),
+            ],
+        )?;
+        each(&b)?;
+    }
+    Ok(())
+}

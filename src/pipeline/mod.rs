@@ -1,0 +1,431 @@
+//! The pipeline, one function per stage: [`prepare`] the forecasters and the
+//! protocol, [`read`] the inputs, compute window [`statistics`], derive [`states`],
+//! [`forecast`] and score, then hand the manifest to the [`Sink`]. [`run`] chains
+//! them for a [`RunPlan`]; `expertcast run` and every unit of `expertcast sweep` call
+//! it, each with its own sink ([`output::RunDir`](crate::output::RunDir),
+//! [`output::hive::HiveSink`](crate::output::hive::HiveSink)).
+
+pub mod plan;
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressDrawTarget};
+use rayon::prelude::*;
+
+pub use plan::{RunPlan, StatsDetail};
+
+use crate::UsageError;
+use crate::eval::{self, Protocol, SavedForecasts, Score};
+use crate::forecast::{Forecaster, LayerView, parse_spec};
+use crate::gpu::{self, Device};
+use crate::output::{self, MetricRow, Sink, StateRow, Table};
+use crate::stats::{self, ExpertStats, LayerStats, states as rule};
+use crate::trace::{self, Trace};
+
+/// What a run tells its user while it works: stage lines and progress bars.
+pub trait Progress: Sync {
+    fn line(&self, msg: String);
+    /// A bar of `len` units for a long stage.
+    fn bar(&self, len: u64, what: &str) -> ProgressBar;
+}
+
+/// No progress at all (a sweep's units, tests).
+pub struct Silent;
+
+impl Progress for Silent {
+    fn line(&self, _msg: String) {}
+    fn bar(&self, len: u64, _what: &str) -> ProgressBar {
+        ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::hidden())
+    }
+}
+
+/// What a run did: its rows for the summary and its seconds per stage.
+pub struct RunReport {
+    pub specs: Vec<String>,
+    pub metrics: Vec<MetricRow>,
+    pub states: Vec<StateRow>,
+    /// Seconds per stage: read, stats, states, forecast.
+    pub seconds: BTreeMap<&'static str, f64>,
+}
+
+/// The run's forecasters, their canonical specs and the protocol.
+pub struct Prepared {
+    pub forecasters: Vec<Box<dyn Forecaster>>,
+    pub specs: Vec<String>,
+    pub protocol: Protocol,
+}
+
+/// Parses and checks the forecasters and fixes the protocol: everything that can be
+/// refused before a file is read.
+pub fn prepare(plan: &RunPlan) -> anyhow::Result<Prepared> {
+    plan.validate()?;
+    let forecasters: Vec<Box<dyn Forecaster>> = plan.all_forecasters().map(|s| parse_spec(s)).collect::<Result<_, _>>()?;
+    let specs: Vec<String> = forecasters.iter().map(|f| f.spec()).collect();
+    for (i, s) in specs.iter().enumerate() {
+        if specs[..i].contains(s) {
+            let how = if i >= plan.forecasters.len() { " (-a adds to the -f list, or to the defaults without -f)" } else { "" };
+            return Err(UsageError(format!("forecaster {s} is given twice{how}")).into());
+        }
+    }
+    let protocol = plan.protocol(plan.origin_start.unwrap_or_else(|| eval::default_start(&forecasters)));
+    for (f, spec) in forecasters.iter().zip(&specs) {
+        f.check_start(protocol.start).map_err(|e| UsageError(format!("--origin-start {}: {spec}: {e}", protocol.start)))?;
+    }
+    Ok(Prepared { forecasters, specs, protocol })
+}
+
+/// The traces of a run, with the size and SHA-256 of each input as it was read.
+pub struct Inputs {
+    pub traces: Vec<Trace>,
+    pub hashes: Vec<(u64, String)>,
+}
+
+/// Reads and checks every input (nothing is written before this succeeds).
+pub fn read(plan: &RunPlan, prep: &Prepared) -> anyhow::Result<Inputs> {
+    let traces = trace::read_inputs(&plan.inputs, &plan.read)?;
+    let hashes: Vec<(u64, String)> = plan.inputs.iter().map(|i| i.size_and_sha256()).collect::<Result<_, _>>()?;
+    for tr in &traces {
+        for (f, spec) in prep.forecasters.iter().zip(&prep.specs) {
+            f.check_experts(tr.experts())
+                .map_err(|e| UsageError(format!("{}: trace {} cannot be forecast with {spec}: {e}", tr.source.display(), tr.name)))?;
+        }
+    }
+    Ok(Inputs { traces, hashes })
+}
+
+/// The tables a plan writes.
+pub fn tables(plan: &RunPlan) -> Vec<Table> {
+    let mut t = vec![Table::LayerStats];
+    if plan.stats_detail == StatsDetail::Expert {
+        t.push(Table::WindowStats);
+    }
+    t.extend([Table::States, Table::Metrics]);
+    if plan.save_forecasts {
+        t.push(Table::Forecasts);
+    }
+    t
+}
+
+/// Window statistics of every trace (per trace, every layer and window of
+/// [`RunPlan::all_windows`]); layer summaries of the plan's windows and, with
+/// `--stats-detail expert`, every expert's statistics go to the sink. Returns the
+/// summaries and the device they were computed on.
+pub fn statistics(
+    plan: &RunPlan,
+    traces: &[Trace],
+    device: &Device,
+    sink: &mut dyn Sink,
+    progress: &dyn Progress,
+) -> anyhow::Result<(Vec<Vec<LayerStats>>, String)> {
+    let windows = plan.windows();
+    let all_windows = plan.all_windows();
+    let stats_gpu = match device {
+        Device::Cuda(g) => {
+            let longest = stats::cuda::max_window(g)?;
+            if all_windows.iter().any(|&w| w > longest) {
+                progress.line(format!("window statistics on the CPU: the GPU kernel takes windows up to {longest} steps"));
+                None
+            } else {
+                Some(g.clone())
+            }
+        }
+        Device::Cpu => None,
+    };
+    let stats_device = if stats_gpu.is_some() { device.describe() } else { "cpu".to_string() };
+    let n_layers: usize = traces.iter().map(|t| t.layers()).sum();
+    let bar = progress.bar(n_layers as u64, "stats");
+    let mut layer_stats: Vec<Vec<LayerStats>> = Vec::with_capacity(traces.len());
+    let expert_detail = plan.stats_detail == StatsDetail::Expert;
+    // Each trace's per-expert detail is written as it comes; its layer summaries after.
+    let mut summaries: Vec<(usize, Vec<LayerStats>)> = Vec::new();
+    for (ti, tr) in traces.iter().enumerate() {
+        let mut write_detail = |d: Vec<ExpertStats>| -> anyhow::Result<()> {
+            for s in d.iter().filter(|s| windows.contains(&s.window)) {
+                sink.write(Table::WindowStats, &output::window_stats_batch(tr, s)?)?;
+            }
+            Ok(())
+        };
+        let detail: Option<&mut dyn FnMut(Vec<ExpertStats>) -> anyhow::Result<()>> =
+            if expert_detail { Some(&mut write_detail) } else { None };
+        let ls = match &stats_gpu {
+            Some(g) => stats::cuda::layer_stats_cuda(g, tr, &all_windows, detail, || bar.inc(1))
+                .with_context(|| format!("window statistics of {} on {}", tr.name, device.describe()))?,
+            None => stats::layer_stats_cpu(tr, &all_windows, detail, || bar.inc(1))?,
+        };
+        summaries.push((ti, ls));
+    }
+    bar.finish_and_clear();
+    for (ti, ls) in summaries {
+        let tr = &traces[ti];
+        for s in ls.iter().filter(|s| windows.contains(&s.window)) {
+            sink.write(Table::LayerStats, &output::layer_stats_batch(tr, s)?)?;
+        }
+        layer_stats.push(ls);
+    }
+    Ok((layer_stats, stats_device))
+}
+
+/// The states of every (trace, layer, window) and, per trace and layer, the step
+/// index from which origins count as stable (the state window's transition).
+pub fn states(plan: &RunPlan, traces: &[Trace], layer_stats: &[Vec<LayerStats>], sink: &mut dyn Sink) -> anyhow::Result<(Vec<StateRow>, Vec<Vec<Option<usize>>>)> {
+    let mut rows = Vec::new();
+    let mut stable_from = Vec::new();
+    for (tr, ls) in traces.iter().zip(layer_stats) {
+        let mut per_layer = vec![None; tr.layers()];
+        for s in ls {
+            let st = rule::transition(&s.std_mean, s.window, plan.kappa);
+            if s.window == plan.state_window {
+                per_layer[s.layer] = st.transition;
+            }
+            rows.push(StateRow {
+                trace: tr.name.clone(),
+                layer: tr.layer_ids[s.layer],
+                window: s.window,
+                transition_step: st.transition.map(|i| tr.step_at(i)),
+                final_std: st.final_std,
+            });
+        }
+        stable_from.push(per_layer);
+    }
+    sink.write(Table::States, &output::states_batch(&rows, plan.kappa)?)?;
+    Ok((rows, stable_from))
+}
+
+/// Forecasts and scores every (trace, layer, forecaster): a group of layers at a time
+/// (as many as threads, within 512 MB of float64 shares), every (layer, forecaster)
+/// of a group in parallel. Metrics (and saved forecasts) go to the sink.
+#[allow(clippy::too_many_arguments)]
+pub fn forecast(
+    plan: &RunPlan,
+    traces: &[Trace],
+    prep: &mut Prepared,
+    stable_from: &[Vec<Option<usize>>],
+    device: &Device,
+    sink: &mut dyn Sink,
+    progress: &dyn Progress,
+) -> anyhow::Result<Vec<MetricRow>> {
+    let proto = &prep.protocol;
+    let specs = &prep.specs;
+    let mut metric_rows: Vec<MetricRow> = Vec::new();
+    // One unit per series and origin forecast: for ARIMA, fits per second.
+    let units: u64 = traces
+        .iter()
+        .map(|t| (t.layers() * t.experts() * proto.origins(t.steps()).len() * prep.forecasters.len()) as u64)
+        .sum();
+    let bar = progress.bar(units, "forecast");
+    bar.set_message(if specs.iter().any(|s| s.starts_with("arima")) { "series forecasts (ARIMA: fits)" } else { "series forecasts" });
+    let messages: crate::forecast::lstm::Messages = {
+        let bar = bar.clone();
+        std::sync::Arc::new(move |m: String| bar.set_message(m))
+    };
+    for f in prep.forecasters.iter_mut() {
+        f.use_device(device, Some(messages.clone()));
+    }
+    let forecasters = &prep.forecasters;
+    if plan.save_forecasts {
+        // Say how big it gets before writing it: with the defaults on the bundled
+        // traces it is 189 M rows, and writing them dominates the run.
+        let rows: u64 =
+            traces.iter().map(|t| t.layers() as u64 * forecasters.len() as u64 * eval::saved_rows(proto, t.steps(), t.experts())).sum();
+        let bytes = rows as f64 * 2.3;
+        let size = if bytes < 1e6 { format!("{:.0} kB", bytes / 1e3) } else { format!("{:.0} MB", bytes / 1e6) };
+        progress.line(format!(
+            "--save-forecasts: forecasts.parquet gets {} rows (about {size} at the ~2.3 bytes a row measured on the \
+             bundled traces); encoding them takes most of this stage",
+            group_digits(rows)
+        ));
+    }
+    for (ti, tr) in traces.iter().enumerate() {
+        let layer_bytes = 8 * tr.steps() * tr.experts();
+        let group = rayon::current_num_threads().min((512 << 20) / layer_bytes.max(1)).max(1);
+        for first in (0..tr.layers()).step_by(group) {
+            let layers: Vec<usize> = (first..(first + group).min(tr.layers())).collect();
+            let shares: Vec<Vec<f64>> = layers.par_iter().map(|&l| tr.layer_proportions(l)).collect();
+            let tasks: Vec<(usize, usize)> = (0..layers.len()).flat_map(|g| (0..forecasters.len()).map(move |f| (g, f))).collect();
+            let results: Vec<anyhow::Result<(Vec<Score>, Option<SavedForecasts>)>> = tasks
+                .par_iter()
+                .map(|&(g, fi)| {
+                    let l = layers[g];
+                    let view = LayerView::new(&shares[g], tr.experts());
+                    let mut saved = plan
+                        .save_forecasts
+                        .then(|| SavedForecasts::with_capacity(eval::saved_rows(proto, tr.steps(), tr.experts()) as usize));
+                    let scores = eval::evaluate_layer_progress(&view, forecasters[fi].as_ref(), proto, stable_from[ti][l], saved.as_mut(), &|n| {
+                        bar.inc(n)
+                    })
+                    .with_context(|| format!("forecasting {} layer {} with {}", tr.name, tr.layer_ids[l], specs[fi]))?;
+                    Ok((scores, saved))
+                })
+                .collect();
+            for (&(g, fi), r) in tasks.iter().zip(results) {
+                let l = layers[g];
+                let (scores, saved) = r?;
+                for score in scores {
+                    metric_rows.push(MetricRow {
+                        trace: tr.name.clone(),
+                        layer: tr.layer_ids[l],
+                        forecaster: specs[fi].clone(),
+                        real: forecasters[fi].is_real(),
+                        score,
+                    });
+                }
+                if let Some(s) = saved {
+                    let view = LayerView::new(&shares[g], tr.experts());
+                    output::forecasts_batches(tr, l, &view, &specs[fi], &s, |b| sink.write(Table::Forecasts, b))?;
+                }
+            }
+        }
+    }
+    bar.finish_and_clear();
+    sink.write(Table::Metrics, &output::metrics_batch(&metric_rows)?)?;
+    fallback_lines(traces, prep, &metric_rows, progress);
+    Ok(metric_rows)
+}
+
+/// Fits that fell back, per forecaster that can fail (each origin's series counted
+/// once: the shortest horizon of regime "all" scores every origin).
+fn fallback_lines(traces: &[Trace], prep: &Prepared, rows: &[MetricRow], progress: &dyn Progress) {
+    let Some(h0) = prep.protocol.horizons.iter().min() else { return };
+    for spec in prep.specs.iter().filter(|s| s.starts_with("arima")) {
+        let (mut fb, mut fits) = (0u64, 0u64);
+        for r in rows.iter().filter(|r| &r.forecaster == spec && r.score.horizon == *h0 && r.score.regime == eval::Regime::All) {
+            let experts = traces.iter().find(|t| t.name == r.trace).map_or(0, |t| t.experts()) as u64;
+            fb += r.score.fallbacks;
+            fits += r.score.origins * experts;
+        }
+        progress.line(format!("{spec}: {fb} of the {fits} series fits scored at horizon {h0} fell back to mean:w=100"));
+    }
+}
+
+/// `189234000` as `189,234,000`.
+pub fn group_digits(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The whole run: every stage in order, then the manifest to the sink.
+pub fn run(plan: &RunPlan, sink: &mut dyn Sink, progress: &dyn Progress) -> anyhow::Result<RunReport> {
+    run_prepared(plan, prepare(plan)?, sink, progress)
+}
+
+/// [`run`] from the stage after [`prepare`].
+pub fn run_prepared(plan: &RunPlan, mut prep: Prepared, sink: &mut dyn Sink, progress: &dyn Progress) -> anyhow::Result<RunReport> {
+    let (device, note) = gpu::choose_at(plan.device, plan.gpu)?;
+    if let Some(n) = note {
+        progress.line(n);
+    }
+    let mut seconds: BTreeMap<&'static str, f64> = BTreeMap::new();
+
+    let t = Instant::now();
+    let inputs = read(plan, &prep)?;
+    let traces = &inputs.traces;
+    seconds.insert("read", t.elapsed().as_secs_f64());
+    let n_layers: usize = traces.iter().map(|t| t.layers()).sum();
+    progress.line(format!(
+        "read {} trace(s) from {} file(s): {} layers, {} steps in all ({:.2} s)",
+        traces.len(),
+        plan.inputs.len(),
+        n_layers,
+        traces.iter().map(|t| t.steps()).sum::<usize>(),
+        seconds["read"]
+    ));
+
+    let t = Instant::now();
+    let (layer_stats, stats_device) = statistics(plan, traces, &device, sink, progress)?;
+    seconds.insert("stats", t.elapsed().as_secs_f64());
+    progress.line(format!(
+        "window statistics: {} window(s) over {} layers on {} ({:.2} s)",
+        plan.all_windows().len(),
+        n_layers,
+        stats_device,
+        seconds["stats"]
+    ));
+
+    let t = Instant::now();
+    let (state_rows, stable_from) = states(plan, traces, &layer_stats, sink)?;
+    drop(layer_stats);
+    seconds.insert("states", t.elapsed().as_secs_f64());
+
+    let t = Instant::now();
+    let metric_rows = forecast(plan, traces, &mut prep, &stable_from, &device, sink, progress)?;
+    seconds.insert("forecast", t.elapsed().as_secs_f64());
+    let proto = &prep.protocol;
+    let n_origins: usize = traces.iter().map(|t| proto.origins(t.steps()).len()).sum();
+    progress.line(format!(
+        "forecasts: {} forecaster(s) × {} layers, {} origin(s) from step index {} every {} ({:.2} s)",
+        prep.forecasters.len(),
+        n_layers,
+        n_origins,
+        proto.start,
+        proto.stride,
+        seconds["forecast"]
+    ));
+
+    let manifest = manifest(plan, &prep, &inputs, &device, &stats_device, &seconds);
+    sink.finish(&manifest)?;
+    Ok(RunReport { specs: prep.specs, metrics: metric_rows, states: state_rows, seconds })
+}
+
+/// `manifest.json`: the version, command line, resolved config, inputs with sizes and
+/// hashes, devices and seconds per stage.
+fn manifest(
+    plan: &RunPlan,
+    prep: &Prepared,
+    inputs: &Inputs,
+    device: &Device,
+    stats_device: &str,
+    seconds: &BTreeMap<&'static str, f64>,
+) -> serde_json::Value {
+    let mut inputs_json = Vec::new();
+    for (input, (bytes, sha256)) in plan.inputs.iter().zip(&inputs.hashes) {
+        let p = input.path();
+        let ts: Vec<serde_json::Value> = inputs
+            .traces
+            .iter()
+            .filter(|t| t.source == p)
+            .map(|t| {
+                serde_json::json!({
+                    "name": t.name, "steps": t.steps(), "layers": t.layers(), "experts": t.experts(),
+                    "first_step": t.first_step,
+                })
+            })
+            .collect();
+        inputs_json.push(serde_json::json!({
+            "path": p.display().to_string(), "bytes": bytes, "sha256": sha256, "traces": ts,
+        }));
+    }
+    let proto = &prep.protocol;
+    serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "command_line": plan.command_line,
+        "config": {
+            "windows": plan.windows(),
+            "state_window": plan.state_window,
+            "kappa": plan.kappa,
+            "horizons": proto.horizons,
+            "forecasters": prep.specs,
+            "origin_start": proto.start,
+            "origin_stride": proto.stride,
+            "renormalize": proto.renormalize,
+            "stats_detail": plan.stats_detail,
+            "save_forecasts": plan.save_forecasts,
+            "device_requested": plan.device,
+            "threads": rayon::current_num_threads(),
+            "columns": plan.read.columns,
+            "format": plan.read.format,
+        },
+        "inputs": inputs_json,
+        "device": device.describe(),
+        "stats_device": stats_device,
+        "seconds": seconds,
+    })
+}
