@@ -8,7 +8,7 @@ use common::*;
 use expertcast::eval::{Protocol, Regime, evaluate_layer};
 use expertcast::forecast::lstm::data::Windows;
 use expertcast::forecast::lstm::{self, LstmConfig, LstmDevice, Mode, Multi, Trained};
-use expertcast::forecast::{LayerView, parse_spec};
+use expertcast::forecast::{FitContext, LayerView, parse_spec};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand_distr::{Distribution, Normal};
@@ -121,11 +121,13 @@ fn no_scored_step_reaches_training_or_inference() {
     let run = |p: &[f64]| {
         let layer = LayerView::new(p, 2);
         let mut out = Vec::new();
-        f.forecast_layer(&layer, &origins, &lens, &mut |_, pred: &mut [f64], _, fb| {
-            assert_eq!(fb, 0);
-            out.extend_from_slice(pred);
-        })
-        .unwrap();
+        let fitted = f.fit(&layer.until(origins[0]), &FitContext::cpu()).unwrap();
+        fitted
+            .predict_origins(&layer, &origins, &lens, &mut |_, pred: &mut [f64], _, fb| {
+                assert_eq!(fb, 0);
+                out.extend_from_slice(pred);
+            })
+            .unwrap();
         out
     };
     let a = run(&p);
@@ -208,7 +210,7 @@ fn bad_lstm_configs_fail_clearly() {
     assert!(e.contains("hidden comes from the checkpoint"), "{e}");
     // Too little history before the first origin to train on.
     let f = parse_spec("lstm:lookback=50,k=10,train=60").unwrap();
-    let e = f.forecast_layer(&layer, &[55], &[1], &mut |_, _, _, _| {}).err().unwrap().to_string();
+    let e = f.fit(&layer.until(55), &FitContext::cpu()).err().unwrap().to_string();
     assert!(e.contains("no training window"), "{e}");
     // A run whose first origin leaves no training window is refused before it reads
     // or writes anything (exit 2), naming the flag and the forecaster.

@@ -43,8 +43,8 @@ pub struct ArimaBenchArgs {
 pub fn bench_arima(a: &ArimaBenchArgs) -> anyhow::Result<()> {
     let order: Vec<usize> = a.order.split(',').map(|v| v.trim().parse()).collect::<Result<_, _>>().context("--arima-order must be p,d,q")?;
     let [p, d, q] = order[..] else { bail!("--arima-order must be p,d,q") };
-    let method = Method::parse(&a.method).map_err(anyhow::Error::msg)?;
-    let opt = Optimizer::parse(&a.opt).map_err(anyhow::Error::msg)?;
+    let method = Method::parse(&a.method)?;
+    let opt = Optimizer::parse(&a.opt)?;
     let input = match &a.trace {
         Some(p) => Input::File(p.clone()),
         None => Input::bundled_named("gpt12-e16-top2-s1.parquet").expect("a bundled trace"),

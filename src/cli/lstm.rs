@@ -38,40 +38,40 @@ pub struct LstmTrainArgs {
     #[arg(long, short, value_name = "DIR")]
     pub out: PathBuf,
     /// joint: every expert's share of a layer in and out; global: one model for every series.
-    #[arg(long, value_enum, default_value_t = Mode::Joint)]
+    #[arg(long, value_enum, default_value = lstm::default_of("mode"))]
     pub mode: Mode,
     /// Input steps.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value = lstm::default_of("lookback"))]
     pub lookback: usize,
     /// Hidden units per LSTM layer.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value = lstm::default_of("hidden"))]
     pub hidden: usize,
     /// LSTM layers.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value = lstm::default_of("layers"))]
     pub layers: usize,
     /// Steps predicted at once.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value = lstm::default_of("k"))]
     pub k: usize,
     /// Default multi-step rule stored with the model (a run may override it).
-    #[arg(long, value_enum, default_value_t = Multi::Direct)]
+    #[arg(long, value_enum, default_value = lstm::default_of("multi"))]
     pub multi: Multi,
     /// Adam learning rate.
-    #[arg(long, default_value_t = 2e-3)]
+    #[arg(long, default_value = lstm::default_of("lr"))]
     pub lr: f64,
     /// Most training epochs.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value = lstm::default_of("epochs"))]
     pub epochs: usize,
     /// Epochs without a better validation loss before stopping.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value = lstm::default_of("patience"))]
     pub patience: usize,
     /// Windows per training batch.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value = lstm::default_of("batch"))]
     pub batch: usize,
     /// Seed of the initial weights and the shuffling.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value = lstm::default_of("seed"))]
     pub seed: u64,
     /// Latest share of each layer's windows held out for validation.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value = lstm::default_of("val"))]
     pub val: f64,
     /// Where to train: auto uses a GPU when one is usable.
     #[arg(long, value_enum, default_value_t = DeviceRequest::Auto)]

@@ -8,7 +8,7 @@
 //! (origin, expert, step), and `tv_pct = 100 · mean over (origin, step) of
 //! ½ Σ_e |p̂ − p|`.
 
-use crate::forecast::{Forecaster, LayerView, renormalize};
+use crate::forecast::{FitContext, Forecaster, LayerView, renormalize};
 
 /// Which origins a score covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,22 +184,28 @@ pub fn evaluate_layer(
     stable_from: Option<usize>,
     save: Option<&mut SavedForecasts>,
 ) -> anyhow::Result<Vec<Score>> {
-    evaluate_layer_progress(layer, f, proto, stable_from, save, &|_| {})
+    evaluate_layer_progress(layer, f, proto, stable_from, save, &FitContext::cpu(), &|_| {})
 }
 
-/// [`evaluate_layer`], calling `done(experts)` as each origin's forecast of every
-/// expert series arrives (for a progress bar of series forecasts per second).
+/// [`evaluate_layer`] fitting with `ctx`, calling `done(experts)` as each origin's
+/// forecast of every expert series arrives (for a progress bar of series forecasts
+/// per second). The forecaster is fitted once, on the steps before the first origin.
 pub fn evaluate_layer_progress(
     layer: &LayerView,
     f: &dyn Forecaster,
     proto: &Protocol,
     stable_from: Option<usize>,
     mut save: Option<&mut SavedForecasts>,
+    ctx: &FitContext,
     done: &(dyn Fn(u64) + Sync),
 ) -> anyhow::Result<Vec<Score>> {
     let nt = layer.steps();
     let ne = layer.experts();
     let origins = proto.origins(nt);
+    let fitted = match origins.first() {
+        Some(&first) => Some(f.fit(&layer.until(first), ctx)?),
+        None => None,
+    };
     let nh = proto.horizons.len();
     let mut acc = vec![[Acc::default(), Acc::default()]; nh];
     let is_stable = |o: usize| stable_from.is_some_and(|s| o >= s);
@@ -234,11 +240,13 @@ pub fn evaluate_layer_progress(
         }
     };
 
-    if f.horizon_dependent() {
+    if let Some(fitted) = fitted.as_deref()
+        && f.horizon_dependent()
+    {
         for (hi, &h) in proto.horizons.iter().enumerate() {
             let os: Vec<usize> = origins.iter().copied().filter(|&o| o + h <= nt).collect();
             let lens = vec![h; os.len()];
-            f.forecast_layer(layer, &os, &lens, &mut |i, pred, _, fb| {
+            fitted.predict_origins(layer, &os, &lens, &mut |i, pred, _, fb| {
                 if hi == 0 {
                     done(ne as u64);
                 }
@@ -250,11 +258,11 @@ pub fn evaluate_layer_progress(
         }
         if let Some(s) = save.as_deref_mut() {
             let lens: Vec<usize> = origins.iter().map(|&o| proto.max_horizon().min(nt - o)).collect();
-            f.forecast_layer(layer, &origins, &lens, &mut |i, pred, se, _| s.push(layer, origins[i], pred, se))?;
+            fitted.predict_origins(layer, &origins, &lens, &mut |i, pred, se, _| s.push(layer, origins[i], pred, se))?;
         }
-    } else {
+    } else if let Some(fitted) = fitted.as_deref() {
         let lens: Vec<usize> = origins.iter().map(|&o| proto.max_horizon().min(nt - o)).collect();
-        f.forecast_layer(layer, &origins, &lens, &mut |i, pred, se, fb| {
+        fitted.predict_origins(layer, &origins, &lens, &mut |i, pred, se, fb| {
             done(ne as u64);
             let o = origins[i];
             if real {

@@ -1,29 +1,53 @@
-//! Forecasters behind one trait, and the spec syntax `NAME[:key=value[,key=value]...]`.
+//! Forecasters, each in its own file, behind one seam in two parts (augurs' `Fit` →
+//! `Predict`): a [`Forecaster`] is a parsed spec (its canonical spec, the history it
+//! needs, its checks against a run's shape) that [`fit`](Forecaster::fit)s on a
+//! layer's history into a [`Fitted`] model, which predicts the layer's origins.
+//! The spec syntax is `NAME[:key=value[,key=value]...]`.
 //!
-//! A new forecaster is one file implementing [`Forecaster`] plus one entry in
-//! [`KNOWN`].
+//! A new forecaster is one file that defines its [`Known`] entry (name, parameters
+//! and their defaults, builder) plus one line in the `registry!` below.
 //!
 //! ```
-//! use expertcast::forecast::{parse_spec, LayerView};
+//! use expertcast::forecast::{parse_spec, FitContext, LayerView};
 //! // Two experts, three steps of history: shares (.5,.5), (.25,.75), (.75,.25).
 //! let p = [0.5, 0.5, 0.25, 0.75, 0.75, 0.25];
 //! let layer = LayerView::new(&p, 2);
 //! let f = parse_spec("mean:w=2").unwrap();
 //! assert_eq!(f.spec(), "mean:w=2");
+//! let fitted = f.fit(&layer.until(3), &FitContext::cpu()).unwrap();
 //! let mut out = vec![0.0; 2 * 2]; // 2 future steps × 2 experts
-//! f.forecast_origin(&layer.until(3), 3, &mut out);
+//! fitted.predict(&layer.until(3), 3, &mut out);
 //! assert_eq!(out, vec![0.5, 0.5, 0.5, 0.5]);
 //! ```
 
-pub mod arima;
-pub mod lstm;
-mod oracle;
-mod simple;
+/// Declares the forecaster modules and [`KNOWN`], the list of their entries in the
+/// order the spec parser lists them.
+macro_rules! registry {
+    ($($vis:vis mod $m:ident: [$($entry:ident),*];)*) => {
+        $($vis mod $m;)*
+        /// Every forecaster the spec parser knows, with its parameters.
+        pub static KNOWN: &[&Known] = &[$($(&$m::$entry,)*)*];
+    };
+}
+
+registry! {
+    mod simple: [LAST, MEAN, SW_AVG, EMA];
+    mod median: [MEDIAN];
+    pub mod arima: [ARIMA, ARIMA_AUTO];
+    pub mod lstm: [LSTM];
+    mod oracle: [ORACLE_MEDIAN];
+}
+
+pub mod fallback;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
+pub use median::WindowMedian;
 pub use oracle::OracleMedian;
 pub use simple::{Ema, Last, SlidingWindowAverage, WindowMean};
+
+use crate::gpu::Device;
 
 /// A spec string that names no known forecaster or has bad parameters.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +55,35 @@ pub use simple::{Ema, Last, SlidingWindowAverage, WindowMean};
 pub struct SpecError {
     pub spec: String,
     pub msg: String,
+}
+
+/// A parameter value a forecaster does not take; the message says why.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct ParamError(pub String);
+
+impl From<String> for ParamError {
+    fn from(s: String) -> Self {
+        ParamError(s)
+    }
+}
+
+/// What building a forecaster from its parameters gives.
+pub type BuildResult = Result<Box<dyn Forecaster>, ParamError>;
+
+/// Why a forecaster cannot serve a run, found before the run reads or writes anything.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CheckError {
+    #[error("needs {need} steps of history before its first origin, and step index {start} leaves {start}")]
+    History { need: usize, start: usize },
+    #[error(
+        "the first origin, step {start}, leaves no training window: an LSTM trained by the run needs at least lookback + k = {need} steps before it (or give model=DIR)"
+    )]
+    NoTrainingWindow { start: usize, need: usize },
+    #[error(
+        "the joint-mode LSTM checkpoint {model} was trained on {trained} experts a layer, not {experts} (a global-mode model serves any number)"
+    )]
+    Experts { model: String, trained: usize, experts: usize },
 }
 
 /// Proportions of one layer, step-major (`p[t * experts + e]`), possibly cut at
@@ -64,13 +117,35 @@ impl<'a> LayerView<'a> {
     pub fn until(&self, origin: usize) -> LayerView<'a> {
         LayerView { p: &self.p[..origin * self.experts], experts: self.experts }
     }
+    /// The view of steps `from ..` (a history's latest part).
+    pub fn since(&self, from: usize) -> LayerView<'a> {
+        LayerView { p: &self.p[from * self.experts..], experts: self.experts }
+    }
 }
 
-/// The callback of [`Forecaster::forecast_layer`]: `(origin index, prediction,
+/// Where training progress goes (an LSTM trained inside a run).
+pub type Messages = Arc<dyn Fn(String) + Send + Sync>;
+
+/// What a fit may use besides the history: the run's device and a sink for
+/// progress messages. The simple forecasters read neither.
+#[derive(Clone)]
+pub struct FitContext {
+    pub device: Device,
+    pub messages: Option<Messages>,
+}
+
+impl FitContext {
+    /// The CPU, no messages.
+    pub fn cpu() -> FitContext {
+        FitContext { device: Device::Cpu, messages: None }
+    }
+}
+
+/// The callback of [`Fitted::predict_origins`]: `(origin index, prediction,
 /// standard errors, fallbacks)`.
 pub type Emit<'a> = dyn FnMut(usize, &mut [f64], Option<&[f64]>, usize) + 'a;
 
-/// A forecaster of one layer's expert shares.
+/// A forecaster as its spec defines it, before it has seen any data.
 pub trait Forecaster: Send + Sync {
     /// The canonical spec string, every parameter written out (`sw-avg:w=100`).
     fn spec(&self) -> String;
@@ -86,60 +161,68 @@ pub trait Forecaster: Send + Sync {
 
     /// Whether the prediction for a step depends on the horizon being scored
     /// (the oracle's median over `h` steps). Such a forecaster is asked once per
-    /// horizon with `out` of exactly `h` steps.
+    /// horizon with exactly `h` steps.
     fn horizon_dependent(&self) -> bool {
         false
     }
 
-    /// Tells the forecaster the run's device and where to send progress messages
-    /// (training). The simple forecasters ignore both.
-    fn use_device(&mut self, _device: &crate::gpu::Device, _messages: Option<lstm::Messages>) {}
-
-    /// Whether the forecaster can serve layers of `experts` experts (a joint-mode
-    /// LSTM checkpoint serves only the count it was trained on); checked for every
-    /// trace before a run writes anything.
-    fn check_experts(&self, _experts: usize) -> Result<(), String> {
-        Ok(())
+    /// Whether a fit can fail and fall back (see [`fallback`]); the run then says how
+    /// often it did.
+    fn can_fall_back(&self) -> bool {
+        false
     }
 
     /// Whether the forecaster can serve a run whose first origin is `start`; checked
     /// before a run reads or writes anything. By default the origin must leave the
-    /// forecaster its [`history`](Self::history) (an LSTM trained by the run asks
-    /// only for one training window).
-    fn check_start(&self, start: usize) -> Result<(), String> {
+    /// forecaster its [`history`](Self::history).
+    fn check_start(&self, start: usize) -> Result<(), CheckError> {
         let need = self.history();
         if start < need {
-            return Err(format!("needs {need} steps of history before its first origin, and step index {start} leaves {start}"));
+            return Err(CheckError::History { need, start });
         }
         Ok(())
     }
 
+    /// Whether the forecaster can serve layers of `experts` experts (a joint-mode
+    /// LSTM checkpoint serves only the count it was trained on); checked for every
+    /// trace before a run writes anything.
+    fn check_experts(&self, _experts: usize) -> Result<(), CheckError> {
+        Ok(())
+    }
+
+    /// Fits on `history`, a layer's steps before its first origin, into the model
+    /// that predicts its origins.
+    fn fit(&self, history: &LayerView, ctx: &FitContext) -> anyhow::Result<Box<dyn Fitted + '_>>;
+}
+
+/// A fitted forecaster: predicts the origins of the layer it was fitted on.
+pub trait Fitted {
     /// Predicts `p[origin .. origin + len]` into `out` (`len × experts`, step-major)
     /// from `history`, which for a real forecaster ends at `origin`. Returns how
-    /// many expert series fell back to `mean:w=100` (0 for the simple forecasters).
-    fn forecast_origin(&self, history: &LayerView, origin: usize, out: &mut [f64]) -> usize;
+    /// many expert series fell back.
+    fn predict(&self, history: &LayerView, origin: usize, out: &mut [f64]) -> usize;
 
-    /// Predicts every origin of a layer (ascending), calling `emit(i, prediction,
-    /// stderr, fallbacks)` for origin `i`, with `lens[i]` steps predicted. `stderr`
-    /// (laid out like the prediction) comes from forecasters with a predictive
-    /// distribution (ARIMA) and is `None` otherwise. Override to share work across
-    /// origins (a running average, warm starts, batching on a GPU).
-    fn forecast_layer(
-        &self,
-        layer: &LayerView,
-        origins: &[usize],
-        lens: &[usize],
-        emit: &mut Emit<'_>,
-    ) -> anyhow::Result<()> {
-        let mut out = Vec::new();
-        for (i, (&o, &len)) in origins.iter().zip(lens).enumerate() {
-            out.clear();
-            out.resize(len * layer.experts(), 0.0);
-            let view = if self.is_real() { layer.until(o) } else { *layer };
-            let fb = self.forecast_origin(&view, o, &mut out);
-            emit(i, &mut out, None, fb);
-        }
+    /// Predicts every origin of `layer` (ascending), calling `emit(i, prediction,
+    /// stderr, fallbacks)` for origin `i` with `lens[i]` steps. `stderr` (laid out
+    /// like the prediction) comes from forecasters with a predictive distribution
+    /// (ARIMA). The default cuts the layer at each origin and calls
+    /// [`predict`](Self::predict); override to share work across origins, or (the
+    /// oracle) to read the future.
+    fn predict_origins(&self, layer: &LayerView, origins: &[usize], lens: &[usize], emit: &mut Emit<'_>) -> anyhow::Result<()> {
+        predict_each(layer, origins, lens, emit, |o, out| self.predict(&layer.until(o), o, out));
         Ok(())
+    }
+}
+
+/// Calls `predict(origin, out)` for every origin, with `out` sized for its steps,
+/// and hands each prediction to `emit`.
+pub fn predict_each(layer: &LayerView, origins: &[usize], lens: &[usize], emit: &mut Emit<'_>, mut predict: impl FnMut(usize, &mut [f64]) -> usize) {
+    let mut out = Vec::new();
+    for (i, (&o, &len)) in origins.iter().zip(lens).enumerate() {
+        out.clear();
+        out.resize(len * layer.experts(), 0.0);
+        let fb = predict(o, &mut out);
+        emit(i, &mut out, None, fb);
     }
 }
 
@@ -150,159 +233,78 @@ pub struct Param {
     pub doc: &'static str,
 }
 
-/// One known forecaster.
+/// One known forecaster, defined in its own file and listed in [`KNOWN`].
 pub struct Known {
     pub name: &'static str,
     pub doc: &'static str,
     pub params: &'static [Param],
-    build: fn(&Params) -> Result<Box<dyn Forecaster>, String>,
+    pub build: fn(&Params) -> BuildResult,
 }
 
 /// Parsed `key=value` pairs with the defaults filled in, and the keys given.
-pub struct Params(BTreeMap<&'static str, String>, Vec<&'static str>);
+pub struct Params {
+    values: BTreeMap<&'static str, String>,
+    given: Vec<&'static str>,
+}
 
 impl Params {
-    pub fn usize(&self, key: &str, min: usize) -> Result<usize, String> {
-        let v = &self.0[key];
-        let n: usize = v.parse().map_err(|_| format!("{key}={v} is not a whole number"))?;
+    /// Every parameter of `known` at its default, none given.
+    pub fn defaults(known: &Known) -> Params {
+        Params { values: known.params.iter().map(|p| (p.key, p.default.to_string())).collect(), given: Vec::new() }
+    }
+    /// The value of `key` (given or its default).
+    pub fn get(&self, key: &str) -> &str {
+        &self.values[key]
+    }
+    /// The keys written in the spec, in order.
+    pub fn given_keys(&self) -> &[&'static str] {
+        &self.given
+    }
+    pub fn usize(&self, key: &str, min: usize) -> Result<usize, ParamError> {
+        let v = self.get(key);
+        let n: usize = v.parse().map_err(|_| ParamError(format!("{key}={v} is not a whole number")))?;
         if n < min {
-            return Err(format!("{key}={v} must be at least {min}"));
+            return Err(ParamError(format!("{key}={v} must be at least {min}")));
         }
         Ok(n)
     }
     /// `auto` (None), `true` or `false`.
-    pub fn auto_bool(&self, key: &str) -> Result<Option<bool>, String> {
-        match self.0[key].as_str() {
+    pub fn auto_bool(&self, key: &str) -> Result<Option<bool>, ParamError> {
+        match self.get(key) {
             "auto" => Ok(None),
             "true" => Ok(Some(true)),
             "false" => Ok(Some(false)),
-            v => Err(format!("{key}={v} must be auto, true or false")),
+            v => Err(ParamError(format!("{key}={v} must be auto, true or false"))),
         }
     }
-    pub fn bool(&self, key: &str) -> Result<bool, String> {
-        match self.0[key].as_str() {
+    pub fn bool(&self, key: &str) -> Result<bool, ParamError> {
+        match self.get(key) {
             "true" => Ok(true),
             "false" => Ok(false),
-            v => Err(format!("{key}={v} must be true or false")),
+            v => Err(ParamError(format!("{key}={v} must be true or false"))),
         }
     }
-    pub fn f64_in(&self, key: &str, lo: f64, hi: f64) -> Result<f64, String> {
-        let v = &self.0[key];
-        let x: f64 = v.parse().map_err(|_| format!("{key}={v} is not a number"))?;
+    /// A number in `(lo, hi]`.
+    pub fn f64_in(&self, key: &str, lo: f64, hi: f64) -> Result<f64, ParamError> {
+        let v = self.get(key);
+        let x: f64 = v.parse().map_err(|_| ParamError(format!("{key}={v} is not a number")))?;
         if !(x > lo && x <= hi) {
-            return Err(format!("{key}={v} must be in ({lo}, {hi}]"));
+            return Err(ParamError(format!("{key}={v} must be in ({lo}, {hi}]")));
         }
         Ok(x)
     }
 }
 
-/// Every forecaster the spec parser knows, with its parameters.
-pub static KNOWN: &[Known] = &[
-    Known { name: "last", doc: "p[o-1] for every future step", params: &[], build: |_| Ok(Box::new(Last)) },
-    Known {
-        name: "mean",
-        doc: "mean of p[o-w .. o-1] for every future step",
-        params: &[Param { key: "w", default: "100", doc: "window length (steps)" }],
-        build: |p| Ok(Box::new(WindowMean { w: p.usize("w", 1)? })),
-    },
-    Known {
-        name: "sw-avg",
-        doc: "the paper's sliding-window average, fed its own predictions",
-        params: &[Param { key: "w", default: "100", doc: "window length (steps)" }],
-        build: |p| Ok(Box::new(SlidingWindowAverage { w: p.usize("w", 1)? })),
-    },
-    Known {
-        name: "ema",
-        doc: "exponential moving average e(o-1) for every future step",
-        params: &[Param { key: "alpha", default: "0.3", doc: "smoothing weight in (0, 1]" }],
-        build: |p| Ok(Box::new(Ema { alpha: p.f64_in("alpha", 0.0, 1.0)? })),
-    },
-    Known {
-        name: "arima",
-        doc: "ARIMA(p, d, q) per expert series, refitted at every origin",
-        params: &[
-            Param { key: "p", default: "5", doc: "AR order" },
-            Param { key: "d", default: "1", doc: "differences" },
-            Param { key: "q", default: "5", doc: "MA order" },
-            Param { key: "n", default: "1000", doc: "observations before the origin used by a fit" },
-            Param { key: "method", default: "css-ml", doc: "css, ml or css-ml" },
-            Param { key: "mean", default: "auto", doc: "constant of the differenced series: auto (only when d=0), true (mean or drift), false" },
-            Param { key: "opt", default: "lm", doc: "optimiser: lm (Levenberg-Marquardt) or nm (argmin's Nelder-Mead)" },
-            Param { key: "warm", default: "false", doc: "start each origin's fit from the previous origin's parameters (faster, less accurate: BENCHMARKS.md)" },
-        ],
-        build: |p| {
-            let f = arima::ArimaForecaster {
-                p: p.usize("p", 0)?,
-                d: p.usize("d", 0)?,
-                q: p.usize("q", 0)?,
-                n: p.usize("n", 10)?,
-                method: arima::Method::parse(&p.0["method"])?,
-                mean: p.auto_bool("mean")?,
-                opt: arima::Optimizer::parse(&p.0["opt"])?,
-                warm: p.bool("warm")?,
-                auto: None,
-            };
-            if f.p + f.q > 20 || f.d > 2 {
-                return Err(format!("p + q must be at most 20 and d at most 2 (got p={}, d={}, q={})", f.p, f.d, f.q));
-            }
-            let need = arima::min_history(f.p, f.d, f.q);
-            if f.n < need {
-                return Err(format!(
-                    "n={} is below the {need} observations an ARIMA({},{},{}) fit needs (d + max(50, 10 (p + q + 1)))",
-                    f.n, f.p, f.d, f.q
-                ));
-            }
-            Ok(Box::new(f))
-        },
-    },
-    Known {
-        name: "arima-auto",
-        doc: "ARIMA with d, p, q and constant chosen at every origin (KPSS, stepwise AICc, as statsforecast's AutoARIMA)",
-        params: &[
-            Param { key: "max_p", default: "5", doc: "largest AR order" },
-            Param { key: "max_q", default: "5", doc: "largest MA order" },
-            Param { key: "max_d", default: "2", doc: "most differences" },
-            Param { key: "start_p", default: "2", doc: "AR order the search starts from" },
-            Param { key: "start_q", default: "2", doc: "MA order the search starts from" },
-            Param { key: "n", default: "1000", doc: "observations before the origin used by a fit" },
-            Param { key: "approx", default: "false", doc: "CSS fits during the search: false (statsforecast AutoARIMA's default), true, or auto (when n > 150, R's auto.arima)" },
-        ],
-        build: |p| {
-            let a = arima::auto::AutoSettings {
-                max_p: p.usize("max_p", 0)?,
-                max_q: p.usize("max_q", 0)?,
-                max_d: p.usize("max_d", 0)?,
-                start_p: p.usize("start_p", 0)?,
-                start_q: p.usize("start_q", 0)?,
-                approximation: p.auto_bool("approx")?,
-                ..Default::default()
-            };
-            if a.max_p + a.max_q > 20 || a.max_d > 2 {
-                return Err(format!("max_p + max_q must be at most 20 and max_d at most 2 (got {}, {}, {})", a.max_p, a.max_q, a.max_d));
-            }
-            let mut f = arima::ArimaForecaster::new(0, 0, 0);
-            f.n = p.usize("n", 10)?;
-            let need = arima::min_history(a.max_p, a.max_d, a.max_q);
-            if f.n < need {
-                return Err(format!("n={} is below the {need} observations the largest model of the search needs (max_d + max(50, 10 (max_p + max_q + 1)))", f.n));
-            }
-            f.auto = Some(a);
-            Ok(Box::new(f))
-        },
-    },
-    Known {
-        name: "lstm",
-        doc: "LSTM (burn) on the run's device, trained before the first origin or loaded with model=",
-        params: lstm::PARAMS,
-        build: |p| lstm::build(p, &p.1),
-    },
-    Known {
-        name: "oracle-median",
-        doc: "median of the actual future over the horizon: a floor, not a forecast",
-        params: &[],
-        build: |_| Ok(Box::new(OracleMedian)),
-    },
-];
+/// The default value of parameter `key` of forecaster `name`: the one source of a
+/// forecaster's defaults, which other interfaces (`lstm train`'s flags) read.
+pub fn default_of(name: &str, key: &str) -> &'static str {
+    KNOWN
+        .iter()
+        .find(|k| k.name == name)
+        .and_then(|k| k.params.iter().find(|p| p.key == key))
+        .map(|p| p.default)
+        .unwrap_or_else(|| panic!("{name} has no parameter {key}"))
+}
 
 fn known_list() -> String {
     let mut s = String::from("known forecasters:");
@@ -322,8 +324,7 @@ pub fn parse_spec(spec: &str) -> Result<Box<dyn Forecaster>, SpecError> {
         None => (spec.trim(), None),
     };
     let known = KNOWN.iter().find(|k| k.name == name).ok_or_else(|| err(format!("unknown forecaster {name:?}")))?;
-    let mut params: BTreeMap<&'static str, String> = known.params.iter().map(|p| (p.key, p.default.to_string())).collect();
-    let mut given = Vec::new();
+    let mut params = Params::defaults(known);
     if let Some(rest) = rest {
         for kv in rest.split(',') {
             let (k, v) = kv.split_once('=').ok_or_else(|| err(format!("{kv:?} is not key=value")))?;
@@ -335,14 +336,14 @@ pub fn parse_spec(spec: &str) -> Result<Box<dyn Forecaster>, SpecError> {
                     if keys.is_empty() { " (it takes none)".to_string() } else { format!(" (it takes {})", keys.join(", ")) }
                 ))
             })?;
-            if given.contains(&p.key) {
+            if params.given.contains(&p.key) {
                 return Err(err(format!("parameter {k} is given twice")));
             }
-            given.push(p.key);
-            params.insert(p.key, v.to_string());
+            params.given.push(p.key);
+            params.values.insert(p.key, v.to_string());
         }
     }
-    (known.build)(&Params(params, given)).map_err(err)
+    (known.build)(&params).map_err(|e| err(e.0))
 }
 
 /// How an `auto|true|false` parameter is written in a canonical spec.

@@ -1,27 +1,34 @@
 //! `oracle-median`: the best constant in hindsight, a floor for comparison.
 
-use super::{Forecaster, LayerView};
+use super::simple::stateless;
+use super::{Emit, FitContext, Fitted, Forecaster, Known, LayerView, predict_each};
 use crate::stats::states::median_in_place;
+
+pub static ORACLE_MEDIAN: Known = Known {
+    name: "oracle-median",
+    doc: "median of the actual future over the horizon: a floor, not a forecast",
+    params: &[],
+    build: |_| Ok(Box::new(OracleMedian)),
+};
 
 /// For horizon `h`, the median of the actual `p[o .. o+h-1]` of each expert (the
 /// mean of the two middle values when `h` is even). It reads the future, so it is
 /// never renormalised and never a real forecast.
+#[derive(Debug, Clone, Copy)]
 pub struct OracleMedian;
 
-impl Forecaster for OracleMedian {
-    fn spec(&self) -> String {
-        "oracle-median".into()
-    }
-    fn history(&self) -> usize {
-        0
-    }
+stateless!(OracleMedian, |_| 0, |_| "oracle-median".into();
     fn is_real(&self) -> bool {
         false
     }
     fn horizon_dependent(&self) -> bool {
         true
     }
-    fn forecast_origin(&self, layer: &LayerView, origin: usize, out: &mut [f64]) -> usize {
+);
+
+impl Fitted for OracleMedian {
+    /// Reads `layer` from `origin` on: the oracle is given the whole layer.
+    fn predict(&self, layer: &LayerView, origin: usize, out: &mut [f64]) -> usize {
         let ne = layer.experts();
         let h = out.len() / ne;
         let mut col = Vec::with_capacity(h);
@@ -32,6 +39,11 @@ impl Forecaster for OracleMedian {
             (0..h).for_each(|k| out[k * ne + e] = m);
         }
         0
+    }
+    /// The whole layer, not the history before each origin: it reads the future.
+    fn predict_origins(&self, layer: &LayerView, origins: &[usize], lens: &[usize], emit: &mut Emit<'_>) -> anyhow::Result<()> {
+        predict_each(layer, origins, lens, emit, |o, out| self.predict(layer, o, out));
+        Ok(())
     }
 }
 
@@ -45,10 +57,10 @@ mod tests {
         let p = [0.1, 0.9, 0.3, 0.5, 0.2];
         let v = LayerView::new(&p, 1);
         let mut out = vec![0.0; 3];
-        OracleMedian.forecast_origin(&v, 1, &mut out); // .9 .3 .5 -> .5
+        OracleMedian.predict(&v, 1, &mut out); // .9 .3 .5 -> .5
         assert_eq!(out, vec![0.5; 3]);
         let mut out = vec![0.0; 4];
-        OracleMedian.forecast_origin(&v, 1, &mut out); // .9 .3 .5 .2 -> (.3 + .5) / 2
+        OracleMedian.predict(&v, 1, &mut out); // .9 .3 .5 .2 -> (.3 + .5) / 2
         assert_eq!(out, vec![0.4; 4]);
     }
 }

@@ -1,18 +1,59 @@
 //! The baseline forecasters: `last`, `mean`, `sw-avg` and `ema`.
 
-use super::{Forecaster, LayerView, canonical};
+use super::{Emit, FitContext, Fitted, Forecaster, Known, LayerView, Param, canonical};
+
+pub static LAST: Known = Known { name: "last", doc: "p[o-1] for every future step", params: &[], build: |_| Ok(Box::new(Last)) };
+
+pub static MEAN: Known = Known {
+    name: "mean",
+    doc: "mean of p[o-w .. o-1] for every future step",
+    params: &[Param { key: "w", default: "100", doc: "window length (steps)" }],
+    build: |p| Ok(Box::new(WindowMean { w: p.usize("w", 1)? })),
+};
+
+pub static SW_AVG: Known = Known {
+    name: "sw-avg",
+    doc: "the paper's sliding-window average, fed its own predictions",
+    params: &[Param { key: "w", default: "100", doc: "window length (steps)" }],
+    build: |p| Ok(Box::new(SlidingWindowAverage { w: p.usize("w", 1)? })),
+};
+
+pub static EMA: Known = Known {
+    name: "ema",
+    doc: "exponential moving average e(o-1) for every future step",
+    params: &[Param { key: "alpha", default: "0.3", doc: "smoothing weight in (0, 1]" }],
+    build: |p| Ok(Box::new(Ema { alpha: p.f64_in("alpha", 0.0, 1.0)? })),
+};
+
+/// `impl Forecaster` for a forecaster that needs no fit: its fitted model is itself.
+macro_rules! stateless {
+    ($t:ty, $history:expr, $spec:expr $(; $($extra:tt)*)?) => {
+        impl Forecaster for $t {
+            $($($extra)*)?
+            fn spec(&self) -> String {
+                let spec: fn(&$t) -> String = $spec;
+                spec(self)
+            }
+            fn history(&self) -> usize {
+                let history: fn(&$t) -> usize = $history;
+                history(self)
+            }
+            fn fit(&self, _history: &LayerView, _ctx: &FitContext) -> anyhow::Result<Box<dyn Fitted + '_>> {
+                Ok(Box::new(*self))
+            }
+        }
+    };
+}
+pub(super) use stateless;
 
 /// `last`: `p[o-1]` for every future step.
+#[derive(Debug, Clone, Copy)]
 pub struct Last;
 
-impl Forecaster for Last {
-    fn spec(&self) -> String {
-        "last".into()
-    }
-    fn history(&self) -> usize {
-        1
-    }
-    fn forecast_origin(&self, h: &LayerView, origin: usize, out: &mut [f64]) -> usize {
+stateless!(Last, |_| 1, |_| "last".into());
+
+impl Fitted for Last {
+    fn predict(&self, h: &LayerView, origin: usize, out: &mut [f64]) -> usize {
         let row = h.row(origin - 1);
         out.chunks_mut(h.experts()).for_each(|o| o.copy_from_slice(row));
         0
@@ -29,18 +70,15 @@ fn window_mean(h: &LayerView, origin: usize, w: usize, into: &mut [f64]) {
 }
 
 /// `mean:w=W`: the mean of `p[o-W .. o-1]` for every future step.
+#[derive(Debug, Clone, Copy)]
 pub struct WindowMean {
     pub w: usize,
 }
 
-impl Forecaster for WindowMean {
-    fn spec(&self) -> String {
-        canonical("mean", &[("w", self.w.to_string())])
-    }
-    fn history(&self) -> usize {
-        self.w
-    }
-    fn forecast_origin(&self, h: &LayerView, origin: usize, out: &mut [f64]) -> usize {
+stateless!(WindowMean, |f| f.w, |f| canonical("mean", &[("w", f.w.to_string())]));
+
+impl Fitted for WindowMean {
+    fn predict(&self, h: &LayerView, origin: usize, out: &mut [f64]) -> usize {
         let ne = h.experts();
         let (first, rest) = out.split_at_mut(ne);
         window_mean(h, origin, self.w, first);
@@ -52,18 +90,15 @@ impl Forecaster for WindowMean {
 /// `sw-avg:w=W`, the paper's sliding-window average: step `o+k` is the mean of the
 /// `W` most recent values, actual values before `o` and its own predictions from
 /// `o` on.
+#[derive(Debug, Clone, Copy)]
 pub struct SlidingWindowAverage {
     pub w: usize,
 }
 
-impl Forecaster for SlidingWindowAverage {
-    fn spec(&self) -> String {
-        canonical("sw-avg", &[("w", self.w.to_string())])
-    }
-    fn history(&self) -> usize {
-        self.w
-    }
-    fn forecast_origin(&self, h: &LayerView, origin: usize, out: &mut [f64]) -> usize {
+stateless!(SlidingWindowAverage, |f| f.w, |f| canonical("sw-avg", &[("w", f.w.to_string())]));
+
+impl Fitted for SlidingWindowAverage {
+    fn predict(&self, h: &LayerView, origin: usize, out: &mut [f64]) -> usize {
         let (ne, w) = (h.experts(), self.w);
         let mut ring = vec![0.0; w];
         for e in 0..ne {
@@ -87,6 +122,7 @@ impl Forecaster for SlidingWindowAverage {
 }
 
 /// `ema:alpha=A`: `e(0) = p(0)`, `e(t) = A p(t) + (1 - A) e(t-1)`; predicts `e(o-1)`.
+#[derive(Debug, Clone, Copy)]
 pub struct Ema {
     pub alpha: f64,
 }
@@ -104,27 +140,17 @@ impl Ema {
     }
 }
 
-impl Forecaster for Ema {
-    fn spec(&self) -> String {
-        canonical("ema", &[("alpha", self.alpha.to_string())])
-    }
-    fn history(&self) -> usize {
-        1
-    }
-    fn forecast_origin(&self, h: &LayerView, origin: usize, out: &mut [f64]) -> usize {
+stateless!(Ema, |_| 1, |f| canonical("ema", &[("alpha", f.alpha.to_string())]));
+
+impl Fitted for Ema {
+    fn predict(&self, h: &LayerView, origin: usize, out: &mut [f64]) -> usize {
         let mut e = vec![0.0; h.experts()];
         self.advance(h, &mut e, 0, origin);
         out.chunks_mut(h.experts()).for_each(|o| o.copy_from_slice(&e));
         0
     }
     /// One pass over the layer for all origins instead of one per origin.
-    fn forecast_layer(
-        &self,
-        layer: &LayerView,
-        origins: &[usize],
-        lens: &[usize],
-        emit: &mut super::Emit<'_>,
-    ) -> anyhow::Result<()> {
+    fn predict_origins(&self, layer: &LayerView, origins: &[usize], lens: &[usize], emit: &mut Emit<'_>) -> anyhow::Result<()> {
         let ne = layer.experts();
         let mut e = vec![0.0; ne];
         let mut done = 0;
@@ -153,7 +179,7 @@ mod tests {
     fn predict(f: &dyn Forecaster, origin: usize, len: usize) -> Vec<f64> {
         let v = LayerView::new(&P, 2);
         let mut out = vec![f64::NAN; len * 2];
-        f.forecast_origin(&v.until(origin), origin, &mut out);
+        f.fit(&v.until(origin), &FitContext::cpu()).unwrap().predict(&v.until(origin), origin, &mut out);
         out
     }
 
@@ -192,7 +218,7 @@ mod tests {
         // forecast_layer over several origins agrees with one origin at a time
         let v = LayerView::new(&P, 2);
         let mut got = Vec::new();
-        f.forecast_layer(&v, &[1, 2, 4], &[1, 2, 1], &mut |i, out, _, _| got.push((i, out.to_vec()))).unwrap();
+        f.predict_origins(&v, &[1, 2, 4], &[1, 2, 1], &mut |i, out, _, _| got.push((i, out.to_vec()))).unwrap();
         assert!(close(&got[1].1, &predict(&f, 2, 2)));
         assert!(close(&got[2].1, &predict(&f, 4, 1)));
     }

@@ -18,7 +18,7 @@ pub use plan::{RunPlan, StatsDetail};
 
 use crate::UsageError;
 use crate::eval::{self, Protocol, SavedForecasts, Score};
-use crate::forecast::{Forecaster, LayerView, parse_spec};
+use crate::forecast::{FitContext, Forecaster, LayerView, parse_spec};
 use crate::gpu::{self, Device};
 use crate::output::{self, MetricRow, Sink, StateRow, Table};
 use crate::stats::{self, ExpertStats, LayerStats, states as rule};
@@ -200,7 +200,7 @@ pub fn states(plan: &RunPlan, traces: &[Trace], layer_stats: &[Vec<LayerStats>],
 pub fn forecast(
     plan: &RunPlan,
     traces: &[Trace],
-    prep: &mut Prepared,
+    prep: &Prepared,
     stable_from: &[Vec<Option<usize>>],
     device: &Device,
     sink: &mut dyn Sink,
@@ -216,13 +216,13 @@ pub fn forecast(
         .sum();
     let bar = progress.bar(units, "forecast");
     bar.set_message(if specs.iter().any(|s| s.starts_with("arima")) { "series forecasts (ARIMA: fits)" } else { "series forecasts" });
-    let messages: crate::forecast::lstm::Messages = {
-        let bar = bar.clone();
-        std::sync::Arc::new(move |m: String| bar.set_message(m))
+    let ctx = FitContext {
+        device: device.clone(),
+        messages: Some({
+            let bar = bar.clone();
+            std::sync::Arc::new(move |m: String| bar.set_message(m))
+        }),
     };
-    for f in prep.forecasters.iter_mut() {
-        f.use_device(device, Some(messages.clone()));
-    }
     let forecasters = &prep.forecasters;
     if plan.save_forecasts {
         // Say how big it gets before writing it: with the defaults on the bundled
@@ -252,7 +252,7 @@ pub fn forecast(
                     let mut saved = plan
                         .save_forecasts
                         .then(|| SavedForecasts::with_capacity(eval::saved_rows(proto, tr.steps(), tr.experts()) as usize));
-                    let scores = eval::evaluate_layer_progress(&view, forecasters[fi].as_ref(), proto, stable_from[ti][l], saved.as_mut(), &|n| {
+                    let scores = eval::evaluate_layer_progress(&view, forecasters[fi].as_ref(), proto, stable_from[ti][l], saved.as_mut(), &ctx, &|n| {
                         bar.inc(n)
                     })
                     .with_context(|| format!("forecasting {} layer {} with {}", tr.name, tr.layer_ids[l], specs[fi]))?;
@@ -284,11 +284,11 @@ pub fn forecast(
     Ok(metric_rows)
 }
 
-/// Fits that fell back, per forecaster that can fail (each origin's series counted
-/// once: the shortest horizon of regime "all" scores every origin).
+/// Fits that fell back, per forecaster that can fall back (each origin's series
+/// counted once: the shortest horizon of regime "all" scores every origin).
 fn fallback_lines(traces: &[Trace], prep: &Prepared, rows: &[MetricRow], progress: &dyn Progress) {
     let Some(h0) = prep.protocol.horizons.iter().min() else { return };
-    for spec in prep.specs.iter().filter(|s| s.starts_with("arima")) {
+    for (_, spec) in prep.forecasters.iter().zip(&prep.specs).filter(|(f, _)| f.can_fall_back()) {
         let (mut fb, mut fits) = (0u64, 0u64);
         for r in rows.iter().filter(|r| &r.forecaster == spec && r.score.horizon == *h0 && r.score.regime == eval::Regime::All) {
             let experts = traces.iter().find(|t| t.name == r.trace).map_or(0, |t| t.experts()) as u64;
@@ -318,7 +318,7 @@ pub fn run(plan: &RunPlan, sink: &mut dyn Sink, progress: &dyn Progress) -> anyh
 }
 
 /// [`run`] from the stage after [`prepare`].
-pub fn run_prepared(plan: &RunPlan, mut prep: Prepared, sink: &mut dyn Sink, progress: &dyn Progress) -> anyhow::Result<RunReport> {
+pub fn run_prepared(plan: &RunPlan, prep: Prepared, sink: &mut dyn Sink, progress: &dyn Progress) -> anyhow::Result<RunReport> {
     let (device, note) = gpu::choose_at(plan.device, plan.gpu)?;
     if let Some(n) = note {
         progress.line(n);
@@ -356,7 +356,7 @@ pub fn run_prepared(plan: &RunPlan, mut prep: Prepared, sink: &mut dyn Sink, pro
     seconds.insert("states", t.elapsed().as_secs_f64());
 
     let t = Instant::now();
-    let metric_rows = forecast(plan, traces, &mut prep, &stable_from, &device, sink, progress)?;
+    let metric_rows = forecast(plan, traces, &prep, &stable_from, &device, sink, progress)?;
     seconds.insert("forecast", t.elapsed().as_secs_f64());
     let proto = &prep.protocol;
     let n_origins: usize = traces.iter().map(|t| proto.origins(t.steps()).len()).sum();

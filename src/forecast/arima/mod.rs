@@ -21,8 +21,39 @@ use argmin::core::{CostFunction, Executor};
 use argmin::solver::neldermead::NelderMead;
 use rayon::prelude::*;
 
-use super::{Emit, Forecaster, LayerView, canonical};
+use super::{Emit, FitContext, Fitted, Forecaster, Known, LayerView, Param, Params, ParamError, fallback, canonical};
 use model::{Arma, css, filter, forecast_mean, partrans};
+
+pub static ARIMA: Known = Known {
+    name: "arima",
+    doc: "ARIMA(p, d, q) per expert series, refitted at every origin",
+    params: &[
+        Param { key: "p", default: "5", doc: "AR order" },
+        Param { key: "d", default: "1", doc: "differences" },
+        Param { key: "q", default: "5", doc: "MA order" },
+        Param { key: "n", default: "1000", doc: "observations before the origin used by a fit" },
+        Param { key: "method", default: "css-ml", doc: "css, ml or css-ml" },
+        Param { key: "mean", default: "auto", doc: "constant of the differenced series: auto (only when d=0), true (mean or drift), false" },
+        Param { key: "opt", default: "lm", doc: "optimiser: lm (Levenberg-Marquardt) or nm (argmin's Nelder-Mead)" },
+        Param { key: "warm", default: "false", doc: "start each origin's fit from the previous origin's parameters (faster, less accurate: BENCHMARKS.md)" },
+    ],
+    build: |p| Ok(Box::new(ArimaForecaster::from_params(p)?)),
+};
+
+pub static ARIMA_AUTO: Known = Known {
+    name: "arima-auto",
+    doc: "ARIMA with d, p, q and constant chosen at every origin (KPSS, stepwise AICc, as statsforecast's AutoARIMA)",
+    params: &[
+        Param { key: "max_p", default: "5", doc: "largest AR order" },
+        Param { key: "max_q", default: "5", doc: "largest MA order" },
+        Param { key: "max_d", default: "2", doc: "most differences" },
+        Param { key: "start_p", default: "2", doc: "AR order the search starts from" },
+        Param { key: "start_q", default: "2", doc: "MA order the search starts from" },
+        Param { key: "n", default: "1000", doc: "observations before the origin used by a fit" },
+        Param { key: "approx", default: "false", doc: "CSS fits during the search: false (statsforecast AutoARIMA's default), true, or auto (when n > 150, R's auto.arima)" },
+    ],
+    build: |p| Ok(Box::new(ArimaForecaster::auto_from_params(p)?)),
+};
 
 /// Observations an ARIMA(p, d, q) fit needs before its first origin: `d` for the
 /// differences plus at least 50 (Box and Jenkins' minimum) and at least 10 for each
@@ -40,12 +71,12 @@ pub enum Method {
 }
 
 impl Method {
-    pub fn parse(s: &str) -> Result<Method, String> {
+    pub fn parse(s: &str) -> Result<Method, ParamError> {
         match s {
             "css" => Ok(Method::Css),
             "ml" => Ok(Method::Ml),
             "css-ml" => Ok(Method::CssMl),
-            _ => Err(format!("method={s} must be css, ml or css-ml")),
+            _ => Err(ParamError(format!("method={s} must be css, ml or css-ml"))),
         }
     }
     fn as_str(&self) -> &'static str {
@@ -67,11 +98,11 @@ pub enum Optimizer {
 }
 
 impl Optimizer {
-    pub fn parse(s: &str) -> Result<Optimizer, String> {
+    pub fn parse(s: &str) -> Result<Optimizer, ParamError> {
         match s {
             "lm" => Ok(Optimizer::Lm),
             "nm" => Ok(Optimizer::NelderMead),
-            _ => Err(format!("opt={s} must be lm (Levenberg-Marquardt) or nm (Nelder-Mead)")),
+            _ => Err(ParamError(format!("opt={s} must be lm (Levenberg-Marquardt) or nm (Nelder-Mead)"))),
         }
     }
     fn as_str(&self) -> &'static str {
@@ -361,6 +392,7 @@ pub fn integrate(y: &[f64], d: usize, w: &[f64]) -> Vec<f64> {
 }
 
 /// The `arima` forecaster.
+#[derive(Debug, Clone)]
 pub struct ArimaForecaster {
     pub p: usize,
     pub d: usize,
@@ -421,14 +453,66 @@ impl ArimaForecaster {
             }
         }
         *warm = None;
-        SeriesForecast { pred: fallback(y, len), se: vec![f64::NAN; len], fell_back: true }
+        SeriesForecast { pred: fallback::series(y, len), se: vec![f64::NAN; len], fell_back: true }
     }
 }
 
-/// `mean:w=100` of the history, the protocol's fallback for a failed fit.
-fn fallback(y: &[f64], len: usize) -> Vec<f64> {
-    let w = &y[y.len().saturating_sub(100)..];
-    vec![w.iter().sum::<f64>() / w.len().max(1) as f64; len]
+impl ArimaForecaster {
+    /// `arima:...` from its spec parameters.
+    fn from_params(p: &Params) -> Result<ArimaForecaster, ParamError> {
+        let f = ArimaForecaster {
+            p: p.usize("p", 0)?,
+            d: p.usize("d", 0)?,
+            q: p.usize("q", 0)?,
+            n: p.usize("n", 10)?,
+            method: Method::parse(p.get("method"))?,
+            mean: p.auto_bool("mean")?,
+            opt: Optimizer::parse(p.get("opt"))?,
+            warm: p.bool("warm")?,
+            auto: None,
+        };
+        if f.p + f.q > 20 || f.d > 2 {
+            return Err(ParamError(format!("p + q must be at most 20 and d at most 2 (got p={}, d={}, q={})", f.p, f.d, f.q)));
+        }
+        let need = min_history(f.p, f.d, f.q);
+        if f.n < need {
+            return Err(ParamError(format!(
+                "n={} is below the {need} observations an ARIMA({},{},{}) fit needs (d + max(50, 10 (p + q + 1)))",
+                f.n, f.p, f.d, f.q
+            )));
+        }
+        Ok(f)
+    }
+
+    /// `arima-auto:...` from its spec parameters.
+    fn auto_from_params(p: &Params) -> Result<ArimaForecaster, ParamError> {
+        let a = auto::AutoSettings {
+            max_p: p.usize("max_p", 0)?,
+            max_q: p.usize("max_q", 0)?,
+            max_d: p.usize("max_d", 0)?,
+            start_p: p.usize("start_p", 0)?,
+            start_q: p.usize("start_q", 0)?,
+            approximation: p.auto_bool("approx")?,
+            ..Default::default()
+        };
+        if a.max_p + a.max_q > 20 || a.max_d > 2 {
+            return Err(ParamError(format!(
+                "max_p + max_q must be at most 20 and max_d at most 2 (got {}, {}, {})",
+                a.max_p, a.max_q, a.max_d
+            )));
+        }
+        let mut f = ArimaForecaster::new(0, 0, 0);
+        f.n = p.usize("n", 10)?;
+        let need = min_history(a.max_p, a.max_d, a.max_q);
+        if f.n < need {
+            return Err(ParamError(format!(
+                "n={} is below the {need} observations the largest model of the search needs (max_d + max(50, 10 (max_p + max_q + 1)))",
+                f.n
+            )));
+        }
+        f.auto = Some(a);
+        Ok(f)
+    }
 }
 
 impl Forecaster for ArimaForecaster {
@@ -467,7 +551,17 @@ impl Forecaster for ArimaForecaster {
             None => min_history(self.p, self.d, self.q),
         }
     }
-    fn forecast_origin(&self, h: &LayerView, origin: usize, out: &mut [f64]) -> usize {
+    fn can_fall_back(&self) -> bool {
+        true
+    }
+    /// Every origin is fitted on its own history: the fitted model is the spec.
+    fn fit(&self, _history: &LayerView, _ctx: &FitContext) -> anyhow::Result<Box<dyn Fitted + '_>> {
+        Ok(Box::new(self.clone()))
+    }
+}
+
+impl Fitted for ArimaForecaster {
+    fn predict(&self, h: &LayerView, origin: usize, out: &mut [f64]) -> usize {
         let ne = h.experts();
         let len = out.len() / ne;
         let mut fallbacks = 0;
@@ -480,7 +574,7 @@ impl Forecaster for ArimaForecaster {
         fallbacks
     }
     /// Experts in parallel, each walking the origins in order with warm starts.
-    fn forecast_layer(&self, layer: &LayerView, origins: &[usize], lens: &[usize], emit: &mut Emit<'_>) -> anyhow::Result<()> {
+    fn predict_origins(&self, layer: &LayerView, origins: &[usize], lens: &[usize], emit: &mut Emit<'_>) -> anyhow::Result<()> {
         let ne = layer.experts();
         let mut warm: Vec<Option<Vec<f64>>> = vec![None; ne];
         // Origins in chunks, so memory holds one chunk's predictions.
@@ -665,14 +759,14 @@ mod tests {
         assert!(e.contains("n=100") && e.contains("111"), "{e}");
         let f = crate::forecast::parse_spec("arima").unwrap();
         assert_eq!(f.history(), 111);
-        assert!(f.check_start(110).unwrap_err().contains("111"));
+        assert!(f.check_start(110).unwrap_err().to_string().contains("111"));
         assert!(f.check_start(111).is_ok());
         assert_eq!(crate::forecast::parse_spec("arima-auto").unwrap().history(), 112);
         // A constant series cannot be fitted: every series falls back to its mean.
         let p = vec![0.5; 2 * 60];
         let view = LayerView::new(&p, 2);
         let mut out = vec![0.0; 2 * 3];
-        let fb = f.forecast_origin(&view.until(50), 50, &mut out);
+        let fb = f.fit(&view.until(50), &FitContext::cpu()).unwrap().predict(&view.until(50), 50, &mut out);
         assert_eq!(fb, 2);
         assert_eq!(out, vec![0.5; 6]);
     }

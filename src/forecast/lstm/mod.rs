@@ -25,7 +25,7 @@ pub mod net;
 pub mod train;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Mutex, OnceLock};
 
 use anyhow::{Context, bail};
 use burn::backend::{Autodiff, NdArray};
@@ -33,7 +33,7 @@ use burn::module::Module;
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
 use burn::tensor::backend::Backend;
 
-use super::{Emit, Forecaster, LayerView, Params, WindowMean, canonical};
+use super::{CheckError, Emit, FitContext, Fitted, Forecaster, Known, LayerView, Param, ParamError, Params, canonical, fallback};
 use crate::gpu;
 use data::{Sample, Windows};
 use net::Net;
@@ -63,11 +63,11 @@ pub enum Multi {
 }
 
 impl Mode {
-    fn parse(s: &str) -> Result<Mode, String> {
+    fn parse(s: &str) -> Result<Mode, ParamError> {
         match s {
             "joint" => Ok(Mode::Joint),
             "global" => Ok(Mode::Global),
-            _ => Err(format!("mode={s} must be joint or global")),
+            _ => Err(ParamError(format!("mode={s} must be joint or global"))),
         }
     }
     pub fn as_str(&self) -> &'static str {
@@ -79,12 +79,12 @@ impl Mode {
 }
 
 impl Multi {
-    fn parse(s: &str) -> Result<Multi, String> {
+    fn parse(s: &str) -> Result<Multi, ParamError> {
         match s {
             "direct" => Ok(Multi::Direct),
             "hold" => Ok(Multi::Hold),
             "recursive" => Ok(Multi::Recursive),
-            _ => Err(format!("multi={s} must be direct, hold or recursive")),
+            _ => Err(ParamError(format!("multi={s} must be direct, hold or recursive"))),
         }
     }
     pub fn as_str(&self) -> &'static str {
@@ -115,25 +115,6 @@ pub struct LstmConfig {
     pub seed: u64,
     /// Share of each layer's windows (the latest) held out to pick the best epoch.
     pub val: f64,
-}
-
-impl Default for LstmConfig {
-    fn default() -> Self {
-        LstmConfig {
-            mode: Mode::Joint,
-            lookback: 100,
-            hidden: 64,
-            layers: 2,
-            k: 10,
-            multi: Multi::Direct,
-            lr: 2e-3,
-            epochs: 30,
-            patience: 5,
-            batch: 256,
-            seed: 0,
-            val: 0.1,
-        }
-    }
 }
 
 impl LstmConfig {
@@ -318,14 +299,21 @@ impl Trained {
             Trained::Kernel(e) => save(&e.lock().expect("engine").to_net::<CpuBackend>(&Default::default())?, ck, dir),
         }
     }
+    /// A checkpoint read from `dir` onto `device`.
     pub fn load(ck: &Checkpoint, dir: &Path, device: LstmDevice) -> anyhow::Result<Trained> {
-        let net = ck.load::<CpuBackend>(dir, &Default::default())?;
+        Trained::from_net(ck.load::<CpuBackend>(dir, &Default::default())?, ck, dir, device)
+    }
+    /// Checkpoint `ck` of `dir`, whose network `net` has been read on the CPU, onto
+    /// `device`.
+    pub fn from_net(net: Net<CpuBackend>, ck: &Checkpoint, dir: &Path, device: LstmDevice) -> anyhow::Result<Trained> {
         Ok(match device {
             LstmDevice::Cpu => Trained::Cpu(net),
             LstmDevice::Cuda(i) if kernel::supports(ck.experts.unwrap_or(1), ck.config.hidden) && !burn_on_gpu() => {
                 Trained::Kernel(Mutex::new(kernel::Engine::from_net(&net, i)?))
             }
             LstmDevice::Cuda(i) => {
+                // burn-cuda reads the record itself (a network moves between devices of
+                // one backend only).
                 let dev = burn::backend::cuda::CudaDevice::new(i);
                 Trained::Cuda(ck.load::<CudaBackend>(dir, &dev)?, dev)
             }
@@ -346,61 +334,60 @@ pub fn checkpoint(cfg: &LstmConfig, experts: usize, traces: Vec<String>, report:
     }
 }
 
-/// A message sink for training progress inside a run.
-pub type Messages = Arc<dyn Fn(String) + Send + Sync>;
-
 /// `lstm:...` in a run.
 pub struct LstmForecaster {
     pub cfg: LstmConfig,
     /// Steps before the first origin a run trains on (without `model=`).
     pub train: usize,
     pub model: Option<(PathBuf, Checkpoint)>,
-    pub device: LstmDevice,
-    pub messages: Option<Messages>,
+    /// The checkpoint's network, read once and shared by every layer's fit.
+    loaded: OnceLock<Result<Mutex<Net<CpuBackend>>, String>>,
 }
 
-/// The spec parameters of `lstm` (see [`super::KNOWN`]).
-pub const PARAMS: &[super::Param] = &[
-    super::Param { key: "model", default: "", doc: "checkpoint directory from `expertcast lstm train` (else train per layer on the run's trace)" },
-    super::Param { key: "mode", default: "joint", doc: "joint (all experts of a layer in, all out) or global (one model for every series)" },
-    super::Param { key: "lookback", default: "100", doc: "input steps" },
-    super::Param { key: "hidden", default: "64", doc: "hidden units per layer" },
-    super::Param { key: "layers", default: "2", doc: "LSTM layers" },
-    super::Param { key: "k", default: "10", doc: "steps predicted at once" },
-    super::Param { key: "multi", default: "direct", doc: "beyond k steps: direct (the window's level), hold (the k-th step) or recursive (feed predictions back)" },
-    super::Param { key: "lr", default: "0.002", doc: "Adam learning rate" },
-    super::Param { key: "epochs", default: "30", doc: "most training epochs" },
-    super::Param { key: "patience", default: "5", doc: "epochs without a better validation loss before stopping" },
-    super::Param { key: "batch", default: "256", doc: "windows per training batch" },
-    super::Param { key: "seed", default: "0", doc: "seed of the initial weights and the shuffling" },
-    super::Param { key: "val", default: "0.1", doc: "latest share of training windows held out to pick the best epoch" },
-    super::Param { key: "train", default: "2000", doc: "steps before the first origin to train on (without model=)" },
+/// The spec parameters of `lstm`: the one source of the LSTM's defaults
+/// ([`LstmConfig::default`] and `lstm train`'s flags read them).
+const PARAMS: &[Param] = &[
+    Param { key: "model", default: "", doc: "checkpoint directory from `expertcast lstm train` (else train per layer on the run's trace)" },
+    Param { key: "mode", default: "joint", doc: "joint (all experts of a layer in, all out) or global (one model for every series)" },
+    Param { key: "lookback", default: "100", doc: "input steps" },
+    Param { key: "hidden", default: "64", doc: "hidden units per layer" },
+    Param { key: "layers", default: "2", doc: "LSTM layers" },
+    Param { key: "k", default: "10", doc: "steps predicted at once" },
+    Param { key: "multi", default: "direct", doc: "beyond k steps: direct (the window's level), hold (the k-th step) or recursive (feed predictions back)" },
+    Param { key: "lr", default: "0.002", doc: "Adam learning rate" },
+    Param { key: "epochs", default: "30", doc: "most training epochs" },
+    Param { key: "patience", default: "5", doc: "epochs without a better validation loss before stopping" },
+    Param { key: "batch", default: "256", doc: "windows per training batch" },
+    Param { key: "seed", default: "0", doc: "seed of the initial weights and the shuffling" },
+    Param { key: "val", default: "0.1", doc: "latest share of training windows held out to pick the best epoch" },
+    Param { key: "train", default: "2000", doc: "steps before the first origin to train on (without model=)" },
 ];
+
+pub static LSTM: Known = Known {
+    name: "lstm",
+    doc: "LSTM (burn) on the run's device, trained before the first origin or loaded with model=",
+    params: PARAMS,
+    build: |p| build(p).map(|f| Box::new(f) as Box<dyn Forecaster>),
+};
+
+/// The default of LSTM parameter `key` (for `lstm train`'s flags).
+pub fn default_of(key: &str) -> &'static str {
+    super::default_of("lstm", key)
+}
 
 const ARCH_KEYS: &[&str] = &["mode", "lookback", "hidden", "layers", "k", "lr", "epochs", "patience", "batch", "seed", "val", "train"];
 
-/// Builds the forecaster from parsed spec parameters.
-pub fn build(p: &Params, given: &[&str]) -> Result<Box<dyn Forecaster>, String> {
-    let multi = Multi::parse(&p.0["multi"])?;
-    let model = &p.0["model"];
-    if !model.is_empty() {
-        if let Some(k) = given.iter().find(|k| ARCH_KEYS.contains(k)) {
-            return Err(format!("{k} comes from the checkpoint given by model=; only multi= may be set with it"));
-        }
-        let dir = PathBuf::from(model);
-        let mut ck = Checkpoint::read(&dir).map_err(|e| format!("{e:#}"))?;
-        ck.config.multi = multi;
-        return Ok(Box::new(LstmForecaster { cfg: ck.config.clone(), train: 0, model: Some((dir, ck)), device: LstmDevice::Cpu, messages: None }));
-    }
-    let lr: f64 = p.0["lr"].parse().map_err(|_| format!("lr={} is not a number", p.0["lr"]))?;
-    let val: f64 = p.0["val"].parse().map_err(|_| format!("val={} is not a number", p.0["val"]))?;
+/// The network's settings from spec parameters.
+fn config(p: &Params) -> Result<LstmConfig, ParamError> {
+    let lr: f64 = p.get("lr").parse().map_err(|_| ParamError(format!("lr={} is not a number", p.get("lr"))))?;
+    let val: f64 = p.get("val").parse().map_err(|_| ParamError(format!("val={} is not a number", p.get("val"))))?;
     let cfg = LstmConfig {
-        mode: Mode::parse(&p.0["mode"])?,
+        mode: Mode::parse(p.get("mode"))?,
         lookback: p.usize("lookback", 2)?,
         hidden: p.usize("hidden", 1)?,
         layers: p.usize("layers", 1)?,
         k: p.usize("k", 1)?,
-        multi,
+        multi: Multi::parse(p.get("multi"))?,
         lr,
         epochs: p.usize("epochs", 1)?,
         patience: p.usize("patience", 1)?,
@@ -408,17 +395,50 @@ pub fn build(p: &Params, given: &[&str]) -> Result<Box<dyn Forecaster>, String> 
         seed: p.usize("seed", 0)? as u64,
         val,
     };
-    cfg.validate()?;
+    cfg.validate().map_err(ParamError)?;
+    Ok(cfg)
+}
+
+/// Builds the forecaster from parsed spec parameters.
+fn build(p: &Params) -> Result<LstmForecaster, ParamError> {
+    let multi = Multi::parse(p.get("multi"))?;
+    let model = p.get("model");
+    if !model.is_empty() {
+        if let Some(k) = p.given_keys().iter().find(|k| ARCH_KEYS.contains(k)) {
+            return Err(ParamError(format!("{k} comes from the checkpoint given by model=; only multi= may be set with it")));
+        }
+        let dir = PathBuf::from(model);
+        let mut ck = Checkpoint::read(&dir).map_err(|e| ParamError(format!("{e:#}")))?;
+        ck.config.multi = multi;
+        return Ok(LstmForecaster { cfg: ck.config.clone(), train: 0, model: Some((dir, ck)), loaded: OnceLock::new() });
+    }
+    let cfg = config(p)?;
     let train = p.usize("train", 1)?;
     if train < cfg.lookback + cfg.k {
-        return Err(format!("train={train} must be at least lookback + k = {}", cfg.lookback + cfg.k));
+        return Err(ParamError(format!("train={train} must be at least lookback + k = {}", cfg.lookback + cfg.k)));
     }
-    Ok(Box::new(LstmForecaster { cfg, train, model: None, device: LstmDevice::Cpu, messages: None }))
+    Ok(LstmForecaster { cfg, train, model: None, loaded: OnceLock::new() })
+}
+
+impl Default for LstmConfig {
+    /// The defaults of the `lstm` spec's parameters.
+    fn default() -> Self {
+        config(&super::Params::defaults(&LSTM)).expect("the LSTM's defaults are valid")
+    }
 }
 
 impl LstmForecaster {
     fn layer_windows<'a>(&self, layer: &LayerView<'a>) -> Windows<'a> {
         Windows { layers: vec![*layer], mode: self.cfg.mode, lookback: self.cfg.lookback, k: self.cfg.k }
+    }
+
+    /// The checkpoint's network on the CPU, read from disk the first time.
+    fn checkpoint_net(&self, dir: &Path, ck: &Checkpoint) -> anyhow::Result<Net<CpuBackend>> {
+        let loaded = self.loaded.get_or_init(|| ck.load::<CpuBackend>(dir, &Default::default()).map(Mutex::new).map_err(|e| format!("{e:#}")));
+        match loaded {
+            Ok(net) => Ok(net.lock().expect("checkpoint").clone()),
+            Err(e) => Err(anyhow::anyhow!("{e}")),
+        }
     }
 }
 
@@ -452,64 +472,44 @@ impl Forecaster for LstmForecaster {
         if self.model.is_some() { self.cfg.lookback } else { self.train }
     }
 
-    fn use_device(&mut self, device: &gpu::Device, messages: Option<Messages>) {
-        self.device = LstmDevice::from_gpu(device);
-        self.messages = messages;
+    /// Origins before the lookback fall back.
+    fn can_fall_back(&self) -> bool {
+        true
     }
 
-    fn check_start(&self, start: usize) -> Result<(), String> {
+    /// Trained by the run: one training window before the first origin is enough.
+    fn check_start(&self, start: usize) -> Result<(), CheckError> {
         let need = self.cfg.lookback + self.cfg.k;
         if self.model.is_none() && start < need {
-            return Err(format!(
-                "the first origin, step {start}, leaves no training window: an LSTM trained by the run needs at least lookback + k = {need} steps before it (or give model=DIR)"
-            ));
+            return Err(CheckError::NoTrainingWindow { start, need });
         }
         Ok(())
     }
 
-    fn check_experts(&self, experts: usize) -> Result<(), String> {
+    fn check_experts(&self, experts: usize) -> Result<(), CheckError> {
         match &self.model {
             Some((dir, ck)) => match ck.experts {
-                Some(e) if e != experts => Err(format!(
-                    "the joint-mode LSTM checkpoint {} was trained on {e} experts a layer, not {experts} (a global-mode model serves any number)",
-                    dir.display()
-                )),
+                Some(e) if e != experts => Err(CheckError::Experts { model: dir.display().to_string(), trained: e, experts }),
                 _ => Ok(()),
             },
             None => Ok(()),
         }
     }
 
-    fn forecast_origin(&self, history: &LayerView, origin: usize, out: &mut [f64]) -> usize {
-        let len = out.len() / history.experts();
-        let mut fb = 0;
-        let mut emit = |_: usize, pred: &mut [f64], _: Option<&[f64]>, f: usize| {
-            out.copy_from_slice(pred);
-            fb = f;
-        };
-        match self.forecast_layer(history, &[origin], &[len], &mut emit) {
-            Ok(()) => fb,
-            Err(_) => {
-                WindowMean { w: 100 }.forecast_origin(history, origin, out);
-                history.experts()
-            }
-        }
-    }
-
-    fn forecast_layer(&self, layer: &LayerView, origins: &[usize], lens: &[usize], emit: &mut Emit<'_>) -> anyhow::Result<()> {
-        let Some(&first) = origins.first() else { return Ok(()) };
-        let experts = layer.experts();
+    /// Loads the checkpoint onto the run's device, or trains on the last `train`
+    /// steps of `history` (never on a scored step).
+    fn fit(&self, history: &LayerView, ctx: &FitContext) -> anyhow::Result<Box<dyn Fitted + '_>> {
+        let experts = history.experts();
+        let device = LstmDevice::from_gpu(&ctx.device);
         let trained = match &self.model {
             Some((dir, ck)) => {
-                self.check_experts(experts).map_err(anyhow::Error::msg)?;
-                Trained::load(ck, dir, self.device)?
+                self.check_experts(experts)?;
+                Trained::from_net(self.checkpoint_net(dir, ck)?, ck, dir, device)?
             }
             None => {
-                // Train on the `train` steps before the first origin only.
-                let start = first.saturating_sub(self.train);
-                let history = LayerView::new(&layer.until(first).p[start * experts..], experts);
-                let win = self.layer_windows(&history);
-                let msg = self.messages.clone();
+                let recent = history.since(history.steps().saturating_sub(self.train));
+                let win = self.layer_windows(&recent);
+                let msg = ctx.messages.clone();
                 let mut on_batch = |done: usize, total: usize, epoch: usize, loss: Option<f64>| {
                     if let Some(m) = &msg
                         && (done % 20 == 0 || done == total)
@@ -517,18 +517,41 @@ impl Forecaster for LstmForecaster {
                         m(format!("lstm training: epoch {}, batch {done}/{total}, loss {}", epoch + 1, loss.map_or("-".into(), |l| format!("{l:.4}"))));
                     }
                 };
-                fit(&win, &[history.steps()], &self.cfg, self.device, &mut on_batch)?.0
+                fit(&win, &[recent.steps()], &self.cfg, device, &mut on_batch)?.0
             }
         };
-        // Every origin with a full lookback window in one batch; earlier ones fall back.
-        let win = self.layer_windows(layer);
+        Ok(Box::new(FittedLstm { f: self, trained }))
+    }
+}
+
+/// A trained (or loaded) LSTM and the forecaster it belongs to.
+struct FittedLstm<'a> {
+    f: &'a LstmForecaster,
+    trained: Trained,
+}
+
+impl Fitted for FittedLstm<'_> {
+    fn predict(&self, history: &LayerView, origin: usize, out: &mut [f64]) -> usize {
+        let len = out.len() / history.experts();
+        let mut fb = 0;
+        let mut emit = |_: usize, pred: &mut [f64], _: Option<&[f64]>, f: usize| {
+            out.copy_from_slice(pred);
+            fb = f;
+        };
+        match self.predict_origins(history, &[origin], &[len], &mut emit) {
+            Ok(()) => fb,
+            Err(_) => fallback::layer(history, origin, out),
+        }
+    }
+
+    /// Every origin with a full lookback window in one batch; earlier ones fall back.
+    fn predict_origins(&self, layer: &LayerView, origins: &[usize], lens: &[usize], emit: &mut Emit<'_>) -> anyhow::Result<()> {
+        let (cfg, experts) = (&self.f.cfg, layer.experts());
+        let win = self.f.layer_windows(layer);
         let len = lens.iter().copied().max().unwrap_or(0);
-        let usable: Vec<usize> = (0..origins.len()).filter(|&i| origins[i] >= self.cfg.lookback).collect();
-        let samples: Vec<Sample> = usable
-            .iter()
-            .flat_map(|&i| win.samples(&[(0, origins[i], origins[i])]))
-            .collect();
-        let pred = if len > 0 { trained.predict(&win, &samples, len, self.cfg.multi)? } else { Vec::new() };
+        let usable: Vec<usize> = (0..origins.len()).filter(|&i| origins[i] >= cfg.lookback).collect();
+        let samples: Vec<Sample> = usable.iter().flat_map(|&i| win.samples(&[(0, origins[i], origins[i])])).collect();
+        let pred = if len > 0 { self.trained.predict(&win, &samples, len, cfg.multi)? } else { Vec::new() };
         let per_origin = len * experts;
         let mut out = Vec::new();
         let mut next = 0;
@@ -537,7 +560,7 @@ impl Forecaster for LstmForecaster {
             out.resize(n * experts, 0.0);
             if next < usable.len() && usable[next] == i {
                 let block = &pred[next * per_origin..(next + 1) * per_origin];
-                match self.cfg.mode {
+                match cfg.mode {
                     // Step-major already.
                     Mode::Joint => out.copy_from_slice(&block[..n * experts]),
                     // Expert-major blocks of `len` steps.
@@ -552,8 +575,8 @@ impl Forecaster for LstmForecaster {
                 next += 1;
                 emit(i, &mut out, None, 0);
             } else {
-                WindowMean { w: 100 }.forecast_origin(&layer.until(o), o, &mut out);
-                emit(i, &mut out, None, experts);
+                let fb = fallback::layer(&layer.until(o), o, &mut out);
+                emit(i, &mut out, None, fb);
             }
         }
         Ok(())

@@ -1,0 +1,83 @@
+//! `median:w=W`: each expert's median share over the last `W` steps, for every
+//! future step (the mean of the two middle values when `W` is even). Robust to the
+//! single-step spikes a router's counts show, where `mean:w=W` follows them.
+
+use super::simple::stateless;
+use super::{FitContext, Fitted, Forecaster, Known, LayerView, Param, canonical};
+use crate::stats::states::median_in_place;
+
+pub static MEDIAN: Known = Known {
+    name: "median",
+    doc: "median of p[o-w .. o-1] for every future step",
+    params: &[Param { key: "w", default: "100", doc: "window length (steps)" }],
+    build: |p| Ok(Box::new(WindowMedian { w: p.usize("w", 1)? })),
+};
+
+/// `median:w=W`.
+#[derive(Debug, Clone, Copy)]
+pub struct WindowMedian {
+    pub w: usize,
+}
+
+stateless!(WindowMedian, |f| f.w, |f| canonical("median", &[("w", f.w.to_string())]));
+
+impl Fitted for WindowMedian {
+    fn predict(&self, h: &LayerView, origin: usize, out: &mut [f64]) -> usize {
+        let ne = h.experts();
+        let mut col = Vec::with_capacity(self.w);
+        for e in 0..ne {
+            col.clear();
+            col.extend((origin - self.w..origin).map(|t| h.at(t, e)));
+            let m = median_in_place(&mut col);
+            out.chunks_mut(ne).for_each(|o| o[e] = m);
+        }
+        0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eval::{Protocol, evaluate_layer};
+    use crate::forecast::parse_spec;
+
+    // Two experts, 6 steps: e0 = .1 .9 .3 .5 .2 .4, e1 = 1 - e0
+    const P: [f64; 12] = [0.1, 0.9, 0.9, 0.1, 0.3, 0.7, 0.5, 0.5, 0.2, 0.8, 0.4, 0.6];
+
+    #[test]
+    fn the_median_of_the_window_by_hand() {
+        let v = LayerView::new(&P, 2);
+        let f = parse_spec("median:w=3").unwrap();
+        assert_eq!(f.spec(), "median:w=3");
+        assert_eq!(f.history(), 3);
+        assert_eq!(parse_spec("median").unwrap().spec(), "median:w=100");
+        let predict = |w: usize, origin: usize| {
+            let mut out = vec![f64::NAN; 2 * 2];
+            WindowMedian { w }.predict(&v.until(origin), origin, &mut out);
+            out
+        };
+        // origin 4, w = 3: e0 sees .9 .3 .5 -> .5 ; e1 .1 .7 .5 -> .5
+        assert_eq!(predict(3, 4), vec![0.5, 0.5, 0.5, 0.5]);
+        // origin 5, w = 4: e0 .9 .3 .5 .2 -> (.3 + .5) / 2 = .4 ; e1 .1 .7 .5 .8 -> .6
+        let out = predict(4, 5);
+        assert!((out[0] - 0.4).abs() < 1e-15 && (out[1] - 0.6).abs() < 1e-15, "{out:?}");
+        // a spike moves the mean, not the median
+        let spiky = [0.2, 0.8, 0.2, 0.8, 0.9, 0.1, 0.2, 0.8];
+        let s = LayerView::new(&spiky, 2);
+        let mut out = vec![0.0; 2];
+        WindowMedian { w: 4 }.predict(&s, 4, &mut out);
+        assert_eq!(out, vec![0.2, 0.8]);
+    }
+
+    #[test]
+    fn it_is_scored_like_any_forecaster() {
+        // origins 3 and 5, horizon 1: e0 predicted .3 (median .1 .9 .3) vs actual .5,
+        // then .3 (median .3 .5 .2) vs .4: errors .2 and .1 for both experts.
+        let v = LayerView::new(&P, 2);
+        let proto = Protocol { horizons: vec![1], stride: 2, start: 3, renormalize: true };
+        let f = parse_spec("median:w=3").unwrap();
+        let s = evaluate_layer(&v, f.as_ref(), &proto, None, None).unwrap();
+        assert_eq!(s[0].origins, 2);
+        assert!((s[0].mae_pp.unwrap() - 15.0).abs() < 1e-9, "{:?}", s[0]);
+    }
+}
