@@ -264,7 +264,7 @@ fn sweep_over_every_gpu_matches_the_cpu_sweep() {
 fn lstm_on_cuda_matches_the_cpu_backend() {
     use expertcast::forecast::LayerView;
     use expertcast::forecast::lstm::data::Windows;
-    use expertcast::forecast::lstm::{self, LstmConfig, LstmDevice, Mode, Multi, Trained};
+    use expertcast::forecast::lstm::{self, LstmConfig, Mode, Multi, Trained};
     let tr = read_file(&common::bundled("gpt12-e16-top2-s1"), &ReadOptions::default()).unwrap().remove(0);
     let p = tr.layer_proportions(2);
     let layer = LayerView::new(&p[..1500 * tr.experts()], tr.experts());
@@ -272,12 +272,13 @@ fn lstm_on_cuda_matches_the_cpu_backend() {
         let cfg = LstmConfig { mode, lookback: 30, hidden: 16, k: 5, epochs: 2, batch: 64, seed: 11, ..Default::default() };
         let win = Windows { layers: vec![layer], mode, lookback: cfg.lookback, k: cfg.k };
         let samples = win.samples(&[(0, 1000, 1490)]);
-        let (cpu, rc) = lstm::fit(&win, &[end], &cfg, LstmDevice::Cpu, &mut |_, _, _, _| {}).unwrap();
-        let (gpu, rg) = lstm::fit(&win, &[end], &cfg, LstmDevice::Cuda(0), &mut |_, _, _, _| {}).unwrap();
+        let (cpu, rc) = lstm::fit(&win, &[end], &cfg, &Device::Cpu, &mut |_, _, _, _| {}).unwrap();
+        let cuda = Device::Cuda(gpu());
+        let (on_cuda, rg) = lstm::fit(&win, &[end], &cfg, &cuda, &mut |_, _, _, _| {}).unwrap();
         // The kernels are deterministic: a second training gives the same model.
-        let (again, _) = lstm::fit(&win, &[end], &cfg, LstmDevice::Cuda(0), &mut |_, _, _, _| {}).unwrap();
+        let (again, _) = lstm::fit(&win, &[end], &cfg, &cuda, &mut |_, _, _, _| {}).unwrap();
         assert_eq!(
-            gpu.predict(&win, &samples, 20, Multi::Direct).unwrap(),
+            on_cuda.predict(&win, &samples, 20, Multi::Direct).unwrap(),
             again.predict(&win, &samples, 20, Multi::Direct).unwrap(),
             "{mode:?}: two trainings on the GPU differ"
         );
@@ -285,12 +286,12 @@ fn lstm_on_cuda_matches_the_cpu_backend() {
         let dir = tempfile::tempdir().unwrap();
         cpu.save(&lstm::checkpoint(&cfg, tr.experts(), vec![], rc.clone()), dir.path()).unwrap();
         let ck = lstm::Checkpoint::read(dir.path()).unwrap();
-        let on_cpu = Trained::load(&ck, dir.path(), LstmDevice::Cpu).unwrap().predict(&win, &samples, 20, Multi::Recursive).unwrap();
-        let on_gpu = Trained::load(&ck, dir.path(), LstmDevice::Cuda(0)).unwrap().predict(&win, &samples, 20, Multi::Recursive).unwrap();
+        let on_cpu = Trained::load(&ck, dir.path(), &Device::Cpu).unwrap().predict(&win, &samples, 20, Multi::Recursive).unwrap();
+        let on_gpu = Trained::load(&ck, dir.path(), &cuda).unwrap().predict(&win, &samples, 20, Multi::Recursive).unwrap();
         let max_inf = on_cpu.iter().zip(&on_gpu).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
         // Trained on each device.
         let a = cpu.predict(&win, &samples, 20, Multi::Direct).unwrap();
-        let b = gpu.predict(&win, &samples, 20, Multi::Direct).unwrap();
+        let b = on_cuda.predict(&win, &samples, 20, Multi::Direct).unwrap();
         let max_tr = a.iter().zip(&b).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
         let rel_loss = (rc.train_loss - rg.train_loss).abs() / rc.train_loss;
         eprintln!("{mode:?}: inference max |cpu - cuda| {max_inf:.2e}; trained apart: max {max_tr:.2e}, train loss {} vs {} ({rel_loss:.2e})", rc.train_loss, rg.train_loss);
@@ -344,7 +345,7 @@ fn lstm_kernels_match_burn_autodiff() {
         want.extend(flat(net.head_w.grad(&grads)));
         want.extend(flat1(net.head_b.grad(&grads)));
 
-        let mut e = Engine::from_net(&net.valid(), 0).unwrap();
+        let mut e = Engine::from_net(&net.valid(), &gpu(), expertcast::forecast::lstm::kernel::ROWS).unwrap();
         let (got_loss, got) = e.loss_and_grads(&x, &y, n, steps).unwrap();
         assert_eq!(got.len(), want.len());
         let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));

@@ -7,8 +7,9 @@ mod common;
 use common::*;
 use expertcast::eval::{Protocol, Regime, evaluate_layer};
 use expertcast::forecast::lstm::data::Windows;
-use expertcast::forecast::lstm::{self, LstmConfig, LstmDevice, Mode, Multi, Trained};
+use expertcast::forecast::lstm::{self, LstmConfig, Mode, Multi, Trained};
 use expertcast::forecast::{FitContext, LayerView, parse_spec};
+use expertcast::gpu::Device;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand_distr::{Distribution, Normal};
@@ -75,7 +76,7 @@ fn a_saved_checkpoint_predicts_exactly_what_the_trained_model_did() {
     for mode in [Mode::Joint, Mode::Global] {
         let cfg = small_cfg(mode);
         let win = Windows { layers: vec![layer], mode, lookback: cfg.lookback, k: cfg.k };
-        let (trained, report) = lstm::fit(&win, &[300], &cfg, LstmDevice::Cpu, &mut |_, _, _, _| {}).unwrap();
+        let (trained, report) = lstm::fit(&win, &[300], &cfg, &Device::Cpu, &mut |_, _, _, _| {}).unwrap();
         assert!(report.train_loss.is_finite() && report.epochs_run >= 1);
         let samples = win.samples(&[(0, 300, 390)]);
         let before = trained.predict(&win, &samples, 7, Multi::Recursive).unwrap();
@@ -84,7 +85,7 @@ fn a_saved_checkpoint_predicts_exactly_what_the_trained_model_did() {
         trained.save(&ck, dir.path()).unwrap();
         let read = lstm::Checkpoint::read(dir.path()).unwrap();
         assert_eq!(read.config, cfg);
-        let loaded = Trained::load(&read, dir.path(), LstmDevice::Cpu).unwrap();
+        let loaded = Trained::load(&read, dir.path(), &Device::Cpu).unwrap();
         let after = loaded.predict(&win, &samples, 7, Multi::Recursive).unwrap();
         assert_eq!(before, after, "{mode:?}");
         // Direct, hold and recursive agree on the first k steps (same network output).
@@ -204,7 +205,7 @@ fn bad_lstm_configs_fail_clearly() {
     let layer = LayerView::new(&p, 2);
     let cfg = small_cfg(Mode::Joint);
     let win = Windows { layers: vec![layer], mode: Mode::Joint, lookback: cfg.lookback, k: cfg.k };
-    let (t, r) = lstm::fit(&win, &[200], &LstmConfig { epochs: 1, ..cfg.clone() }, LstmDevice::Cpu, &mut |_, _, _, _| {}).unwrap();
+    let (t, r) = lstm::fit(&win, &[200], &LstmConfig { epochs: 1, ..cfg.clone() }, &Device::Cpu, &mut |_, _, _, _| {}).unwrap();
     t.save(&lstm::checkpoint(&cfg, 2, vec![], r), dir.path()).unwrap();
     let e = parse_spec(&format!("lstm:model={},hidden=9", dir.path().display())).err().unwrap().to_string();
     assert!(e.contains("hidden comes from the checkpoint"), "{e}");

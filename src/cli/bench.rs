@@ -187,7 +187,7 @@ fn bench_gpu(g: &Gpu, tr: &Trace, args: &BenchArgs) -> anyhow::Result<()> {
         let mut sums = cuda::DeviceSummaries::alloc(&stream, nl * n)?;
         let sms = events_ms(g, args.reps, || cuda::launch_layer_summary(g, &stream, &out, n, nl, ne, &mut sums))?;
         let geo = cuda::launch_geometry(g, w, nt, series, series)?;
-        let k = g.kernels()?;
+        let k = g.window_kernels()?;
         let f = cuda::kernel_for(&k, w);
         let regs = f.get_attribute(cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_NUM_REGS)?;
         println!(

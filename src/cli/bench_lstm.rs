@@ -18,10 +18,10 @@ use burn::tensor::backend::AutodiffBackend;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-use crate::forecast::lstm::kernel::Engine;
+use crate::forecast::lstm::kernel::{self, Engine};
 use crate::forecast::lstm::net::Net;
-use crate::forecast::lstm::{CpuBackend, CudaBackend, LstmDevice};
-use crate::gpu::{self, DeviceRequest};
+use crate::forecast::lstm::{CpuBackend, CudaBackend};
+use crate::gpu::{self, Device, DeviceRequest, Gpu};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct LstmBenchArgs {
@@ -45,6 +45,9 @@ pub struct LstmBenchArgs {
     /// stock (burn's nn::Lstm).
     #[arg(long = "lstm-impl", default_value = "kernel")]
     pub imp: String,
+    /// Sequences a block of our kernels (a multiple of 4).
+    #[arg(long = "lstm-rows", default_value_t = kernel::ROWS)]
+    pub rows: usize,
 }
 
 /// The model under test: ours or burn's stock LSTM with a linear head.
@@ -138,9 +141,9 @@ where
 }
 
 /// Our kernels: the windows are uploaded once, as PyTorch's are created on the GPU.
-fn on_kernel(a: &LstmBenchArgs, ordinal: usize) -> anyhow::Result<(f64, f64)> {
+fn on_kernel(a: &LstmBenchArgs, gpu: &Gpu) -> anyhow::Result<(f64, f64)> {
     let net = Net::<CpuBackend>::init(1, a.lstm_hidden, a.lstm_layers, 1, 0, &Default::default());
-    let mut e = Engine::from_net(&net, ordinal)?;
+    let mut e = Engine::from_net(&net, gpu, a.rows)?;
     let mut rng = StdRng::seed_from_u64(1);
     let mut r = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect() };
     let (x, y) = (r(a.lstm_batch * a.seq), r(a.lstm_batch));
@@ -179,11 +182,11 @@ pub fn bench_lstm(a: &LstmBenchArgs, device: DeviceRequest) -> anyhow::Result<()
     if let Some(n) = note {
         eprintln!("expertcast: {n}");
     }
-    let (train, infer) = match LstmDevice::from_gpu(&dev) {
-        LstmDevice::Cpu if a.imp == "kernel" => anyhow::bail!("--lstm-impl kernel needs a GPU (burn or stock run on the CPU)"),
-        LstmDevice::Cuda(i) if a.imp == "kernel" => on_kernel(a, i)?,
-        LstmDevice::Cpu => on::<Autodiff<CpuBackend>>(a, &Default::default())?,
-        LstmDevice::Cuda(i) => on::<Autodiff<CudaBackend>>(a, &burn::backend::cuda::CudaDevice::new(i))?,
+    let (train, infer) = match &dev {
+        Device::Cpu if a.imp == "kernel" => anyhow::bail!("--lstm-impl kernel needs a GPU (burn or stock run on the CPU)"),
+        Device::Cuda(g) if a.imp == "kernel" => on_kernel(a, g)?,
+        Device::Cpu => on::<Autodiff<CpuBackend>>(a, &Default::default())?,
+        Device::Cuda(g) => on::<Autodiff<CudaBackend>>(a, &burn::backend::cuda::CudaDevice::new(g.ordinal()))?,
     };
     println!(
         "lstm bench ({} on {}): input 1, hidden {}, {} layers, sequence {}: training {:.4} M windows/s (batch {}, {:.2} ms a step), inference {:.4} M windows/s (batch {})",

@@ -10,7 +10,7 @@ use anyhow::Context;
 use super::UsageError;
 use super::progress::Progress;
 use crate::forecast::LayerView;
-use crate::forecast::lstm::{self, LstmConfig, LstmDevice, Mode, Multi};
+use crate::forecast::lstm::{self, GpuEngine, LstmConfig, Mode, Multi};
 use crate::gpu::{self, DeviceRequest};
 use crate::trace::{self, ReadOptions};
 
@@ -79,6 +79,9 @@ pub struct LstmTrainArgs {
     /// Which GPU (0-based).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub gpu: usize,
+    /// On a GPU: our kernels (burn-cuda for sizes they do not take) or burn-cuda always.
+    #[arg(long, value_enum, default_value_t = GpuEngine::Kernels)]
+    pub engine: GpuEngine,
     /// No progress bar or summary.
     #[arg(long, short)]
     pub quiet: bool,
@@ -135,7 +138,6 @@ fn train(a: &LstmTrainArgs) -> anyhow::Result<()> {
     }
     let ends: Vec<usize> = views.iter().map(|v| v.steps()).collect();
     let win = lstm::data::Windows { layers: views, mode: a.mode, lookback: a.lookback, k: a.k };
-    let dev = LstmDevice::from_gpu(&device);
     progress.line(format!(
         "training a {} LSTM ({} layers × {} units, lookback {}, k {}) on {} layer(s) of {} trace(s) on {}",
         a.mode.as_str(),
@@ -154,7 +156,7 @@ fn train(a: &LstmTrainArgs) -> anyhow::Result<()> {
         bar.set_position(done as u64);
         bar.set_message(format!("epoch {}{}", epoch + 1, loss.map_or(String::new(), |l| format!(", loss {l:.4}"))));
     };
-    let (trained, report) = lstm::fit(&win, &ends, &cfg, dev, &mut on_batch).map_err(|e| UsageError(format!("lstm train: {e:#}")))?;
+    let (trained, report) = lstm::fit_with(&win, &ends, &cfg, &device, a.engine, &mut on_batch).map_err(|e| UsageError(format!("lstm train: {e:#}")))?;
     bar.finish_and_clear();
     let names = traces.iter().map(|t| t.name.clone()).collect();
     let ck = lstm::checkpoint(&cfg, experts, names, report.clone());

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use cudarc::driver::CudaContext;
 
-pub use registry::{Gpu, Kernels};
+pub use registry::{Gpu, LSTM, Source, WINDOW_STATS, WindowKernels};
 
 /// What the user asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]

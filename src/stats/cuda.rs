@@ -36,7 +36,7 @@ pub const SHORT_MAX_WINDOW: usize = 4;
 pub const MID_MAX_WINDOW: usize = 128;
 
 /// The kernel that computes window `w`.
-pub fn kernel_for(k: &crate::gpu::Kernels, w: usize) -> &cudarc::driver::CudaFunction {
+pub fn kernel_for(k: &crate::gpu::WindowKernels, w: usize) -> &cudarc::driver::CudaFunction {
     if w <= SHORT_MAX_WINDOW {
         &k.window_stats_short
     } else if w <= MID_MAX_WINDOW {
@@ -134,7 +134,7 @@ pub fn geometry(w: usize, steps: usize, series: usize, sms: usize, blocks_per_sm
 /// Blocks of the kernel of window `w` that fit on one multiprocessor at once
 /// (registers and shared memory), as the driver computes it.
 pub fn blocks_per_sm(gpu: &Gpu, w: usize) -> anyhow::Result<usize> {
-    let k = gpu.kernels()?;
+    let k = gpu.window_kernels()?;
     let (wpb, smem) = block_shape(w);
     let f = kernel_for(&k, w);
     f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
@@ -190,7 +190,7 @@ pub fn launch_window_stats(
     if let Some(m) = &out.mean {
         assert!(m.len() >= series * n);
     }
-    let k = gpu.kernels()?;
+    let k = gpu.window_kernels()?;
     let g = launch_geometry(gpu, w, steps, series, plan_series)?;
     let f = kernel_for(&k, w);
     let cfg = LaunchConfig {
@@ -254,7 +254,7 @@ pub fn launch_layer_summary(
         return Ok(());
     }
     assert!(out.var.len() >= layers * experts * n && sums.var_mean.len() >= layers * n);
-    let k = gpu.kernels()?;
+    let k = gpu.window_kernels()?;
     let cfg = LaunchConfig { grid_dim: (n.div_ceil(256) as u32, layers as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     let (ni, ei) = (n as i32, experts as i32);
     let mut b = stream.launch_builder(&k.layer_summary);

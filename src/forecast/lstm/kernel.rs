@@ -8,31 +8,26 @@
 //! per layer `w_ih [d, 4H]`, `w_hh [H, 4H]`, `bias [4H]`; then `head_w [H, out]`,
 //! `head_b [out]`.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use burn::module::Param;
 use burn::prelude::*;
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
-use cudarc::nvrtc::{CompileOptions, compile_ptx_with_opts};
+use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
 
 use super::net::{Cell, Net};
+use crate::gpu::{Gpu, LSTM};
 
-const LSTM_CU: &str = include_str!("../../../kernels/lstm.cu");
-/// Sequences per block (a multiple of 4; `EXPERTCAST_LSTM_rows()` overrides it, for
-/// benchmarks).
-fn rows() -> usize {
-    static R: OnceLock<usize> = OnceLock::new();
-    *R.get_or_init(|| std::env::var("EXPERTCAST_LSTM_ROWS").ok().and_then(|v| v.parse::<usize>().ok()).filter(|r| r % 4 == 0 && *r > 0).unwrap_or(8))
-}
+/// Sequences per block by default (`-DR` of kernels/lstm.cu, a multiple of 4;
+/// `expertcast bench --lstm-rows` measures others).
+pub const ROWS: usize = 8;
 /// Largest hidden size the kernels take (a thread holds a column of W_hh in registers).
 pub const MAX_HIDDEN: usize = 128;
 /// Largest input width (joint mode: experts a layer).
 pub const MAX_INPUT: usize = 256;
 
-struct Kernels {
-    _module: Arc<CudaModule>,
+/// The LSTM functions for one layer size, from the GPU's kernel registry.
+struct LstmKernels {
     fwd: CudaFunction,
     bwd: CudaFunction,
     sum_partials: CudaFunction,
@@ -45,43 +40,12 @@ struct Kernels {
     adam: CudaFunction,
 }
 
-type Cache = Mutex<HashMap<(usize, usize, usize), Arc<Kernels>>>;
-
-fn contexts() -> &'static Mutex<HashMap<usize, Arc<CudaContext>>> {
-    static C: OnceLock<Mutex<HashMap<usize, Arc<CudaContext>>>> = OnceLock::new();
-    C.get_or_init(Default::default)
-}
-
-fn context(ordinal: usize) -> anyhow::Result<Arc<CudaContext>> {
-    let mut c = contexts().lock().expect("context cache");
-    if let Some(ctx) = c.get(&ordinal) {
-        return Ok(ctx.clone());
-    }
-    let ctx = CudaContext::new(ordinal).with_context(|| format!("opening CUDA device {ordinal} for the LSTM kernels"))?;
-    c.insert(ordinal, ctx.clone());
-    Ok(ctx)
-}
-
-/// The kernels for a layer of `d` inputs and `h` units, compiled once per device.
-fn kernels(ctx: &Arc<CudaContext>, d: usize, h: usize) -> anyhow::Result<Arc<Kernels>> {
-    static CACHE: OnceLock<Cache> = OnceLock::new();
-    let key = (ctx.ordinal(), d, h);
-    let mut cache = CACHE.get_or_init(Default::default).lock().expect("kernel cache");
-    if let Some(k) = cache.get(&key) {
-        return Ok(k.clone());
-    }
-    let (major, minor) = ctx.compute_capability().context("reading the GPU's compute capability")?;
-    let arch: &'static str = Box::leak(format!("sm_{major}{minor}").into_boxed_str());
-    let opts = CompileOptions {
-        arch: Some(arch),
-        name: Some("lstm.cu".into()),
-        options: vec![format!("-DD={d}"), format!("-DH={h}"), format!("-DR={}", rows()), "--use_fast_math".into()],
-        ..Default::default()
-    };
-    let ptx = compile_ptx_with_opts(LSTM_CU, opts).with_context(|| format!("compiling kernels/lstm.cu (D = {d}, H = {h}) with NVRTC"))?;
-    let module = ctx.load_module(ptx).context("loading kernels/lstm.cu")?;
-    let f = |n: &str| module.load_function(n).with_context(|| format!("loading kernel {n}"));
-    let k = Arc::new(Kernels {
+/// The kernels for a layer of `d` inputs and `h` units with `rows` sequences a
+/// block, compiled once per GPU and size.
+fn kernels(gpu: &Gpu, d: usize, h: usize, rows: usize) -> anyhow::Result<Arc<LstmKernels>> {
+    let options = [format!("-DD={d}"), format!("-DH={h}"), format!("-DR={rows}"), "--use_fast_math".into()];
+    let f = |n: &str| gpu.get_or_load_func(&LSTM, &options, n);
+    Ok(Arc::new(LstmKernels {
         fwd: f("lstm_fwd")?,
         bwd: f("lstm_bwd")?,
         sum_partials: f("sum_partials")?,
@@ -92,10 +56,7 @@ fn kernels(ctx: &Arc<CudaContext>, d: usize, h: usize) -> anyhow::Result<Arc<Ker
         seg_sqnorm: f("seg_sqnorm")?,
         sum_into: f("sum_into")?,
         adam: f("adam")?,
-        _module: module,
-    });
-    cache.insert(key, k.clone());
-    Ok(k)
+    }))
 }
 
 fn grid(n: usize) -> LaunchConfig {
@@ -128,7 +89,9 @@ struct Work {
 /// A network on the GPU with its optimiser state.
 pub struct Engine {
     stream: Arc<CudaStream>,
-    layer_k: Vec<Arc<Kernels>>,
+    layer_k: Vec<Arc<LstmKernels>>,
+    /// Sequences a block.
+    rows: usize,
     d_in: usize,
     hidden: usize,
     d_out: usize,
@@ -153,16 +116,19 @@ pub fn supports(d_in: usize, hidden: usize) -> bool {
 }
 
 impl Engine {
-    /// Uploads `net` onto CUDA device `ordinal`.
-    pub fn from_net<B: Backend>(net: &Net<B>, ordinal: usize) -> anyhow::Result<Engine> {
+    /// Uploads `net` onto `gpu`, its kernels running `rows` sequences a block
+    /// ([`ROWS`] unless measuring).
+    pub fn from_net<B: Backend>(net: &Net<B>, gpu: &Gpu, rows: usize) -> anyhow::Result<Engine> {
         let hidden = net.hidden();
         let d_in = net.cells[0].w_ih.dims()[0];
         let d_out = net.head_w.dims()[1];
         if !supports(d_in, hidden) {
             bail!("the LSTM kernels take hidden <= {MAX_HIDDEN} and inputs <= {MAX_INPUT} (got {hidden}, {d_in})");
         }
-        let ctx = context(ordinal)?;
-        let stream = ctx.new_stream().context("creating a CUDA stream for the LSTM")?;
+        if rows == 0 || rows % 4 != 0 {
+            bail!("the LSTM kernels run a multiple of 4 sequences a block (got {rows})");
+        }
+        let stream = gpu.ctx.new_stream().context("creating a CUDA stream for the LSTM")?;
         let mut flat = Vec::new();
         let mut tensors = Vec::new();
         let mut push = |v: Vec<f32>| {
@@ -174,7 +140,7 @@ impl Engine {
             push(super::train::to_f32(c.w_ih.val()));
             push(super::train::to_f32(c.w_hh.val()));
             push(super::train::to_f32(c.bias.val()));
-            layer_k.push(kernels(&ctx, if l == 0 { d_in } else { hidden }, hidden)?);
+            layer_k.push(kernels(gpu, if l == 0 { d_in } else { hidden }, hidden, rows)?);
         }
         push(super::train::to_f32(net.head_w.val()));
         push(super::train::to_f32(net.head_b.val()));
@@ -206,6 +172,7 @@ impl Engine {
             wt,
             stream,
             layer_k,
+            rows,
             d_in,
             hidden,
             d_out,
@@ -250,7 +217,7 @@ impl Engine {
         let (h, g, layers) = (self.hidden, 4 * self.hidden, self.layer_k.len());
         let seq = batch * steps;
         let per = |n: usize| -> anyhow::Result<Vec<CudaSlice<f32>>> { (0..layers).map(|_| Ok(s.alloc_zeros::<f32>(n.max(1))?)).collect() };
-        let blocks = batch.div_ceil(rows());
+        let blocks = batch.div_ceil(self.rows);
         let widest = self.d_in.max(h);
         self.work = Some(Work {
             batch,
@@ -273,10 +240,29 @@ impl Engine {
         Ok(())
     }
 
+    /// Whether the work buffers hold `n` windows of `steps` steps (with the training
+    /// buffers when `train`): every launch below relies on it, so the `// SAFETY:`
+    /// comments hold on every public path.
+    fn check_work(&self, n: usize, steps: usize, train: bool) -> anyhow::Result<()> {
+        match &self.work {
+            Some(w) if n <= w.batch && steps == w.steps && (w.train || !train) => Ok(()),
+            Some(w) => bail!(
+                "the LSTM's work buffers hold {} windows of {} steps{}, not {n} of {steps}{}: upload them first",
+                w.batch,
+                w.steps,
+                if w.train { " for training" } else { "" },
+                if train { " for training" } else { "" }
+            ),
+            None => bail!("no windows uploaded to the LSTM's work buffers"),
+        }
+    }
+
     /// Runs every layer forward on the `n` windows in `work.x` (`steps` long) from
     /// the state `state` (per layer h and c, `[n, H]`), keeping what backward needs
     /// when `train`; then the head into `work.y`, and with `target` the loss and dy.
     fn forward(&mut self, n: usize, steps: usize, train: bool, state: Option<&[(CudaSlice<f32>, CudaSlice<f32>)]>, target: bool) -> anyhow::Result<()> {
+        self.check_work(n, steps, train)?;
+        let rows = self.rows;
         let w = self.work.as_mut().expect("work buffers");
         let (h, g) = (self.hidden, 4 * self.hidden);
         let (ni, ti) = (n as i32, steps as i32);
@@ -290,7 +276,7 @@ impl Engine {
             let d = if l == 0 { self.d_in } else { h };
             let (below, rest) = w.hs.split_at_mut(l);
             let input = if l == 0 { w.x.slice(..) } else { below[l - 1].slice(..) };
-            let cfg = LaunchConfig { grid_dim: (n.div_ceil(rows()) as u32, 1, 1), block_dim: (g as u32, 1, 1), shared_mem_bytes: 0 };
+            let cfg = LaunchConfig { grid_dim: (n.div_ceil(rows) as u32, 1, 1), block_dim: (g as u32, 1, 1), shared_mem_bytes: 0 };
             let w_ih = self.params.slice(o_ih..o_ih + d * g);
             let w_hh = self.params.slice(o_hh..o_hh + h * g);
             let bias = self.params.slice(o_b..o_b + g);
@@ -346,6 +332,8 @@ impl Engine {
     /// Gradients of the loss on the `n` windows in the work buffers into `grads`
     /// (after [`Self::forward`] with `train` and a target).
     fn backward(&mut self, n: usize) -> anyhow::Result<()> {
+        let steps = self.work.as_ref().map_or(0, |w| w.steps);
+        self.check_work(n, steps, true)?;
         let w = self.work.as_mut().expect("work buffers");
         let (h, g) = (self.hidden, 4 * self.hidden);
         let layers = self.layer_k.len();
@@ -386,7 +374,7 @@ impl Engine {
                 // SAFETY: src is rows × G, dst G × rows.
                 unsafe { b.launch(grid(rows * g)) }.context("launching transpose")?;
             }
-            let blocks = n.div_ceil(rows());
+            let blocks = n.div_ceil(self.rows);
             let cfg = LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (g as u32, 1, 1), shared_mem_bytes: 0 };
             // dx[i] is the gradient w.r.t. hs[i]: written by layer i + 1, read by layer i.
             let (dx_lo, dx_hi) = w.dx.split_at_mut(l);
@@ -419,6 +407,14 @@ impl Engine {
 
     /// Copies `n` windows (and targets) into the work buffers.
     pub fn upload(&mut self, x: &[f32], y: Option<&[f32]>, n: usize, steps: usize, train: bool) -> anyhow::Result<()> {
+        if x.len() != n * steps * self.d_in {
+            bail!("{} input values for {n} windows of {steps} steps × {} inputs", x.len(), self.d_in);
+        }
+        if let Some(y) = y
+            && y.len() != n * self.d_out
+        {
+            bail!("{} targets for {n} windows of {} outputs", y.len(), self.d_out);
+        }
         self.ensure_work(n, steps, train)?;
         let w = self.work.as_mut().expect("work buffers");
         self.stream.memcpy_htod(x, &mut w.x.slice_mut(..x.len())).context("copying windows to the GPU")?;
@@ -480,7 +476,8 @@ impl Engine {
     /// previous call when `carry` (recursive forecasting).
     pub fn predict(&mut self, x: &[f32], n: usize, steps: usize, carry: bool) -> anyhow::Result<Vec<f32>> {
         let state = if carry {
-            let w = self.work.as_ref().expect("a previous call");
+            self.check_work(n, self.work.as_ref().map_or(0, |w| w.steps), false)?;
+            let w = self.work.as_ref().expect("checked");
             Some(w.h_last.iter().zip(&w.c_last).map(|(h, c)| Ok((self.stream.clone_dtod(h)?, self.stream.clone_dtod(c)?))).collect::<anyhow::Result<Vec<_>>>()?)
         } else {
             None
@@ -522,6 +519,9 @@ impl Engine {
     }
     /// Replaces the parameters (from [`Self::params_host`]).
     pub fn set_params(&mut self, p: &[f32]) -> anyhow::Result<()> {
+        if p.len() != self.params.len() {
+            bail!("{} parameters for a network of {}", p.len(), self.params.len());
+        }
         self.stream.memcpy_htod(p, &mut self.params)?;
         Ok(())
     }

@@ -34,7 +34,7 @@ use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
 use burn::tensor::backend::Backend;
 
 use super::{CheckError, Emit, FitContext, Fitted, Forecaster, Known, LayerView, Param, ParamError, Params, canonical, fallback};
-use crate::gpu;
+use crate::gpu::Device;
 use data::{Sample, Windows};
 use net::Net;
 pub use train::TrainReport;
@@ -137,20 +137,14 @@ impl LstmConfig {
     }
 }
 
-/// Where the network runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LstmDevice {
-    Cpu,
-    Cuda(usize),
-}
-
-impl LstmDevice {
-    pub fn from_gpu(d: &gpu::Device) -> LstmDevice {
-        match d {
-            gpu::Device::Cpu => LstmDevice::Cpu,
-            gpu::Device::Cuda(g) => LstmDevice::Cuda(g.ctx.ordinal()),
-        }
-    }
+/// Which implementation trains and runs the network on a GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum GpuEngine {
+    /// Our kernels (kernels/lstm.cu) for the sizes they take, burn-cuda otherwise.
+    #[default]
+    Kernels,
+    /// burn-cuda always (for comparison).
+    Burn,
 }
 
 /// A saved model: `DIR/lstm.json` and `DIR/weights.mpk`.
@@ -230,16 +224,22 @@ fn split(win: &Windows, ends: &[usize], val: f64) -> (Vec<Sample>, Vec<Sample>) 
     (tr, va)
 }
 
-/// Whether GPU work uses burn-cuda instead of our kernels
-/// (`EXPERTCAST_LSTM_ENGINE=burn`, for comparison).
-fn burn_on_gpu() -> bool {
-    std::env::var("EXPERTCAST_LSTM_ENGINE").is_ok_and(|v| v == "burn")
-}
-
 /// Trains on the first `ends[l]` steps of every layer of `win`: on the CPU with
 /// burn's ndarray backend, on a GPU with our kernels (burn-cuda for sizes they do
 /// not take).
-pub fn fit(win: &Windows, ends: &[usize], cfg: &LstmConfig, device: LstmDevice, on_batch: &mut train::OnBatch<'_>) -> anyhow::Result<(Trained, TrainReport)> {
+pub fn fit(win: &Windows, ends: &[usize], cfg: &LstmConfig, device: &Device, on_batch: &mut train::OnBatch<'_>) -> anyhow::Result<(Trained, TrainReport)> {
+    fit_with(win, ends, cfg, device, GpuEngine::Kernels, on_batch)
+}
+
+/// [`fit`] with the GPU implementation chosen.
+pub fn fit_with(
+    win: &Windows,
+    ends: &[usize],
+    cfg: &LstmConfig,
+    device: &Device,
+    engine: GpuEngine,
+    on_batch: &mut train::OnBatch<'_>,
+) -> anyhow::Result<(Trained, TrainReport)> {
     let (tr, va) = split(win, ends, cfg.val);
     if tr.is_empty() {
         bail!(
@@ -248,21 +248,21 @@ pub fn fit(win: &Windows, ends: &[usize], cfg: &LstmConfig, device: LstmDevice, 
         );
     }
     Ok(match device {
-        LstmDevice::Cpu => {
+        Device::Cpu => {
             let dev = Default::default();
             let mut l = train::BurnLearner::<Autodiff<CpuBackend>, ()>::new(win, cfg, &dev);
             let (net, r) = train::train(&mut l, win, &tr, &va, cfg, on_batch)?;
             (Trained::Cpu(net), r)
         }
-        LstmDevice::Cuda(i) if kernel::supports(win.d_in(), cfg.hidden) && !burn_on_gpu() => {
+        Device::Cuda(g) if kernel::supports(win.d_in(), cfg.hidden) && engine == GpuEngine::Kernels => {
             let net = Net::<CpuBackend>::init(win.d_in(), cfg.hidden, cfg.layers, win.d_out(), cfg.seed, &Default::default());
-            let mut l = kernel::KernelLearner { engine: kernel::Engine::from_net(&net, i)?, lookback: win.lookback, lr: cfg.lr };
+            let mut l = kernel::KernelLearner { engine: kernel::Engine::from_net(&net, g, kernel::ROWS)?, lookback: win.lookback, lr: cfg.lr };
             let (best, r) = train::train(&mut l, win, &tr, &va, cfg, on_batch)?;
             l.engine.set_params(&best)?;
             (Trained::Kernel(Mutex::new(l.engine)), r)
         }
-        LstmDevice::Cuda(i) => {
-            let dev = burn::backend::cuda::CudaDevice::new(i);
+        Device::Cuda(g) => {
+            let dev = burn::backend::cuda::CudaDevice::new(g.ordinal());
             let mut l = train::BurnLearner::<Autodiff<CudaBackend>, ()>::new(win, cfg, &dev);
             let (net, r) = train::train(&mut l, win, &tr, &va, cfg, on_batch)?;
             drop(l);
@@ -300,21 +300,21 @@ impl Trained {
         }
     }
     /// A checkpoint read from `dir` onto `device`.
-    pub fn load(ck: &Checkpoint, dir: &Path, device: LstmDevice) -> anyhow::Result<Trained> {
-        Trained::from_net(ck.load::<CpuBackend>(dir, &Default::default())?, ck, dir, device)
+    pub fn load(ck: &Checkpoint, dir: &Path, device: &Device) -> anyhow::Result<Trained> {
+        Trained::from_net(ck.load::<CpuBackend>(dir, &Default::default())?, ck, dir, device, GpuEngine::Kernels)
     }
     /// Checkpoint `ck` of `dir`, whose network `net` has been read on the CPU, onto
     /// `device`.
-    pub fn from_net(net: Net<CpuBackend>, ck: &Checkpoint, dir: &Path, device: LstmDevice) -> anyhow::Result<Trained> {
+    pub fn from_net(net: Net<CpuBackend>, ck: &Checkpoint, dir: &Path, device: &Device, engine: GpuEngine) -> anyhow::Result<Trained> {
         Ok(match device {
-            LstmDevice::Cpu => Trained::Cpu(net),
-            LstmDevice::Cuda(i) if kernel::supports(ck.experts.unwrap_or(1), ck.config.hidden) && !burn_on_gpu() => {
-                Trained::Kernel(Mutex::new(kernel::Engine::from_net(&net, i)?))
+            Device::Cpu => Trained::Cpu(net),
+            Device::Cuda(g) if kernel::supports(ck.experts.unwrap_or(1), ck.config.hidden) && engine == GpuEngine::Kernels => {
+                Trained::Kernel(Mutex::new(kernel::Engine::from_net(&net, g, kernel::ROWS)?))
             }
-            LstmDevice::Cuda(i) => {
+            Device::Cuda(g) => {
                 // burn-cuda reads the record itself (a network moves between devices of
                 // one backend only).
-                let dev = burn::backend::cuda::CudaDevice::new(i);
+                let dev = burn::backend::cuda::CudaDevice::new(g.ordinal());
                 Trained::Cuda(ck.load::<CudaBackend>(dir, &dev)?, dev)
             }
         })
@@ -500,11 +500,11 @@ impl Forecaster for LstmForecaster {
     /// steps of `history` (never on a scored step).
     fn fit(&self, history: &LayerView, ctx: &FitContext) -> anyhow::Result<Box<dyn Fitted + '_>> {
         let experts = history.experts();
-        let device = LstmDevice::from_gpu(&ctx.device);
+        let device = &ctx.device;
         let trained = match &self.model {
             Some((dir, ck)) => {
                 self.check_experts(experts)?;
-                Trained::from_net(self.checkpoint_net(dir, ck)?, ck, dir, device)?
+                Trained::from_net(self.checkpoint_net(dir, ck)?, ck, dir, device, GpuEngine::Kernels)?
             }
             None => {
                 let recent = history.since(history.steps().saturating_sub(self.train));
