@@ -16,6 +16,7 @@
 //! assert_eq!(r, vec![0.25, 0.25, 0.25]);
 //! ```
 
+pub mod bench;
 pub mod cli;
 pub mod eval;
 pub mod forecast;
@@ -23,8 +24,22 @@ pub mod gpu;
 pub mod output;
 pub mod pipeline;
 pub mod stats;
+pub mod sweep;
 pub mod synth;
 pub mod trace;
+
+/// Deterministic noise for tests: `n` draws uniform in [-0.5, 0.5) from a 64-bit LCG
+/// (Knuth's MMIX constants) seeded with `seed`.
+#[cfg(test)]
+pub(crate) fn lcg_noise(seed: u64, n: usize) -> Vec<f64> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (s >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+        })
+        .collect()
+}
 
 /// A flag, setting or argument that makes no sense: exit status 2.
 #[derive(Debug, thiserror::Error)]

@@ -8,7 +8,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Run(args) => expertcast::cli::run(args, &argv),
-        Command::Bench(args) => expertcast::cli::bench::bench(args),
+        Command::Bench(args) => expertcast::bench::bench(args),
         Command::Synth(args) => expertcast::cli::synth(args),
         Command::Sweep(args) => expertcast::cli::sweep::sweep(args),
         Command::Lstm(args) => expertcast::cli::lstm::lstm(args),

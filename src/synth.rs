@@ -13,6 +13,7 @@
 //! lag-1 autocorrelation of the share's deviation from its local mean near 0.47 that
 //! has faded by lag 10. `tests` measures these on generated output.
 
+use crate::UsageError;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rand_distr::{Binomial, Distribution, Normal};
@@ -56,38 +57,33 @@ pub struct SynthConfig {
 }
 
 impl Default for SynthConfig {
+    /// The flags' defaults above: their one source.
     fn default() -> Self {
-        SynthConfig {
-            steps: 8_000,
-            layers: 6,
-            experts: 16,
-            tokens_per_step: 8_192,
-            top_k: 2,
-            seed: 1,
-            transient: 800.0,
-            amplitude_start: 0.48,
-            amplitude_stable: 0.095,
-            phi: 0.55,
-            offset_sd: 0.05,
+        #[derive(clap::Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            config: SynthConfig,
         }
+        <Defaults as clap::Parser>::parse_from(["synth"]).config
     }
 }
 
 impl SynthConfig {
     /// Checks the values clap cannot; the message names the flag.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), UsageError> {
+        let bad = |m: String| Err(UsageError(m));
         if self.steps == 0 || self.layers == 0 || self.experts == 0 {
-            return Err("--steps, --layers and --experts must be at least 1".into());
+            return bad("--steps, --layers and --experts must be at least 1".into());
         }
         if self.tokens_per_step == 0 || self.top_k == 0 || self.top_k > self.experts as u64 {
-            return Err(format!("--top-k must be between 1 and --experts ({}), --tokens-per-step at least 1", self.experts));
+            return bad(format!("--top-k must be between 1 and --experts ({}), --tokens-per-step at least 1", self.experts));
         }
         if !(self.phi > -1.0 && self.phi < 1.0) {
-            return Err(format!("--phi {} must be in (-1, 1)", self.phi));
+            return bad(format!("--phi {} must be in (-1, 1)", self.phi));
         }
         let nonneg = [self.transient, self.amplitude_start, self.amplitude_stable, self.offset_sd];
         if nonneg.iter().any(|v| !(v.is_finite() && *v >= 0.0)) {
-            return Err("--transient, --amplitude-start, --amplitude-stable and --offset-sd must be finite and >= 0".into());
+            return bad("--transient, --amplitude-start, --amplitude-stable and --offset-sd must be finite and >= 0".into());
         }
         Ok(())
     }

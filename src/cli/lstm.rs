@@ -9,8 +9,7 @@ use anyhow::Context;
 
 use super::UsageError;
 use super::progress::Progress;
-use crate::forecast::LayerView;
-use crate::forecast::lstm::{self, GpuEngine, LstmConfig, Mode, Multi};
+use crate::forecast::lstm::{self, GpuEngine, LstmConfig};
 use crate::gpu::{self, DeviceRequest};
 use crate::trace::{self, ReadOptions};
 
@@ -37,42 +36,8 @@ pub struct LstmTrainArgs {
     /// Checkpoint directory to write (created; its lstm.json and weights.mpk are replaced).
     #[arg(long, short, value_name = "DIR")]
     pub out: PathBuf,
-    /// joint: every expert's share of a layer in and out; global: one model for every series.
-    #[arg(long, value_enum, default_value = lstm::default_of("mode"))]
-    pub mode: Mode,
-    /// Input steps.
-    #[arg(long, default_value = lstm::default_of("lookback"))]
-    pub lookback: usize,
-    /// Hidden units per LSTM layer.
-    #[arg(long, default_value = lstm::default_of("hidden"))]
-    pub hidden: usize,
-    /// LSTM layers.
-    #[arg(long, default_value = lstm::default_of("layers"))]
-    pub layers: usize,
-    /// Steps predicted at once.
-    #[arg(long, default_value = lstm::default_of("k"))]
-    pub k: usize,
-    /// Default multi-step rule stored with the model (a run may override it).
-    #[arg(long, value_enum, default_value = lstm::default_of("multi"))]
-    pub multi: Multi,
-    /// Adam learning rate.
-    #[arg(long, default_value = lstm::default_of("lr"))]
-    pub lr: f64,
-    /// Most training epochs.
-    #[arg(long, default_value = lstm::default_of("epochs"))]
-    pub epochs: usize,
-    /// Epochs without a better validation loss before stopping.
-    #[arg(long, default_value = lstm::default_of("patience"))]
-    pub patience: usize,
-    /// Windows per training batch.
-    #[arg(long, default_value = lstm::default_of("batch"))]
-    pub batch: usize,
-    /// Seed of the initial weights and the shuffling.
-    #[arg(long, default_value = lstm::default_of("seed"))]
-    pub seed: u64,
-    /// Latest share of each layer's windows held out for validation.
-    #[arg(long, default_value = lstm::default_of("val"))]
-    pub val: f64,
+    #[command(flatten)]
+    pub config: LstmConfig,
     /// Where to train: auto uses a GPU when one is usable.
     #[arg(long, value_enum, default_value_t = DeviceRequest::Auto)]
     pub device: DeviceRequest,
@@ -94,20 +59,7 @@ pub fn lstm(args: &LstmArgs) -> anyhow::Result<()> {
 }
 
 fn train(a: &LstmTrainArgs) -> anyhow::Result<()> {
-    let cfg = LstmConfig {
-        mode: a.mode,
-        lookback: a.lookback,
-        hidden: a.hidden,
-        layers: a.layers,
-        k: a.k,
-        multi: a.multi,
-        lr: a.lr,
-        epochs: a.epochs,
-        patience: a.patience,
-        batch: a.batch,
-        seed: a.seed,
-        val: a.val,
-    };
+    let cfg = &a.config;
     cfg.validate().map_err(|e| UsageError(format!("lstm train: {e}")))?;
     let progress = Progress::new(a.quiet);
     let (device, note) = gpu::choose_at(a.device, a.gpu)?;
@@ -115,37 +67,14 @@ fn train(a: &LstmTrainArgs) -> anyhow::Result<()> {
         progress.line(n);
     }
     let traces = trace::read_all(&a.traces, &ReadOptions::default())?;
-    let experts = traces[0].experts();
-    if a.mode == Mode::Joint
-        && let Some(t) = traces.iter().find(|t| t.experts() != experts)
-    {
-        return Err(UsageError(format!(
-            "{}: {} experts a layer, but {} has {experts}; a joint-mode model needs one expert count (use --mode global)",
-            t.source.display(),
-            t.experts(),
-            traces[0].source.display()
-        ))
-        .into());
-    }
-    let shares: Vec<Vec<f64>> = traces.iter().flat_map(|t| (0..t.layers()).map(move |l| t.layer_proportions(l))).collect();
-    let mut views = Vec::new();
-    let mut i = 0;
-    for t in &traces {
-        for _ in 0..t.layers() {
-            views.push(LayerView::new(&shares[i], t.experts()));
-            i += 1;
-        }
-    }
-    let ends: Vec<usize> = views.iter().map(|v| v.steps()).collect();
-    let win = lstm::data::Windows { layers: views, mode: a.mode, lookback: a.lookback, k: a.k };
     progress.line(format!(
         "training a {} LSTM ({} layers × {} units, lookback {}, k {}) on {} layer(s) of {} trace(s) on {}",
-        a.mode.as_str(),
-        a.layers,
-        a.hidden,
-        a.lookback,
-        a.k,
-        ends.len(),
+        cfg.mode.as_str(),
+        cfg.layers,
+        cfg.hidden,
+        cfg.lookback,
+        cfg.k,
+        traces.iter().map(|t| t.layers()).sum::<usize>(),
         traces.len(),
         device.describe()
     ));
@@ -156,11 +85,12 @@ fn train(a: &LstmTrainArgs) -> anyhow::Result<()> {
         bar.set_position(done as u64);
         bar.set_message(format!("epoch {}{}", epoch + 1, loss.map_or(String::new(), |l| format!(", loss {l:.4}"))));
     };
-    let (trained, report) = lstm::fit_with(&win, &ends, &cfg, &device, a.engine, &mut on_batch).map_err(|e| UsageError(format!("lstm train: {e:#}")))?;
+    let (trained, ck) = lstm::fit_traces(&traces, cfg, &device, a.engine, &mut on_batch).map_err(|e| {
+        if e.is::<UsageError>() { e } else { UsageError(format!("lstm train: {e:#}")).into() }
+    })?;
     bar.finish_and_clear();
-    let names = traces.iter().map(|t| t.name.clone()).collect();
-    let ck = lstm::checkpoint(&cfg, experts, names, report.clone());
     trained.save(&ck, &a.out).with_context(|| format!("saving the checkpoint to {}", a.out.display()))?;
+    let report = &ck.report;
     progress.line(format!(
         "trained on {} windows ({} held out): {} epoch(s), best {} (train loss {:.4}{}), {:.1} s; wrote {}",
         report.train_windows,

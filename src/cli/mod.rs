@@ -1,8 +1,5 @@
 //! Command-line parsing, progress reporting and the `run` pipeline.
 
-pub mod bench;
-pub mod bench_arima;
-pub mod bench_lstm;
 pub mod lstm;
 pub mod sweep;
 mod progress;
@@ -46,7 +43,7 @@ pub enum Command {
     /// bandwidth) on a paper-scale trace tiled from the bundled data (`--stage
     /// window`), ARIMA fits per second on a trace's series (`--stage arima`), or LSTM
     /// training and inference windows per second (`--stage lstm`).
-    Bench(bench::BenchArgs),
+    Bench(crate::bench::BenchArgs),
     /// Write a synthetic trace of any shape whose dynamics are calibrated to the
     /// bundled real traces (transient then stable, autocorrelated fluctuations,
     /// multinomial routing noise).
@@ -71,7 +68,7 @@ pub struct SynthArgs {
 
 /// `expertcast synth`.
 pub fn synth(args: &SynthArgs) -> anyhow::Result<()> {
-    args.config.validate().map_err(UsageError)?;
+    args.config.validate()?;
     if args.out.extension().and_then(|e| e.to_str()) != Some("parquet") {
         return Err(UsageError(format!("--out {}: the file name must end in .parquet", args.out.display())).into());
     }
@@ -112,7 +109,7 @@ pub struct RunArgs {
 
     /// Forecaster spec NAME[:key=value,...]; repeat for several. Given at all, -f
     /// replaces the default list (use -a to add to it). Known: last, mean:w=W,
-    /// sw-avg:w=W, ema:alpha=A, oracle-median, arima:p=P,d=D,q=Q,..., arima-auto,
+    /// median:w=W, sw-avg:w=W, ema:alpha=A, oracle-median, arima:p=P,d=D,q=Q,..., arima-auto,
     /// lstm:... (lstm:model=DIR for a checkpoint); a wrong spec lists every
     /// forecaster and its parameters.
     #[arg(long = "forecaster", short = 'f', value_name = "SPEC",

@@ -341,6 +341,19 @@ mod tests {
     }
 
     #[test]
+    fn a_window_median_is_scored_by_hand() {
+        // median:w=3 on two experts, e0 = .1 .9 .3 .5 .2 .4 (e1 = 1 - e0); origins 3 and
+        // 5, horizon 1: e0 predicted .3 (median .1 .9 .3) vs .5, then .3 (median .3 .5 .2)
+        // vs .4, and e1 mirrors it: errors .2, .2, .1, .1.
+        let p = [0.1, 0.9, 0.9, 0.1, 0.3, 0.7, 0.5, 0.5, 0.2, 0.8, 0.4, 0.6];
+        let v = LayerView::new(&p, 2);
+        let f = crate::forecast::parse_spec("median:w=3").unwrap();
+        let s = evaluate_layer(&v, f.as_ref(), &proto(&[1], 3, 2), None, None).unwrap();
+        assert_eq!(s[0].origins, 2);
+        assert!((s[0].mae_pp.unwrap() - 15.0).abs() < 1e-9, "{:?}", s[0]);
+    }
+
+    #[test]
     fn oracle_uses_the_median_of_each_horizon() {
         let v = LayerView::new(&P, 2);
         // origin 1, h = 3: e0 future .2 .4 .1 -> median .2, errors 0 .2 .1 -> mean .1

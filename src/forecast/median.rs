@@ -38,7 +38,6 @@ impl Fitted for WindowMedian {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::eval::{Protocol, evaluate_layer};
     use crate::forecast::parse_spec;
 
     // Two experts, 6 steps: e0 = .1 .9 .3 .5 .2 .4, e1 = 1 - e0
@@ -67,17 +66,5 @@ mod tests {
         let mut out = vec![0.0; 2];
         WindowMedian { w: 4 }.predict(&s, 4, &mut out);
         assert_eq!(out, vec![0.2, 0.8]);
-    }
-
-    #[test]
-    fn it_is_scored_like_any_forecaster() {
-        // origins 3 and 5, horizon 1: e0 predicted .3 (median .1 .9 .3) vs actual .5,
-        // then .3 (median .3 .5 .2) vs .4: errors .2 and .1 for both experts.
-        let v = LayerView::new(&P, 2);
-        let proto = Protocol { horizons: vec![1], stride: 2, start: 3, renormalize: true };
-        let f = parse_spec("median:w=3").unwrap();
-        let s = evaluate_layer(&v, f.as_ref(), &proto, None, None).unwrap();
-        assert_eq!(s[0].origins, 2);
-        assert!((s[0].mae_pp.unwrap() - 15.0).abs() < 1e-9, "{:?}", s[0]);
     }
 }

@@ -43,10 +43,15 @@ impl Device {
 /// `--device cuda` on a machine that cannot run it: a usage error (exit 2).
 #[derive(Debug, thiserror::Error)]
 #[error("--device cuda: no usable CUDA device: {0}")]
-pub struct NoCuda(pub String);
+pub struct NoCuda(pub Unavailable);
+
+/// Why no GPU can be used (no driver, no NVRTC, the device would not open).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct Unavailable(pub String);
 
 /// Opens GPU 0, or says why not. Never panics, also when the driver library is absent.
-pub fn probe_cuda() -> Result<Device, String> {
+pub fn probe_cuda() -> Result<Device, Unavailable> {
     probe_cuda_at(0)
 }
 
@@ -65,13 +70,13 @@ pub fn cuda_device_count() -> usize {
 static OPENED: Mutex<Vec<(usize, Arc<Gpu>)>> = Mutex::new(Vec::new());
 
 /// Opens GPU `ordinal` (or hands back the one this process opened), or says why not.
-pub fn probe_cuda_at(ordinal: usize) -> Result<Device, String> {
+pub fn probe_cuda_at(ordinal: usize) -> Result<Device, Unavailable> {
     // SAFETY: only loads and unloads a shared library to see whether it exists.
     if !unsafe { cudarc::driver::sys::is_culib_present() } {
-        return Err("the CUDA driver library (libcuda.so) was not found".into());
+        return Err(Unavailable("the CUDA driver library (libcuda.so) was not found".into()));
     }
     if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-        return Err("NVRTC (libnvrtc.so) was not found; add the CUDA toolkit's lib64 to LD_LIBRARY_PATH".into());
+        return Err(Unavailable("NVRTC (libnvrtc.so) was not found; add the CUDA toolkit's lib64 to LD_LIBRARY_PATH".into()));
     }
     let mut opened_before = OPENED.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((_, g)) = opened_before.iter().find(|(o, _)| *o == ordinal) {
@@ -85,8 +90,8 @@ pub fn probe_cuda_at(ordinal: usize) -> Result<Device, String> {
             opened_before.push((ordinal, g.clone()));
             Ok(Device::Cuda(g))
         }
-        Ok(Err(e)) => Err(format!("the CUDA driver could not open device {ordinal}: {e}")),
-        Err(_) => Err("the CUDA driver library could not be used".into()),
+        Ok(Err(e)) => Err(Unavailable(format!("the CUDA driver could not open device {ordinal}: {e}"))),
+        Err(_) => Err(Unavailable("the CUDA driver library could not be used".into())),
     }
 }
 

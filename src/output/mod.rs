@@ -171,79 +171,42 @@ pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> anyhow::Result<()> 
     Ok(())
 }
 
-fn f(name: &str, t: DataType, nullable: bool) -> Field {
-    Field::new(name, t, nullable)
+/// A schema from `(name, type, nullable)` columns.
+fn schema(cols: &[(&str, DataType, bool)]) -> SchemaRef {
+    Arc::new(Schema::new(cols.iter().map(|(n, t, null)| Field::new(*n, t.clone(), *null)).collect::<Vec<_>>()))
 }
+
+use DataType::{Float64 as F64, Int32 as I32, Int64 as I64, Utf8 as STR};
 
 /// `layer_stats.parquet`.
 pub fn layer_stats_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        f("trace", DataType::Utf8, false),
-        f("layer", DataType::Int32, false),
-        f("window_size", DataType::Int32, false),
-        f("step", DataType::Int64, false),
-        f("var_mean", DataType::Float64, false),
-        f("var_max", DataType::Float64, false),
-        f("range_mean", DataType::Float64, false),
-        f("range_max", DataType::Float64, false),
-    ]))
+    let v = |n| (n, F64, false);
+    schema(&[("trace", STR, false), ("layer", I32, false), ("window_size", I32, false), ("step", I64, false), v("var_mean"), v("var_max"), v("range_mean"), v("range_max")])
 }
 
 /// `window_stats.parquet` (with `--stats-detail expert`).
 pub fn window_stats_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        f("trace", DataType::Utf8, false),
-        f("layer", DataType::Int32, false),
-        f("expert", DataType::Int32, false),
-        f("window_size", DataType::Int32, false),
-        f("step", DataType::Int64, false),
-        f("mean", DataType::Float64, false),
-        f("variance", DataType::Float64, false),
-        f("range", DataType::Float64, false),
-    ]))
+    let v = |n| (n, F64, false);
+    let ids = [("trace", STR, false), ("layer", I32, false), ("expert", I32, false), ("window_size", I32, false), ("step", I64, false)];
+    schema(&[&ids[..], &[v("mean"), v("variance"), v("range")]].concat())
 }
 
 /// `states.parquet`.
 pub fn states_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        f("trace", DataType::Utf8, false),
-        f("layer", DataType::Int32, false),
-        f("window_size", DataType::Int32, false),
-        f("kappa", DataType::Float64, false),
-        f("transition_step", DataType::Int64, true),
-        f("final_std", DataType::Float64, true),
-    ]))
+    schema(&[("trace", STR, false), ("layer", I32, false), ("window_size", I32, false), ("kappa", F64, false), ("transition_step", I64, true), ("final_std", F64, true)])
 }
 
 /// `metrics.parquet`.
 pub fn metrics_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        f("trace", DataType::Utf8, false),
-        f("layer", DataType::Int32, false),
-        f("forecaster", DataType::Utf8, false),
-        f("horizon", DataType::Int32, false),
-        f("regime", DataType::Utf8, false),
-        f("origins", DataType::Int64, false),
-        f("mae_pp", DataType::Float64, true),
-        f("rmse_pp", DataType::Float64, true),
-        f("tv_pct", DataType::Float64, true),
-        f("fallbacks", DataType::Int64, false),
-    ]))
+    let m = |n| (n, F64, true);
+    let keys = [("trace", STR, false), ("layer", I32, false), ("forecaster", STR, false), ("horizon", I32, false), ("regime", STR, false)];
+    schema(&[&keys[..], &[("origins", I64, false), m("mae_pp"), m("rmse_pp"), m("tv_pct"), ("fallbacks", I64, false)]].concat())
 }
 
 /// `forecasts.parquet` (with `--save-forecasts`).
 pub fn forecasts_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        f("trace", DataType::Utf8, false),
-        f("layer", DataType::Int32, false),
-        f("expert", DataType::Int32, false),
-        f("forecaster", DataType::Utf8, false),
-        f("origin", DataType::Int64, false),
-        f("k", DataType::Int32, false),
-        f("predicted", DataType::Float64, false),
-        f("actual", DataType::Float64, false),
-        f("stderr", DataType::Float64, true),
-    ]))
+    let ids = [("trace", STR, false), ("layer", I32, false), ("expert", I32, false), ("forecaster", STR, false), ("origin", I64, false)];
+    schema(&[&ids[..], &[("k", I32, false), ("predicted", F64, false), ("actual", F64, false), ("stderr", F64, true)]].concat())
 }
 
 /// Column builders, one call per column, in schema order.

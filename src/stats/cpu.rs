@@ -170,13 +170,7 @@ mod tests {
     #[test]
     fn matches_two_pass_reference_on_long_random_series() {
         // A proportion-like series: 1/16 plus noise, 100,000 steps, deterministic LCG.
-        let mut state = 0x9E3779B97F4A7C15u64;
-        let x: Vec<f64> = (0..100_000)
-            .map(|_| {
-                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                0.0625 + ((state >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * 0.05
-            })
-            .collect();
+        let x: Vec<f64> = crate::lcg_noise(0x9E3779B97F4A7C15, 100_000).iter().map(|u| 0.0625 + u * 0.05).collect();
         for w in [1, 2, 7, 10, 100, 1000, 4097] {
             let (m, v, r) = run(&x, w);
             let want = reference(&x, w);

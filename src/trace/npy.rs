@@ -130,16 +130,17 @@ mod tests {
     #[test]
     fn float64_counts_are_held_as_f32_and_fractions_as_f64() {
         let d = tempfile::tempdir().unwrap();
-        let counts: Vec<u8> = [1.0f64, 3.0, 2.0, 2.0].iter().flat_map(|v| v.to_le_bytes()).collect();
-        let p = d.path().join("counts.npy");
-        write_npy(&p, "<f8", (2, 1, 2), false, &counts);
-        let t = read_npy(&p).unwrap();
+        // a (2, 1, 2) float64 array of these loads, read back
+        let read = |name: &str, loads: [f64; 4]| {
+            let bytes: Vec<u8> = loads.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let p = d.path().join(name);
+            write_npy(&p, "<f8", (2, 1, 2), false, &bytes);
+            read_npy(&p).unwrap()
+        };
+        let t = read("counts.npy", [1.0, 3.0, 2.0, 2.0]);
         assert_eq!(t.dense_bytes(), 4 * 4);
         assert_eq!(t.proportion(0, 0, 1), 0.75);
-        let fracs: Vec<u8> = [0.1f64, 0.3, 0.2, 0.2].iter().flat_map(|v| v.to_le_bytes()).collect();
-        let p = d.path().join("fracs.npy");
-        write_npy(&p, "<f8", (2, 1, 2), false, &fracs);
-        let t = read_npy(&p).unwrap();
+        let t = read("fracs.npy", [0.1, 0.3, 0.2, 0.2]);
         assert_eq!(t.dense_bytes(), 4 * 8);
         assert_eq!(t.load(0, 0, 0), 0.1);
     }

@@ -621,13 +621,7 @@ mod tests {
     #[test]
     fn chandrasekhar_recursions_give_the_dense_filter_innovations() {
         // ARMA(3, 4), ARMA(5, 5) near the invertibility boundary, and white noise
-        let mut s = 12345u64;
-        let x: Vec<f64> = (0..500)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                (s >> 11) as f64 / (1u64 << 53) as f64 - 0.5
-            })
-            .collect();
+        let x = crate::lcg_noise(12345, 500);
         for m in [
             Arma { ar: vec![0.5, -0.2, 0.1], ma: vec![0.4, 0.3, -0.2, 0.1], mean: 0.05 },
             Arma { ar: vec![0.3, 0.1, -0.2, 0.05, 0.1], ma: vec![-0.95, 0.1, 0.0, 0.05, -0.1], mean: 0.0 },

@@ -96,29 +96,50 @@ impl Multi {
     }
 }
 
-/// Everything that defines a model and its training.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+/// Everything that defines a model and its training. Its flags (`lstm train`) and
+/// the `lstm` spec's parameters share one set of defaults, the spec's.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, clap::Args)]
 pub struct LstmConfig {
+    /// joint: every expert's share of a layer in and out; global: one model for every series.
+    #[arg(long, value_enum, default_value = default_of("mode"))]
     pub mode: Mode,
     /// Steps of input a forecast reads.
+    #[arg(long, default_value = default_of("lookback"))]
     pub lookback: usize,
+    /// Hidden units per LSTM layer.
+    #[arg(long, default_value = default_of("hidden"))]
     pub hidden: usize,
+    /// LSTM layers.
+    #[arg(long, default_value = default_of("layers"))]
     pub layers: usize,
     /// Steps the network writes at once.
+    #[arg(long, default_value = default_of("k"))]
     pub k: usize,
+    /// Beyond k steps (stored with a model; a run may override it).
+    #[arg(long, value_enum, default_value = default_of("multi"))]
     pub multi: Multi,
+    /// Adam learning rate.
+    #[arg(long, default_value = default_of("lr"))]
     pub lr: f64,
+    /// Most training epochs.
+    #[arg(long, default_value = default_of("epochs"))]
     pub epochs: usize,
     /// Epochs without a better validation loss before training stops.
+    #[arg(long, default_value = default_of("patience"))]
     pub patience: usize,
+    /// Windows per training batch.
+    #[arg(long, default_value = default_of("batch"))]
     pub batch: usize,
+    /// Seed of the initial weights and the shuffling.
+    #[arg(long, default_value = default_of("seed"))]
     pub seed: u64,
     /// Share of each layer's windows (the latest) held out to pick the best epoch.
+    #[arg(long, default_value = default_of("val"))]
     pub val: f64,
 }
 
 impl LstmConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ParamError> {
         let checks = [
             (self.lookback >= 2, "lookback must be at least 2"),
             (self.hidden >= 1, "hidden must be at least 1"),
@@ -131,7 +152,7 @@ impl LstmConfig {
             ((0.0..0.9).contains(&self.val), "val must be in [0, 0.9)"),
         ];
         match checks.iter().find(|c| !c.0) {
-            Some((_, msg)) => Err(msg.to_string()),
+            Some((_, msg)) => Err(ParamError(msg.to_string())),
             None => Ok(()),
         }
     }
@@ -271,6 +292,39 @@ pub fn fit_with(
     })
 }
 
+/// Trains one model on every layer of `traces` (all windows of every layer, the
+/// latest `val` share of each held out): `expertcast lstm train`. Returns the model
+/// and the checkpoint that describes it.
+pub fn fit_traces(
+    traces: &[crate::trace::Trace],
+    cfg: &LstmConfig,
+    device: &Device,
+    engine: GpuEngine,
+    on_batch: &mut train::OnBatch<'_>,
+) -> anyhow::Result<(Trained, Checkpoint)> {
+    cfg.validate()?;
+    let experts = traces.first().map_or(0, |t| t.experts());
+    if cfg.mode == Mode::Joint
+        && let Some(t) = traces.iter().find(|t| t.experts() != experts)
+    {
+        return Err(crate::UsageError(format!(
+            "{}: {} experts a layer, but {} has {experts}; a joint-mode model needs one expert count (use --mode global)",
+            t.source.display(),
+            t.experts(),
+            traces[0].source.display()
+        ))
+        .into());
+    }
+    let shares: Vec<Vec<f64>> = traces.iter().flat_map(|t| (0..t.layers()).map(move |l| t.layer_proportions(l))).collect();
+    let experts_of = traces.iter().flat_map(|t| std::iter::repeat_n(t.experts(), t.layers()));
+    let views: Vec<LayerView> = shares.iter().zip(experts_of).map(|(p, e)| LayerView::new(p, e)).collect();
+    let ends: Vec<usize> = views.iter().map(|v| v.steps()).collect();
+    let win = Windows { layers: views, mode: cfg.mode, lookback: cfg.lookback, k: cfg.k };
+    let (trained, report) = fit_with(&win, &ends, cfg, device, engine, on_batch)?;
+    let ck = checkpoint(cfg, experts, traces.iter().map(|t| t.name.clone()).collect(), report);
+    Ok((trained, ck))
+}
+
 /// A trained network on its device.
 pub enum Trained {
     Cpu(Net<CpuBackend>),
@@ -395,7 +449,7 @@ fn config(p: &Params) -> Result<LstmConfig, ParamError> {
         seed: p.usize("seed", 0)? as u64,
         val,
     };
-    cfg.validate().map_err(ParamError)?;
+    cfg.validate()?;
     Ok(cfg)
 }
 

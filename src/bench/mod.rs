@@ -7,12 +7,15 @@
 //! CPU path is measured beside it on the same data. `benches/peers/window_stats_torch.py`
 //! runs PyTorch's `unfold` on the same data for comparison.
 
+pub mod arima;
+pub mod lstm;
+
 use std::time::Instant;
 
 use anyhow::Context;
 use cudarc::driver::CudaSlice;
 
-use super::UsageError;
+use crate::UsageError;
 use crate::gpu::{self, Device, DeviceRequest, Gpu};
 use crate::stats::{self, cpu, cuda};
 use crate::trace::{Input, Loads, ReadOptions, Trace, read_inputs};
@@ -37,9 +40,9 @@ pub struct BenchArgs {
     #[arg(long)]
     pub threads: Option<usize>,
     #[command(flatten)]
-    pub arima: super::bench_arima::ArimaBenchArgs,
+    pub arima: arima::ArimaBenchArgs,
     #[command(flatten)]
-    pub lstm: super::bench_lstm::LstmBenchArgs,
+    pub lstm: lstm::LstmBenchArgs,
     /// Steps of the benchmark trace.
     #[arg(long, default_value_t = 100_000)]
     pub steps: usize,
@@ -110,10 +113,10 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("starting the thread pool")?;
     }
     if args.stage == Stage::Arima {
-        return super::bench_arima::bench_arima(&args.arima);
+        return arima::bench_arima(&args.arima);
     }
     if args.stage == Stage::Lstm {
-        return super::bench_lstm::bench_lstm(&args.lstm, args.device);
+        return lstm::bench_lstm(&args.lstm, args.device);
     }
     // The device first: a machine without a GPU hears so before any data is built.
     let (device, note) = gpu::choose(args.device)?;
