@@ -334,7 +334,7 @@ fn arima_forecasts_carry_standard_errors_and_a_fallback_summary() {
     assert!(o.status.success(), "{}", stderr(&o));
     // 6 layers x 16 experts x 4 origins (3000, 4000, 5000 and 6000, the last step,
     // which has one step left to forecast and so is not scored at horizon 5)
-    assert!(stderr(&o).contains("arima:p=1,d=1,q=1,n=400,method=css-ml,mean=auto,opt=lm,warm=false: 0 of the 288 series fits scored at horizon 5 fell back"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("arima:p=1,d=1,q=1,n=400,method=css-ml,mean=auto,opt=lm,warm=false: 0 of the 288 series forecasts scored at horizon 5 fell back"), "{}", stderr(&o));
     let fc = read_all(&out.join("forecasts.parquet"));
     assert_eq!(fc.num_rows(), 6 * 16 * (3 * 5 + 1));
     let (se, k, pred) = (col_f64(&fc, "stderr"), col_i64(&fc, "k"), col_f64(&fc, "predicted"));

@@ -66,13 +66,14 @@ impl Gpu {
     pub fn get_or_load_func(&self, src: &'static Source, options: &[String], func: &str) -> anyhow::Result<CudaFunction> {
         self.ctx.bind_to_thread().context("making the GPU's context current on this thread")?;
         let key = (src.file, options.to_vec());
-        let mut modules = self.modules.lock().unwrap_or_else(|e| e.into_inner());
-        let module = match modules.get(&key) {
-            Some(m) => m.clone(),
+        let cached = self.modules.lock().unwrap_or_else(|e| e.into_inner()).get(&key).cloned();
+        let module = match cached {
+            Some(m) => m,
             None => {
+                // Compiled without the lock, so other kernels stay available meanwhile;
+                // if two threads compile one module, the first to finish is kept.
                 let m = self.compile(src, options)?;
-                modules.insert(key, m.clone());
-                m
+                self.modules.lock().unwrap_or_else(|e| e.into_inner()).entry(key).or_insert(m).clone()
             }
         };
         module.load_function(func).with_context(|| format!("loading kernel {func} of kernels/{}", src.file))

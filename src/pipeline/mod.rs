@@ -295,7 +295,7 @@ fn fallback_lines(traces: &[Trace], prep: &Prepared, rows: &[MetricRow], progres
             fb += r.score.fallbacks;
             fits += r.score.origins * experts;
         }
-        progress.line(format!("{spec}: {fb} of the {fits} series fits scored at horizon {h0} fell back to mean:w=100"));
+        progress.line(format!("{spec}: {fb} of the {fits} series forecasts scored at horizon {h0} fell back to mean:w=100"));
     }
 }
 
