@@ -136,11 +136,10 @@ pub fn statistics(
     let stats_device = if stats_gpu.is_some() { device.describe() } else { "cpu".to_string() };
     let n_layers: usize = traces.iter().map(|t| t.layers()).sum();
     let bar = progress.bar(n_layers as u64, "stats");
-    let mut layer_stats: Vec<Vec<LayerStats>> = Vec::with_capacity(traces.len());
     let expert_detail = plan.stats_detail == StatsDetail::Expert;
-    // Each trace's per-expert detail is written as it comes; its layer summaries after.
-    let mut summaries: Vec<(usize, Vec<LayerStats>)> = Vec::new();
-    for (ti, tr) in traces.iter().enumerate() {
+    // Each trace's per-expert detail is written as it comes, the layer summaries after.
+    let mut layer_stats: Vec<Vec<LayerStats>> = Vec::with_capacity(traces.len());
+    for tr in traces {
         let mut write_detail = |d: Vec<ExpertStats>| -> anyhow::Result<()> {
             for s in d.iter().filter(|s| windows.contains(&s.window)) {
                 sink.write(Table::WindowStats, &output::window_stats_batch(tr, s)?)?;
@@ -149,20 +148,17 @@ pub fn statistics(
         };
         let detail: Option<&mut dyn FnMut(Vec<ExpertStats>) -> anyhow::Result<()>> =
             if expert_detail { Some(&mut write_detail) } else { None };
-        let ls = match &stats_gpu {
+        layer_stats.push(match &stats_gpu {
             Some(g) => stats::cuda::layer_stats_cuda(g, tr, &all_windows, detail, || bar.inc(1))
                 .with_context(|| format!("window statistics of {} on {}", tr.name, device.describe()))?,
             None => stats::layer_stats_cpu(tr, &all_windows, detail, || bar.inc(1))?,
-        };
-        summaries.push((ti, ls));
+        });
     }
     bar.finish_and_clear();
-    for (ti, ls) in summaries {
-        let tr = &traces[ti];
+    for (tr, ls) in traces.iter().zip(&layer_stats) {
         for s in ls.iter().filter(|s| windows.contains(&s.window)) {
             sink.write(Table::LayerStats, &output::layer_stats_batch(tr, s)?)?;
         }
-        layer_stats.push(ls);
     }
     Ok((layer_stats, stats_device))
 }
