@@ -24,7 +24,7 @@ use crate::UsageError;
 use crate::gpu::DeviceRequest;
 use crate::output::hive::{HiveSink, UnitColumns};
 use crate::output::write_atomic;
-use crate::pipeline::{self, RunPlan, plan as defaults};
+use crate::pipeline::{self, RunPlan, Work, plan as defaults};
 use crate::trace::Input;
 
 /// The config file. Paths are relative to the config file's directory. Every key but
@@ -50,15 +50,16 @@ pub struct SweepConfig {
 
 impl Default for SweepConfig {
     fn default() -> Self {
+        let Work { windows, horizons, forecasters } = Work::default();
         SweepConfig {
             traces: Vec::new(),
             out: PathBuf::from("sweep-out"),
-            windows: defaults::WINDOWS.to_vec(),
-            horizons: defaults::HORIZONS.to_vec(),
+            windows,
+            horizons,
             origin_stride: vec![defaults::ORIGIN_STRIDE],
             state_window: vec![defaults::STATE_WINDOW],
             kappa: vec![defaults::KAPPA],
-            forecasters: defaults::FORECASTERS.map(String::from).to_vec(),
+            forecasters,
         }
     }
 }
@@ -78,9 +79,8 @@ pub struct Unit {
 pub struct Plan {
     pub units: Vec<Unit>,
     pub out: PathBuf,
-    pub windows: Vec<usize>,
-    pub horizons: Vec<usize>,
-    pub forecasters: Vec<String>,
+    /// Every unit's windows, horizons and canonical forecaster specs.
+    pub work: Work,
 }
 
 /// Splits `s` on commas outside square brackets.
@@ -181,7 +181,7 @@ pub fn plan(config: &Path) -> anyhow::Result<Plan> {
             }
         }
     }
-    Ok(Plan { units, out: lexical_clean(&base.join(&cfg.out)), windows: cfg.windows, horizons: cfg.horizons, forecasters })
+    Ok(Plan { units, out: lexical_clean(&base.join(&cfg.out)), work: Work { windows: cfg.windows, horizons: cfg.horizons, forecasters } })
 }
 
 /// `datasets/../sweep-out` as `sweep-out`, the way the path is shown and recorded:
@@ -259,9 +259,7 @@ pub fn parse_devices(s: &str, count: usize) -> Result<Vec<usize>, UsageError> {
 /// The plan of one unit: the grid's settings for its trace file, run defaults else.
 fn unit_plan(plan: &Plan, unit: &Unit, device: DeviceRequest, gpu: usize) -> RunPlan {
     let mut rp = RunPlan::new(vec![Input::File(unit.trace_file.clone())]);
-    rp.windows = plan.windows.clone();
-    rp.horizons = plan.horizons.clone();
-    rp.forecasters = plan.forecasters.clone();
+    rp.work = plan.work.clone();
     rp.origin_stride = unit.origin_stride;
     rp.state_window = unit.state_window;
     rp.kappa = unit.kappa;
@@ -386,8 +384,8 @@ pub fn write_manifest(plan: &Plan, config: &Path) -> anyhow::Result<()> {
         })
         .collect();
     let manifest = serde_json::json!({
-        "version": env!("CARGO_PKG_VERSION"), "config": config, "windows": plan.windows, "horizons": plan.horizons,
-        "forecasters": plan.forecasters, "units": units,
+        "version": env!("CARGO_PKG_VERSION"), "config": config, "windows": plan.work.windows, "horizons": plan.work.horizons,
+        "forecasters": plan.work.forecasters, "units": units,
     });
     write_atomic(&plan.out, "manifest.json", serde_json::to_string_pretty(&manifest)?.as_bytes())
 }

@@ -157,11 +157,11 @@ fn layer_summaries_and_detail_match_the_cpu_on_bundled_traces() {
         for (a, b) in want.iter().zip(&got) {
             assert_eq!((a.layer, a.window), (b.layer, b.window));
             for (x, y, what) in [
-                (&a.var_mean, &b.var_mean, "var_mean"),
-                (&a.var_max, &b.var_max, "var_max"),
-                (&a.range_mean, &b.range_mean, "range_mean"),
-                (&a.range_max, &b.range_max, "range_max"),
-                (&a.std_mean, &b.std_mean, "std_mean"),
+                (&a.summary.var_mean, &b.summary.var_mean, "var_mean"),
+                (&a.summary.var_max, &b.summary.var_max, "var_max"),
+                (&a.summary.range_mean, &b.summary.range_mean, "range_mean"),
+                (&a.summary.range_max, &b.summary.range_max, "range_max"),
+                (&a.summary.std_mean, &b.summary.std_mean, "std_mean"),
             ] {
                 assert_eq!(x.len(), y.len(), "{what}");
                 for i in 0..x.len() {

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::gpu::DeviceRequest;
-use crate::pipeline::RunPlan;
+use crate::pipeline::{RunPlan, Work};
 use crate::trace::{ColumnNames, Format, Input, ReadOptions};
 
 pub use run::run;
@@ -208,9 +208,7 @@ impl RunArgs {
                     trace: self.trace_col.clone(),
                 },
             },
-            windows: self.windows.clone(),
-            horizons: self.horizons.clone(),
-            forecasters: self.forecasters.clone(),
+            work: Work { windows: self.windows.clone(), horizons: self.horizons.clone(), forecasters: self.forecasters.clone() },
             added_forecasters: self.add_forecasters.clone(),
             origin_stride: self.origin_stride,
             origin_start: self.origin_start,

@@ -55,7 +55,7 @@ pub fn sweep(args: &SweepArgs) -> anyhow::Result<()> {
             mine.len(),
             plan.out.display()
         );
-        println!("each unit: windows {:?}, horizons {:?}, forecasters {}", plan.windows, plan.horizons, plan.forecasters.join(" "));
+        println!("each unit: windows {:?}, horizons {:?}, forecasters {}", plan.work.windows, plan.work.horizons, plan.work.forecasters.join(" "));
         for u in &mine {
             let size = std::fs::metadata(&u.trace_file).map(|m| m.len()).unwrap_or(0);
             let state = if sweep::is_done(&plan, u) { "done" } else { "to run" };

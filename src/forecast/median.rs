@@ -2,24 +2,14 @@
 //! future step (the mean of the two middle values when `W` is even). Robust to the
 //! single-step spikes a router's counts show, where `mean:w=W` follows them.
 
-use super::simple::stateless;
+use super::simple::{stateless, windowed};
 use super::{FitContext, Fitted, Forecaster, Known, LayerView, Param, canonical};
 use crate::stats::states::median_in_place;
 
-pub static MEDIAN: Known = Known {
-    name: "median",
-    doc: "median of p[o-w .. o-1] for every future step",
-    params: &[Param { key: "w", default: "100", doc: "window length (steps)" }],
-    build: |p| Ok(Box::new(WindowMedian { w: p.usize("w", 1)? })),
-};
-
-/// `median:w=W`.
-#[derive(Debug, Clone, Copy)]
-pub struct WindowMedian {
-    pub w: usize,
-}
-
-stateless!(WindowMedian, |f| f.w, |f| canonical("median", &[("w", f.w.to_string())]));
+windowed!(
+    /// `median:w=W`.
+    MEDIAN, WindowMedian, "median", "median of p[o-w .. o-1] for every future step"
+);
 
 impl Fitted for WindowMedian {
     fn predict(&self, h: &LayerView, origin: usize, out: &mut [f64]) -> usize {

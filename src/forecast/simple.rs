@@ -4,20 +4,6 @@ use super::{Emit, FitContext, Fitted, Forecaster, Known, LayerView, Param, canon
 
 pub static LAST: Known = Known { name: "last", doc: "p[o-1] for every future step", params: &[], build: |_| Ok(Box::new(Last)) };
 
-pub static MEAN: Known = Known {
-    name: "mean",
-    doc: "mean of p[o-w .. o-1] for every future step",
-    params: &[Param { key: "w", default: "100", doc: "window length (steps)" }],
-    build: |p| Ok(Box::new(WindowMean { w: p.usize("w", 1)? })),
-};
-
-pub static SW_AVG: Known = Known {
-    name: "sw-avg",
-    doc: "the paper's sliding-window average, fed its own predictions",
-    params: &[Param { key: "w", default: "100", doc: "window length (steps)" }],
-    build: |p| Ok(Box::new(SlidingWindowAverage { w: p.usize("w", 1)? })),
-};
-
 pub static EMA: Known = Known {
     name: "ema",
     doc: "exponential moving average e(o-1) for every future step",
@@ -46,6 +32,29 @@ macro_rules! stateless {
 }
 pub(super) use stateless;
 
+/// A stateless forecaster whose one parameter is its window length `w` (default 100)
+/// and which needs `w` steps of history: its [`Known`] entry `$known`, its struct
+/// `$t { w }` and its `impl Forecaster`. The caller writes `impl Fitted for $t`.
+macro_rules! windowed {
+    ($(#[$attr:meta])* $known:ident, $t:ident, $name:literal, $doc:literal) => {
+        pub static $known: Known = Known {
+            name: $name,
+            doc: $doc,
+            params: &[Param { key: "w", default: "100", doc: "window length (steps)" }],
+            build: |p| Ok(Box::new($t { w: p.usize("w", 1)? })),
+        };
+
+        $(#[$attr])*
+        #[derive(Debug, Clone, Copy)]
+        pub struct $t {
+            pub w: usize,
+        }
+
+        stateless!($t, |f| f.w, |f| canonical($name, &[("w", f.w.to_string())]));
+    };
+}
+pub(super) use windowed;
+
 /// `last`: `p[o-1]` for every future step.
 #[derive(Debug, Clone, Copy)]
 pub struct Last;
@@ -69,13 +78,10 @@ fn window_mean(h: &LayerView, origin: usize, w: usize, into: &mut [f64]) {
     into.iter_mut().for_each(|v| *v /= w as f64);
 }
 
-/// `mean:w=W`: the mean of `p[o-W .. o-1]` for every future step.
-#[derive(Debug, Clone, Copy)]
-pub struct WindowMean {
-    pub w: usize,
-}
-
-stateless!(WindowMean, |f| f.w, |f| canonical("mean", &[("w", f.w.to_string())]));
+windowed!(
+    /// `mean:w=W`: the mean of `p[o-W .. o-1]` for every future step.
+    MEAN, WindowMean, "mean", "mean of p[o-w .. o-1] for every future step"
+);
 
 impl Fitted for WindowMean {
     fn predict(&self, h: &LayerView, origin: usize, out: &mut [f64]) -> usize {
@@ -87,15 +93,12 @@ impl Fitted for WindowMean {
     }
 }
 
-/// `sw-avg:w=W`, the paper's sliding-window average: step `o+k` is the mean of the
-/// `W` most recent values, actual values before `o` and its own predictions from
-/// `o` on.
-#[derive(Debug, Clone, Copy)]
-pub struct SlidingWindowAverage {
-    pub w: usize,
-}
-
-stateless!(SlidingWindowAverage, |f| f.w, |f| canonical("sw-avg", &[("w", f.w.to_string())]));
+windowed!(
+    /// `sw-avg:w=W`, the paper's sliding-window average: step `o+k` is the mean of the
+    /// `W` most recent values, actual values before `o` and its own predictions from
+    /// `o` on.
+    SW_AVG, SlidingWindowAverage, "sw-avg", "the paper's sliding-window average, fed its own predictions"
+);
 
 impl Fitted for SlidingWindowAverage {
     fn predict(&self, h: &LayerView, origin: usize, out: &mut [f64]) -> usize {

@@ -28,40 +28,27 @@ pub struct StateRow {
     pub final_std: Option<f64>,
 }
 
+/// The rows of one (layer[, expert], window) of a trace's window statistics: the key
+/// columns `trace`, `layer`[, `expert`], `window`, `step` (index `i` is step index
+/// `window - 1 + i`), then one column per slice of `values`, in the table's order.
+fn window_batch(table: Table, tr: &Trace, layer: usize, expert: Option<usize>, window: usize, values: &[&[f64]]) -> anyhow::Result<RecordBatch> {
+    let n = values[0].len();
+    let mut columns = vec![strs(std::iter::repeat_n(&tr.name, n)), i32s(std::iter::repeat_n(tr.layer_ids[layer], n))];
+    columns.extend(expert.map(|e| i32s(std::iter::repeat_n(tr.expert_ids[e], n))));
+    columns.push(i32s(std::iter::repeat_n(window as i64, n)));
+    columns.push(i64s((0..n).map(|i| tr.step_at(window - 1 + i))));
+    columns.extend(values.iter().map(|v| f64s(v.iter().copied())));
+    batch(&table.schema(), columns)
+}
+
 /// The `layer_stats.parquet` rows of one (layer, window) of a trace.
 pub fn layer_stats_batch(tr: &Trace, s: &LayerStats) -> anyhow::Result<RecordBatch> {
-    let n = s.var_mean.len();
-    batch(
-        &Table::LayerStats.schema(),
-        vec![
-            strs(std::iter::repeat_n(&tr.name, n)),
-            i32s(std::iter::repeat_n(tr.layer_ids[s.layer], n)),
-            i32s(std::iter::repeat_n(s.window as i64, n)),
-            i64s((0..n).map(|i| tr.step_at(s.window - 1 + i))),
-            f64s(s.var_mean.iter().copied()),
-            f64s(s.var_max.iter().copied()),
-            f64s(s.range_mean.iter().copied()),
-            f64s(s.range_max.iter().copied()),
-        ],
-    )
+    window_batch(Table::LayerStats, tr, s.layer, None, s.window, &[&s.summary.var_mean, &s.summary.var_max, &s.summary.range_mean, &s.summary.range_max])
 }
 
 /// The `window_stats.parquet` rows of one (layer, expert, window) of a trace.
 pub fn window_stats_batch(tr: &Trace, s: &ExpertStats) -> anyhow::Result<RecordBatch> {
-    let n = s.mean.len();
-    batch(
-        &Table::WindowStats.schema(),
-        vec![
-            strs(std::iter::repeat_n(&tr.name, n)),
-            i32s(std::iter::repeat_n(tr.layer_ids[s.layer], n)),
-            i32s(std::iter::repeat_n(tr.expert_ids[s.expert], n)),
-            i32s(std::iter::repeat_n(s.window as i64, n)),
-            i64s((0..n).map(|i| tr.step_at(s.window - 1 + i))),
-            f64s(s.mean.iter().copied()),
-            f64s(s.var.iter().copied()),
-            f64s(s.range.iter().copied()),
-        ],
-    )
+    window_batch(Table::WindowStats, tr, s.layer, Some(s.expert), s.window, &[&s.mean, &s.var, &s.range])
 }
 
 /// `states.parquet`.

@@ -14,7 +14,7 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget};
 use rayon::prelude::*;
 
-pub use plan::{RunPlan, StatsDetail};
+pub use plan::{RunPlan, StatsDetail, Work};
 
 use crate::UsageError;
 use crate::eval::{self, Protocol, SavedForecasts, Score};
@@ -65,7 +65,7 @@ pub fn prepare(plan: &RunPlan) -> anyhow::Result<Prepared> {
     let specs: Vec<String> = forecasters.iter().map(|f| f.spec()).collect();
     for (i, s) in specs.iter().enumerate() {
         if specs[..i].contains(s) {
-            let how = if i >= plan.forecasters.len() { " (-a adds to the -f list, or to the defaults without -f)" } else { "" };
+            let how = if i >= plan.work.forecasters.len() { " (-a adds to the -f list, or to the defaults without -f)" } else { "" };
             return Err(UsageError(format!("forecaster {s} is given twice{how}")).into());
         }
     }
@@ -171,7 +171,7 @@ pub fn states(plan: &RunPlan, traces: &[Trace], layer_stats: &[Vec<LayerStats>],
     for (tr, ls) in traces.iter().zip(layer_stats) {
         let mut per_layer = vec![None; tr.layers()];
         for s in ls {
-            let st = rule::transition(&s.std_mean, s.window, plan.kappa);
+            let st = rule::transition(&s.summary.std_mean, s.window, plan.kappa);
             if s.window == plan.state_window {
                 per_layer[s.layer] = st.transition;
             }

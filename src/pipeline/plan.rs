@@ -29,17 +29,30 @@ pub enum StatsDetail {
     Expert,
 }
 
+/// What every trace of a run gets: statistics at `windows`, forecasts by
+/// `forecasters` scored at `horizons`. The units of a sweep share one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Work {
+    /// Window lengths of the statistics (any order, repeats allowed).
+    pub windows: Vec<usize>,
+    pub horizons: Vec<usize>,
+    /// Forecaster specs (`-f`, else the defaults).
+    pub forecasters: Vec<String>,
+}
+
+impl Default for Work {
+    fn default() -> Self {
+        Work { windows: WINDOWS.to_vec(), horizons: HORIZONS.to_vec(), forecasters: FORECASTERS.map(String::from).to_vec() }
+    }
+}
+
 /// Everything a run does, resolved.
 #[derive(Debug, Clone)]
 pub struct RunPlan {
     pub inputs: Vec<Input>,
     pub read: ReadOptions,
-    /// Window lengths of the statistics (any order, repeats allowed).
-    pub windows: Vec<usize>,
-    pub horizons: Vec<usize>,
-    /// Forecaster specs replacing the defaults (`-f`) ...
-    pub forecasters: Vec<String>,
-    /// ... and added to them (`-a`).
+    pub work: Work,
+    /// Forecaster specs added to `work.forecasters` (`-a`).
     pub added_forecasters: Vec<String>,
     pub origin_stride: usize,
     /// `None`: the longest history any forecaster needs.
@@ -63,9 +76,7 @@ impl RunPlan {
         RunPlan {
             inputs,
             read: ReadOptions::default(),
-            windows: WINDOWS.to_vec(),
-            horizons: HORIZONS.to_vec(),
-            forecasters: FORECASTERS.iter().map(|s| s.to_string()).collect(),
+            work: Work::default(),
             added_forecasters: Vec::new(),
             origin_stride: ORIGIN_STRIDE,
             origin_start: None,
@@ -82,36 +93,36 @@ impl RunPlan {
 
     /// Every forecaster spec of the run, as given: `-f`'s (or the defaults), then `-a`'s.
     pub fn all_forecasters(&self) -> impl Iterator<Item = &String> {
-        self.forecasters.iter().chain(&self.added_forecasters)
+        self.work.forecasters.iter().chain(&self.added_forecasters)
     }
 
     /// The statistics' windows, ascending and distinct.
     pub fn windows(&self) -> Vec<usize> {
-        sorted_unique(&self.windows)
+        sorted_unique(&self.work.windows)
     }
 
     /// The windows computed: the statistics' and the state window.
     pub fn all_windows(&self) -> Vec<usize> {
-        let mut w = self.windows.clone();
+        let mut w = self.work.windows.clone();
         w.push(self.state_window);
         sorted_unique(&w)
     }
 
     /// The protocol, with `start` for the run's first origin.
     pub fn protocol(&self, start: usize) -> Protocol {
-        Protocol { horizons: sorted_unique(&self.horizons), stride: self.origin_stride, start, renormalize: self.renormalize }
+        Protocol { horizons: sorted_unique(&self.work.horizons), stride: self.origin_stride, start, renormalize: self.renormalize }
     }
 
     /// Checks what the types cannot, naming the flag at fault.
     pub fn validate(&self) -> Result<(), UsageError> {
         let bad = |m: String| Err(UsageError(m));
-        if let Some(w) = self.windows.iter().find(|&&w| w == 0) {
+        if let Some(w) = self.work.windows.iter().find(|&&w| w == 0) {
             return bad(format!("--window {w}: a window must be at least 1 step"));
         }
-        if self.horizons.is_empty() {
+        if self.work.horizons.is_empty() {
             return bad("at least one --horizon is needed".into());
         }
-        if self.horizons.contains(&0) {
+        if self.work.horizons.contains(&0) {
             return bad("--horizon 0: a horizon must be at least 1 step".into());
         }
         if self.origin_stride == 0 {

@@ -15,7 +15,7 @@ use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
 use cudarc::driver::{CudaSlice, CudaStream, LaunchConfig, PinnedHostSlice, PushKernelArg};
 use rayon::prelude::*;
 
-use super::{ExpertStats, LayerStats, cpu};
+use super::{ExpertStats, LayerStats, Summaries, cpu};
 use crate::gpu::Gpu;
 use crate::trace::Trace;
 
@@ -217,26 +217,11 @@ pub fn launch_window_stats(
 }
 
 /// Device buffers of the five layer summaries, `[layer][n]` each.
-pub struct DeviceSummaries {
-    pub var_mean: CudaSlice<f32>,
-    pub var_max: CudaSlice<f32>,
-    pub range_mean: CudaSlice<f32>,
-    pub range_max: CudaSlice<f32>,
-    pub std_mean: CudaSlice<f32>,
-}
+pub type DeviceSummaries = Summaries<CudaSlice<f32>>;
 
 impl DeviceSummaries {
     pub fn alloc(stream: &Arc<CudaStream>, len: usize) -> anyhow::Result<Self> {
-        Ok(DeviceSummaries {
-            var_mean: stream.alloc_zeros(len)?,
-            var_max: stream.alloc_zeros(len)?,
-            range_mean: stream.alloc_zeros(len)?,
-            range_max: stream.alloc_zeros(len)?,
-            std_mean: stream.alloc_zeros(len)?,
-        })
-    }
-    fn all(&self) -> [&CudaSlice<f32>; 5] {
-        [&self.var_mean, &self.var_max, &self.range_mean, &self.range_max, &self.std_mean]
+        Ok(Summaries::try_from_fn(|_| stream.alloc_zeros(len))?)
     }
 }
 
@@ -446,7 +431,7 @@ pub fn layer_stats_cuda_grouped(
                     .map(|(wi, &w)| {
                         let n = ns[wi];
                         let part = |k: usize| -> Vec<f64> { host[wi][k][gi * n..(gi + 1) * n].iter().map(|&v| v as f64).collect() };
-                        LayerStats { layer: l, window: w, var_mean: part(0), var_max: part(1), range_mean: part(2), range_max: part(3), std_mean: part(4) }
+                        LayerStats { layer: l, window: w, summary: Summaries::from_fn(part) }
                     })
                     .collect()
             })

@@ -9,54 +9,73 @@ use rayon::prelude::*;
 
 use crate::trace::Trace;
 
+/// The five layer summaries of a (layer, window), each a `V` holding one value per
+/// step: host vectors ([`LayerStats`]) or device buffers ([`cuda::DeviceSummaries`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summaries<V> {
+    /// Mean over experts of the window variance.
+    pub var_mean: V,
+    /// Max over experts of the window variance.
+    pub var_max: V,
+    pub range_mean: V,
+    pub range_max: V,
+    /// Mean over experts of the window standard deviation: `s(t)` of the states rule.
+    pub std_mean: V,
+}
+
+impl<V> Summaries<V> {
+    /// Builds each summary from its index in [`all`](Self::all)'s order.
+    pub fn from_fn(mut f: impl FnMut(usize) -> V) -> Self {
+        Summaries { var_mean: f(0), var_max: f(1), range_mean: f(2), range_max: f(3), std_mean: f(4) }
+    }
+    /// [`from_fn`](Self::from_fn) for a builder that can fail.
+    pub fn try_from_fn<E>(mut f: impl FnMut(usize) -> Result<V, E>) -> Result<Self, E> {
+        Ok(Summaries { var_mean: f(0)?, var_max: f(1)?, range_mean: f(2)?, range_max: f(3)?, std_mean: f(4)? })
+    }
+    /// The five in declaration order.
+    pub fn all(&self) -> [&V; 5] {
+        [&self.var_mean, &self.var_max, &self.range_mean, &self.range_max, &self.std_mean]
+    }
+}
+
 /// Layer summaries for one (layer, window): index `i` is step index `t = window - 1 + i`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LayerStats {
     pub layer: usize,
     pub window: usize,
-    /// Mean over experts of the window variance.
-    pub var_mean: Vec<f64>,
-    /// Max over experts of the window variance.
-    pub var_max: Vec<f64>,
-    pub range_mean: Vec<f64>,
-    pub range_max: Vec<f64>,
-    /// Mean over experts of the window standard deviation: `s(t)` of the states rule.
-    pub std_mean: Vec<f64>,
+    pub summary: Summaries<Vec<f64>>,
 }
 
 impl LayerStats {
     fn zeros(layer: usize, window: usize, n: usize) -> LayerStats {
-        LayerStats {
-            layer,
-            window,
-            var_mean: vec![0.0; n],
-            var_max: vec![f64::NEG_INFINITY; n],
-            range_mean: vec![0.0; n],
-            range_max: vec![f64::NEG_INFINITY; n],
-            std_mean: vec![0.0; n],
-        }
+        let start = |k: usize| if k == 1 || k == 3 { f64::NEG_INFINITY } else { 0.0 };
+        let summary = Summaries::from_fn(|k| vec![start(k); n]);
+        LayerStats { layer, window, summary }
     }
     fn add(&mut self, var: &[f64], range: &[f64]) {
+        let s = &mut self.summary;
         for i in 0..var.len() {
-            self.var_mean[i] += var[i];
-            self.var_max[i] = self.var_max[i].max(var[i]);
-            self.range_mean[i] += range[i];
-            self.range_max[i] = self.range_max[i].max(range[i]);
-            self.std_mean[i] += var[i].sqrt();
+            s.var_mean[i] += var[i];
+            s.var_max[i] = s.var_max[i].max(var[i]);
+            s.range_mean[i] += range[i];
+            s.range_max[i] = s.range_max[i].max(range[i]);
+            s.std_mean[i] += var[i].sqrt();
         }
     }
     fn merge(&mut self, o: &LayerStats) {
-        for i in 0..self.var_mean.len() {
-            self.var_mean[i] += o.var_mean[i];
-            self.var_max[i] = self.var_max[i].max(o.var_max[i]);
-            self.range_mean[i] += o.range_mean[i];
-            self.range_max[i] = self.range_max[i].max(o.range_max[i]);
-            self.std_mean[i] += o.std_mean[i];
+        let (s, o) = (&mut self.summary, &o.summary);
+        for i in 0..s.var_mean.len() {
+            s.var_mean[i] += o.var_mean[i];
+            s.var_max[i] = s.var_max[i].max(o.var_max[i]);
+            s.range_mean[i] += o.range_mean[i];
+            s.range_max[i] = s.range_max[i].max(o.range_max[i]);
+            s.std_mean[i] += o.std_mean[i];
         }
     }
     fn finish(&mut self, experts: usize) {
         let k = 1.0 / experts as f64;
-        for v in [&mut self.var_mean, &mut self.range_mean, &mut self.std_mean] {
+        let s = &mut self.summary;
+        for v in [&mut s.var_mean, &mut s.range_mean, &mut s.std_mean] {
             v.iter_mut().for_each(|x| *x *= k);
         }
     }
@@ -156,9 +175,9 @@ mod tests {
             let many = with(threads);
             for (a, b) in one.iter().zip(&many) {
                 let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(&a.var_mean), bits(&b.var_mean), "{threads} threads");
-                assert_eq!(bits(&a.std_mean), bits(&b.std_mean), "{threads} threads");
-                assert_eq!(bits(&a.range_mean), bits(&b.range_mean), "{threads} threads");
+                assert_eq!(bits(&a.summary.var_mean), bits(&b.summary.var_mean), "{threads} threads");
+                assert_eq!(bits(&a.summary.std_mean), bits(&b.summary.std_mean), "{threads} threads");
+                assert_eq!(bits(&a.summary.range_mean), bits(&b.summary.range_mean), "{threads} threads");
             }
         }
     }
@@ -176,11 +195,11 @@ mod tests {
         let s = layer_stats_cpu(&t, &[2], Some(&mut cb), || {}).unwrap();
         assert_eq!(s.len(), 1);
         // windows {.5,.25}: var .015625, range .25 ; {.25,.75}: var .0625, range .5 (both experts alike)
-        assert_eq!(s[0].var_mean, vec![0.015625, 0.0625]);
-        assert_eq!(s[0].var_max, vec![0.015625, 0.0625]);
-        assert_eq!(s[0].range_mean, vec![0.25, 0.5]);
-        assert_eq!(s[0].range_max, vec![0.25, 0.5]);
-        assert_eq!(s[0].std_mean, vec![0.125, 0.25]);
+        assert_eq!(s[0].summary.var_mean, vec![0.015625, 0.0625]);
+        assert_eq!(s[0].summary.var_max, vec![0.015625, 0.0625]);
+        assert_eq!(s[0].summary.range_mean, vec![0.25, 0.5]);
+        assert_eq!(s[0].summary.range_max, vec![0.25, 0.5]);
+        assert_eq!(s[0].summary.std_mean, vec![0.125, 0.25]);
         assert_eq!(seen.len(), 2);
         assert_eq!(seen[0].expert, 0);
         assert_eq!(seen[0].mean, vec![0.375, 0.5]);
