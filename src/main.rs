@@ -4,6 +4,13 @@ use clap::Parser;
 use expertcast::cli::{Cli, Command};
 
 fn main() -> ExitCode {
+    // Die quietly on a closed pipe (`expertcast sweep --dry-run | head`), as other
+    // command-line tools do, instead of panicking in println!.
+    // SAFETY: called before any thread starts; SIG_DFL is a valid disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    expertcast::trace::quiet_decoder_panics();
     let argv: Vec<String> = std::env::args().collect();
     let cli = Cli::parse();
     let result = match &cli.command {

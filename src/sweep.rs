@@ -13,6 +13,7 @@
 //! [`shard`] (`--shard I/N`, Slurm's array variables, or Kubernetes' completion
 //! index) picks every N-th unit of the sorted plan.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -134,8 +135,9 @@ pub fn plan(config: &Path) -> anyhow::Result<Plan> {
     let base = config.parent().unwrap_or(Path::new("."));
     let mut files = Vec::new();
     for pat in &cfg.traces {
-        let full = base.join(pat);
-        let mut matched: Vec<PathBuf> = glob::glob(&full.to_string_lossy())
+        // The config's folder is taken literally (a `[` in it is no pattern).
+        let full = if Path::new(pat).is_absolute() { pat.clone() } else { format!("{}/{pat}", glob::Pattern::escape(&base.to_string_lossy())) };
+        let mut matched: Vec<PathBuf> = glob::glob(&full)
             .map_err(|e| usage(config, format!("traces: bad pattern {pat:?}: {e}")))?
             .filter_map(|p| p.ok())
             .collect();
@@ -145,10 +147,33 @@ pub fn plan(config: &Path) -> anyhow::Result<Plan> {
         matched.sort();
         files.extend(matched);
     }
+    files.sort();
     files.dedup();
     if files.is_empty() {
         return Err(usage(config, "traces: no trace file given"));
     }
+    // A trace is named by its file's stem (unless a Parquet file has a trace column),
+    // and the dataset is partitioned by that name: two files of one stem would merge.
+    let mut by_stem: BTreeMap<String, &PathBuf> = BTreeMap::new();
+    for f in &files {
+        let stem = f.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+        let folder = format!("trace={}", crate::output::hive::hive_value(&stem));
+        if folder.len() > 255 {
+            return Err(usage(config, format!("traces: {}: the trace name makes a folder name of {} bytes (at most 255); shorten the file name", f.display(), folder.len())));
+        }
+        if let Some(other) = by_stem.insert(stem.clone(), f) {
+            return Err(usage(
+                config,
+                format!("traces: {} and {} would both be trace {stem:?}; trace names must be unique across files (rename one)", other.display(), f.display()),
+            ));
+        }
+    }
+    // Units are identified by content: the same file name and size is not the same trace.
+    let hashes: Vec<String> = files
+        .iter()
+        .map(|f| Input::File(f.clone()).size_and_sha256().map(|(_, h)| h))
+        .collect::<Result<_, _>>()
+        .map_err(|e| usage(config, format!("traces: {e}")))?;
     let check = |ok: bool, what: &str| if ok { Ok(()) } else { Err(usage(config, what.to_string())) };
     check(!cfg.windows.is_empty() && !cfg.windows.contains(&0), "windows: at least one, each at least 1")?;
     check(!cfg.horizons.is_empty() && !cfg.horizons.contains(&0), "horizons: at least one, each at least 1")?;
@@ -159,18 +184,22 @@ pub fn plan(config: &Path) -> anyhow::Result<Plan> {
     for (i, f) in cfg.forecasters.iter().enumerate() {
         for spec in expand_spec(f).map_err(|e| usage(config, format!("forecasters[{i}] {f:?}: {e}")))? {
             let parsed = crate::forecast::parse_spec(&spec).map_err(|e| usage(config, format!("forecasters[{i}]: {e}")))?;
-            forecasters.push(parsed.spec());
+            let spec = parsed.spec();
+            if forecasters.contains(&spec) {
+                return Err(usage(config, format!("forecasters[{i}]: {spec} is listed twice")));
+            }
+            forecasters.push(spec);
         }
     }
     check(!forecasters.is_empty(), "forecasters: at least one")?;
     let mut units = Vec::new();
-    for f in &files {
+    for (f, sha256) in files.iter().zip(&hashes) {
         for &stride in &cfg.origin_stride {
             for &sw in &cfg.state_window {
                 for &kappa in &cfg.kappa {
                     let mut h = Sha256::new();
                     let key = serde_json::json!({
-                        "trace": f.file_name().map(|n| n.to_string_lossy().to_string()), "bytes": std::fs::metadata(f).map(|m| m.len()).ok(),
+                        "trace": f.file_name().map(|n| n.to_string_lossy().to_string()), "sha256": sha256,
                         "stride": stride, "state_window": sw, "kappa": kappa,
                         "windows": cfg.windows, "horizons": cfg.horizons, "forecasters": forecasters,
                     });
@@ -214,7 +243,12 @@ pub fn shard(flag: Option<&str>, env: &dyn Fn(&str) -> Option<String>) -> anyhow
         (parse(i, "--shard")?, parse(n, "--shard")?)
     } else if let (Some(id), Some(count)) = (env("SLURM_ARRAY_TASK_ID"), env("SLURM_ARRAY_TASK_COUNT")) {
         let min = env("SLURM_ARRAY_TASK_MIN").map(|m| parse(&m, "SLURM_ARRAY_TASK_MIN")).transpose()?.unwrap_or(0);
-        (parse(&id, "SLURM_ARRAY_TASK_ID")?.saturating_sub(min), parse(&count, "SLURM_ARRAY_TASK_COUNT")?)
+        let step = env("SLURM_ARRAY_TASK_STEP").map(|m| parse(&m, "SLURM_ARRAY_TASK_STEP")).transpose()?.unwrap_or(1).max(1);
+        let id = parse(&id, "SLURM_ARRAY_TASK_ID")?;
+        let off = id.checked_sub(min).filter(|o| o % step == 0).ok_or_else(|| {
+            UsageError(format!("SLURM_ARRAY_TASK_ID {id} is not MIN {min} plus a multiple of STEP {step}: use a range array (--array=0-N or 0-N:S), or --shard I/N"))
+        })?;
+        (off / step, parse(&count, "SLURM_ARRAY_TASK_COUNT")?)
     } else if let Some(idx) = env("JOB_COMPLETION_INDEX") {
         let count = env("EXPERTCAST_SHARD_COUNT")
             .ok_or_else(|| UsageError("JOB_COMPLETION_INDEX is set but EXPERTCAST_SHARD_COUNT is not: set it to the Job's completions".into()))?;
@@ -223,7 +257,10 @@ pub fn shard(flag: Option<&str>, env: &dyn Fn(&str) -> Option<String>) -> anyhow
         (0, 1)
     };
     if n == 0 || i >= n {
-        return Err(UsageError(format!("shard {i}/{n}: the index must be below the count, which must be at least 1")).into());
+        return Err(UsageError(format!(
+            "shard {i}/{n}: the index must be below the count, which must be at least 1 (a Slurm array must be a range: --array=0-N or 0-N:S)"
+        ))
+        .into());
     }
     Ok((i, n))
 }
@@ -278,9 +315,7 @@ fn run_unit(plan: &Plan, unit: &Unit, device: DeviceRequest, gpu: usize) -> anyh
 }
 
 fn write_marker(plan: &Plan, unit: &Unit, value: serde_json::Value) -> anyhow::Result<()> {
-    let dir = plan.out.join("units");
-    std::fs::create_dir_all(&dir)?;
-    write_atomic(&dir, &format!("{}.json", unit.id), serde_json::to_string_pretty(&value)?.as_bytes())
+    write_atomic(&plan.out.join("units"), &format!("{}.json", unit.id), serde_json::to_string_pretty(&value)?.as_bytes())
 }
 
 /// How one unit of a shard ended.
@@ -288,6 +323,8 @@ fn write_marker(plan: &Plan, unit: &Unit, value: serde_json::Value) -> anyhow::R
 pub enum Outcome {
     /// Its marker said "done" already.
     Skipped,
+    /// Another process was running it.
+    Elsewhere,
     Done,
     Failed(String),
 }
@@ -297,6 +334,8 @@ pub enum Outcome {
 pub struct Counts {
     pub done: usize,
     pub skipped: usize,
+    /// Running in another process (a concurrent shard).
+    pub elsewhere: usize,
     pub failed: usize,
 }
 
@@ -324,7 +363,7 @@ pub fn run_units(
     jobs: usize,
     on_unit: &(dyn Fn(&Unit, &Outcome) + Sync),
 ) -> anyhow::Result<Counts> {
-    std::fs::create_dir_all(&plan.out).with_context(|| format!("creating {}", plan.out.display()))?;
+    crate::output::create_out_dir(&plan.out.join("units"))?;
     let next = std::sync::atomic::AtomicUsize::new(0);
     let counts = std::sync::Mutex::new(Counts::default());
     let marker_error: std::sync::Mutex<Option<anyhow::Error>> = std::sync::Mutex::new(None);
@@ -336,6 +375,20 @@ pub fn run_units(
                 loop {
                     let k = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     let Some(u) = units.get(k) else { break };
+                    // Claimed with a lock, so no two processes run a unit at once.
+                    let lock = plan.out.join("units").join(format!(".{}.lock", u.id));
+                    let claim = match crate::output::FileLock::acquire(&lock, false) {
+                        Ok(Some(c)) => c,
+                        Ok(None) => {
+                            counts.lock().unwrap().elsewhere += 1;
+                            on_unit(u, &Outcome::Elsewhere);
+                            continue;
+                        }
+                        Err(e) => {
+                            marker_error.lock().unwrap().get_or_insert(e);
+                            break;
+                        }
+                    };
                     if is_done(plan, u) {
                         counts.lock().unwrap().skipped += 1;
                         on_unit(u, &Outcome::Skipped);
@@ -357,6 +410,7 @@ pub fn run_units(
                     if let Err(e) = write_marker(plan, u, marker) {
                         marker_error.lock().unwrap().get_or_insert(e);
                     }
+                    drop(claim);
                     on_unit(u, &outcome);
                 }
             });
@@ -371,6 +425,9 @@ pub fn run_units(
 /// `OUT/manifest.json`: every unit of the sweep (all shards) with its status now, and
 /// the shared settings.
 pub fn write_manifest(plan: &Plan, config: &Path) -> anyhow::Result<()> {
+    // One writer at a time, each reading every marker after the last one wrote: the
+    // manifest written last is the newest state, whatever the order shards end in.
+    let lock = crate::output::lock_dir_wait(&plan.out)?;
     let units: Vec<serde_json::Value> = plan
         .units
         .iter()
@@ -387,7 +444,44 @@ pub fn write_manifest(plan: &Plan, config: &Path) -> anyhow::Result<()> {
         "version": env!("CARGO_PKG_VERSION"), "config": config, "windows": plan.work.windows, "horizons": plan.work.horizons,
         "forecasters": plan.work.forecasters, "units": units,
     });
-    write_atomic(&plan.out, "manifest.json", serde_json::to_string_pretty(&manifest)?.as_bytes())
+    write_atomic(&plan.out, "manifest.json", serde_json::to_string_pretty(&manifest)?.as_bytes())?;
+    drop(lock);
+    Ok(())
+}
+
+/// Removes the parts and markers of units that are not in `plan` (left by an earlier
+/// version of the config), so the dataset holds this config's results only. Returns
+/// how many units' files went.
+pub fn remove_stale(plan: &Plan) -> anyhow::Result<usize> {
+    let ids: std::collections::BTreeSet<&str> = plan.units.iter().map(|u| u.id.as_str()).collect();
+    let mut gone = std::collections::BTreeSet::new();
+    let mut remove = |path: PathBuf, id: &str| -> anyhow::Result<()> {
+        if !ids.contains(id) {
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+            gone.insert(id.to_string());
+        }
+        Ok(())
+    };
+    let entries = |dir: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(dir).map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect()).unwrap_or_default()
+    };
+    for table in crate::output::hive::TABLES {
+        for part_dir in entries(&plan.out.join(table.name())) {
+            for f in entries(&part_dir) {
+                let name = f.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+                if let Some(id) = name.strip_prefix("part-").and_then(|n| n.strip_suffix(".parquet")) {
+                    remove(f.clone(), id)?;
+                }
+            }
+        }
+    }
+    for f in entries(&plan.out.join("units")) {
+        let name = f.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        if let Some(id) = name.strip_suffix(".json") {
+            remove(f.clone(), id)?;
+        }
+    }
+    Ok(gone.len())
 }
 
 #[cfg(test)]
@@ -430,6 +524,32 @@ mod tests {
         assert!(shard(None, &k8s_no_count).is_err());
         // the flag wins over the environment
         assert_eq!(shard(Some("0/2"), &slurm).unwrap(), (0, 2));
+        // --array=0-6:2 runs tasks 0, 2, 4, 6 (count 4): shards 0, 1, 2, 3
+        for (id, want) in [("0", 0), ("2", 1), ("4", 2), ("6", 3)] {
+            let stepped = |k: &str| match k {
+                "SLURM_ARRAY_TASK_ID" => Some(id.to_string()),
+                "SLURM_ARRAY_TASK_COUNT" => Some("4".to_string()),
+                "SLURM_ARRAY_TASK_MIN" => Some("0".to_string()),
+                "SLURM_ARRAY_TASK_STEP" => Some("2".to_string()),
+                _ => None,
+            };
+            assert_eq!(shard(None, &stepped).unwrap(), (want, 4), "task {id}");
+        }
+        // a task off the step, or past the count (an array given as a list), is refused
+        let off = |k: &str| match k {
+            "SLURM_ARRAY_TASK_ID" => Some("3".to_string()),
+            "SLURM_ARRAY_TASK_COUNT" => Some("4".to_string()),
+            "SLURM_ARRAY_TASK_STEP" => Some("2".to_string()),
+            _ => None,
+        };
+        assert!(shard(None, &off).is_err());
+        let list = |k: &str| match k {
+            "SLURM_ARRAY_TASK_ID" => Some("8".to_string()),
+            "SLURM_ARRAY_TASK_COUNT" => Some("3".to_string()),
+            "SLURM_ARRAY_TASK_MIN" => Some("1".to_string()),
+            _ => None,
+        };
+        assert!(shard(None, &list).unwrap_err().to_string().contains("must be a range"));
     }
 
     #[test]

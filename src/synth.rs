@@ -75,6 +75,14 @@ impl SynthConfig {
         if self.steps == 0 || self.layers == 0 || self.experts == 0 {
             return bad("--steps, --layers and --experts must be at least 1".into());
         }
+        // The loads are generated in memory, and ids are int32 columns.
+        let cells = self.steps.checked_mul(self.layers).and_then(|c| c.checked_mul(self.experts));
+        if cells.is_none_or(|c| c > 1 << 31) {
+            return bad(format!(
+                "--steps {} × --layers {} × --experts {}: at most 2^31 loads (they are generated in memory)",
+                self.steps, self.layers, self.experts
+            ));
+        }
         if self.tokens_per_step == 0 || self.top_k == 0 || self.top_k > self.experts as u64 {
             return bad(format!("--top-k must be between 1 and --experts ({}), --tokens-per-step at least 1", self.experts));
         }

@@ -186,29 +186,136 @@ fn bad_npy() {
     assert_rejected(&p, &[], &["3 dimensions"]);
 }
 
-#[test]
-fn usage_errors_exit_2() {
-    let d = tempfile::tempdir().unwrap();
-    let good = d.path().join("good.parquet");
+/// Runs a good trace in `dir` with each case's flags: exit 2, the message holds the
+/// case's text, no output directory. Returns the trace's path.
+fn assert_usage_errors(dir: &Path, cases: &[(&[&str], &str)]) -> std::path::PathBuf {
+    let good = dir.join("good.parquet");
     write_parquet(&good, &ok_grid());
-    let g = good.to_str().unwrap();
-    for (args, want) in [
-        (vec!["-f", "nope"], "unknown forecaster \"nope\""),
-        (vec!["--window", "0"], "--window 0"),
-        (vec!["--origin-stride", "0"], "--origin-stride 0"),
-        (vec!["--kappa", "-1"], "--kappa"),
-        (vec!["-f", "last", "-f", "last"], "given twice"),
-        (vec!["--bogus-flag"], "--bogus-flag"),
-    ] {
-        let out = d.path().join("out");
-        let mut a = vec!["run", g, "--out", out.to_str().unwrap()];
+    for (args, want) in cases {
+        let out = dir.join("out");
+        let mut a = vec!["run", good.to_str().unwrap(), "--out", out.to_str().unwrap()];
         a.extend(args.iter());
         let o = expertcast(&a);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
         assert!(stderr(&o).contains(want), "{args:?}: {}", stderr(&o));
         assert!(!out.exists(), "{args:?}");
     }
+    good
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let d = tempfile::tempdir().unwrap();
+    let g = assert_usage_errors(
+        d.path(),
+        &[
+            (&["-f", "nope"], "unknown forecaster \"nope\""),
+            (&["--window", "0"], "--window 0"),
+            (&["--origin-stride", "0"], "--origin-stride 0"),
+            (&["--kappa", "-1"], "--kappa"),
+            (&["-f", "last", "-f", "last"], "given twice"),
+            (&["--bogus-flag"], "--bogus-flag"),
+        ],
+    );
+    let g = g.to_str().unwrap();
     // A spec error lists the known forecasters and their parameters.
     let o = expertcast(&["run", g, "-f", "mean:q=3"]);
     assert!(stderr(&o).contains("known forecasters:") && stderr(&o).contains("ema [alpha=0.3"), "{}", stderr(&o));
+}
+
+#[test]
+fn npy_headers_that_claim_more_than_the_file_holds() {
+    let d = tempfile::tempdir().unwrap();
+    let data: Vec<u8> = [1.0f64, 2.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+    // (2^63 + 1) × 1 × 2 overflows 64 bits; (10^6, 10^3, 10^3) claims 8 TB.
+    for (name, shape) in [("overflow.npy", [(1usize << 63) + 1, 1, 2]), ("huge.npy", [1_000_000, 1_000, 1_000])] {
+        let p = d.path().join(name);
+        write_npy(&p, "<f8", &shape, &data);
+        assert_rejected(&p, &[], &["the header claims shape", "but the file holds"]);
+    }
+}
+
+#[test]
+fn loads_whose_total_overflows() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("big.parquet");
+    // Each load is finite, their sum at step 2 of layer 1 is not.
+    write_parquet(&p, &with(ok_grid(), |r| r.iter_mut().filter(|r| r.0 == 2 && r.1 == 1).for_each(|r| r.3 = 1e308)));
+    assert_rejected(&p, &[], &["layer 1", "step 2", "largest float64"]);
+}
+
+#[test]
+fn ids_beyond_int32() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("ids.csv");
+    // Layers 0 and 2^32 would be one layer once narrowed to int32.
+    let mut s = String::from("step,layer,expert,tokens\n");
+    for t in 0..3 {
+        for l in [0i64, 1 << 32] {
+            for e in 0..2 {
+                s.push_str(&format!("{t},{l},{e},{}\n", 1 + e));
+            }
+        }
+    }
+    std::fs::write(&p, s).unwrap();
+    assert_rejected(&p, &[], &["layer id 4294967296", "int32"]);
+}
+
+#[test]
+fn flag_extremes_exit_2_before_writing() {
+    let d = tempfile::tempdir().unwrap();
+    assert_usage_errors(
+        d.path(),
+        &[
+            (&["--horizon", "4294967297"], "--horizon 4294967297: at most 2147483647"),
+            (&["--horizon", "18446744073709551615"], "--horizon 18446744073709551615"),
+            (&["--window", "1000000000000"], "--window 1000000000000"),
+            (&["--threads", "100000"], "--threads 100000: at most"),
+            (&["-f", "mean:w=4", "--origin-start", "2"], "needs 4 steps of history"),
+        ],
+    );
+    let o = expertcast(&["synth", "--out", d.path().join("s.parquet").to_str().unwrap(), "--steps", "100000000", "--layers", "1000"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("at most 2^31 loads"), "{}", stderr(&o));
+}
+
+#[test]
+fn output_directories_that_cannot_be() {
+    let d = tempfile::tempdir().unwrap();
+    let good = d.path().join("good.parquet");
+    write_parquet(&good, &ok_grid());
+    let file = d.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    for (out, want) in [(file.clone(), "is a file, not a directory"), (file.join("below"), "a-file is a file, not a directory")] {
+        let o = expertcast(&["run", good.to_str().unwrap(), "--out", out.to_str().unwrap(), "--quiet"]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains(want), "{}", stderr(&o));
+    }
+    assert_eq!(std::fs::read(&file).unwrap(), b"x");
+}
+
+#[test]
+fn many_tiny_sparse_traces_cannot_add_up() {
+    // 3,000 traces of 2 rows each, experts 0 and 1000: each alone is small enough
+    // (1,001 dense cells), together they claim 3 M cells from 6,000 rows: refused
+    // before anything is allocated.
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("sparse.parquet");
+    let n = 3000;
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("trace", DataType::Utf8, false),
+        Field::new("step", DataType::Int64, false),
+        Field::new("layer", DataType::Int64, false),
+        Field::new("expert", DataType::Int64, false),
+        Field::new("tokens", DataType::Int64, false),
+    ]));
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values((0..2 * n).map(|i| format!("t{}", i / 2)))),
+        Arc::new(Int64Array::from(vec![0; 2 * n])),
+        Arc::new(Int64Array::from(vec![0; 2 * n])),
+        Arc::new(Int64Array::from_iter_values((0..2 * n).map(|i| if i % 2 == 0 { 0 } else { 1000 }))),
+        Arc::new(Int64Array::from(vec![1; 2 * n])),
+    ];
+    write_parquet_batch(&p, &RecordBatch::try_new(schema, cols).unwrap());
+    assert_rejected(&p, &[], &["experts from 0 to 1000", "steps or experts are missing"]);
 }

@@ -66,6 +66,26 @@ pub struct SynthArgs {
     pub config: crate::synth::SynthConfig,
 }
 
+/// `--threads N`: at least 1 and at most 8 per core this process may use (more
+/// only make the machine thrash).
+pub fn check_threads(threads: Option<usize>) -> Result<(), UsageError> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    match threads {
+        Some(0) => Err(UsageError("--threads 0: at least one thread is needed".into())),
+        Some(n) if n > 8 * cores => Err(UsageError(format!("--threads {n}: at most {} (8 per core; {cores} available)", 8 * cores))),
+        _ => Ok(()),
+    }
+}
+
+/// Sizes the global thread pool when `--threads` is given.
+pub fn start_threads(threads: Option<usize>) -> anyhow::Result<()> {
+    check_threads(threads)?;
+    if let Some(n) = threads {
+        rayon::ThreadPoolBuilder::new().num_threads(n).build_global().map_err(|e| anyhow::anyhow!("starting the thread pool: {e}"))?;
+    }
+    Ok(())
+}
+
 /// `expertcast synth`.
 pub fn synth(args: &SynthArgs) -> anyhow::Result<()> {
     args.config.validate()?;
@@ -192,9 +212,7 @@ impl RunArgs {
     /// The run's resolved plan (checked by the pipeline); `argv` is recorded in the
     /// manifest.
     pub fn plan(&self, argv: &[String]) -> Result<RunPlan, UsageError> {
-        if self.threads == Some(0) {
-            return Err(UsageError("--threads 0: at least one thread is needed".into()));
-        }
+        check_threads(self.threads)?;
         let inputs = if self.traces.is_empty() { Input::bundled() } else { self.traces.iter().cloned().map(Input::File).collect() };
         Ok(RunPlan {
             inputs,

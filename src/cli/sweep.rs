@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 
 use crate::gpu::DeviceRequest;
 use crate::sweep::{self, Outcome, Unit};
@@ -71,14 +71,16 @@ pub fn sweep(args: &SweepArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    if let Some(n) = args.threads {
-        rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("starting the thread pool")?;
-    }
+    super::start_threads(args.threads)?;
     let progress = super::progress::Progress::new(args.quiet);
     let gpus = sweep::gpus(args.device, &args.devices)?;
     let jobs = args.jobs.unwrap_or(if gpus.is_empty() { 1 } else { 2 * gpus.len() }).max(1);
     if !gpus.is_empty() {
         progress.line(format!("sweep: {jobs} unit(s) at a time over GPU(s) {gpus:?}"));
+    }
+    let stale = sweep::remove_stale(&plan)?;
+    if stale > 0 {
+        progress.line(format!("sweep: removed the results of {stale} unit(s) no longer in {}", args.config.display()));
     }
     let bar = progress.bar(mine.len() as u64, "sweep");
     bar.set_message("units");
@@ -92,8 +94,9 @@ pub fn sweep(args: &SweepArgs) -> anyhow::Result<()> {
     let counts = sweep::run_units(&plan, &mine, args.device, &gpus, jobs, &on_unit)?;
     bar.finish_and_clear();
     sweep::write_manifest(&plan, &args.config)?;
+    let elsewhere = if counts.elsewhere > 0 { format!(", {} running in another process", counts.elsewhere) } else { String::new() };
     progress.line(format!(
-        "sweep: shard {si}/{sn}: {} unit(s) run, {} already done, {} failed ({:.1} s); results in {}",
+        "sweep: shard {si}/{sn}: {} unit(s) run, {} already done{elsewhere}, {} failed ({:.1} s); results in {}",
         counts.done,
         counts.skipped,
         counts.failed,

@@ -57,14 +57,18 @@ impl HiveSink {
             by_trace.entry(names.value(r).to_string()).or_default().push(r as u32);
         }
         let mut fields: Vec<Field> = schema.fields().iter().filter(|f| f.name() != "trace").map(|f| f.as_ref().clone()).collect();
-        fields.extend([
-            Field::new("unit", DataType::Utf8, false),
-            Field::new("origin_stride", DataType::Int64, false),
-            Field::new("state_window", DataType::Int64, false),
-            Field::new("kappa", DataType::Float64, false),
-        ]);
-        let out_schema = Arc::new(Schema::new(fields));
+        // The unit's settings as columns, but for one the table has already
+        // (states.parquet's kappa, which is the unit's).
         let u = &self.unit;
+        let unit_cols: Vec<(Field, Box<dyn Fn(usize) -> ArrayRef>)> = vec![
+            (Field::new("unit", DataType::Utf8, false), Box::new(|n| Arc::new(StringArray::from(vec![u.id.as_str(); n])))),
+            (Field::new("origin_stride", DataType::Int64, false), Box::new(|n| Arc::new(Int64Array::from(vec![u.origin_stride as i64; n])))),
+            (Field::new("state_window", DataType::Int64, false), Box::new(|n| Arc::new(Int64Array::from(vec![u.state_window as i64; n])))),
+            (Field::new("kappa", DataType::Float64, false), Box::new(|n| Arc::new(Float64Array::from(vec![u.kappa; n])))),
+        ];
+        let unit_cols: Vec<_> = unit_cols.into_iter().filter(|(f, _)| schema.index_of(f.name()).is_err()).collect();
+        fields.extend(unit_cols.iter().map(|(f, _)| f.clone()));
+        let out_schema = Arc::new(Schema::new(fields));
         for (name, rows) in by_trace {
             let idx = UInt32Array::from(rows);
             let n = idx.len();
@@ -74,10 +78,7 @@ impl HiveSink {
                     cols.push(arrow::compute::take(all.column(c), &idx, None)?);
                 }
             }
-            cols.push(Arc::new(StringArray::from(vec![u.id.as_str(); n])));
-            cols.push(Arc::new(Int64Array::from(vec![u.origin_stride as i64; n])));
-            cols.push(Arc::new(Int64Array::from(vec![u.state_window as i64; n])));
-            cols.push(Arc::new(Float64Array::from(vec![u.kappa; n])));
+            cols.extend(unit_cols.iter().map(|(_, col)| col(n)));
             let dir = self.out.join(table.name()).join(format!("trace={}", hive_value(&name)));
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             let mut w = AtomicParquet::create(&dir, &format!("part-{}.parquet", u.id), out_schema.clone())?;

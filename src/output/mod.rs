@@ -2,8 +2,11 @@
 //! docs/reference.md ("Output directory"), and the [`Sink`]s a run writes them to:
 //! a run's directory ([`RunDir`]) or a sweep's hive dataset ([`hive::HiveSink`]).
 //!
-//! Each file is written to a hidden temporary name and renamed when complete, so a
-//! reader never sees half a file.
+//! Each file is written to a hidden temporary file of its own (a random name created
+//! with `O_EXCL`, so never through an existing file or link) and renamed when
+//! complete, so a reader never sees half a file. A run's directory is locked while a
+//! process writes it, and its old `manifest.json` goes before anything else changes:
+//! a directory with a manifest holds one complete run.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -48,6 +51,8 @@ pub enum Table {
 }
 
 impl Table {
+    pub const ALL: [Table; 5] = [Table::LayerStats, Table::WindowStats, Table::States, Table::Metrics, Table::Forecasts];
+
     /// The file's name in a run's directory.
     pub fn file_name(self) -> &'static str {
         match self {
@@ -82,23 +87,56 @@ pub trait Sink {
 }
 
 /// A run's output directory: one Parquet file per table, `manifest.json` last. The
-/// directory and its temporary files are created when the first table arrives (the
-/// pipeline has read and checked every input by then, so bad input leaves nothing).
+/// directory, its lock and its temporary files are created when the first table
+/// arrives (the pipeline has read and checked every input by then, so bad input
+/// leaves nothing); at that moment the old manifest is removed, so a run killed
+/// midway leaves a directory without one. Tables of an earlier run that this run
+/// does not write are removed before the new manifest appears.
 pub struct RunDir {
     dir: PathBuf,
     tables: Vec<Table>,
     files: Option<Vec<(Table, AtomicParquet)>>,
+    lock: Option<FileLock>,
 }
+
+/// The file that locks a run's directory while a process writes it.
+pub const LOCK_FILE: &str = ".expertcast.lock";
+/// The file whose presence marks a complete run.
+pub const MANIFEST: &str = "manifest.json";
 
 impl RunDir {
     /// A sink for `tables` in `dir`; nothing is created yet.
     pub fn new(dir: &Path, tables: &[Table]) -> RunDir {
-        RunDir { dir: dir.to_path_buf(), tables: tables.to_vec(), files: None }
+        RunDir { dir: dir.to_path_buf(), tables: tables.to_vec(), files: None, lock: None }
+    }
+
+    /// Refuses, before anything is read or written, a directory that cannot be one
+    /// (`--out` is a file or under one) and inputs that writing the run would
+    /// replace (an input at `OUT/metrics.parquet`).
+    pub fn check(&self, inputs: &[PathBuf]) -> Result<(), crate::UsageError> {
+        check_out_dir(&self.dir)?;
+        let Ok(dir) = self.dir.canonicalize() else { return Ok(()) };
+        let names: Vec<&str> = Table::ALL.iter().map(|t| t.file_name()).chain([MANIFEST, LOCK_FILE]).collect();
+        for input in inputs {
+            let (Some(parent), Some(name)) = (input.parent(), input.file_name()) else { continue };
+            let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
+            let same_dir = parent.canonicalize().is_ok_and(|p| p == dir);
+            if same_dir && names.iter().any(|n| name == *n) {
+                return Err(crate::UsageError(format!(
+                    "{}: this input is in --out {} under a name the run writes; it would be replaced. Move it or choose another --out",
+                    input.display(),
+                    self.dir.display()
+                )));
+            }
+        }
+        Ok(())
     }
 
     fn files(&mut self) -> anyhow::Result<&mut Vec<(Table, AtomicParquet)>> {
         if self.files.is_none() {
-            std::fs::create_dir_all(&self.dir).with_context(|| format!("cannot create {}", self.dir.display()))?;
+            create_out_dir(&self.dir)?;
+            self.lock = Some(lock_dir(&self.dir)?);
+            remove_if_present(&self.dir.join(MANIFEST))?;
             let mut files = Vec::new();
             for &t in &self.tables {
                 files.push((t, AtomicParquet::create(&self.dir, t.file_name(), t.schema())?));
@@ -114,60 +152,186 @@ impl Sink for RunDir {
         let (_, w) = self.files()?.iter_mut().find(|(t, _)| *t == table).with_context(|| format!("{} was not opened", table.file_name()))?;
         w.write(batch)
     }
+
     fn finish(&mut self, manifest: &serde_json::Value) -> anyhow::Result<()> {
         let mut files = std::mem::take(self.files()?);
         files.sort_by_key(|(t, _)| *t);
         for (_, w) in files {
             w.finish()?;
         }
+        for t in Table::ALL.iter().filter(|t| !self.tables.contains(t)) {
+            remove_if_present(&self.dir.join(t.file_name()))?;
+        }
         // Manifest last: its presence marks a complete run.
-        write_atomic(&self.dir, "manifest.json", serde_json::to_string_pretty(manifest)?.as_bytes())
+        write_atomic(&self.dir, MANIFEST, serde_json::to_string_pretty(manifest)?.as_bytes())
     }
+}
+
+/// `--out` must be a directory or not exist yet, below directories only.
+pub fn check_out_dir(dir: &Path) -> Result<(), crate::UsageError> {
+    let bad = |m: String| Err(crate::UsageError(format!("--out {}: {m}", dir.display())));
+    for d in dir.ancestors().filter(|d| !d.as_os_str().is_empty()) {
+        match std::fs::metadata(d) {
+            Ok(m) if m.is_dir() => return Ok(()),
+            Ok(_) if d == dir => return bad("is a file, not a directory".into()),
+            Ok(_) => return bad(format!("{} is a file, not a directory", d.display())),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => continue,
+            Err(e) => return bad(e.to_string()),
+        }
+    }
+    Ok(())
+}
+
+/// Creates `dir` (and its parents); a directory that cannot be made there is a
+/// usage error (exit 2): a file in the way, no permission, a read-only file system.
+pub fn create_out_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| out_error(dir, "cannot create the directory", e))
+}
+
+/// An I/O error on the output directory: the user's to fix (exit 2) when it is one
+/// of permissions or of what stands in the way, else an internal one.
+fn out_error(path: &Path, what: &str, e: std::io::Error) -> anyhow::Error {
+    use std::io::ErrorKind::*;
+    let msg = format!("{}: {what}: {e}", path.display());
+    if e.raw_os_error() == Some(libc::ELOOP) {
+        return crate::UsageError(format!("{}: {what}: it is a symbolic link, which expertcast never writes through", path.display())).into();
+    }
+    match e.kind() {
+        PermissionDenied | NotADirectory | AlreadyExists | ReadOnlyFilesystem | IsADirectory | StorageFull | QuotaExceeded => {
+            crate::UsageError(msg).into()
+        }
+        _ => anyhow::Error::new(e).context(format!("{}: {what}", path.display())),
+    }
+}
+
+/// An exclusive `flock` on a lock file, held until dropped; the file is removed
+/// (while still locked) when it is.
+pub struct FileLock {
+    file: File,
+    path: PathBuf,
+}
+
+impl FileLock {
+    /// Locks `path` (created if missing, never through a link); `wait`: block until
+    /// free, else `None` when another process holds it. A lock file removed by its
+    /// holder between our open and our lock is opened again, so two processes never
+    /// both hold a lock on one path.
+    pub fn acquire(path: &Path, wait: bool) -> anyhow::Result<Option<FileLock>> {
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+        loop {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(path)
+                .map_err(|e| out_error(path, "cannot open the lock file", e))?;
+            if wait {
+                file.lock().map_err(|e| out_error(path, "cannot lock", e))?;
+            } else {
+                match file.try_lock() {
+                    Ok(()) => {}
+                    Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
+                    Err(std::fs::TryLockError::Error(e)) => return Err(out_error(path, "cannot lock", e)),
+                }
+            }
+            let held = file.metadata().map_err(|e| out_error(path, "cannot stat the lock file", e))?;
+            match std::fs::symlink_metadata(path) {
+                Ok(now) if now.dev() == held.dev() && now.ino() == held.ino() => return Ok(Some(FileLock { file, path: path.to_path_buf() })),
+                _ => continue,
+            }
+        }
+    }
+}
+
+impl Drop for FileLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        let _ = self.file.unlock();
+    }
+}
+
+/// Locks `dir` for a run ([`LOCK_FILE`]); another process holding it is a usage error.
+pub fn lock_dir(dir: &Path) -> anyhow::Result<FileLock> {
+    let path = dir.join(LOCK_FILE);
+    FileLock::acquire(&path, false)?.ok_or_else(|| {
+        crate::UsageError(format!(
+            "{} is being written by another expertcast process (it holds {}); wait for it or choose another --out",
+            dir.display(),
+            path.display()
+        ))
+        .into()
+    })
+}
+
+/// Waits for and takes the lock of [`lock_dir`].
+pub fn lock_dir_wait(dir: &Path) -> anyhow::Result<FileLock> {
+    Ok(FileLock::acquire(&dir.join(LOCK_FILE), true)?.expect("a waiting lock is always taken"))
+}
+
+fn remove_if_present(path: &Path) -> anyhow::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(out_error(path, "cannot remove", e)),
+        _ => Ok(()),
+    }
+}
+
+/// A new temporary file in `dir` for `name`: `.NAME.RANDOM.tmp`, created with
+/// `O_EXCL` (so never an existing file or link), deleted when its path is dropped.
+fn temp_file(dir: &Path, name: &str) -> anyhow::Result<(File, tempfile::TempPath)> {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".tmp")
+        // As any new file (0666 less the umask), not tempfile's private 0600.
+        .permissions(std::fs::Permissions::from_mode(0o666))
+        .tempfile_in(dir)
+        .map_err(|e| out_error(dir, &format!("cannot create a temporary file for {name}"), e))?;
+    Ok(t.into_parts())
 }
 
 /// A Parquet file that appears under its final name only once [`finish`](Self::finish)
 /// succeeds; dropped unfinished, it leaves nothing behind.
 pub struct AtomicParquet {
     writer: Option<ArrowWriter<File>>,
-    tmp: PathBuf,
+    tmp: Option<tempfile::TempPath>,
     dest: PathBuf,
 }
 
 impl AtomicParquet {
     pub fn create(dir: &Path, name: &str, schema: SchemaRef) -> anyhow::Result<Self> {
         let dest = dir.join(name);
-        let tmp = dir.join(format!(".{name}.tmp"));
-        let f = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        let (f, tmp) = temp_file(dir, name)?;
         let props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
             .set_max_row_group_size(1 << 20)
             .build();
         let writer = ArrowWriter::try_new(f, schema, Some(props))?;
-        Ok(AtomicParquet { writer: Some(writer), tmp, dest })
+        Ok(AtomicParquet { writer: Some(writer), tmp: Some(tmp), dest })
     }
+
     pub fn write(&mut self, batch: &RecordBatch) -> anyhow::Result<()> {
         self.writer.as_mut().expect("not finished").write(batch).with_context(|| format!("writing {}", self.dest.display()))
     }
+
+    /// Closes the file and renames it to its final name (replacing what is there:
+    /// a link there is replaced, not followed).
     pub fn finish(mut self) -> anyhow::Result<PathBuf> {
         self.writer.take().expect("finish once").close().with_context(|| format!("writing {}", self.dest.display()))?;
-        std::fs::rename(&self.tmp, &self.dest).with_context(|| format!("renaming to {}", self.dest.display()))?;
+        let tmp = self.tmp.take().expect("finish once");
+        tmp.persist(&self.dest).map_err(|e| out_error(&self.dest, "cannot rename the finished file to", e.error))?;
         Ok(self.dest.clone())
     }
 }
 
-impl Drop for AtomicParquet {
-    fn drop(&mut self) {
-        if self.writer.is_some() {
-            let _ = std::fs::remove_file(&self.tmp);
-        }
-    }
-}
-
-/// Writes `bytes` to `dir/name` atomically.
+/// Writes `bytes` to `dir/name` atomically, through a temporary file of its own.
 pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, dir.join(name)).with_context(|| format!("cannot rename {}", tmp.display()))?;
+    use std::io::Write;
+    let (mut f, tmp) = temp_file(dir, name)?;
+    f.write_all(bytes).map_err(|e| out_error(&tmp, "cannot write", e))?;
+    drop(f);
+    tmp.persist(dir.join(name)).map_err(|e| out_error(&dir.join(name), "cannot rename to", e.error))?;
     Ok(())
 }
 
@@ -213,8 +377,10 @@ pub fn forecasts_schema() -> SchemaRef {
 pub fn strs(v: impl IntoIterator<Item = impl AsRef<str>>) -> ArrayRef {
     Arc::new(StringArray::from_iter_values(v))
 }
+/// An int32 column; the values were checked to fit when the input was read and
+/// the plan resolved, so one that does not is a bug, not bad input.
 pub fn i32s(v: impl IntoIterator<Item = i64>) -> ArrayRef {
-    Arc::new(Int32Array::from_iter_values(v.into_iter().map(|x| x as i32)))
+    Arc::new(Int32Array::from_iter_values(v.into_iter().map(|x| i32::try_from(x).expect("int32 column value checked on input"))))
 }
 pub fn i64s(v: impl IntoIterator<Item = i64>) -> ArrayRef {
     Arc::new(Int64Array::from_iter_values(v))

@@ -119,6 +119,13 @@ impl RunPlan {
         if let Some(w) = self.work.windows.iter().find(|&&w| w == 0) {
             return bad(format!("--window {w}: a window must be at least 1 step"));
         }
+        // Windows and horizons are int32 columns of the output files.
+        let flags = self.work.windows.iter().map(|&v| ("--window", v)).chain(self.work.horizons.iter().map(|&v| ("--horizon", v)));
+        for (flag, v) in flags.chain([("--state-window", self.state_window)]) {
+            if i32::try_from(v).is_err() {
+                return bad(format!("{flag} {v}: at most {} (an int32 column of the output files)", i32::MAX));
+            }
+        }
         if self.work.horizons.is_empty() {
             return bad("at least one --horizon is needed".into());
         }

@@ -150,7 +150,11 @@ struct Scan {
     max_step: i64,
     min_expert: i64,
     max_expert: i64,
+    /// Ascending; filled from `layer_set` after the first pass.
     layers: Vec<i64>,
+    /// The layer ids seen in the first pass (a set: ids in any order cost n log n).
+    layer_set: std::collections::BTreeSet<i64>,
+    last_layer: Option<i64>,
     rows: u64,
     f32_exact: bool,
 }
@@ -164,6 +168,8 @@ impl Scan {
             min_expert: i64::MAX,
             max_expert: i64::MIN,
             layers: Vec::new(),
+            layer_set: Default::default(),
+            last_layer: None,
             rows: 0,
             f32_exact: true,
         }
@@ -247,10 +253,9 @@ fn read_long(file: &Path, names: &ColumnNames, src: &dyn BatchSource) -> Result<
             s.max_step = s.max_step.max(step);
             s.min_expert = s.min_expert.min(expert);
             s.max_expert = s.max_expert.max(expert);
-            if s.layers.last() != Some(&layer) {
-                if let Err(pos) = s.layers.binary_search(&layer) {
-                    s.layers.insert(pos, layer);
-                }
+            if s.last_layer != Some(layer) {
+                s.layer_set.insert(layer);
+                s.last_layer = Some(layer);
             }
             if s.f32_exact && (v as f32) as f64 != v {
                 s.f32_exact = false;
@@ -261,6 +266,9 @@ fn read_long(file: &Path, names: &ColumnNames, src: &dyn BatchSource) -> Result<
     if scans.is_empty() {
         return Err(invalid(file, "the file has a header but no rows"));
     }
+    for s in &mut scans {
+        s.layers = std::mem::take(&mut s.layer_set).into_iter().collect();
+    }
 
     // Allocate each trace, refusing shapes that cannot fit the rows present.
     struct Fill {
@@ -269,16 +277,31 @@ fn read_long(file: &Path, names: &ColumnNames, src: &dyn BatchSource) -> Result<
         loads: Loads,
         seen: Vec<u64>,
     }
-    let mut fills = Vec::with_capacity(scans.len());
-    for s in &scans {
+    // Every cell of a dense trace is a row of the file: a shape that claims many
+    // more cells than there are rows (over all traces of the file, so that many
+    // small sparse traces cannot add up) is refused before anything is allocated.
+    let shape = |s: &Scan| {
         let steps = (s.max_step as i128 - s.min_step as i128 + 1) as u128;
         let experts = (s.max_expert as i128 - s.min_expert as i128 + 1) as u128;
-        let cells = steps * experts * s.layers.len() as u128;
-        if cells > 2 * s.rows as u128 + (1 << 20) {
+        (steps, experts, steps * experts * s.layers.len() as u128)
+    };
+    let total_rows: u128 = scans.iter().map(|s| s.rows as u128).sum();
+    let total_cells: u128 = scans.iter().map(|s| shape(s).2).sum();
+    let budget = 2 * total_rows + (1 << 20);
+    let mut fills = Vec::with_capacity(scans.len());
+    for s in &scans {
+        let (steps, experts, cells) = shape(s);
+        let alone = cells > 2 * s.rows as u128 + (1 << 20);
+        if alone || (total_cells > budget && cells > 2 * s.rows as u128) {
+            let all = if alone {
+                String::new()
+            } else {
+                format!(" (the file's {} traces claim {total_cells} dense cells from {total_rows} rows)", scans.len())
+            };
             return Err(invalid(
                 file,
                 format!(
-                    "{}steps run from {} to {} and experts from {} to {}, but there are only {} rows: steps or experts are missing",
+                    "{}steps run from {} to {} and experts from {} to {}, but there are only {} rows: steps or experts are missing{all}",
                     trace_prefix(s, &scans),
                     s.min_step,
                     s.max_step,

@@ -122,6 +122,13 @@ impl Trace {
         if nl == 0 || ne == 0 || loads.is_empty() {
             return Err(invalid(file, "the trace holds no loads"));
         }
+        // The output files keep ids in int32 columns: refuse what would not fit there
+        // rather than merge two ids into one.
+        for (what, ids) in [("layer", &layer_ids), ("expert", &expert_ids)] {
+            if let Some(id) = ids.iter().find(|&&id| i32::try_from(id).is_err()) {
+                return Err(invalid(file, format!("{what} id {id} is outside the int32 range of the output files (-2147483648 to 2147483647)")));
+            }
+        }
         assert_eq!(loads.len() % (nl * ne), 0, "dense loads must be steps × layers × experts");
         let steps = loads.len() / (nl * ne);
         let mut totals = vec![0.0f64; steps * nl];
@@ -144,6 +151,16 @@ impl Trace {
                         ));
                     }
                     s += v;
+                }
+                if !s.is_finite() {
+                    return Err(invalid(
+                        file,
+                        format!(
+                            "layer {}'s loads at step {} sum to more than the largest float64 (1.8e308): scale the loads down",
+                            layer_ids[l],
+                            first_step + t as i64
+                        ),
+                    ));
                 }
                 if s <= 0.0 {
                     return Err(invalid(
@@ -260,11 +277,40 @@ pub fn read_file(path: &Path, opts: &ReadOptions) -> Result<Vec<Trace>> {
     if meta.len() == 0 {
         return Err(invalid(path, "the file is empty"));
     }
-    match format {
+    guarded(path, || match format {
         Format::Parquet => columnar::read_parquet(path, &opts.columns),
         Format::Csv => columnar::read_csv(path, &opts.columns),
         Format::Npy => npy::read_npy(path).map(|t| vec![t]),
-    }
+    })
+}
+
+thread_local! {
+    /// Set while this thread runs a decoder under [`guarded`].
+    static DECODING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `read` on `file`, turning a panic inside a decoder (the parquet crate panics
+/// on some corrupt files instead of returning an error) into an error that names
+/// the file: exit 2, not a crash.
+fn guarded<T>(file: &Path, read: impl FnOnce() -> Result<T>) -> Result<T> {
+    let before = DECODING.with(|d| d.replace(true));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(read));
+    DECODING.with(|d| d.set(before));
+    r.unwrap_or_else(|p| {
+        let msg = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_default();
+        Err(invalid(file, format!("the file is corrupt: its decoder failed ({msg})")))
+    })
+}
+
+/// Installs a panic hook that keeps quiet about panics [`guarded`] turns into
+/// errors (their message is in the error), and reports every other as before.
+pub fn quiet_decoder_panics() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !DECODING.with(|d| d.get()) {
+            previous(info);
+        }
+    }));
 }
 
 /// Reads every input of a run; trace names must be unique across files.
@@ -280,7 +326,7 @@ pub fn read_inputs(inputs: &[Input], opts: &ReadOptions) -> Result<Vec<Trace>> {
         let p = input.path();
         let traces = match input {
             Input::File(p) => read_file(p, opts)?,
-            Input::Bundled(b) => columnar::read_parquet_bytes(&p, b.bytes, &opts.columns)?,
+            Input::Bundled(b) => guarded(&p, || columnar::read_parquet_bytes(&p, b.bytes, &opts.columns))?,
         };
         for t in traces {
             if let Some(prev) = out.iter().find(|o| o.name == t.name) {

@@ -71,12 +71,22 @@ pub(super) fn read_npy(file: &Path) -> Result<Trace> {
     if shape.contains(&0) {
         return Err(invalid(file, format!("array has shape {shape:?}: it holds no loads")));
     }
-    let (nt, nl, ne) = (shape[0] as usize, shape[1] as usize, shape[2] as usize);
     let order = npy.order();
     let DType::Plain(ts) = npy.dtype() else {
         return Err(invalid(file, "structured dtypes are not supported; expected a plain int or float array"));
     };
     drop(npy);
+    // The header's shape is checked against the file's length before anything is
+    // allocated: a 128-byte file cannot claim a terabyte of loads.
+    let len = std::fs::metadata(file).map_err(|source| TraceError::Io { file: file.to_path_buf(), source })?.len();
+    let bytes = shape.iter().try_fold(ts.num_bytes().unwrap_or(1) as u64, |a, &d| a.checked_mul(d));
+    if bytes.is_none_or(|b| b > len) {
+        return Err(invalid(
+            file,
+            format!("the header claims shape {shape:?} of dtype {ts} ({}), but the file holds {len} bytes", bytes.map_or("more than 2^64 bytes".into(), |b| format!("{b} bytes"))),
+        ));
+    }
+    let (nt, nl, ne) = (shape[0] as usize, shape[1] as usize, shape[2] as usize);
     // Streaming position -> C-order index.
     let to_c = move |i: usize| match order {
         Order::C => i,
