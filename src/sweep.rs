@@ -82,6 +82,55 @@ pub struct Plan {
     pub out: PathBuf,
     /// Every unit's windows, horizons and canonical forecaster specs.
     pub work: Work,
+    /// The SHA-256 of every trace file, with what it was computed for.
+    pub hashes: BTreeMap<PathBuf, Hashed>,
+}
+
+/// A trace file's SHA-256 and the size, modification time and inode it was computed
+/// for: `OUT/.trace-hashes.json` keeps them, so a sweep re-planned by every shard and
+/// every resume reads each unchanged file once, not every time.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Hashed {
+    pub bytes: u64,
+    pub mtime_ns: i128,
+    pub inode: u64,
+    pub sha256: String,
+}
+
+const HASH_CACHE: &str = ".trace-hashes.json";
+
+/// The content hash of each of `files`, from `out`'s cache where the file's size,
+/// modification time and inode are those it was hashed at, else computed now.
+fn content_hashes(files: &[PathBuf], out: &Path) -> crate::trace::Result<BTreeMap<PathBuf, Hashed>> {
+    use std::os::unix::fs::MetadataExt;
+    let cache: BTreeMap<PathBuf, Hashed> =
+        std::fs::read_to_string(out.join(HASH_CACHE)).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+    let mut got = BTreeMap::new();
+    for f in files {
+        let io = |source| crate::trace::TraceError::Io { file: f.clone(), source };
+        let m = std::fs::metadata(f).map_err(io)?;
+        let (bytes, mtime_ns, inode) = (m.len(), m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128, m.ino());
+        let key = f.canonicalize().map_err(io)?;
+        let h = match cache.get(&key) {
+            Some(h) if (h.bytes, h.mtime_ns, h.inode) == (bytes, mtime_ns, inode) => h.clone(),
+            _ => Hashed { bytes, mtime_ns, inode, sha256: Input::File(f.clone()).size_and_sha256()?.1 },
+        };
+        got.insert(f.clone(), h);
+    }
+    Ok(got)
+}
+
+/// Saves the plan's hashes in `OUT/.trace-hashes.json` (merged with what is there,
+/// keyed by canonical path).
+fn save_hashes(plan: &Plan) -> anyhow::Result<()> {
+    let mut cache: BTreeMap<PathBuf, Hashed> =
+        std::fs::read_to_string(plan.out.join(HASH_CACHE)).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+    for (f, h) in &plan.hashes {
+        if let Ok(key) = f.canonicalize() {
+            cache.insert(key, h.clone());
+        }
+    }
+    write_atomic(&plan.out, HASH_CACHE, serde_json::to_string(&cache)?.as_bytes())
 }
 
 /// Splits `s` on commas outside square brackets.
@@ -169,11 +218,8 @@ pub fn plan(config: &Path) -> anyhow::Result<Plan> {
         }
     }
     // Units are identified by content: the same file name and size is not the same trace.
-    let hashes: Vec<String> = files
-        .iter()
-        .map(|f| Input::File(f.clone()).size_and_sha256().map(|(_, h)| h))
-        .collect::<Result<_, _>>()
-        .map_err(|e| usage(config, format!("traces: {e}")))?;
+    let out = lexical_clean(&base.join(&cfg.out));
+    let hashes = content_hashes(&files, &out).map_err(|e| usage(config, format!("traces: {e}")))?;
     let check = |ok: bool, what: &str| if ok { Ok(()) } else { Err(usage(config, what.to_string())) };
     check(!cfg.windows.is_empty() && !cfg.windows.contains(&0), "windows: at least one, each at least 1")?;
     check(!cfg.horizons.is_empty() && !cfg.horizons.contains(&0), "horizons: at least one, each at least 1")?;
@@ -193,7 +239,8 @@ pub fn plan(config: &Path) -> anyhow::Result<Plan> {
     }
     check(!forecasters.is_empty(), "forecasters: at least one")?;
     let mut units = Vec::new();
-    for (f, sha256) in files.iter().zip(&hashes) {
+    for f in &files {
+        let sha256 = &hashes[f].sha256;
         for &stride in &cfg.origin_stride {
             for &sw in &cfg.state_window {
                 for &kappa in &cfg.kappa {
@@ -210,7 +257,7 @@ pub fn plan(config: &Path) -> anyhow::Result<Plan> {
             }
         }
     }
-    Ok(Plan { units, out: lexical_clean(&base.join(&cfg.out)), work: Work { windows: cfg.windows, horizons: cfg.horizons, forecasters } })
+    Ok(Plan { units, out, hashes, work: Work { windows: cfg.windows, horizons: cfg.horizons, forecasters } })
 }
 
 /// `datasets/../sweep-out` as `sweep-out`, the way the path is shown and recorded:
@@ -364,6 +411,7 @@ pub fn run_units(
     on_unit: &(dyn Fn(&Unit, &Outcome) + Sync),
 ) -> anyhow::Result<Counts> {
     crate::output::create_out_dir(&plan.out.join("units"))?;
+    save_hashes(plan)?;
     let next = std::sync::atomic::AtomicUsize::new(0);
     let counts = std::sync::Mutex::new(Counts::default());
     let marker_error: std::sync::Mutex<Option<anyhow::Error>> = std::sync::Mutex::new(None);
@@ -550,6 +598,30 @@ mod tests {
             _ => None,
         };
         assert!(shard(None, &list).unwrap_err().to_string().contains("must be a range"));
+    }
+
+    #[test]
+    fn content_hashes_come_from_the_cache_only_for_an_unchanged_file() {
+        let d = tempfile::tempdir().unwrap();
+        let (f, out) = (d.path().join("t.csv"), d.path().join("out"));
+        std::fs::create_dir(&out).unwrap();
+        std::fs::write(&f, "abc").unwrap();
+        let files = [f.clone()];
+        let first = content_hashes(&files, &out).unwrap();
+        // sha256("abc"), computed independently (FIPS 180-2, appendix B.1)
+        assert_eq!(first[&f].sha256, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        // A cache entry that matches the file's size, mtime and inode is used as is ...
+        let mut cached = first.clone();
+        cached.get_mut(&f).unwrap().sha256 = "from-the-cache".into();
+        let plan = Plan { units: Vec::new(), out: out.clone(), work: Work::default(), hashes: cached };
+        save_hashes(&plan).unwrap();
+        assert_eq!(content_hashes(&files, &out).unwrap()[&f].sha256, "from-the-cache");
+        // ... and one for a file rewritten since (same size, new content) is not.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&f, "abd").unwrap();
+        let again = content_hashes(&files, &out).unwrap();
+        assert_ne!(again[&f].sha256, "from-the-cache");
+        assert_ne!(again[&f].sha256, first[&f].sha256);
     }
 
     #[test]

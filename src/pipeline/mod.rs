@@ -84,8 +84,20 @@ pub struct Inputs {
 
 /// Reads and checks every input (nothing is written before this succeeds).
 pub fn read(plan: &RunPlan, prep: &Prepared) -> anyhow::Result<Inputs> {
+    // Size and modification time before reading and after hashing: unchanged, the
+    // hash in the manifest is that of the bytes that were read.
+    let stamp = |i: &trace::Input| match i {
+        trace::Input::File(p) => std::fs::metadata(p).ok().map(|m| (m.len(), m.modified().ok())),
+        trace::Input::Bundled(_) => None,
+    };
+    let before: Vec<_> = plan.inputs.iter().map(stamp).collect();
     let traces = trace::read_inputs(&plan.inputs, &plan.read)?;
     let hashes: Vec<(u64, String)> = plan.inputs.iter().map(|i| i.size_and_sha256()).collect::<Result<_, _>>()?;
+    for (input, was) in plan.inputs.iter().zip(before) {
+        if stamp(input) != was {
+            return Err(UsageError(format!("{}: the file changed while it was being read; run again once it is written", input.path().display())).into());
+        }
+    }
     for tr in &traces {
         for (f, spec) in prep.forecasters.iter().zip(&prep.specs) {
             f.check_experts(tr.experts())
