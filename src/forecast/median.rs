@@ -3,8 +3,7 @@
 //! single-step spikes a router's counts show, where `mean:w=W` follows them.
 
 use super::simple::{stateless, windowed};
-use super::{FitContext, Fitted, Forecaster, Known, LayerView, Param, canonical};
-use crate::stats::states::median_in_place;
+use super::{FitContext, Fitted, Forecaster, Known, LayerView, Param, canonical, column_medians, repeat_row};
 
 windowed!(
     /// `median:w=W`.
@@ -13,14 +12,7 @@ windowed!(
 
 impl Fitted for WindowMedian {
     fn predict(&self, h: &LayerView, origin: usize, out: &mut [f64]) -> usize {
-        let ne = h.experts();
-        let mut col = Vec::with_capacity(self.w);
-        for e in 0..ne {
-            col.clear();
-            col.extend((origin - self.w..origin).map(|t| h.at(t, e)));
-            let m = median_in_place(&mut col);
-            out.chunks_mut(ne).for_each(|o| o[e] = m);
-        }
+        repeat_row(out, &column_medians(h, origin - self.w, origin));
         0
     }
 }

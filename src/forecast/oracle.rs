@@ -1,8 +1,7 @@
 //! `oracle-median`: the best constant in hindsight, a floor for comparison.
 
 use super::simple::stateless;
-use super::{Emit, FitContext, Fitted, Forecaster, Known, LayerView, predict_each};
-use crate::stats::states::median_in_place;
+use super::{Emit, FitContext, Fitted, Forecaster, Known, LayerView, column_medians, predict_each, repeat_row};
 
 pub static ORACLE_MEDIAN: Known = Known {
     name: "oracle-median",
@@ -29,15 +28,8 @@ stateless!(OracleMedian, |_| 0, |_| "oracle-median".into();
 impl Fitted for OracleMedian {
     /// Reads `layer` from `origin` on: the oracle is given the whole layer.
     fn predict(&self, layer: &LayerView, origin: usize, out: &mut [f64]) -> usize {
-        let ne = layer.experts();
-        let h = out.len() / ne;
-        let mut col = Vec::with_capacity(h);
-        for e in 0..ne {
-            col.clear();
-            col.extend((origin..origin + h).map(|t| layer.at(t, e)));
-            let m = median_in_place(&mut col);
-            (0..h).for_each(|k| out[k * ne + e] = m);
-        }
+        let h = out.len() / layer.experts();
+        repeat_row(out, &column_medians(layer, origin, origin + h));
         0
     }
     /// The whole layer, not the history before each origin: it reads the future.

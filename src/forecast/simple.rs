@@ -103,22 +103,26 @@ windowed!(
 impl Fitted for SlidingWindowAverage {
     fn predict(&self, h: &LayerView, origin: usize, out: &mut [f64]) -> usize {
         let (ne, w) = (h.experts(), self.w);
-        let mut ring = vec![0.0; w];
-        for e in 0..ne {
-            // ring[j] holds the value that leaves the window j steps after it entered.
-            let mut sum = 0.0;
-            for (j, t) in (origin - w..origin).enumerate() {
-                ring[j] = h.at(t, e);
-                sum += ring[j];
+        // ring[j * ne + e] holds expert e's value that leaves the window j steps after
+        // it entered; all experts advance together, a step (a row of out) at a time.
+        // Each expert's sums run in the same order as one expert at a time would.
+        let mut ring = vec![0.0; w * ne];
+        let mut sum = vec![0.0; ne];
+        for (j, t) in (origin - w..origin).enumerate() {
+            let slot = &mut ring[j * ne..(j + 1) * ne];
+            slot.copy_from_slice(h.row(t));
+            sum.iter_mut().zip(slot.iter()).for_each(|(s, v)| *s += v);
+        }
+        let mut head = 0;
+        for row in out.chunks_mut(ne) {
+            let slot = &mut ring[head * ne..(head + 1) * ne];
+            for e in 0..ne {
+                let pred = sum[e] / w as f64;
+                row[e] = pred;
+                sum[e] += pred - slot[e];
+                slot[e] = pred;
             }
-            let mut head = 0;
-            for k in 0..out.len() / ne {
-                let pred = sum / w as f64;
-                out[k * ne + e] = pred;
-                sum += pred - ring[head];
-                ring[head] = pred;
-                head = if head + 1 == w { 0 } else { head + 1 };
-            }
+            head = if head + 1 == w { 0 } else { head + 1 };
         }
         0
     }
