@@ -99,12 +99,17 @@ pub struct Hashed {
 
 const HASH_CACHE: &str = ".trace-hashes.json";
 
+/// `OUT/.trace-hashes.json`, or nothing when it is missing or unreadable (every
+/// hash is then computed again).
+fn read_hash_cache(out: &Path) -> BTreeMap<PathBuf, Hashed> {
+    std::fs::read_to_string(out.join(HASH_CACHE)).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default()
+}
+
 /// The content hash of each of `files`, from `out`'s cache where the file's size,
 /// modification time and inode are those it was hashed at, else computed now.
 fn content_hashes(files: &[PathBuf], out: &Path) -> crate::trace::Result<BTreeMap<PathBuf, Hashed>> {
     use std::os::unix::fs::MetadataExt;
-    let cache: BTreeMap<PathBuf, Hashed> =
-        std::fs::read_to_string(out.join(HASH_CACHE)).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+    let cache = read_hash_cache(out);
     let mut got = BTreeMap::new();
     for f in files {
         let io = |source| crate::trace::TraceError::Io { file: f.clone(), source };
@@ -123,8 +128,7 @@ fn content_hashes(files: &[PathBuf], out: &Path) -> crate::trace::Result<BTreeMa
 /// Saves the plan's hashes in `OUT/.trace-hashes.json` (merged with what is there,
 /// keyed by canonical path).
 fn save_hashes(plan: &Plan) -> anyhow::Result<()> {
-    let mut cache: BTreeMap<PathBuf, Hashed> =
-        std::fs::read_to_string(plan.out.join(HASH_CACHE)).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+    let mut cache = read_hash_cache(&plan.out);
     for (f, h) in &plan.hashes {
         if let Ok(key) = f.canonicalize() {
             cache.insert(key, h.clone());
@@ -492,7 +496,7 @@ pub fn write_manifest(plan: &Plan, config: &Path) -> anyhow::Result<()> {
         "version": env!("CARGO_PKG_VERSION"), "config": config, "windows": plan.work.windows, "horizons": plan.work.horizons,
         "forecasters": plan.work.forecasters, "units": units,
     });
-    write_atomic(&plan.out, "manifest.json", serde_json::to_string_pretty(&manifest)?.as_bytes())?;
+    write_atomic(&plan.out, crate::output::MANIFEST, serde_json::to_string_pretty(&manifest)?.as_bytes())?;
     drop(lock);
     Ok(())
 }
