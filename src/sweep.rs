@@ -128,13 +128,28 @@ fn content_hashes(files: &[PathBuf], out: &Path) -> crate::trace::Result<BTreeMa
 /// Saves the plan's hashes in `OUT/.trace-hashes.json` (merged with what is there,
 /// keyed by canonical path).
 fn save_hashes(plan: &Plan) -> anyhow::Result<()> {
+    let lock = crate::output::lock_dir_wait(&plan.out)?;
+    crate::output::remove_temps(&plan.out, HASH_CACHE)?;
     let mut cache = read_hash_cache(&plan.out);
     for (f, h) in &plan.hashes {
         if let Ok(key) = f.canonicalize() {
             cache.insert(key, h.clone());
         }
     }
-    write_atomic(&plan.out, HASH_CACHE, serde_json::to_string(&cache)?.as_bytes())
+    write_atomic(&plan.out, HASH_CACHE, serde_json::to_string(&cache)?.as_bytes())?;
+    drop(lock);
+    Ok(())
+}
+
+/// Removes what a killed run of `unit` left half-written (its parts' and marker's
+/// temporary files); called while holding the unit's claim.
+fn remove_unit_temps(plan: &Plan, unit: &Unit) -> anyhow::Result<()> {
+    for table in crate::output::hive::TABLES {
+        for dir in std::fs::read_dir(plan.out.join(table.name())).into_iter().flatten().flatten() {
+            crate::output::remove_temps(&dir.path(), &format!("part-{}.parquet", unit.id))?;
+        }
+    }
+    crate::output::remove_temps(&plan.out.join("units"), &format!("{}.json", unit.id))
 }
 
 /// Splits `s` on commas outside square brackets.
@@ -441,6 +456,10 @@ pub fn run_units(
                             break;
                         }
                     };
+                    if let Err(e) = remove_unit_temps(plan, u) {
+                        marker_error.lock().unwrap().get_or_insert(e);
+                        break;
+                    }
                     if is_done(plan, u) {
                         counts.lock().unwrap().skipped += 1;
                         on_unit(u, &Outcome::Skipped);
@@ -480,6 +499,7 @@ pub fn write_manifest(plan: &Plan, config: &Path) -> anyhow::Result<()> {
     // One writer at a time, each reading every marker after the last one wrote: the
     // manifest written last is the newest state, whatever the order shards end in.
     let lock = crate::output::lock_dir_wait(&plan.out)?;
+    crate::output::remove_temps(&plan.out, crate::output::MANIFEST)?;
     let units: Vec<serde_json::Value> = plan
         .units
         .iter()

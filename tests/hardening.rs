@@ -84,12 +84,16 @@ fn a_rerun_killed_at_any_point_never_leaves_a_mixed_directory() {
             None => seen_incomplete = true,
         }
     }
-    // And a run that ends leaves a complete directory of its own trace only.
+    // And a run that ends leaves a complete directory of its own trace only, without
+    // the temporary files a killed run left.
+    std::fs::write(out.join(".metrics.parquet.left1.tmp"), "partial").unwrap();
     let o = expertcast(&run_args(&bundled(S2), &out).iter().map(String::as_str).collect::<Vec<_>>());
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(complete_run(&out).unwrap(), BTreeSet::from([S2.to_string()]));
     // The earlier run's window_stats.parquet (not written by this one) is gone.
     assert!(!out.join("window_stats.parquet").exists());
+    let left: Vec<String> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n.ends_with(".tmp")).collect();
+    assert!(left.is_empty(), "{left:?}");
     let _ = seen_incomplete;
 }
 

@@ -137,6 +137,9 @@ impl RunDir {
             create_out_dir(&self.dir)?;
             self.lock = Some(lock_dir(&self.dir)?);
             remove_if_present(&self.dir.join(MANIFEST))?;
+            for name in Table::ALL.iter().map(|t| t.file_name()).chain([MANIFEST]) {
+                remove_temps(&self.dir, name)?;
+            }
             let mut files = Vec::new();
             for &t in &self.tables {
                 files.push((t, AtomicParquet::create(&self.dir, t.file_name(), t.schema())?));
@@ -268,6 +271,20 @@ pub fn lock_dir(dir: &Path) -> anyhow::Result<FileLock> {
 /// Waits for and takes the lock of [`lock_dir`].
 pub fn lock_dir_wait(dir: &Path) -> anyhow::Result<FileLock> {
     Ok(FileLock::acquire(&dir.join(LOCK_FILE), true)?.expect("a waiting lock is always taken"))
+}
+
+/// Removes the temporary files of `name` in `dir` (`.NAME.*.tmp`) that a killed
+/// process left. Call it only while holding the lock that covers `name`'s writers.
+pub fn remove_temps(dir: &Path, name: &str) -> anyhow::Result<()> {
+    let prefix = format!(".{name}.");
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
+    for e in entries.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.starts_with(&prefix) && n.ends_with(".tmp") {
+            remove_if_present(&e.path())?;
+        }
+    }
+    Ok(())
 }
 
 fn remove_if_present(path: &Path) -> anyhow::Result<()> {
