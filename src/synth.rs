@@ -142,6 +142,34 @@ pub fn write_parquet(cfg: &SynthConfig, path: &std::path::Path) -> anyhow::Resul
     Ok(())
 }
 
+/// Writes a synthetic trace as a dense NumPy array, int32 `[steps, layers, experts]`
+/// (an expert's load is at most `tokens_per_step`, which must fit). The file appears
+/// only when complete.
+pub fn write_npy(cfg: &SynthConfig, path: &std::path::Path) -> anyhow::Result<()> {
+    if cfg.tokens_per_step > i32::MAX as u64 {
+        return Err(UsageError(format!("--tokens-per-step {} does not fit a .npy's int32 loads; write a .parquet", cfg.tokens_per_step)).into());
+    }
+    let loads = generate(cfg);
+    let mut header = format!(
+        "{{'descr': '<i4', 'fortran_order': False, 'shape': ({}, {}, {}), }}",
+        cfg.steps, cfg.layers, cfg.experts
+    );
+    // Magic, version 1.0, header length; the data starts on a 64-byte boundary.
+    let pad = 64 - (10 + header.len() + 1) % 64;
+    header.extend(std::iter::repeat_n(' ', pad % 64));
+    header.push('\n');
+    let mut bytes = Vec::with_capacity(10 + header.len() + 4 * loads.len());
+    bytes.extend_from_slice(b"\x93NUMPY\x01\x00");
+    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    for &c in &loads {
+        bytes.extend_from_slice(&(c as i32).to_le_bytes());
+    }
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).ok_or_else(|| anyhow::anyhow!("{}: not a file name", path.display()))?;
+    crate::output::write_atomic(dir, name, &bytes)
+}
+
 /// Generates the loads, dense `[step][layer][expert]`; every (step, layer) sums to
 /// `tokens_per_step × top_k`.
 pub fn generate(cfg: &SynthConfig) -> Vec<u64> {
@@ -218,6 +246,30 @@ mod tests {
         }
         assert_eq!(a, generate(&cfg));
         assert_ne!(a, generate(&SynthConfig { seed: 2, ..cfg.clone() }));
+    }
+
+    #[test]
+    fn npy_and_parquet_hold_the_same_trace() {
+        // 3 × 2 × 5: the header pads the data to 64 bytes; the reader (an independent
+        // parser of the format) gets the generated loads back from both files.
+        let cfg = SynthConfig { steps: 3, layers: 2, experts: 5, tokens_per_step: 100, top_k: 2, ..Default::default() };
+        let dir = tempfile::tempdir().unwrap();
+        let (npy, pq) = (dir.path().join("t.npy"), dir.path().join("t.parquet"));
+        write_npy(&cfg, &npy).unwrap();
+        write_parquet(&cfg, &pq).unwrap();
+        let bytes = std::fs::read(&npy).unwrap();
+        let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+        assert_eq!((10 + header_len) % 64, 0);
+        assert_eq!(bytes.len(), 10 + header_len + 4 * 30);
+        let want: Vec<f64> = generate(&cfg).iter().map(|&c| c as f64).collect();
+        for path in [&npy, &pq] {
+            let t = crate::trace::read_file(path, &Default::default()).unwrap().remove(0);
+            assert_eq!((t.steps(), t.layers(), t.experts()), (3, 2, 5));
+            let got: Vec<f64> = (0..3).flat_map(|s| (0..2).flat_map(move |l| (0..5).map(move |e| (s, l, e)))).map(|(s, l, e)| t.load(s, l, e)).collect();
+            assert_eq!(got, want, "{}", path.display());
+        }
+        let big = SynthConfig { tokens_per_step: 1 << 31, ..cfg };
+        assert!(write_npy(&big, &npy).unwrap_err().to_string().contains("does not fit"));
     }
 
     /// (early window std pp, late window std pp, lag-1, lag-10 autocorrelation of the

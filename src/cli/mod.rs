@@ -59,7 +59,8 @@ pub enum Command {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct SynthArgs {
-    /// Output file (long Parquet, the schema of the bundled traces).
+    /// Output file: `.parquet` (long, the schema of the bundled traces) or `.npy`
+    /// (dense int32 `[steps, layers, experts]`).
     #[arg(long, short, value_name = "FILE")]
     pub out: PathBuf,
     #[command(flatten)]
@@ -89,11 +90,12 @@ pub fn start_threads(threads: Option<usize>) -> anyhow::Result<()> {
 /// `expertcast synth`.
 pub fn synth(args: &SynthArgs) -> anyhow::Result<()> {
     args.config.validate()?;
-    if args.out.extension().and_then(|e| e.to_str()) != Some("parquet") {
-        return Err(UsageError(format!("--out {}: the file name must end in .parquet", args.out.display())).into());
-    }
     let t = std::time::Instant::now();
-    crate::synth::write_parquet(&args.config, &args.out)?;
+    match args.out.extension().and_then(|e| e.to_str()) {
+        Some("parquet") => crate::synth::write_parquet(&args.config, &args.out)?,
+        Some("npy") => crate::synth::write_npy(&args.config, &args.out)?,
+        _ => return Err(UsageError(format!("--out {}: the file name must end in .parquet or .npy", args.out.display())).into()),
+    }
     let c = &args.config;
     eprintln!(
         "expertcast: wrote {} ({} steps × {} layers × {} experts, seed {}) in {:.2} s",

@@ -126,10 +126,16 @@ impl SavedForecasts {
     pub fn with_capacity(rows: usize) -> SavedForecasts {
         SavedForecasts { predicted: Vec::with_capacity(rows), ..Default::default() }
     }
-    fn push(&mut self, layer: &LayerView, origin: usize, pred: &[f64], se: Option<&[f64]>) {
+    /// Keeps origin `origin`'s `len` steps: `pred` holds them, or one row that holds
+    /// for each of them (a [flat](crate::forecast::Fitted::flat) model's).
+    fn push(&mut self, layer: &LayerView, origin: usize, len: usize, pred: &[f64], se: Option<&[f64]>) {
         let before = self.predicted.len();
-        self.origins.push((origin, pred.len() / layer.experts()));
-        self.predicted.extend_from_slice(pred);
+        self.origins.push((origin, len));
+        if pred.len() == len * layer.experts() {
+            self.predicted.extend_from_slice(pred);
+        } else {
+            (0..len).for_each(|_| self.predicted.extend_from_slice(pred));
+        }
         match se {
             Some(se) => {
                 self.stderr.resize(before, f64::NAN);
@@ -187,9 +193,115 @@ pub fn evaluate_layer(
     evaluate_layer_progress(layer, f, proto, stable_from, save, &FitContext::cpu(), &|_| {})
 }
 
+/// `Σ_e |p̂ − p|` and `Σ_e (p̂ − p)²` of one step, each summed in the fixed lane
+/// order of [`crate::simd`] (the same bits whatever the threads or the CPU).
+#[inline(always)]
+pub fn step_error(pred: &[f64], actual: &[f64]) -> (f64, f64) {
+    use crate::simd::{LANES as L, fold_lanes};
+    let n = pred.len().min(actual.len());
+    let (pred, actual) = (&pred[..n], &actual[..n]);
+    let (mut a, mut s) = ([0.0f64; L], [0.0f64; L]);
+    let full = n / L * L;
+    for i in (0..full).step_by(L) {
+        let p: &[f64; L] = pred[i..i + L].try_into().unwrap();
+        let y: &[f64; L] = actual[i..i + L].try_into().unwrap();
+        for j in 0..L {
+            let d = p[j] - y[j];
+            a[j] += d.abs();
+            s[j] += d * d;
+        }
+    }
+    for (j, (p, y)) in pred[full..].iter().zip(&actual[full..]).enumerate() {
+        let d = p - y;
+        a[j] += d.abs();
+        s[j] += d * d;
+    }
+    (fold_lanes(a), fold_lanes(s))
+}
+
+crate::simd::avx2_twin!(
+    /// One origin's error sums `(Σ |err|, Σ err²)` over its first `h` steps, for each
+    /// horizon `h` in `horizons` (ascending) that its `steps` reach: running sums over
+    /// the steps ahead, read off at each horizon. `pred` holds the `steps` predicted
+    /// rows, or one row that holds for every step (a flat forecast).
+    fn origin_sums(layer: &LayerView, origin: usize, horizons: &[usize], steps: usize, pred: &[f64], out: &mut [(f64, f64)]) => origin_sums_inner
+);
+
+/// An origin's running error sums over its steps ahead, read off into `out[i]` when
+/// step `horizons[i]` is added.
+struct Running<'a> {
+    horizons: &'a [usize],
+    next: usize,
+    abs: f64,
+    sq: f64,
+}
+
+impl<'a> Running<'a> {
+    fn new(horizons: &'a [usize]) -> Self {
+        Running { horizons, next: 0, abs: 0.0, sq: 0.0 }
+    }
+    /// Whether every horizon has been read off.
+    fn done(&self) -> bool {
+        self.next == self.horizons.len()
+    }
+    /// Adds step `k`'s prediction `row` against the actual `row` of the layer.
+    #[inline(always)]
+    fn add(&mut self, k: usize, pred: &[f64], actual: &[f64], out: &mut [(f64, f64)]) {
+        let (a, s) = step_error(pred, actual);
+        self.abs += a;
+        self.sq += s;
+        while self.next < self.horizons.len() && self.horizons[self.next] == k + 1 {
+            out[self.next] = (self.abs, self.sq);
+            self.next += 1;
+        }
+    }
+}
+
+#[inline(always)]
+fn origin_sums_inner(layer: &LayerView, origin: usize, horizons: &[usize], steps: usize, pred: &[f64], out: &mut [(f64, f64)]) {
+    let ne = layer.experts();
+    let flat = pred.len() == ne;
+    let mut run = Running::new(horizons);
+    for k in 0..steps {
+        if run.done() {
+            break;
+        }
+        let row = if flat { pred } else { &pred[k * ne..(k + 1) * ne] };
+        run.add(k, row, layer.row(origin + k), out);
+    }
+}
+
+crate::simd::avx2_twin!(
+    /// [`origin_sums`] of a prediction of whole rows, each row renormalised first if
+    /// `real` (in place, while it is in cache; rows past the last horizon too, so that
+    /// saved forecasts are renormalised).
+    fn origin_sums_rows(layer: &LayerView, origin: usize, horizons: &[usize], pred: &mut [f64], real: bool, out: &mut [(f64, f64)]) => origin_sums_rows_inner
+);
+
+#[inline(always)]
+fn origin_sums_rows_inner(layer: &LayerView, origin: usize, horizons: &[usize], pred: &mut [f64], real: bool, out: &mut [(f64, f64)]) {
+    let ne = layer.experts();
+    let mut run = Running::new(horizons);
+    for (k, row) in pred.chunks_mut(ne).enumerate() {
+        if real {
+            renormalize(row, ne);
+        } else if run.done() {
+            break;
+        }
+        if !run.done() {
+            run.add(k, row, layer.row(origin + k), out);
+        }
+    }
+}
+
 /// [`evaluate_layer`] fitting with `ctx`, calling `done(experts)` as each origin's
 /// forecast of every expert series arrives (for a progress bar of series forecasts
 /// per second). The forecaster is fitted once, on the steps before the first origin.
+///
+/// Each origin's error sums are taken in one pass over its steps ahead and read off
+/// at every horizon; a [flat](crate::forecast::Fitted::flat) forecast is scored
+/// from its one row, origins in parallel. The origins' sums are then added in
+/// origin order, so the bits do not depend on the threads.
 pub fn evaluate_layer_progress(
     layer: &LayerView,
     f: &dyn Forecaster,
@@ -199,88 +311,107 @@ pub fn evaluate_layer_progress(
     ctx: &FitContext,
     done: &(dyn Fn(u64) + Sync),
 ) -> anyhow::Result<Vec<Score>> {
+    use rayon::prelude::*;
     let nt = layer.steps();
     let ne = layer.experts();
     let origins = proto.origins(nt);
+    let horizons = &proto.horizons;
+    let nh = horizons.len();
+    // sums[i * nh + hi]: origin i's error sums at horizon hi; fbs likewise its fallbacks.
+    let mut sums = vec![(0.0, 0.0); origins.len() * nh];
+    let mut fbs = vec![0usize; origins.len() * nh];
+    let real = f.is_real() && proto.renormalize;
     let fitted = match origins.first() {
         Some(&first) => Some(f.fit(&layer.until(first), ctx)?),
         None => None,
     };
-    let nh = proto.horizons.len();
-    let mut acc = vec![[Acc::default(), Acc::default()]; nh];
-    let is_stable = |o: usize| stable_from.is_some_and(|s| o >= s);
-    let real = f.is_real() && proto.renormalize;
-
-    // Per-step error sums of one prediction: (Σ_e |err|, Σ_e err²).
-    let step_errors = |o: usize, pred: &[f64]| -> Vec<(f64, f64)> {
-        pred.chunks(ne)
-            .enumerate()
-            .map(|(k, row)| {
-                let actual = layer.row(o + k);
-                row.iter().zip(actual).fold((0.0, 0.0), |(a, s), (p, y)| {
-                    let d = p - y;
-                    (a + d.abs(), s + d * d)
-                })
-            })
-            .collect()
+    // Scores flat rows (`rows[i]`: origin os[i]'s) at horizons `hs` (indices from hi0).
+    let score_flat = |rows: &[f64], os: &[usize], hs: &[usize], hi0: usize, sums: &mut [(f64, f64)]| {
+        sums.par_chunks_mut(nh).zip(rows.par_chunks(ne)).zip(os).for_each(|((out, row), &o)| {
+            let steps = hs.last().copied().unwrap_or(0).min(nt - o);
+            origin_sums(layer, o, hs, steps, row, &mut out[hi0..hi0 + hs.len()]);
+        });
     };
-    let add = |acc: &mut [Acc; 2], o: usize, errs: &[(f64, f64)], fb: usize| {
-        let (abs, sq) = errs.iter().fold((0.0, 0.0), |(a, s), (x, y)| (a + x, s + y));
-        let h = errs.len() as u64;
-        for (r, a) in acc.iter_mut().enumerate() {
-            if r == 1 && !is_stable(o) {
-                continue;
-            }
-            a.abs += abs;
-            a.sq += sq;
-            a.cells += h * ne as u64;
-            a.steps += h;
-            a.origins += 1;
-            a.fallbacks += fb as u64;
-        }
-    };
+    let max_len = |o: usize| proto.max_horizon().min(nt - o);
 
-    if let Some(fitted) = fitted.as_deref()
-        && f.horizon_dependent()
-    {
-        for (hi, &h) in proto.horizons.iter().enumerate() {
-            let os: Vec<usize> = origins.iter().copied().filter(|&o| o + h <= nt).collect();
-            let lens = vec![h; os.len()];
-            fitted.predict_origins(layer, &os, &lens, &mut |i, pred, _, fb| {
-                if hi == 0 {
-                    done(ne as u64);
-                }
-                if real {
-                    renormalize(pred, ne);
-                }
-                add(&mut acc[hi], os[i], &step_errors(os[i], pred), fb);
-            })?;
-        }
-        if let Some(s) = save.as_deref_mut() {
-            let lens: Vec<usize> = origins.iter().map(|&o| proto.max_horizon().min(nt - o)).collect();
-            fitted.predict_origins(layer, &origins, &lens, &mut |i, pred, se, _| s.push(layer, origins[i], pred, se))?;
-        }
-    } else if let Some(fitted) = fitted.as_deref() {
-        let lens: Vec<usize> = origins.iter().map(|&o| proto.max_horizon().min(nt - o)).collect();
-        fitted.predict_origins(layer, &origins, &lens, &mut |i, pred, se, fb| {
-            done(ne as u64);
-            let o = origins[i];
-            if real {
-                renormalize(pred, ne);
-            }
-            let errs = step_errors(o, pred);
-            for (hi, &h) in proto.horizons.iter().enumerate() {
-                if h <= errs.len() {
-                    add(&mut acc[hi], o, &errs[..h], fb);
+    if let Some(fitted) = fitted.as_deref() {
+        let flat = fitted.flat();
+        if f.horizon_dependent() {
+            // Asked once per horizon with exactly h steps; origins with o + h <= T
+            // are a prefix of the ascending origins.
+            for (hi, &h) in horizons.iter().enumerate() {
+                let os: Vec<usize> = origins.iter().copied().take_while(|&o| o + h <= nt).collect();
+                let lens = vec![h; os.len()];
+                let mut rows = Vec::with_capacity(if flat { os.len() * ne } else { 0 });
+                fitted.predict_origins(layer, &os, &lens, &mut |i, pred, _, fb| {
+                    if hi == 0 {
+                        done(ne as u64);
+                    }
+                    fbs[i * nh + hi] = fb;
+                    if flat {
+                        rows.extend_from_slice(pred);
+                        return;
+                    }
+                    let mut one = [(0.0, 0.0)];
+                    origin_sums_rows(layer, os[i], &[h], pred, real, &mut one);
+                    sums[i * nh + hi] = one[0];
+                })?;
+                if flat {
+                    if real {
+                        renormalize(&mut rows, ne);
+                    }
+                    score_flat(&rows, &os, &[h], hi, &mut sums[..os.len() * nh]);
                 }
             }
             if let Some(s) = save.as_deref_mut() {
-                s.push(layer, o, pred, se);
+                let lens: Vec<usize> = origins.iter().map(|&o| max_len(o)).collect();
+                fitted.predict_origins(layer, &origins, &lens, &mut |i, pred, se, _| s.push(layer, origins[i], lens[i], pred, se))?;
             }
-        })?;
+        } else {
+            let lens: Vec<usize> = origins.iter().map(|&o| max_len(o)).collect();
+            let mut rows = Vec::with_capacity(if flat { origins.len() * ne } else { 0 });
+            fitted.predict_origins(layer, &origins, &lens, &mut |i, pred, se, fb| {
+                done(ne as u64);
+                let o = origins[i];
+                fbs[i * nh..(i + 1) * nh].iter_mut().for_each(|v| *v = fb);
+                if flat {
+                    if real {
+                        renormalize(pred, ne);
+                    }
+                    rows.extend_from_slice(pred);
+                } else {
+                    origin_sums_rows(layer, o, horizons, pred, real, &mut sums[i * nh..(i + 1) * nh]);
+                }
+                if let Some(s) = save.as_deref_mut() {
+                    s.push(layer, o, lens[i], pred, se);
+                }
+            })?;
+            if flat {
+                score_flat(&rows, &origins, horizons, 0, &mut sums);
+            }
+        }
+    }
+
+    let mut acc = vec![[Acc::default(), Acc::default()]; nh];
+    let is_stable = |o: usize| stable_from.is_some_and(|s| o >= s);
+    for (i, &o) in origins.iter().enumerate() {
+        for (hi, &h) in horizons.iter().enumerate().take_while(|&(_, &h)| o + h <= nt) {
+            let (abs, sq) = sums[i * nh + hi];
+            for (r, a) in acc[hi].iter_mut().enumerate() {
+                if r == 1 && !is_stable(o) {
+                    continue;
+                }
+                a.abs += abs;
+                a.sq += sq;
+                a.cells += (h * ne) as u64;
+                a.steps += h as u64;
+                a.origins += 1;
+                a.fallbacks += fbs[i * nh + hi] as u64;
+            }
+        }
     }
     let mut out = Vec::with_capacity(2 * nh);
-    for (hi, &h) in proto.horizons.iter().enumerate() {
+    for (hi, &h) in horizons.iter().enumerate() {
         out.push(acc[hi][0].score(h, Regime::All));
         out.push(acc[hi][1].score(h, Regime::Stable));
     }
@@ -365,9 +496,9 @@ mod tests {
     fn saved_standard_errors_stay_with_their_rows() {
         let v = LayerView::new(&P, 2);
         let mut saved = SavedForecasts::default();
-        saved.push(&v, 1, &[0.5, 0.5], None);
-        saved.push(&v, 2, &[0.3, 0.7], Some(&[0.01, f64::INFINITY]));
-        saved.push(&v, 3, &[0.2, 0.8], None);
+        saved.push(&v, 1, 1, &[0.5, 0.5], None);
+        saved.push(&v, 2, 1, &[0.3, 0.7], Some(&[0.01, f64::INFINITY]));
+        saved.push(&v, 3, 1, &[0.2, 0.8], None);
         let se: Vec<Option<f64>> = saved.rows(&v).map(|r| r.stderr).collect();
         assert_eq!(se, vec![None, None, Some(0.01), None, None, None]);
         let actual: Vec<f64> = saved.rows(&v).map(|r| r.actual).collect();

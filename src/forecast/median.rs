@@ -11,6 +11,9 @@ windowed!(
 );
 
 impl Fitted for WindowMedian {
+    fn flat(&self) -> bool {
+        true
+    }
     fn predict(&self, h: &LayerView, origin: usize, out: &mut [f64]) -> usize {
         repeat_row(out, &column_medians(h, origin - self.w, origin));
         0

@@ -202,25 +202,42 @@ pub trait Fitted {
     /// many expert series fell back.
     fn predict(&self, history: &LayerView, origin: usize, out: &mut [f64]) -> usize;
 
+    /// Whether every prediction is one row that holds for every step ahead (`last`,
+    /// `mean`, `ema`, the medians). Such a model's
+    /// [`predict_origins`](Self::predict_origins) emits that one row (`experts`
+    /// values) whatever `lens[i]`, and scoring reads it for every step instead of a
+    /// buffer of `lens[i]` rows.
+    fn flat(&self) -> bool {
+        false
+    }
+
     /// Predicts every origin of `layer` (ascending), calling `emit(i, prediction,
-    /// stderr, fallbacks)` for origin `i` with `lens[i]` steps. `stderr` (laid out
-    /// like the prediction) comes from forecasters with a predictive distribution
-    /// (ARIMA). The default cuts the layer at each origin and calls
-    /// [`predict`](Self::predict); override to share work across origins, or (the
-    /// oracle) to read the future.
+    /// stderr, fallbacks)` for origin `i` with `lens[i]` steps (one row if the model
+    /// is [`flat`](Self::flat)). `stderr` (laid out like the prediction) comes from
+    /// forecasters with a predictive distribution (ARIMA). The default cuts the layer
+    /// at each origin and calls [`predict`](Self::predict); override to share work
+    /// across origins, or (the oracle) to read the future.
     fn predict_origins(&self, layer: &LayerView, origins: &[usize], lens: &[usize], emit: &mut Emit<'_>) -> anyhow::Result<()> {
-        predict_each(layer, origins, lens, emit, |o, out| self.predict(&layer.until(o), o, out));
+        let flat = self.flat();
+        predict_each(layer, origins, lens, flat, emit, |o, out| self.predict(&layer.until(o), o, out));
         Ok(())
     }
 }
 
-/// Calls `predict(origin, out)` for every origin, with `out` sized for its steps,
-/// and hands each prediction to `emit`.
-pub fn predict_each(layer: &LayerView, origins: &[usize], lens: &[usize], emit: &mut Emit<'_>, mut predict: impl FnMut(usize, &mut [f64]) -> usize) {
+/// Calls `predict(origin, out)` for every origin, with `out` sized for its steps
+/// (one step if `flat`), and hands each prediction to `emit`.
+pub fn predict_each(
+    layer: &LayerView,
+    origins: &[usize],
+    lens: &[usize],
+    flat: bool,
+    emit: &mut Emit<'_>,
+    mut predict: impl FnMut(usize, &mut [f64]) -> usize,
+) {
     let mut out = Vec::new();
     for (i, (&o, &len)) in origins.iter().zip(lens).enumerate() {
         out.clear();
-        out.resize(len * layer.experts(), 0.0);
+        out.resize(if flat { 1 } else { len } * layer.experts(), 0.0);
         let fb = predict(o, &mut out);
         emit(i, &mut out, None, fb);
     }
@@ -421,15 +438,16 @@ pub fn display_name(spec: &str, all: &[String]) -> String {
 
 /// Clips a prediction at 0 and renormalises every step to sum to 1 over experts
 /// (a step that clips to all zeros becomes uniform).
+/// Each row's sum runs in the lane order of [`crate::simd`].
+#[inline(always)]
 pub fn renormalize(out: &mut [f64], experts: usize) {
     for row in out.chunks_mut(experts) {
-        let mut s = 0.0;
         for v in row.iter_mut() {
-            if *v < 0.0 || v.is_nan() {
+            if !(*v >= 0.0) {
                 *v = 0.0;
             }
-            s += *v;
         }
+        let s = crate::simd::lane_sum(row);
         if s > 0.0 {
             row.iter_mut().for_each(|v| *v /= s);
         } else {

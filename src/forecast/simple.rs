@@ -62,6 +62,9 @@ pub struct Last;
 stateless!(Last, |_| 1, |_| "last".into());
 
 impl Fitted for Last {
+    fn flat(&self) -> bool {
+        true
+    }
     fn predict(&self, h: &LayerView, origin: usize, out: &mut [f64]) -> usize {
         let row = h.row(origin - 1);
         out.chunks_mut(h.experts()).for_each(|o| o.copy_from_slice(row));
@@ -84,6 +87,9 @@ windowed!(
 );
 
 impl Fitted for WindowMean {
+    fn flat(&self) -> bool {
+        true
+    }
     fn predict(&self, h: &LayerView, origin: usize, out: &mut [f64]) -> usize {
         let ne = h.experts();
         let (first, rest) = out.split_at_mut(ne);
@@ -101,6 +107,25 @@ windowed!(
 );
 
 impl Fitted for SlidingWindowAverage {
+    /// Origins in chunks, each chunk's in parallel, so that memory holds one chunk's
+    /// predictions.
+    fn predict_origins(&self, layer: &LayerView, origins: &[usize], lens: &[usize], emit: &mut Emit<'_>) -> anyhow::Result<()> {
+        use rayon::prelude::*;
+        const CHUNK: usize = 16;
+        let ne = layer.experts();
+        // Buffers reused from chunk to chunk; predict writes every value.
+        let mut outs: Vec<Vec<f64>> = vec![Vec::new(); CHUNK];
+        for (c, (os, ls)) in origins.chunks(CHUNK).zip(lens.chunks(CHUNK)).enumerate() {
+            outs.par_iter_mut().zip(os).zip(ls).for_each(|((out, &o), &len)| {
+                out.resize(len * ne, 0.0);
+                self.predict(&layer.until(o), o, out);
+            });
+            for (i, (out, &len)) in outs.iter_mut().zip(ls).enumerate() {
+                emit(c * CHUNK + i, &mut out[..len * ne], None, 0);
+            }
+        }
+        Ok(())
+    }
     fn predict(&self, h: &LayerView, origin: usize, out: &mut [f64]) -> usize {
         let (ne, w) = (h.experts(), self.w);
         // ring[j * ne + e] holds expert e's value that leaves the window j steps after
@@ -113,18 +138,28 @@ impl Fitted for SlidingWindowAverage {
             slot.copy_from_slice(h.row(t));
             sum.iter_mut().zip(slot.iter()).for_each(|(s, v)| *s += v);
         }
-        let mut head = 0;
-        for row in out.chunks_mut(ne) {
-            let slot = &mut ring[head * ne..(head + 1) * ne];
-            for e in 0..ne {
-                let pred = sum[e] / w as f64;
-                row[e] = pred;
-                sum[e] += pred - slot[e];
-                slot[e] = pred;
-            }
-            head = if head + 1 == w { 0 } else { head + 1 };
-        }
+        sw_avg_run(&mut ring, &mut sum, w, ne, out);
         0
+    }
+}
+
+crate::simd::avx2_twin!(
+    /// Fills `out` from the window `ring` (oldest first) and its per-expert `sum`.
+    fn sw_avg_run(ring: &mut [f64], sum: &mut [f64], w: usize, ne: usize, out: &mut [f64]) => sw_avg_run_inner
+);
+
+#[inline(always)]
+fn sw_avg_run_inner(ring: &mut [f64], sum: &mut [f64], w: usize, ne: usize, out: &mut [f64]) {
+    let mut head = 0;
+    for row in out.chunks_mut(ne) {
+        let slot = &mut ring[head * ne..(head + 1) * ne];
+        for e in 0..ne {
+            let pred = sum[e] / w as f64;
+            row[e] = pred;
+            sum[e] += pred - slot[e];
+            slot[e] = pred;
+        }
+        head = if head + 1 == w { 0 } else { head + 1 };
     }
 }
 
@@ -156,21 +191,18 @@ impl Fitted for Ema {
         out.chunks_mut(h.experts()).for_each(|o| o.copy_from_slice(&e));
         0
     }
+    fn flat(&self) -> bool {
+        true
+    }
     /// One pass over the layer for all origins instead of one per origin.
-    fn predict_origins(&self, layer: &LayerView, origins: &[usize], lens: &[usize], emit: &mut Emit<'_>) -> anyhow::Result<()> {
-        let ne = layer.experts();
-        let mut e = vec![0.0; ne];
+    fn predict_origins(&self, layer: &LayerView, origins: &[usize], _lens: &[usize], emit: &mut Emit<'_>) -> anyhow::Result<()> {
+        let mut e = vec![0.0; layer.experts()];
         let mut done = 0;
-        let mut out = Vec::new();
-        for (i, (&o, &len)) in origins.iter().zip(lens).enumerate() {
+        for (i, &o) in origins.iter().enumerate() {
             assert!(o >= done, "origins must ascend");
             self.advance(&layer.until(o), &mut e, done, o);
             done = o;
-            out.clear();
-            for _ in 0..len {
-                out.extend_from_slice(&e);
-            }
-            emit(i, &mut out, None, 0);
+            emit(i, &mut e.clone(), None, 0);
         }
         Ok(())
     }
@@ -226,7 +258,9 @@ mod tests {
         let v = LayerView::new(&P, 2);
         let mut got = Vec::new();
         f.predict_origins(&v, &[1, 2, 4], &[1, 2, 1], &mut |i, out, _, _| got.push((i, out.to_vec()))).unwrap();
-        assert!(close(&got[1].1, &predict(&f, 2, 2)));
+        // one row each: the model is flat
+        assert!(close(&got[1].1, &predict(&f, 2, 1)));
         assert!(close(&got[2].1, &predict(&f, 4, 1)));
+        assert_eq!(predict(&f, 2, 2)[..2], predict(&f, 2, 2)[2..]);
     }
 }

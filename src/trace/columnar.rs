@@ -14,7 +14,7 @@ use arrow::array::{Array, ArrayRef, Float64Array, Int64Array, RecordBatchReader,
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
 
 use super::{Loads, Result, Trace, TraceError, bad_value_kind, invalid, stem_name};
 
@@ -217,65 +217,77 @@ trait BatchSource {
     }
 }
 
-fn read_long(file: &Path, names: &ColumnNames, src: &dyn BatchSource) -> Result<Vec<Trace>> {
-    let unit = src.unit();
-    let batch_err = |e: arrow::error::ArrowError| invalid(file, src.describe(e));
-    let default_name = stem_name(file);
-
-    // Pass 1: shapes and values.
-    let mut scans: Vec<Scan> = Vec::new();
-    let mut index = TraceIndex::default();
-    let (lay, batches) = src.open()?;
-    let mut row0 = src.row_base();
-    for b in batches {
-        let b = b.map_err(batch_err)?;
-        let c = Cols::from_batch(file, &b, &lay, names)?;
-        c.check_nulls(file, names, row0, unit)?;
-        for i in 0..b.num_rows() {
-            let ti = match &c.trace {
-                Some(t) => index.get(t.value(i), &mut scans, true).unwrap(),
-                None => index.get(&default_name, &mut scans, true).unwrap(),
-            };
-            let s = &mut scans[ti];
-            let (step, layer, expert, v) = (c.step.value(i), c.layer.value(i), c.expert.value(i), c.tokens.value(i));
-            if !v.is_finite() || v < 0.0 {
-                return Err(invalid(
-                    file,
-                    format!(
-                        "{unit} {}: {} load {v} (step {step}, layer {layer}, expert {expert}); loads must be finite and >= 0",
-                        row0 + i as u64 + 1,
-                        bad_value_kind(v)
-                    ),
-                ));
-            }
-            s.rows += 1;
-            s.min_step = s.min_step.min(step);
-            s.max_step = s.max_step.max(step);
-            s.min_expert = s.min_expert.min(expert);
-            s.max_expert = s.max_expert.max(expert);
-            if s.last_layer != Some(layer) {
-                s.layer_set.insert(layer);
-                s.last_layer = Some(layer);
-            }
-            if s.f32_exact && (v as f32) as f64 != v {
-                s.f32_exact = false;
-            }
+/// Pass 1 over one batch: each row's trace, shape and value, checked. `row0` is the
+/// number of the batch's first row as reported to users.
+#[allow(clippy::too_many_arguments)]
+fn scan_batch(
+    file: &Path,
+    names: &ColumnNames,
+    unit: &str,
+    lay: &Layout,
+    b: &RecordBatch,
+    row0: u64,
+    scans: &mut Vec<Scan>,
+    index: &mut TraceIndex,
+    default_name: &str,
+) -> Result<()> {
+    let c = Cols::from_batch(file, b, lay, names)?;
+    c.check_nulls(file, names, row0, unit)?;
+    // Without a trace column every row is the file's one trace.
+    let only = match &c.trace {
+        None => Some(index.get(default_name, scans, true).unwrap()),
+        Some(_) => None,
+    };
+    for i in 0..b.num_rows() {
+        let ti = match (&c.trace, only) {
+            (_, Some(ti)) => ti,
+            (Some(t), None) => index.get(t.value(i), scans, true).unwrap(),
+            (None, None) => unreachable!("no trace column means one trace"),
+        };
+        let s = &mut scans[ti];
+        let (step, layer, expert, v) = (c.step.value(i), c.layer.value(i), c.expert.value(i), c.tokens.value(i));
+        if !v.is_finite() || v < 0.0 {
+            return Err(invalid(
+                file,
+                format!(
+                    "{unit} {}: {} load {v} (step {step}, layer {layer}, expert {expert}); loads must be finite and >= 0",
+                    row0 + i as u64 + 1,
+                    bad_value_kind(v)
+                ),
+            ));
         }
-        row0 += b.num_rows() as u64;
+        s.rows += 1;
+        s.min_step = s.min_step.min(step);
+        s.max_step = s.max_step.max(step);
+        s.min_expert = s.min_expert.min(expert);
+        s.max_expert = s.max_expert.max(expert);
+        if s.last_layer != Some(layer) {
+            s.layer_set.insert(layer);
+            s.last_layer = Some(layer);
+        }
+        if s.f32_exact && (v as f32) as f64 != v {
+            s.f32_exact = false;
+        }
     }
+    Ok(())
+}
+
+/// One trace's dense loads being filled in pass 2, and which cells have a row.
+struct Fill {
+    steps: usize,
+    experts: usize,
+    loads: Loads,
+    seen: Vec<u64>,
+}
+
+/// After pass 1: each trace's layers in order, then its dense array, refusing shapes
+/// that cannot fit the rows present.
+fn allocate(file: &Path, scans: &mut [Scan]) -> Result<Vec<Fill>> {
     if scans.is_empty() {
         return Err(invalid(file, "the file has a header but no rows"));
     }
-    for s in &mut scans {
+    for s in scans.iter_mut() {
         s.layers = std::mem::take(&mut s.layer_set).into_iter().collect();
-    }
-
-    // Allocate each trace, refusing shapes that cannot fit the rows present.
-    struct Fill {
-        steps: usize,
-        experts: usize,
-        loads: Loads,
-        seen: Vec<u64>,
     }
     // Every cell of a dense trace is a row of the file: a shape that claims many
     // more cells than there are rows (over all traces of the file, so that many
@@ -289,7 +301,7 @@ fn read_long(file: &Path, names: &ColumnNames, src: &dyn BatchSource) -> Result<
     let total_cells: u128 = scans.iter().map(|s| shape(s).2).sum();
     let budget = 2 * total_rows + (1 << 20);
     let mut fills = Vec::with_capacity(scans.len());
-    for s in &scans {
+    for s in scans.iter() {
         let (steps, experts, cells) = shape(s);
         let alone = cells > 2 * s.rows as u128 + (1 << 20);
         if alone || (total_cells > budget && cells > 2 * s.rows as u128) {
@@ -302,7 +314,7 @@ fn read_long(file: &Path, names: &ColumnNames, src: &dyn BatchSource) -> Result<
                 file,
                 format!(
                     "{}steps run from {} to {} and experts from {} to {}, but there are only {} rows: steps or experts are missing{all}",
-                    trace_prefix(s, &scans),
+                    trace_prefix(s, scans),
                     s.min_step,
                     s.max_step,
                     s.min_expert,
@@ -315,6 +327,36 @@ fn read_long(file: &Path, names: &ColumnNames, src: &dyn BatchSource) -> Result<
         let loads = if s.f32_exact { Loads::F32(vec![0.0; cells]) } else { Loads::F64(vec![0.0; cells]) };
         fills.push(Fill { steps: steps as usize, experts: experts as usize, loads, seen: vec![0u64; cells.div_ceil(64)] });
     }
+    Ok(fills)
+}
+
+/// After pass 2: every (step, layer, expert) must be present; then the traces.
+fn finish(file: &Path, scans: &[Scan], fills: Vec<Fill>) -> Result<Vec<Trace>> {
+    let mut traces = Vec::with_capacity(scans.len());
+    for (s, f) in scans.iter().zip(fills) {
+        check_complete(file, s, scans, f.steps, f.experts, &f.seen)?;
+        let expert_ids = (s.min_expert..=s.max_expert).collect();
+        traces.push(Trace::from_dense(s.name.clone(), file, s.min_step, s.layers.clone(), expert_ids, f.loads)?);
+    }
+    Ok(traces)
+}
+
+fn read_long(file: &Path, names: &ColumnNames, src: &dyn BatchSource) -> Result<Vec<Trace>> {
+    let unit = src.unit();
+    let batch_err = |e: arrow::error::ArrowError| invalid(file, src.describe(e));
+    let default_name = stem_name(file);
+
+    // Pass 1: shapes and values.
+    let mut scans: Vec<Scan> = Vec::new();
+    let mut index = TraceIndex::default();
+    let (lay, batches) = src.open()?;
+    let mut row0 = src.row_base();
+    for b in batches {
+        let b = b.map_err(batch_err)?;
+        scan_batch(file, names, unit, &lay, &b, row0, &mut scans, &mut index, &default_name)?;
+        row0 += b.num_rows() as u64;
+    }
+    let mut fills = allocate(file, &mut scans)?;
 
     // Pass 2: fill, catching duplicates.
     let (lay, batches) = src.open()?;
@@ -363,15 +405,135 @@ fn read_long(file: &Path, names: &ColumnNames, src: &dyn BatchSource) -> Result<
         }
         row0 += b.num_rows() as u64;
     }
+    finish(file, &scans, fills)
+}
 
-    // Every (step, layer, expert) must be present.
-    let mut traces = Vec::with_capacity(scans.len());
-    for (s, f) in scans.iter().zip(fills) {
-        check_complete(file, s, &scans, f.steps, f.experts, &f.seen)?;
-        let expert_ids = (s.min_expert..=s.max_expert).collect();
-        traces.push(Trace::from_dense(s.name.clone(), file, s.min_step, s.layers.clone(), expert_ids, f.loads)?);
+/// [`read_long`] of a Parquet file with several row groups, row groups in parallel
+/// (both passes). `None` when anything is wrong with the file (a bad value, a
+/// duplicate row, a decoding error, ...): the caller then reads it with
+/// [`read_long`], which finds the first problem in file order and says it in the same
+/// words as always. Shape problems found after the passes are reported from here,
+/// by the same code.
+fn read_parquet_parallel(file: &Path, names: &ColumnNames, src: &ParquetSource) -> Option<Result<Vec<Trace>>> {
+    use rayon::prelude::*;
+    use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+    let meta = src.metadata().ok()?;
+    let groups: Vec<u64> = meta.metadata().row_groups().iter().map(|g| g.num_rows().max(0) as u64).collect();
+    if groups.len() < 2 || rayon::current_num_threads() < 2 {
+        return None;
     }
-    Ok(traces)
+    let starts: Vec<u64> = groups.iter().scan(0u64, |acc, &n| Some(std::mem::replace(acc, *acc + n))).collect();
+    let default_name = stem_name(file);
+
+    // Pass 1, each row group on its own, then merged in file order (a trace's index is
+    // its first appearance in the file, as in one pass).
+    let local: Vec<Vec<Scan>> = (0..groups.len())
+        .into_par_iter()
+        .map(|g| {
+            let (lay, batches) = src.open_group(&meta, g).ok()?;
+            let (mut scans, mut index, mut row0) = (Vec::new(), TraceIndex::default(), starts[g]);
+            for b in batches {
+                let b = b.ok()?;
+                scan_batch(file, names, "row", &lay, &b, row0, &mut scans, &mut index, &default_name).ok()?;
+                row0 += b.num_rows() as u64;
+            }
+            Some(scans)
+        })
+        .collect::<Option<_>>()?;
+    let mut scans: Vec<Scan> = Vec::new();
+    let mut index = TraceIndex::default();
+    for part in local {
+        for p in part {
+            let gi = index.get(&p.name, &mut scans, true).unwrap();
+            let s = &mut scans[gi];
+            s.rows += p.rows;
+            s.min_step = s.min_step.min(p.min_step);
+            s.max_step = s.max_step.max(p.max_step);
+            s.min_expert = s.min_expert.min(p.min_expert);
+            s.max_expert = s.max_expert.max(p.max_expert);
+            s.layer_set.extend(p.layer_set);
+            s.f32_exact &= p.f32_exact;
+        }
+    }
+    let mut fills = match allocate(file, &mut scans) {
+        Ok(f) => f,
+        Err(e) => return Some(Err(e)),
+    };
+
+    // Pass 2: row groups fill disjoint cells; a cell filled twice (a duplicate row)
+    // sends the file to the sequential reader for its message.
+    const _: () = assert!(std::mem::align_of::<AtomicU64>() == std::mem::align_of::<u64>());
+    enum Cells<'a> {
+        F32(&'a [AtomicU32]),
+        F64(&'a [AtomicU64]),
+    }
+    let views: Vec<(&[AtomicU64], Cells)> = fills
+        .iter_mut()
+        .map(|f| {
+            // SAFETY: atomics have the size and alignment of the plain integers (checked
+            // above for u64; f32 and AtomicU32 are both 4 bytes, 4-aligned), and the
+            // vectors are only reached through these views until the pass ends.
+            let seen = unsafe { &*(f.seen.as_mut_slice() as *mut [u64] as *const [AtomicU64]) };
+            let cells = match &mut f.loads {
+                Loads::F32(d) => Cells::F32(unsafe { &*(d.as_mut_slice() as *mut [f32] as *const [AtomicU32]) }),
+                Loads::F64(d) => Cells::F64(unsafe { &*(d.as_mut_slice() as *mut [f64] as *const [AtomicU64]) }),
+            };
+            (seen, cells)
+        })
+        .collect();
+    let filled = (0..groups.len()).into_par_iter().all(|g| {
+        let fill = || -> Option<()> {
+            let (lay, batches) = src.open_group(&meta, g).ok()?;
+            let mut index = TraceIndex { by_name: index.by_name.clone(), last: None };
+            let mut dummy = Vec::new();
+            for b in batches {
+                let b = b.ok()?;
+                let c = Cols::from_batch(file, &b, &lay, names).ok()?;
+                let mut last_layer: (i64, usize) = (i64::MIN, 0);
+                let only = if c.trace.is_none() { Some(index.get(&default_name, &mut dummy, false)?) } else { None };
+                for i in 0..b.num_rows() {
+                    let ti = match (&c.trace, only) {
+                        (_, Some(ti)) => ti,
+                        (Some(t), None) => index.get(t.value(i), &mut dummy, false)?,
+                        (None, None) => return None,
+                    };
+                    let s = &scans[ti];
+                    let (step, layer, expert) = (c.step.value(i), c.layer.value(i), c.expert.value(i));
+                    let li = if last_layer.0 == layer {
+                        last_layer.1
+                    } else {
+                        let li = s.layers.binary_search(&layer).ok()?;
+                        last_layer = (layer, li);
+                        li
+                    };
+                    let (t, e) = ((step - s.min_step) as usize, (expert - s.min_expert) as usize);
+                    let idx = (t * s.layers.len() + li) * fills_experts(&scans, ti) + e;
+                    let (seen, cells) = &views[ti];
+                    let bit = 1u64 << (idx % 64);
+                    if seen[idx / 64].fetch_or(bit, Relaxed) & bit != 0 {
+                        return None;
+                    }
+                    let v = c.tokens.value(i);
+                    match cells {
+                        Cells::F32(d) => d[idx].store((v as f32).to_bits(), Relaxed),
+                        Cells::F64(d) => d[idx].store(v.to_bits(), Relaxed),
+                    }
+                }
+            }
+            Some(())
+        };
+        fill().is_some()
+    });
+    drop(views);
+    if !filled {
+        return None;
+    }
+    Some(finish(file, &scans, fills))
+}
+
+/// Experts of trace `ti` as allocated (max - min + 1).
+fn fills_experts(scans: &[Scan], ti: usize) -> usize {
+    (scans[ti].max_expert - scans[ti].min_expert + 1) as usize
 }
 
 fn trace_prefix(s: &Scan, all: &[Scan]) -> String {
@@ -439,13 +601,13 @@ struct ParquetSource<'a> {
     data: Option<bytes::Bytes>,
 }
 
+type Batches = Box<dyn Iterator<Item = std::result::Result<RecordBatch, arrow::error::ArrowError>> + Send>;
+
 impl ParquetSource<'_> {
     fn reader<T: parquet::file::reader::ChunkReader + 'static>(
         &self,
-        input: T,
-    ) -> Result<(Layout, Box<dyn Iterator<Item = std::result::Result<RecordBatch, arrow::error::ArrowError>>>)> {
-        let builder = ParquetRecordBatchReaderBuilder::try_new(input)
-            .map_err(|e| invalid(self.file, format!("not a readable Parquet file (truncated or corrupt?): {e}")))?;
+        builder: ParquetRecordBatchReaderBuilder<T>,
+    ) -> Result<(Layout, Batches)> {
         let full = Layout::resolve(self.file, builder.schema(), self.names)?;
         let mut roots = vec![full.step, full.layer, full.expert, full.tokens];
         roots.extend(full.trace);
@@ -459,6 +621,28 @@ impl ParquetSource<'_> {
         let lay = Layout::resolve(self.file, &reader.schema(), self.names)?;
         Ok((lay, Box::new(reader)))
     }
+    fn not_readable(&self, e: parquet::errors::ParquetError) -> TraceError {
+        invalid(self.file, format!("not a readable Parquet file (truncated or corrupt?): {e}"))
+    }
+    fn file(&self) -> Result<File> {
+        File::open(self.file).map_err(|source| TraceError::Io { file: self.file.to_path_buf(), source })
+    }
+    /// The file's footer, read once for [`open_group`](Self::open_group).
+    fn metadata(&self) -> Result<ArrowReaderMetadata> {
+        let opts = ArrowReaderOptions::default();
+        match &self.data {
+            Some(b) => ArrowReaderMetadata::load(b, opts),
+            None => ArrowReaderMetadata::load(&self.file()?, opts),
+        }
+        .map_err(|e| self.not_readable(e))
+    }
+    /// The batches of row group `g` alone.
+    fn open_group(&self, meta: &ArrowReaderMetadata, g: usize) -> Result<(Layout, Batches)> {
+        match &self.data {
+            Some(b) => self.reader(ParquetRecordBatchReaderBuilder::new_with_metadata(b.clone(), meta.clone()).with_row_groups(vec![g])),
+            None => self.reader(ParquetRecordBatchReaderBuilder::new_with_metadata(self.file()?, meta.clone()).with_row_groups(vec![g])),
+        }
+    }
 }
 
 impl BatchSource for ParquetSource<'_> {
@@ -469,20 +653,30 @@ impl BatchSource for ParquetSource<'_> {
         0
     }
     fn open(&self) -> Result<(Layout, Box<dyn Iterator<Item = std::result::Result<RecordBatch, arrow::error::ArrowError>>>)> {
-        match &self.data {
-            Some(b) => self.reader(b.clone()),
-            None => self.reader(File::open(self.file).map_err(|source| TraceError::Io { file: self.file.to_path_buf(), source })?),
-        }
+        let (lay, batches) = match &self.data {
+            Some(b) => self.reader(ParquetRecordBatchReaderBuilder::try_new(b.clone()).map_err(|e| self.not_readable(e))?)?,
+            None => self.reader(ParquetRecordBatchReaderBuilder::try_new(self.file()?).map_err(|e| self.not_readable(e))?)?,
+        };
+        Ok((lay, batches))
+    }
+}
+
+/// Row groups in parallel when there are several and threads to read them, else
+/// (and for any file with a problem, to name it) one pass after the other.
+fn read_parquet_source(file: &Path, names: &ColumnNames, src: &ParquetSource) -> Result<Vec<Trace>> {
+    match read_parquet_parallel(file, names, src) {
+        Some(r) => r,
+        None => read_long(file, names, src),
     }
 }
 
 pub(super) fn read_parquet(file: &Path, names: &ColumnNames) -> Result<Vec<Trace>> {
-    read_long(file, names, &ParquetSource { file, names, data: None })
+    read_parquet_source(file, names, &ParquetSource { file, names, data: None })
 }
 
 /// A Parquet file held in memory; `file` names it in traces and messages.
 pub(super) fn read_parquet_bytes(file: &Path, data: &'static [u8], names: &ColumnNames) -> Result<Vec<Trace>> {
-    read_long(file, names, &ParquetSource { file, names, data: Some(bytes::Bytes::from_static(data)) })
+    read_parquet_source(file, names, &ParquetSource { file, names, data: Some(bytes::Bytes::from_static(data)) })
 }
 
 struct CsvSource<'a> {
@@ -550,4 +744,127 @@ pub(super) fn read_csv(file: &Path, names: &ColumnNames) -> Result<Vec<Trace>> {
         .collect();
     let schema = Arc::new(Schema::new(fields));
     read_long(file, names, &CsvSource { file, names, schema })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Float64Array, Int64Array, StringArray};
+    use parquet::arrow::ArrowWriter;
+    use parquet::file::properties::WriterProperties;
+
+    /// Rows `(trace, step, layer, expert, tokens)` as long Parquet, 7 rows a row group.
+    fn write(path: &Path, rows: &[(&str, i64, i64, i64, f64)]) {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("trace", DataType::Utf8, false),
+            Field::new("step", DataType::Int64, false),
+            Field::new("layer", DataType::Int64, false),
+            Field::new("expert", DataType::Int64, false),
+            Field::new("tokens", DataType::Float64, false),
+        ]));
+        let b = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.2))),
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.3))),
+                Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.4))),
+            ],
+        )
+        .unwrap();
+        let props = WriterProperties::builder().set_max_row_group_size(7).build();
+        let mut w = ArrowWriter::try_new(File::create(path).unwrap(), schema, Some(props)).unwrap();
+        w.write(&b).unwrap();
+        w.close().unwrap();
+    }
+
+    /// Two traces interleaved in an order no pass could assume: "b" first, layers
+    /// descending, steps shuffled; "a" has a value that is not an f32.
+    fn rows() -> Vec<(&'static str, i64, i64, i64, f64)> {
+        let mut rows = Vec::new();
+        for (i, step) in [12i64, 10, 11].into_iter().enumerate() {
+            for layer in [5i64, 2] {
+                for expert in 0..3i64 {
+                    let v = (step * 100 + layer * 10 + expert) as f64;
+                    rows.push(("b", step, layer, expert, v));
+                    rows.push(("a", step - 10, layer + 1, expert + 7, if i == 1 && expert == 2 { v + 0.1 } else { v }));
+                }
+            }
+        }
+        rows
+    }
+
+    fn both(path: &Path) -> (Option<Result<Vec<Trace>>>, Result<Vec<Trace>>) {
+        let names = ColumnNames::default();
+        let src = ParquetSource { file: path, names: &names, data: None };
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(4).build().unwrap();
+        (pool.install(|| read_parquet_parallel(path, &names, &src)), read_long(path, &names, &src))
+    }
+
+    fn summary(ts: &[Trace]) -> Vec<(String, i64, Vec<i64>, Vec<i64>, Vec<u64>)> {
+        ts.iter()
+            .map(|t| {
+                let loads = (0..t.steps())
+                    .flat_map(|s| (0..t.layers()).flat_map(move |l| (0..t.experts()).map(move |e| t.load(s, l, e).to_bits())))
+                    .collect();
+                (t.name.clone(), t.first_step, t.layer_ids.clone(), t.expert_ids.clone(), loads)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn row_groups_in_parallel_read_what_one_pass_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.parquet");
+        let rows = rows();
+        write(&path, &rows);
+        let (par, seq) = both(&path);
+        let (par, seq) = (par.expect("several row groups: the parallel reader runs").unwrap(), seq.unwrap());
+        assert_eq!(summary(&par), summary(&seq));
+        // independently: "b" first (its first row comes first), its shape and a load
+        assert_eq!(par.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["b", "a"]);
+        assert_eq!((par[0].first_step, par[0].layer_ids.clone(), par[0].expert_ids.clone()), (10, vec![2, 5], vec![0, 1, 2]));
+        assert_eq!(par[0].load(2, 1, 1), 1251.0);
+        assert_eq!(par[1].load(0, 0, 2), 1022.1); // step 10 - 10, layer 2 + 1, expert 2 + 7
+    }
+
+    #[test]
+    fn a_bad_file_read_in_parallel_gets_the_one_pass_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.parquet");
+        let good = rows();
+        let n = good.len();
+        let cases: Vec<(&str, Vec<(&str, i64, i64, i64, f64)>)> = vec![
+            // the same cell in the first and the last row group
+            ("duplicate row", {
+                let mut r = good.clone();
+                r[n - 1] = r[0];
+                r
+            }),
+            // a later duplicate than one in another row group: the first in file order is named
+            ("duplicate row", {
+                let mut r = good.clone();
+                r[n - 1] = r[1];
+                r[20] = r[3];
+                r
+            }),
+            ("load -1", {
+                let mut r = good.clone();
+                r[30].4 = -1.0;
+                r[9].4 = f64::NAN;
+                r
+            }),
+            ("no row for", good[..n - 2].to_vec()),
+        ];
+        for (want, rows) in cases {
+            write(&path, &rows);
+            let (par, seq) = both(&path);
+            let seq = seq.err().expect(want).to_string();
+            if let Some(par) = par {
+                assert_eq!(par.err().expect(want).to_string(), seq);
+            }
+            assert!(seq.contains(want) || want == "load -1" && seq.contains("NaN"), "{want}: {seq}");
+        }
+    }
 }
