@@ -131,49 +131,57 @@ impl Trace {
         }
         assert_eq!(loads.len() % (nl * ne), 0, "dense loads must be steps × layers × experts");
         let steps = loads.len() / (nl * ne);
+        // Blocks of steps in parallel, each (step, layer) summed in expert order; the
+        // first problem in file order is reported (each block stops at its first).
+        use rayon::prelude::*;
+        const BLOCK: usize = 1024;
         let mut totals = vec![0.0f64; steps * nl];
-        for t in 0..steps {
-            for l in 0..nl {
-                let base = (t * nl + l) * ne;
-                let mut s = 0.0;
-                for e in 0..ne {
-                    let v = loads.get(base + e);
-                    if !v.is_finite() || v < 0.0 {
-                        return Err(invalid(
-                            file,
-                            format!(
-                                "{} load {v} at step {}, layer {}, expert {}",
-                                bad_value_kind(v),
-                                first_step + t as i64,
-                                layer_ids[l],
-                                expert_ids[e]
-                            ),
-                        ));
-                    }
-                    s += v;
-                }
-                if !s.is_finite() {
+        let check = |t: usize, l: usize| -> std::result::Result<f64, TraceError> {
+            let base = (t * nl + l) * ne;
+            let mut s = 0.0;
+            for e in 0..ne {
+                let v = loads.get(base + e);
+                if !v.is_finite() || v < 0.0 {
                     return Err(invalid(
                         file,
-                        format!(
-                            "layer {}'s loads at step {} sum to more than the largest float64 (1.8e308): scale the loads down",
-                            layer_ids[l],
-                            first_step + t as i64
-                        ),
+                        format!("{} load {v} at step {}, layer {}, expert {}", bad_value_kind(v), first_step + t as i64, layer_ids[l], expert_ids[e]),
                     ));
                 }
-                if s <= 0.0 {
-                    return Err(invalid(
-                        file,
-                        format!(
-                            "layer {} has a total load of 0 at step {}: its proportions are undefined",
-                            layer_ids[l],
-                            first_step + t as i64
-                        ),
-                    ));
-                }
-                totals[t * nl + l] = s;
+                s += v;
             }
+            if !s.is_finite() {
+                return Err(invalid(
+                    file,
+                    format!(
+                        "layer {}'s loads at step {} sum to more than the largest float64 (1.8e308): scale the loads down",
+                        layer_ids[l],
+                        first_step + t as i64
+                    ),
+                ));
+            }
+            if s <= 0.0 {
+                return Err(invalid(
+                    file,
+                    format!("layer {} has a total load of 0 at step {}: its proportions are undefined", layer_ids[l], first_step + t as i64),
+                ));
+            }
+            Ok(s)
+        };
+        let problems: Vec<Option<TraceError>> = totals
+            .par_chunks_mut(BLOCK * nl)
+            .enumerate()
+            .map(|(b, out)| {
+                for (i, tot) in out.iter_mut().enumerate() {
+                    match check(b * BLOCK + i / nl, i % nl) {
+                        Ok(s) => *tot = s,
+                        Err(e) => return Some(e),
+                    }
+                }
+                None
+            })
+            .collect();
+        if let Some(e) = problems.into_iter().flatten().next() {
+            return Err(e);
         }
         Ok(Trace { name, source: file.to_path_buf(), first_step, layer_ids, expert_ids, steps, loads, totals })
     }
