@@ -35,6 +35,8 @@ use anyhow::Context;
 use arrow::array::{ArrayRef, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_writer::ArrowRowGroupWriterFactory;
+use parquet::file::writer::SerializedFileWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
@@ -308,10 +310,24 @@ fn temp_file(dir: &Path, name: &str) -> anyhow::Result<(File, tempfile::TempPath
     Ok(t.into_parts())
 }
 
+/// Rows of a row group (as the one-writer path had them).
+const ROW_GROUP: usize = 1 << 20;
+/// Row groups gathered before they are encoded together.
+const GROUPS_AT_ONCE: usize = 4;
+
 /// A Parquet file that appears under its final name only once [`finish`](Self::finish)
 /// succeeds; dropped unfinished, it leaves nothing behind.
+///
+/// Rows are gathered into row groups of 2^20 rows, and up to four row groups are
+/// encoded at a time, every (row group, column) on its own thread, then appended
+/// in order: the paper-scale layer summaries (3.6 M rows) took 1.0–1.7 s with one
+/// writer. The bytes do not depend on the threads.
 pub struct AtomicParquet {
-    writer: Option<ArrowWriter<File>>,
+    writer: Option<SerializedFileWriter<File>>,
+    factory: ArrowRowGroupWriterFactory,
+    schema: SchemaRef,
+    pending: Vec<RecordBatch>,
+    pending_rows: usize,
     tmp: Option<tempfile::TempPath>,
     dest: PathBuf,
 }
@@ -320,21 +336,83 @@ impl AtomicParquet {
     pub fn create(dir: &Path, name: &str, schema: SchemaRef) -> anyhow::Result<Self> {
         let dest = dir.join(name);
         let (f, tmp) = temp_file(dir, name)?;
-        let props = WriterProperties::builder()
+        // Dictionaries only for text columns (trace and forecaster names repeat);
+        // numbers rarely repeat, and trying a dictionary on them first costs time.
+        let mut props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
-            .set_max_row_group_size(1 << 20)
-            .build();
-        let writer = ArrowWriter::try_new(f, schema, Some(props))?;
-        Ok(AtomicParquet { writer: Some(writer), tmp: Some(tmp), dest })
+            .set_max_row_group_size(ROW_GROUP)
+            .set_dictionary_enabled(false);
+        for f in schema.fields().iter().filter(|f| f.data_type() == &DataType::Utf8) {
+            props = props.set_column_dictionary_enabled(parquet::schema::types::ColumnPath::from(f.name().as_str()), true);
+        }
+        let (writer, factory) = ArrowWriter::try_new(f, schema.clone(), Some(props.build()))?.into_serialized_writer()?;
+        Ok(AtomicParquet { writer: Some(writer), factory, schema, pending: Vec::new(), pending_rows: 0, tmp: Some(tmp), dest })
     }
 
     pub fn write(&mut self, batch: &RecordBatch) -> anyhow::Result<()> {
-        self.writer.as_mut().expect("not finished").write(batch).with_context(|| format!("writing {}", self.dest.display()))
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        self.pending_rows += batch.num_rows();
+        self.pending.push(batch.clone());
+        if self.pending_rows >= ROW_GROUP * GROUPS_AT_ONCE {
+            self.flush(false).with_context(|| format!("writing {}", self.dest.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Encodes the gathered rows' whole row groups (and, when `all`, the rest).
+    fn flush(&mut self, all: bool) -> anyhow::Result<()> {
+        use parquet::arrow::arrow_writer::compute_leaves;
+        use rayon::prelude::*;
+        if self.pending_rows == 0 {
+            return Ok(());
+        }
+        let rows = arrow::compute::concat_batches(&self.schema, &self.pending)?;
+        self.pending.clear();
+        let whole = rows.num_rows() / ROW_GROUP * ROW_GROUP;
+        let cut = if all { rows.num_rows() } else { whole };
+        let groups: Vec<RecordBatch> = (0..cut).step_by(ROW_GROUP).map(|at| rows.slice(at, ROW_GROUP.min(cut - at))).collect();
+        if cut < rows.num_rows() {
+            self.pending.push(rows.slice(cut, rows.num_rows() - cut));
+        }
+        self.pending_rows = rows.num_rows() - cut;
+        let writer = self.writer.as_mut().expect("not finished");
+        let first = writer.flushed_row_groups().len();
+        let fields = self.schema.fields();
+        let tasks: Vec<(usize, usize)> = (0..groups.len()).flat_map(|g| (0..fields.len()).map(move |c| (g, c))).collect();
+        let mut writers: Vec<Option<_>> = Vec::with_capacity(tasks.len());
+        for g in 0..groups.len() {
+            let ws = self.factory.create_column_writers(first + g)?;
+            anyhow::ensure!(ws.len() == fields.len(), "a flat schema has one column writer per field");
+            writers.extend(ws.into_iter().map(Some));
+        }
+        let chunks: Vec<parquet::errors::Result<_>> = tasks
+            .par_iter()
+            .zip(writers.par_iter_mut())
+            .map(|(&(g, c), w)| {
+                let mut w = w.take().expect("one task per writer");
+                for leaf in compute_leaves(&fields[c], groups[g].column(c))? {
+                    w.write(&leaf)?;
+                }
+                w.close()
+            })
+            .collect();
+        let mut chunks = chunks.into_iter();
+        for _ in &groups {
+            let mut rg = writer.next_row_group()?;
+            for _ in 0..fields.len() {
+                chunks.next().expect("a chunk per task")?.append_to_row_group(&mut rg)?;
+            }
+            rg.close()?;
+        }
+        Ok(())
     }
 
     /// Closes the file and renames it to its final name (replacing what is there:
     /// a link there is replaced, not followed).
     pub fn finish(mut self) -> anyhow::Result<PathBuf> {
+        self.flush(true).with_context(|| format!("writing {}", self.dest.display()))?;
         self.writer.take().expect("finish once").close().with_context(|| format!("writing {}", self.dest.display()))?;
         let tmp = self.tmp.take().expect("finish once");
         tmp.persist(&self.dest).map_err(|e| out_error(&self.dest, "cannot rename the finished file to", e.error))?;
