@@ -23,6 +23,7 @@ pub mod forecast;
 pub mod gpu;
 pub mod output;
 pub mod pipeline;
+pub mod profile;
 pub mod simd;
 pub mod stats;
 pub mod sweep;

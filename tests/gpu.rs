@@ -366,3 +366,129 @@ fn lstm_kernels_match_burn_autodiff() {
         }
     }
 }
+
+/// Random shares of one layer (`steps × experts`, rows summing to 1), with ties and
+/// zero steps so that medians of equal values and clipped rows are exercised.
+fn random_layer(steps: usize, experts: usize, seed: u64) -> Vec<f64> {
+    let mut s = seed | 1;
+    let mut next = || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        (s >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let mut p = vec![0.0; steps * experts];
+    for row in p.chunks_mut(experts) {
+        for v in row.iter_mut() {
+            let u = next();
+            // a quarter of the values from a set of four, so that ties are common
+            *v = if u < 0.25 { (next() * 4.0).floor() + 1.0 } else { 0.5 + 4.0 * next() };
+        }
+        let t: f64 = row.iter().sum();
+        row.iter_mut().for_each(|v| *v /= t);
+    }
+    p
+}
+
+fn close_rel(a: Option<f64>, b: Option<f64>, tol: f64) -> bool {
+    match (a, b) {
+        (Some(x), Some(y)) => (x - y).abs() <= tol * x.abs().max(y.abs()).max(1e-300),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+/// Every forecaster with a device model, scored on the GPU, against the CPU path:
+/// awkward expert counts (fewer than a warp, not a multiple of 32, more than a
+/// block's threads), horizons past the end of the trace, renormalised or not.
+#[test]
+#[ignore = "needs a CUDA device"]
+fn device_scoring_matches_the_cpu_path() {
+    use expertcast::eval::{Protocol, cuda::Scorer, evaluate_layer};
+    use expertcast::forecast::{FitContext, LayerView, parse_spec};
+    let g = gpu();
+    let mut sc = Scorer::new(&g).unwrap();
+    let seed = seed();
+    let specs = ["last", "mean:w=7", "ema:alpha=0.3", "median:w=6", "sw-avg:w=5", "sw-avg:w=1", "oracle-median"];
+    let mut checked = 0;
+    for (ci, &(steps, experts)) in [(300, 1), (257, 5), (700, 33), (413, 300), (260, 1100)].iter().enumerate() {
+        let p = random_layer(steps, experts, seed.wrapping_add(ci as u64));
+        let view = LayerView::new(&p, experts);
+        sc.load(&view).unwrap();
+        for renormalize in [true, false] {
+            let proto = Protocol { horizons: vec![1, 2, 9, 64, 255, 400], stride: 7, start: 7, renormalize };
+            for spec in specs {
+                let f = parse_spec(spec).unwrap();
+                let model = f.on_device().expect("a device model");
+                let stable = Some(steps / 3);
+                let want = evaluate_layer(&view, f.as_ref(), &proto, stable, None).unwrap();
+                let got = sc.score(&view, f.as_ref(), model, &proto, stable, &FitContext::cpu(), &|_| {}, None).unwrap();
+                assert_eq!(want.len(), got.len());
+                for (w, s) in want.iter().zip(&got) {
+                    let what = format!("{spec} {steps}×{experts} renormalize={renormalize}: {w:?} vs {s:?}");
+                    assert_eq!((w.horizon, w.regime, w.origins, w.fallbacks), (s.horizon, s.regime, s.origins, s.fallbacks), "{what}");
+                    for (a, b) in [(w.mae_pp, s.mae_pp), (w.rmse_pp, s.rmse_pp), (w.tv_pct, s.tv_pct)] {
+                        assert!(close_rel(a, b, 1e-10), "{what}");
+                    }
+                    checked += 1;
+                }
+                // The same call twice: the same bits.
+                let again = sc.score(&view, f.as_ref(), model, &proto, stable, &FitContext::cpu(), &|_| {}, None).unwrap();
+                assert_eq!(got, again, "{spec}: a second run differs");
+            }
+        }
+    }
+    eprintln!("{checked} scores match");
+}
+
+/// The whole default run (every default forecaster) on the bundled traces, on the
+/// GPU and on the CPU: statistics within 1e-6, states identical, metrics within
+/// 1e-6 relative; and the GPU run gives the same bits twice.
+#[test]
+#[ignore = "needs a CUDA device"]
+fn default_run_on_cuda_matches_the_cpu_run() {
+    let d = tempfile::tempdir().unwrap();
+    let mut runs = Vec::new();
+    for (name, dev) in [("cpu", "cpu"), ("cuda", "cuda"), ("cuda2", "cuda")] {
+        let out = d.path().join(name);
+        let o = common::expertcast(&["run", "--device", dev, "--out", out.to_str().unwrap(), "--quiet"]);
+        assert!(o.status.success(), "{name}: {}", common::stderr(&o));
+        runs.push(out);
+    }
+    let read = |dir: &std::path::Path, t: &str| common::read_all(&dir.join(format!("{t}.parquet")));
+    let (cpu_m, gpu_m) = (read(&runs[0], "metrics"), read(&runs[1], "metrics"));
+    assert_eq!(cpu_m.num_rows(), gpu_m.num_rows());
+    assert!(cpu_m.num_rows() > 0);
+    for i in 0..cpu_m.num_columns() {
+        let name = cpu_m.schema().field(i).name().clone();
+        if cpu_m.schema().field(i).data_type() == &arrow::datatypes::DataType::Float64 {
+            let (x, y) = (common::col_f64(&cpu_m, &name), common::col_f64(&gpu_m, &name));
+            for (r, (a, b)) in x.iter().zip(&y).enumerate() {
+                let ok = (a.is_nan() && b.is_nan()) || (a - b).abs() <= 1e-6 * a.abs().max(b.abs());
+                assert!(ok, "metrics {name} row {r}: cpu {a} vs cuda {b}");
+            }
+        } else {
+            assert_eq!(cpu_m.column(i), gpu_m.column(i), "metrics column {name}");
+        }
+    }
+    let (a, b) = (read(&runs[0], "layer_stats"), read(&runs[1], "layer_stats"));
+    for c in ["var_mean", "var_max", "range_mean", "range_max"] {
+        for (x, y) in common::col_f64(&a, c).iter().zip(common::col_f64(&b, c)) {
+            assert!((x - y).abs() < 1e-6, "{c}");
+        }
+    }
+    // States from the GPU's float32 summaries: the same transitions, final levels
+    // within 1e-6.
+    let (a, b) = (read(&runs[0], "states"), read(&runs[1], "states"));
+    assert_eq!(common::col_i64(&a, "transition_step"), common::col_i64(&b, "transition_step"));
+    for (x, y) in common::col_f64(&a, "final_std").iter().zip(common::col_f64(&b, "final_std")) {
+        assert!((x - y).abs() < 1e-6 || (x.is_nan() && y.is_nan()), "final_std {x} vs {y}");
+    }
+    for t in ["metrics", "layer_stats", "states"] {
+        assert_eq!(
+            std::fs::read(runs[1].join(format!("{t}.parquet"))).unwrap(),
+            std::fs::read(runs[2].join(format!("{t}.parquet"))).unwrap(),
+            "{t}: two GPU runs differ"
+        );
+    }
+}

@@ -10,6 +10,8 @@
 
 use crate::forecast::{FitContext, Forecaster, LayerView, renormalize};
 
+pub mod cuda;
+
 /// Which origins a score covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Regime {
@@ -392,6 +394,23 @@ pub fn evaluate_layer_progress(
         }
     }
 
+    Ok(scores_from_sums(&origins, horizons, nt, ne, &sums, &fbs, stable_from))
+}
+
+/// The scores of one (layer, forecaster) from each origin's error sums at each
+/// horizon (`sums[i * nh + hi]`, `fbs` likewise its fallbacks), added in origin order
+/// for every horizon the origin reaches: one score per horizon and regime, horizons
+/// ascending, `all` before `stable`.
+pub fn scores_from_sums(
+    origins: &[usize],
+    horizons: &[usize],
+    nt: usize,
+    ne: usize,
+    sums: &[(f64, f64)],
+    fbs: &[usize],
+    stable_from: Option<usize>,
+) -> Vec<Score> {
+    let nh = horizons.len();
     let mut acc = vec![[Acc::default(), Acc::default()]; nh];
     let is_stable = |o: usize| stable_from.is_some_and(|s| o >= s);
     for (i, &o) in origins.iter().enumerate() {
@@ -415,7 +434,7 @@ pub fn evaluate_layer_progress(
         out.push(acc[hi][0].score(h, Regime::All));
         out.push(acc[hi][1].score(h, Regime::Stable));
     }
-    Ok(out)
+    out
 }
 
 #[cfg(test)]

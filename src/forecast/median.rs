@@ -7,7 +7,10 @@ use super::{FitContext, Fitted, Forecaster, Known, LayerView, Param, canonical, 
 
 windowed!(
     /// `median:w=W`.
-    MEDIAN, WindowMedian, "median", "median of p[o-w .. o-1] for every future step"
+    MEDIAN, WindowMedian, "median", "median of p[o-w .. o-1] for every future step";
+    fn on_device(&self) -> Option<super::DeviceModel> {
+        Some(super::DeviceModel::HostRows)
+    }
 );
 
 impl Fitted for WindowMedian {

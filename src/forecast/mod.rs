@@ -99,6 +99,10 @@ impl<'a> LayerView<'a> {
         assert!(experts > 0 && p.len() % experts == 0, "p must hold whole steps");
         LayerView { p, experts }
     }
+    /// The shares, step-major (`steps × experts`).
+    pub fn raw(&self) -> &'a [f64] {
+        self.p
+    }
     pub fn steps(&self) -> usize {
         self.p.len() / self.experts
     }
@@ -190,9 +194,27 @@ pub trait Forecaster: Send + Sync {
         Ok(())
     }
 
+    /// How the GPU path runs this forecaster (`None`: on the CPU, as without a GPU).
+    fn on_device(&self) -> Option<DeviceModel> {
+        None
+    }
+
     /// Fits on `history`, a layer's steps before its first origin, into the model
     /// that predicts its origins.
     fn fit(&self, history: &LayerView, ctx: &FitContext) -> anyhow::Result<Box<dyn Fitted + '_>>;
+}
+
+/// How a forecaster runs in a GPU run (see `eval::cuda`), where the layer's shares
+/// are on the device and every forecast is scored there.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum DeviceModel {
+    /// A [flat](Fitted::flat) model predicted on the host (one row an origin: a few
+    /// kB), scored on the device.
+    HostRows,
+    /// `sw-avg:w=W`, predicted and scored on the device.
+    SwAvg { w: usize },
+    /// `oracle-median`'s medians taken and scored on the device.
+    OracleMedian,
 }
 
 /// A fitted forecaster: predicts the origins of the layer it was fitted on.

@@ -25,6 +25,9 @@ stateless!(OracleMedian, |_| 0, |_| "oracle-median".into();
     fn horizon_dependent(&self) -> bool {
         true
     }
+    fn on_device(&self) -> Option<super::DeviceModel> {
+        Some(super::DeviceModel::OracleMedian)
+    }
 );
 
 impl Fitted for OracleMedian {

@@ -1,6 +1,6 @@
 //! The baseline forecasters: `last`, `mean`, `sw-avg` and `ema`.
 
-use super::{Emit, FitContext, Fitted, Forecaster, Known, LayerView, Param, canonical};
+use super::{DeviceModel, Emit, FitContext, Fitted, Forecaster, Known, LayerView, Param, canonical};
 
 pub static LAST: Known = Known { name: "last", doc: "p[o-1] for every future step", params: &[], build: |_| Ok(Box::new(Last)) };
 
@@ -36,7 +36,7 @@ pub(super) use stateless;
 /// and which needs `w` steps of history: its [`Known`] entry `$known`, its struct
 /// `$t { w }` and its `impl Forecaster`. The caller writes `impl Fitted for $t`.
 macro_rules! windowed {
-    ($(#[$attr:meta])* $known:ident, $t:ident, $name:literal, $doc:literal) => {
+    ($(#[$attr:meta])* $known:ident, $t:ident, $name:literal, $doc:literal $(; $($extra:tt)*)?) => {
         pub static $known: Known = Known {
             name: $name,
             doc: $doc,
@@ -50,7 +50,7 @@ macro_rules! windowed {
             pub w: usize,
         }
 
-        stateless!($t, |f| f.w, |f| canonical($name, &[("w", f.w.to_string())]));
+        stateless!($t, |f| f.w, |f| canonical($name, &[("w", f.w.to_string())]) $(; $($extra)*)?);
     };
 }
 pub(super) use windowed;
@@ -59,7 +59,11 @@ pub(super) use windowed;
 #[derive(Debug, Clone, Copy)]
 pub struct Last;
 
-stateless!(Last, |_| 1, |_| "last".into());
+stateless!(Last, |_| 1, |_| "last".into();
+    fn on_device(&self) -> Option<DeviceModel> {
+        Some(DeviceModel::HostRows)
+    }
+);
 
 impl Fitted for Last {
     fn flat(&self) -> bool {
@@ -83,7 +87,10 @@ fn window_mean(h: &LayerView, origin: usize, w: usize, into: &mut [f64]) {
 
 windowed!(
     /// `mean:w=W`: the mean of `p[o-W .. o-1]` for every future step.
-    MEAN, WindowMean, "mean", "mean of p[o-w .. o-1] for every future step"
+    MEAN, WindowMean, "mean", "mean of p[o-w .. o-1] for every future step";
+    fn on_device(&self) -> Option<DeviceModel> {
+        Some(DeviceModel::HostRows)
+    }
 );
 
 impl Fitted for WindowMean {
@@ -103,7 +110,10 @@ windowed!(
     /// `sw-avg:w=W`, the paper's sliding-window average: step `o+k` is the mean of the
     /// `W` most recent values, actual values before `o` and its own predictions from
     /// `o` on.
-    SW_AVG, SlidingWindowAverage, "sw-avg", "the paper's sliding-window average, fed its own predictions"
+    SW_AVG, SlidingWindowAverage, "sw-avg", "the paper's sliding-window average, fed its own predictions";
+    fn on_device(&self) -> Option<DeviceModel> {
+        Some(DeviceModel::SwAvg { w: self.w })
+    }
 );
 
 impl Fitted for SlidingWindowAverage {
@@ -182,7 +192,11 @@ impl Ema {
     }
 }
 
-stateless!(Ema, |_| 1, |f| canonical("ema", &[("alpha", f.alpha.to_string())]));
+stateless!(Ema, |_| 1, |f| canonical("ema", &[("alpha", f.alpha.to_string())]);
+    fn on_device(&self) -> Option<DeviceModel> {
+        Some(DeviceModel::HostRows)
+    }
+);
 
 impl Fitted for Ema {
     fn predict(&self, h: &LayerView, origin: usize, out: &mut [f64]) -> usize {

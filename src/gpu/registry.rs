@@ -2,13 +2,18 @@
 //! in the binary, compiled with NVRTC for the device's own architecture the first
 //! time one of its functions is asked for (once per set of compile options), and
 //! kept loaded, the way candle's `get_or_load_func` serves its kernels.
+//!
+//! The compiled PTX is also kept on disk ([`kernel_cache_dir`]), keyed by the
+//! source, the compile options, the GPU's architecture and the versions of NVRTC
+//! and the driver, so a new process loads it instead of paying NVRTC's compile
+//! (about 0.3 s a module) again.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, PinnedHostSlice};
-use cudarc::nvrtc::{CompileOptions, compile_ptx_with_opts};
+use cudarc::nvrtc::{CompileOptions, Ptx, compile_ptx_with_opts};
 
 /// A CUDA source file of `kernels/`, embedded in the binary.
 #[derive(Debug)]
@@ -24,6 +29,10 @@ pub static WINDOW_STATS: Source = Source { file: "window_stats.cu", code: includ
 /// The LSTM kernels, compiled per network size (`-DD=`, `-DH=`, `-DR=`).
 pub static LSTM: Source = Source { file: "lstm.cu", code: include_str!("../../kernels/lstm.cu") };
 
+/// The scoring kernels of the rolling-origin protocol (`score_flat`,
+/// `sw_avg_score`, `oracle_medians`).
+pub static SCORE: Source = Source { file: "score.cu", code: include_str!("../../kernels/score.cu") };
+
 /// The window-statistics functions of one GPU.
 pub struct WindowKernels {
     /// Windows of at most 4 steps.
@@ -33,6 +42,13 @@ pub struct WindowKernels {
     /// Longer windows (dynamic shared memory).
     pub window_stats_long: CudaFunction,
     pub layer_summary: CudaFunction,
+}
+
+/// The scoring functions of one GPU (kernels/score.cu).
+pub struct ScoreKernels {
+    pub score_flat: CudaFunction,
+    pub sw_avg_score: CudaFunction,
+    pub oracle_medians: CudaFunction,
 }
 
 type ModuleKey = (&'static str, Vec<String>);
@@ -82,10 +98,26 @@ impl Gpu {
     fn compile(&self, src: &'static Source, options: &[String]) -> anyhow::Result<Arc<CudaModule>> {
         let (major, minor) = self.ctx.compute_capability().context("reading the GPU's compute capability")?;
         let arch: &'static str = Box::leak(format!("sm_{major}{minor}").into_boxed_str());
+        let cached = kernel_cache_dir().map(|d| d.join(format!("{}-{}.ptx", src.file.trim_end_matches(".cu"), cache_key(src, options, arch))));
+        if let Some(path) = &cached
+            && let Ok(text) = std::fs::read_to_string(path)
+            && let Ok(m) = self.ctx.load_module(Ptx::from_src(text))
+        {
+            return Ok(m);
+        }
         let opts = CompileOptions { arch: Some(arch), name: Some(src.file.into()), options: options.to_vec(), ..Default::default() };
         let ptx = compile_ptx_with_opts(src.code, opts)
             .with_context(|| format!("compiling kernels/{} ({}) with NVRTC", src.file, options.join(" ")))?;
+        if let Some(path) = &cached {
+            store_ptx(path, &ptx.to_src());
+        }
         self.ctx.load_module(ptx).with_context(|| format!("loading kernels/{}", src.file))
+    }
+
+    /// The scoring kernels.
+    pub fn score_kernels(&self) -> anyhow::Result<ScoreKernels> {
+        let f = |name: &str| self.get_or_load_func(&SCORE, &[], name);
+        Ok(ScoreKernels { score_flat: f("score_flat")?, sw_avg_score: f("sw_avg_score")?, oracle_medians: f("oracle_medians")? })
     }
 
     /// The window-statistics kernels.
@@ -97,5 +129,54 @@ impl Gpu {
             window_stats_long: f("window_stats_long")?,
             layer_summary: f("layer_summary")?,
         })
+    }
+}
+
+/// Where compiled kernels are kept between processes: `$EXPERTCAST_KERNEL_CACHE`
+/// (`off` or an empty value: nowhere), else `$XDG_CACHE_HOME/expertcast/kernels`,
+/// else `$HOME/.cache/expertcast/kernels`. A cache that cannot be read or written
+/// only costs the compile.
+pub fn kernel_cache_dir() -> Option<std::path::PathBuf> {
+    use std::path::PathBuf;
+    if let Some(v) = std::env::var_os("EXPERTCAST_KERNEL_CACHE") {
+        return (!v.is_empty() && v != "off").then(|| PathBuf::from(v));
+    }
+    let base = match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        Some(x) => PathBuf::from(x),
+        None => PathBuf::from(std::env::var_os("HOME").filter(|v| !v.is_empty())?).join(".cache"),
+    };
+    Some(base.join("expertcast").join("kernels"))
+}
+
+/// The cache key of a module: SHA-256 of everything its PTX depends on.
+fn cache_key(src: &Source, options: &[String], arch: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let (mut driver, mut major, mut minor) = (0i32, 0i32, 0i32);
+    // SAFETY: both write one int each through valid pointers; the libraries are
+    // loaded (a context exists, and NVRTC is asked for before any compile).
+    unsafe {
+        let _ = cudarc::driver::sys::cuDriverGetVersion(&mut driver);
+        let _ = cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor);
+    }
+    let mut h = Sha256::new();
+    for part in [src.code, &options.join("\u{1f}"), arch, &format!("driver {driver} nvrtc {major}.{minor}")] {
+        h.update(part.as_bytes());
+        h.update([0u8]);
+    }
+    h.finalize().iter().take(12).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Writes `text` to `path` through a temporary file renamed into place, so that a
+/// reader never sees half a file; errors are ignored (the next process compiles).
+fn store_ptx(path: &std::path::Path, text: &str) {
+    let Some(dir) = path.parent() else { return };
+    if std::fs::create_dir_all(dir).is_err() {
+        return;
+    }
+    if let Ok(mut tmp) = tempfile::NamedTempFile::new_in(dir) {
+        use std::io::Write;
+        if tmp.write_all(text.as_bytes()).is_ok() {
+            let _ = tmp.persist(path);
+        }
     }
 }

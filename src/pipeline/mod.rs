@@ -18,7 +18,7 @@ pub use plan::{RunPlan, StatsDetail, Work};
 
 use crate::UsageError;
 use crate::eval::{self, Protocol, SavedForecasts, Score};
-use crate::forecast::{FitContext, Forecaster, LayerView, parse_spec};
+use crate::forecast::{DeviceModel, FitContext, Forecaster, LayerView, parse_spec};
 use crate::gpu::{self, Device};
 use crate::output::{self, MetricRow, Sink, StateRow, Table};
 use crate::stats::{self, ExpertStats, LayerStats, states as rule};
@@ -84,27 +84,51 @@ pub struct Inputs {
 
 /// Reads and checks every input (nothing is written before this succeeds).
 pub fn read(plan: &RunPlan, prep: &Prepared) -> anyhow::Result<Inputs> {
-    // Size and modification time before reading and after hashing: unchanged, the
-    // hash in the manifest is that of the bytes that were read.
+    let before = stamps(plan);
+    let traces = read_traces(plan, prep)?;
+    let hashes = hash_inputs(plan)?;
+    check_unchanged(plan, before)?;
+    Ok(Inputs { traces, hashes })
+}
+
+/// Size and modification time of each input file: taken before reading and checked
+/// after hashing (unchanged: the hash in the manifest is that of the bytes read).
+type Stamps = Vec<Option<(u64, Option<std::time::SystemTime>)>>;
+
+fn stamps(plan: &RunPlan) -> Stamps {
     let stamp = |i: &trace::Input| match i {
         trace::Input::File(p) => std::fs::metadata(p).ok().map(|m| (m.len(), m.modified().ok())),
         trace::Input::Bundled(_) => None,
     };
-    let before: Vec<_> = plan.inputs.iter().map(stamp).collect();
-    let traces = trace::read_inputs(&plan.inputs, &plan.read)?;
-    let hashes: Vec<(u64, String)> = plan.inputs.iter().map(|i| i.size_and_sha256()).collect::<Result<_, _>>()?;
-    for (input, was) in plan.inputs.iter().zip(before) {
-        if stamp(input) != was {
+    plan.inputs.iter().map(stamp).collect()
+}
+
+fn check_unchanged(plan: &RunPlan, before: Stamps) -> anyhow::Result<()> {
+    for (input, (now, was)) in plan.inputs.iter().zip(stamps(plan).into_iter().zip(before)) {
+        if now != was {
             return Err(UsageError(format!("{}: the file changed while it was being read; run again once it is written", input.path().display())).into());
         }
     }
+    Ok(())
+}
+
+/// The size and SHA-256 of every input, for the manifest.
+fn hash_inputs(plan: &RunPlan) -> anyhow::Result<Vec<(u64, String)>> {
+    let _span = crate::profile::span(|| "SHA-256 of the inputs".into());
+    Ok(plan.inputs.iter().map(|i| i.size_and_sha256()).collect::<Result<_, _>>()?)
+}
+
+/// Reads and checks the inputs' traces, and checks them against the forecasters.
+fn read_traces(plan: &RunPlan, prep: &Prepared) -> anyhow::Result<Vec<Trace>> {
+    let _span = crate::profile::span(|| "read: decode and check".into());
+    let traces = trace::read_inputs(&plan.inputs, &plan.read)?;
     for tr in &traces {
         for (f, spec) in prep.forecasters.iter().zip(&prep.specs) {
             f.check_experts(tr.experts())
                 .map_err(|e| UsageError(format!("{}: trace {} cannot be forecast with {spec}: {e}", tr.source.display(), tr.name)))?;
         }
     }
-    Ok(Inputs { traces, hashes })
+    Ok(traces)
 }
 
 /// The tables a plan writes.
@@ -135,6 +159,7 @@ pub fn statistics(
     let all_windows = plan.all_windows();
     let stats_gpu = match device {
         Device::Cuda(g) => {
+            let _span = crate::profile::span(|| "stats: load the window kernels".into());
             let longest = stats::cuda::max_window(g)?;
             if all_windows.iter().any(|&w| w > longest) {
                 progress.line(format!("window statistics on the CPU: the GPU kernel takes windows up to {longest} steps"));
@@ -167,6 +192,7 @@ pub fn statistics(
         });
     }
     bar.finish_and_clear();
+    let _span = crate::profile::span(|| "stats: write layer summaries".into());
     for (tr, ls) in traces.iter().zip(&layer_stats) {
         for s in ls.iter().filter(|s| windows.contains(&s.window)) {
             sink.write(Table::LayerStats, &output::layer_stats_batch(tr, s)?)?;
@@ -245,31 +271,87 @@ pub fn forecast(
             group_digits(rows)
         ));
     }
+    // On a GPU (and unless forecasts are saved), every forecaster with a device
+    // model is scored on the device, one layer at a time on one thread, while the
+    // others run on the CPU's threads.
+    let mut scorer = match device {
+        Device::Cuda(g) if !plan.save_forecasts => Some(eval::cuda::Scorer::new(g).context("preparing the GPU's scoring kernels")?),
+        _ => None,
+    };
     for (ti, tr) in traces.iter().enumerate() {
         let layer_bytes = 8 * tr.steps() * tr.experts();
         let group = rayon::current_num_threads().min((512 << 20) / layer_bytes.max(1)).max(1);
+        let on_device: Vec<Option<DeviceModel>> = forecasters
+            .iter()
+            .map(|f| f.on_device().filter(|&m| scorer.is_some() && eval::cuda::fits(m, tr.steps(), tr.experts(), proto)))
+            .collect();
         for first in (0..tr.layers()).step_by(group) {
             let layers: Vec<usize> = (first..(first + group).min(tr.layers())).collect();
+            let span = crate::profile::span(|| format!("forecast: shares of {} layers", layers.len()));
             let shares: Vec<Vec<f64>> = layers.par_iter().map(|&l| tr.layer_proportions(l)).collect();
+            drop(span);
             let tasks: Vec<(usize, usize)> = (0..layers.len()).flat_map(|g| (0..forecasters.len()).map(move |f| (g, f))).collect();
-            let results: Vec<anyhow::Result<(Vec<Score>, Option<SavedForecasts>)>> = tasks
-                .par_iter()
-                .map(|&(g, fi)| {
-                    let l = layers[g];
-                    let view = LayerView::new(&shares[g], tr.experts());
-                    let mut saved = plan
-                        .save_forecasts
-                        .then(|| SavedForecasts::with_capacity(eval::saved_rows(proto, tr.steps(), tr.experts()) as usize));
-                    let scores = eval::evaluate_layer_progress(&view, forecasters[fi].as_ref(), proto, stable_from[ti][l], saved.as_mut(), &ctx, &|n| {
-                        bar.inc(n)
-                    })
-                    .with_context(|| format!("forecasting {} layer {} with {}", tr.name, tr.layer_ids[l], specs[fi]))?;
-                    Ok((scores, saved))
-                })
-                .collect();
-            for (&(g, fi), r) in tasks.iter().zip(results) {
+            let what = |g: usize, fi: usize| format!("forecasting {} layer {} with {}", tr.name, tr.layer_ids[layers[g]], specs[fi]);
+            let cpu_task = |&(g, fi): &(usize, usize)| -> anyhow::Result<(Vec<Score>, Option<SavedForecasts>)> {
                 let l = layers[g];
-                let (scores, saved) = r?;
+                let view = LayerView::new(&shares[g], tr.experts());
+                let mut saved =
+                    plan.save_forecasts.then(|| SavedForecasts::with_capacity(eval::saved_rows(proto, tr.steps(), tr.experts()) as usize));
+                let scores = eval::evaluate_layer_progress(&view, forecasters[fi].as_ref(), proto, stable_from[ti][l], saved.as_mut(), &ctx, &|n| {
+                    bar.inc(n)
+                })
+                .with_context(|| what(g, fi))?;
+                Ok((scores, saved))
+            };
+            let device_task = |scorer: &mut eval::cuda::Scorer| -> anyhow::Result<Vec<Vec<Score>>> {
+                // The host-made rows of every layer of the group first, in parallel.
+                let span = crate::profile::span(|| "forecast: host rows of the group".into());
+                let host: Vec<(usize, usize)> =
+                    tasks.iter().copied().filter(|&(_, fi)| on_device[fi] == Some(DeviceModel::HostRows)).collect();
+                let made: Vec<anyhow::Result<eval::cuda::HostRows>> = host
+                    .par_iter()
+                    .map(|&(g, fi)| {
+                        let view = LayerView::new(&shares[g], tr.experts());
+                        eval::cuda::host_rows(&view, forecasters[fi].as_ref(), proto, &ctx, &|n| bar.inc(n)).with_context(|| what(g, fi))
+                    })
+                    .collect();
+                let mut made: std::collections::HashMap<(usize, usize), anyhow::Result<eval::cuda::HostRows>> = host.into_iter().zip(made).collect();
+                drop(span);
+                let mut out = Vec::new();
+                for (g, &l) in layers.iter().enumerate() {
+                    let view = LayerView::new(&shares[g], tr.experts());
+                    if on_device.iter().any(Option::is_some) {
+                        let _span = crate::profile::span(|| format!("forecast: layer {l} to the GPU"));
+                        scorer.load(&view).with_context(|| format!("forecasting {} layer {} on the GPU", tr.name, tr.layer_ids[l]))?;
+                    }
+                    for (fi, m) in on_device.iter().enumerate() {
+                        if let Some(m) = *m {
+                            let _span = crate::profile::span(|| format!("forecast: layer {l} {} on the GPU", specs[fi]));
+                            let s = scorer
+                                .score(&view, forecasters[fi].as_ref(), m, proto, stable_from[ti][l], &ctx, &|n| bar.inc(n), made.remove(&(g, fi)).transpose()?)
+                                .with_context(|| what(g, fi))?;
+                            out.push(s);
+                        }
+                    }
+                }
+                Ok(out)
+            };
+            let cpu_tasks: Vec<(usize, usize)> = tasks.iter().copied().filter(|&(_, fi)| on_device[fi].is_none()).collect();
+            let cpu_all = || {
+                let _span = crate::profile::span(|| format!("forecast: {} CPU tasks", cpu_tasks.len()));
+                cpu_tasks.par_iter().map(cpu_task).collect::<Vec<_>>()
+            };
+            let (dev, cpu) = match scorer.as_mut() {
+                Some(sc) => rayon::join(|| device_task(sc), cpu_all),
+                None => (Ok(Vec::new()), cpu_all()),
+            };
+            let (mut dev, mut cpu) = (dev?.into_iter(), cpu.into_iter());
+            for &(g, fi) in &tasks {
+                let l = layers[g];
+                let (scores, saved) = match on_device[fi] {
+                    Some(_) => (dev.next().expect("one result per device task"), None),
+                    None => cpu.next().expect("one result per CPU task")?,
+                };
                 for score in scores {
                     metric_rows.push(MetricRow {
                         trace: tr.name.clone(),
@@ -287,6 +369,7 @@ pub fn forecast(
         }
     }
     bar.finish_and_clear();
+    let _span = crate::profile::span(|| "forecast: write metrics".into());
     sink.write(Table::Metrics, &output::metrics_batch(&metric_rows)?)?;
     fallback_lines(traces, prep, &metric_rows, progress);
     Ok(metric_rows)
@@ -325,17 +408,35 @@ pub fn run(plan: &RunPlan, sink: &mut dyn Sink, progress: &dyn Progress) -> anyh
     run_prepared(plan, prepare(plan)?, sink, progress)
 }
 
-/// [`run`] from the stage after [`prepare`].
+/// [`run`] from the stage after [`prepare`]. The device is opened and the inputs
+/// hashed (for the manifest) on threads of their own while the inputs are read.
 pub fn run_prepared(plan: &RunPlan, prep: Prepared, sink: &mut dyn Sink, progress: &dyn Progress) -> anyhow::Result<RunReport> {
-    let (device, note) = gpu::choose_at(plan.device, plan.gpu)?;
-    if let Some(n) = note {
-        progress.line(n);
-    }
+    std::thread::scope(|scope| run_scoped(scope, plan, prep, sink, progress))
+}
+
+fn run_scoped<'s>(
+    scope: &'s std::thread::Scope<'s, '_>,
+    plan: &'s RunPlan,
+    prep: Prepared,
+    sink: &mut dyn Sink,
+    progress: &dyn Progress,
+) -> anyhow::Result<RunReport> {
+    let before = stamps(plan);
+    let hashing = scope.spawn(|| hash_inputs(plan));
+    let opening = scope.spawn(|| {
+        let _span = crate::profile::span(|| "open the device".into());
+        gpu::choose_at(plan.device, plan.gpu)
+    });
     let mut seconds: BTreeMap<&'static str, f64> = BTreeMap::new();
 
     let t = Instant::now();
-    let inputs = read(plan, &prep)?;
-    let traces = &inputs.traces;
+    let traces = read_traces(plan, &prep);
+    // A device that cannot be had is said first, as when it was opened before reading.
+    let (device, note) = opening.join().map_err(|_| anyhow::anyhow!("opening the device panicked"))??;
+    if let Some(n) = note {
+        progress.line(n);
+    }
+    let traces = &traces?;
     seconds.insert("read", t.elapsed().as_secs_f64());
     let n_layers: usize = traces.iter().map(|t| t.layers()).sum();
     progress.line(format!(
@@ -378,8 +479,12 @@ pub fn run_prepared(plan: &RunPlan, prep: Prepared, sink: &mut dyn Sink, progres
         seconds["forecast"]
     ));
 
-    let manifest = manifest(plan, &prep, &inputs, &device, &stats_device, &seconds);
+    let hashes = hashing.join().map_err(|_| anyhow::anyhow!("hashing the inputs panicked"))??;
+    check_unchanged(plan, before)?;
+    let manifest = manifest(plan, &prep, traces, &hashes, &device, &stats_device, &seconds);
+    let span = crate::profile::span(|| "finish the outputs".into());
     sink.finish(&manifest)?;
+    drop(span);
     Ok(RunReport { specs: prep.specs, metrics: metric_rows, states: state_rows, seconds })
 }
 
@@ -388,16 +493,16 @@ pub fn run_prepared(plan: &RunPlan, prep: Prepared, sink: &mut dyn Sink, progres
 fn manifest(
     plan: &RunPlan,
     prep: &Prepared,
-    inputs: &Inputs,
+    traces: &[Trace],
+    hashes: &[(u64, String)],
     device: &Device,
     stats_device: &str,
     seconds: &BTreeMap<&'static str, f64>,
 ) -> serde_json::Value {
     let mut inputs_json = Vec::new();
-    for (input, (bytes, sha256)) in plan.inputs.iter().zip(&inputs.hashes) {
+    for (input, (bytes, sha256)) in plan.inputs.iter().zip(hashes) {
         let p = input.path();
-        let ts: Vec<serde_json::Value> = inputs
-            .traces
+        let ts: Vec<serde_json::Value> = traces
             .iter()
             .filter(|t| t.source == p)
             .map(|t| {

@@ -364,6 +364,7 @@ pub fn layer_stats_cuda_grouped(
     let group = ((free / 4) / per_layer.max(1)).clamp(1, nl).min(max_group.unwrap_or(nl).max(1));
     let n_groups = nl.div_ceil(group);
     let slots_needed = n_groups.min(2);
+    let span = crate::profile::span(|| "stats: device buffers".into());
 
     let mut slots: Vec<Slot> = Vec::with_capacity(slots_needed);
     for _ in 0..slots_needed {
@@ -391,6 +392,7 @@ pub fn layer_stats_cuda_grouped(
         });
     }
 
+    drop(span);
     // Two pinned staging buffers of a layer's shares (or of as many of its experts'
     // rows as fit STAGE_BYTES, a divisor of E so that every piece fills a buffer),
     // shared by the slots: pinning costs about 0.5 ms a MB on the H200's host (the
@@ -400,7 +402,9 @@ pub fn layer_stats_cuda_grouped(
     let stage_len = stage_rows * nt;
     // Cached (not write-combined): the fill writes many rows at once; each is
     // written in full from the trace before every copy to the device.
+    let span = crate::profile::span(|| "stats: pinned staging".into());
     let mut stage = take_staging(gpu, stage_len)?;
+    drop(span);
     let mut staged = 0usize;
     let mut results: Vec<Option<Vec<LayerStats>>> = vec![None; nl];
     let mut collect = |slot: &mut Slot,
@@ -408,7 +412,10 @@ pub fn layer_stats_cuda_grouped(
                        detail: &mut Option<&mut dyn FnMut(Vec<ExpertStats>) -> anyhow::Result<()>>|
      -> anyhow::Result<()> {
         let Some(layers) = slot.pending.take() else { return Ok(()) };
+        let span = crate::profile::span(|| "stats: wait for the group's kernels".into());
         slot.stream.synchronize().context("waiting for the window statistics kernels")?;
+        drop(span);
+        let _span = crate::profile::span(|| "stats: summaries to the host".into());
         // The group's summaries, per window the 5 arrays of layers × n values (a few
         // MB: pageable memory, as pinning it would cost more than the copy).
         let mut host: Vec<Vec<Vec<f32>>> = Vec::with_capacity(windows.len());
@@ -472,6 +479,7 @@ pub fn layer_stats_cuda_grouped(
         // loads once, and its rows' segments stay in cache (tasks per expert, each
         // reading every step, spent most of their time on TLB misses: 117 ms for the
         // paper-scale input on 16 cores).
+        let span = crate::profile::span(|| format!("stats: fill and copy {} layers", layers.len()));
         let pieces = layers.iter().enumerate().flat_map(|(gi, &l)| (0..ne).step_by(stage_rows).map(move |e0| (gi, l, e0)));
         for (gi, l, e0) in pieces.take_while(|_| stage_len > 0) {
             let buf = &mut stage[staged % 2];
@@ -495,6 +503,7 @@ pub fn layer_stats_cuda_grouped(
             let at = (gi * ne + e0) * nt;
             st.memcpy_htod(&*buf, &mut slot.d_in.slice_mut(at..at + stage_len)).context("copying shares to the GPU")?;
         }
+        drop(span);
         for (wi, &w) in windows.iter().enumerate() {
             let n = ns[wi];
             if n == 0 {

@@ -225,11 +225,16 @@ impl Trace {
     }
     /// Proportions of layer `l`, step-major: `out[t * E + e]`.
     pub fn layer_proportions(&self, l: usize) -> Vec<f64> {
+        use rayon::prelude::*;
+        const STEPS: usize = 1024;
         let ne = self.experts();
         let mut out = vec![0.0; self.steps * ne];
-        for (t, row) in out.chunks_mut(ne).enumerate() {
-            self.step_shares(t, l, row);
-        }
+        // Blocks of steps in parallel (each row is computed alone: the same bits).
+        out.par_chunks_mut(STEPS * ne).enumerate().for_each(|(c, block)| {
+            for (k, row) in block.chunks_mut(ne).enumerate() {
+                self.step_shares(c * STEPS + k, l, row);
+            }
+        });
         out
     }
     /// Proportions of layer `l`, series-major: `out[e * T + t]`.

@@ -1,0 +1,237 @@
+// The rolling-origin protocol on the GPU (src/eval/cuda.rs): forecasts made and
+// scored where the layer's shares already are.
+//
+// `p` is one layer's shares, float64, step-major: p[t * E + e]. `origins` are step
+// indices, ascending; `horizons` ascending and distinct. Each origin's error sums
+// are running sums over its steps ahead, read off at every horizon it reaches:
+// out[(i * nh + hi) * 2 + {0, 1}] = (Σ |p̂ − p|, Σ (p̂ − p)²) over the first
+// horizons[hi] steps of origin i, every expert. A horizon an origin does not reach
+// is left as it was (the host reads only those with o + h <= T).
+//
+// Every sum is taken in a fixed order (each thread's experts and steps in order,
+// then the block's threads by a fixed tree), so a run gives the same bits each time.
+// Blocks are a multiple of 32 threads, at most 1024.
+
+#define FULL 0xffffffffu
+
+// The block's sums of (a, b): warp shuffles, then the warps' sums in warp order.
+// Every thread of the block calls it; every thread gets the result. `red` holds
+// at least 2 * 33 doubles.
+__device__ __forceinline__ void block_sum2(double& a, double& b, double* red) {
+    for (int o = 16; o > 0; o >>= 1) {
+        a += __shfl_down_sync(FULL, a, o);
+        b += __shfl_down_sync(FULL, b, o);
+    }
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    __syncthreads();  // the previous call's readers are done with `red`
+    if (lane == 0) {
+        red[warp] = a;
+        red[33 + warp] = b;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double sa = 0.0, sb = 0.0;
+        for (int w = 0; w < warps; ++w) {
+            sa += red[w];
+            sb += red[33 + w];
+        }
+        red[32] = sa;
+        red[65] = sb;
+    }
+    __syncthreads();
+    a = red[32];
+    b = red[65];
+}
+
+// A prediction that is one row for every step ahead (`last`, `mean`, `ema`, the
+// medians). Block (i, j) scores origin i with row rows[(j * n_origins + i) * E]:
+// when `per_horizon` (the oracle's medians, one row per horizon) only horizon j,
+// else (j = 0) every horizon.
+extern "C" __global__ void score_flat(const double* __restrict__ p, int T, int E, const int* __restrict__ origins,
+                                      int n_origins, const double* __restrict__ rows, const int* __restrict__ horizons,
+                                      int nh, int per_horizon, double* __restrict__ out) {
+    __shared__ double red[66];
+    const int i = blockIdx.x, j = blockIdx.y;
+    const int o = origins[i];
+    const double* row = rows + ((size_t)j * n_origins + i) * E;
+    const int h_first = per_horizon ? j : 0, h_end = per_horizon ? j + 1 : nh;
+    if (o + horizons[h_first] > T) return;  // reaches none of its horizons
+    double a = 0.0, s = 0.0;
+    int k = 0;
+    for (int hi = h_first; hi < h_end; ++hi) {
+        const int h = horizons[hi];
+        if (o + h > T) break;
+        for (; k < h; ++k) {
+            const double* y = p + (size_t)(o + k) * E;
+            for (int e = threadIdx.x; e < E; e += blockDim.x) {
+                const double d = row[e] - y[e];
+                a += fabs(d);
+                s += d * d;
+            }
+        }
+        double ra = a, rs = s;
+        block_sum2(ra, rs, red);
+        if (threadIdx.x == 0) {
+            out[((size_t)i * nh + hi) * 2] = ra;
+            out[((size_t)i * nh + hi) * 2 + 1] = rs;
+        }
+    }
+}
+
+// Experts a thread of sw_avg_score holds at most (E <= SW_PER * blockDim).
+#define SW_PER 4
+
+// `sw-avg:w=W`, the paper's sliding-window average fed its own predictions, made
+// and scored: block i runs origin i. Step k predicts sum / W per expert (sum: the
+// last W values, actual then predicted), feeds the prediction back, clips it at 0
+// and renormalises it over the experts when `renorm`, and scores it. `ring` is
+// scratch of n_origins × W × E doubles. The recursion is the CPU's, operation for
+// operation, so the predictions have its bits; the renormalising sum runs in the
+// block's order.
+extern "C" __global__ void sw_avg_score(const double* __restrict__ p, int T, int E, const int* __restrict__ origins,
+                                        int W, const int* __restrict__ horizons, int nh, int renorm,
+                                        double* __restrict__ ring, double* __restrict__ out) {
+    __shared__ double red[66];
+    const int i = blockIdx.x;
+    const int o = origins[i];
+    double* r = ring + (size_t)i * W * E;
+    double sum[SW_PER];
+    for (int m = 0; m < SW_PER; ++m) {
+        const int e = threadIdx.x + m * blockDim.x;
+        sum[m] = 0.0;
+        if (e < E) {
+            for (int j = 0; j < W; ++j) {
+                const double v = p[(size_t)(o - W + j) * E + e];
+                r[(size_t)j * E + e] = v;
+                sum[m] += v;
+            }
+        }
+    }
+    const int steps = min(horizons[nh - 1], T - o);
+    const double fw = (double)W;
+    double a = 0.0, s = 0.0;
+    int hi = 0, head = 0;
+    // The value leaving the window at the coming step, loaded a step ahead (it was
+    // written W steps before, or is history), so that its latency overlaps the
+    // step's block sum; with W = 1 it is the prediction just made.
+    double leaving[SW_PER];
+    for (int m = 0; m < SW_PER; ++m) {
+        const int e = threadIdx.x + m * blockDim.x;
+        leaving[m] = e < E ? r[e] : 0.0;
+    }
+    for (int k = 0; k < steps; ++k) {
+        double pred[SW_PER], actual[SW_PER];
+        double c = 0.0, unused = 0.0;
+        const double* y = p + (size_t)(o + k) * E;
+        for (int m = 0; m < SW_PER; ++m) {
+            const int e = threadIdx.x + m * blockDim.x;
+            pred[m] = 0.0;
+            actual[m] = 0.0;
+            if (e < E) {
+                actual[m] = y[e];
+                const double v = sum[m] / fw;
+                sum[m] += v - leaving[m];
+                r[(size_t)head * E + e] = v;
+                pred[m] = v;
+                c += v >= 0.0 ? v : 0.0;
+            }
+        }
+        head = head + 1 == W ? 0 : head + 1;
+        for (int m = 0; m < SW_PER; ++m) {
+            const int e = threadIdx.x + m * blockDim.x;
+            if (e < E) leaving[m] = W == 1 ? pred[m] : r[(size_t)head * E + e];
+        }
+        double scale = 1.0, uniform = -1.0;
+        if (renorm) {
+            block_sum2(c, unused, red);
+            if (c > 0.0) scale = c; else uniform = 1.0 / (double)E;
+        }
+        for (int m = 0; m < SW_PER; ++m) {
+            const int e = threadIdx.x + m * blockDim.x;
+            if (e < E) {
+                double v = pred[m];
+                if (renorm) v = uniform >= 0.0 ? uniform : (v >= 0.0 ? v : 0.0) / scale;
+                const double d = v - actual[m];
+                a += fabs(d);
+                s += d * d;
+            }
+        }
+        if (k + 1 == horizons[hi]) {
+            double ra = a, rs = s;
+            block_sum2(ra, rs, red);
+            if (threadIdx.x == 0) {
+                out[((size_t)i * nh + hi) * 2] = ra;
+                out[((size_t)i * nh + hi) * 2 + 1] = rs;
+            }
+            ++hi;
+        }
+    }
+}
+
+// `oracle-median`'s rows: for origin i and each horizon h it reaches, every
+// expert's median of p[o .. o + h - 1] (the mean of the two middle values when h is
+// even, as 0.5 * (lower + upper)), into med[(hi * n_origins + i) * E + e].
+//
+// One warp per (origin, expert): the n = min(max horizon, T − o) values and their
+// step offsets are sorted together in shared memory (bitonic, padded to `npow`, a
+// power of two, with +inf), and each horizon's two middle values are found by
+// walking the sorted order, counting only the offsets below h (a ballot per 32).
+// Dynamic shared memory: npow × 10 bytes per warp.
+extern "C" __global__ void oracle_medians(const double* __restrict__ p, int T, int E, const int* __restrict__ origins,
+                                          int n_origins, const int* __restrict__ horizons, int nh, int npow,
+                                          double* __restrict__ med) {
+    extern __shared__ double smem[];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    const int i = blockIdx.y;
+    const int e = blockIdx.x * warps + warp;
+    if (e >= E) return;  // whole warps only: the warp's work is its own
+    double* v = smem + (size_t)warp * npow;
+    unsigned short* idx = (unsigned short*)(smem + (size_t)warps * npow) + (size_t)warp * npow;
+    const int o = origins[i];
+    const int n = min(horizons[nh - 1], T - o);
+    for (int k = lane; k < npow; k += 32) {
+        v[k] = k < n ? p[(size_t)(o + k) * E + e] : __longlong_as_double(0x7ff0000000000000LL);
+        idx[k] = (unsigned short)(k < n ? k : 0xffff);
+    }
+    __syncwarp();
+    for (int size = 2; size <= npow; size <<= 1) {
+        for (int stride = size >> 1; stride > 0; stride >>= 1) {
+            for (int t = lane; t < (npow >> 1); t += 32) {
+                const int lo = ((t & ~(stride - 1)) << 1) | (t & (stride - 1));
+                const int hi = lo + stride;
+                const bool asc = (lo & size) == 0;
+                const double x = v[lo], y = v[hi];
+                const unsigned short ix = idx[lo], iy = idx[hi];
+                // Ties ordered by offset, so the order is one and the same every run.
+                const bool greater = x > y || (x == y && ix > iy);
+                if (greater == asc) {
+                    v[lo] = y;
+                    v[hi] = x;
+                    idx[lo] = iy;
+                    idx[hi] = ix;
+                }
+            }
+            __syncwarp();
+        }
+    }
+    const unsigned lt = (1u << lane) - 1u;
+    for (int hi = 0; hi < nh; ++hi) {
+        const int h = horizons[hi];
+        if (h > n) break;
+        const int k1 = (h - 1) / 2, k2 = h / 2;  // ranks of the middle values
+        double lower = 0.0, upper = 0.0;
+        int seen = 0;
+        for (int base = 0; base < npow && seen <= k2; base += 32) {
+            const int pos = base + lane;
+            const bool in = idx[pos] < h;
+            const unsigned mask = __ballot_sync(FULL, in);
+            const int rank = seen + __popc(mask & lt);
+            const bool is1 = in && rank == k1, is2 = in && rank == k2;
+            const unsigned m1 = __ballot_sync(FULL, is1), m2 = __ballot_sync(FULL, is2);
+            if (m1) lower = __shfl_sync(FULL, v[pos], __ffs(m1) - 1);
+            if (m2) upper = __shfl_sync(FULL, v[pos], __ffs(m2) - 1);
+            seen += __popc(mask);
+        }
+        if (lane == 0) med[((size_t)hi * n_origins + i) * E + e] = (h & 1) ? upper : 0.5 * (lower + upper);
+    }
+}

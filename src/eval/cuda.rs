@@ -1,0 +1,240 @@
+//! The rolling-origin protocol on the GPU (`kernels/score.cu`): a layer's shares go
+//! up once, as float64, and every forecaster that has a [`DeviceModel`] is scored
+//! there; only each origin's error sums at each horizon come back (a few kB), and
+//! [`super::scores_from_sums`] adds them on the host in origin order, as the CPU
+//! path does.
+//!
+//! - [`DeviceModel::HostRows`] (`last`, `mean`, `ema`, `median`): the one row each
+//!   origin's forecast is, made and renormalised on the host with the CPU path's
+//!   bits, then scored on the device (`score_flat`).
+//! - [`DeviceModel::SwAvg`]: predicted, renormalised and scored on the device
+//!   (`sw_avg_score`); the recursion has the CPU's bits, the renormalising sums run
+//!   in the block's order.
+//! - [`DeviceModel::OracleMedian`]: the medians are taken on the device
+//!   (`oracle_medians`, the CPU's values exactly) and scored there.
+//!
+//! The sums differ from the CPU path's only in the order of their additions
+//! (float64 throughout): metrics agree to about 1e-13 relative (SPEC: 1e-6). Each
+//! sum runs in a fixed order, so a run gives the same bits every time.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use cudarc::driver::sys::CUfunction_attribute;
+use cudarc::driver::{CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+
+use super::{Protocol, Score, scores_from_sums};
+use crate::forecast::{DeviceModel, FitContext, Forecaster, LayerView, renormalize};
+use crate::gpu::{Gpu, ScoreKernels};
+
+/// Most experts `sw_avg_score` holds (4 per thread, 1024 threads a block).
+const SW_MAX_EXPERTS: usize = 4 * 1024;
+/// The longest sorted span of `oracle_medians` (10 bytes a step in one warp's
+/// shared memory; the H200 allows 227 kB a block).
+const ORACLE_MAX_SPAN: usize = 16384;
+
+/// A flat model's row for each origin (`origins × experts`, renormalised if the
+/// forecast is real) and each origin's fallbacks at each horizon (`origins × nh`).
+pub type HostRows = (Vec<f64>, Vec<usize>);
+
+/// Fits `f` (a [`DeviceModel::HostRows`] forecaster) on `layer` and predicts the
+/// one row of every origin of `proto`, as the CPU path does.
+pub fn host_rows(layer: &LayerView, f: &dyn Forecaster, proto: &Protocol, ctx: &FitContext, done: &(dyn Fn(u64) + Sync)) -> anyhow::Result<HostRows> {
+    let (nt, ne) = (layer.steps(), layer.experts());
+    let origins = proto.origins(nt);
+    let nh = proto.horizons.len();
+    let mut fbs = vec![0usize; origins.len() * nh];
+    let Some(&first) = origins.first() else { return Ok((Vec::new(), fbs)) };
+    let fitted = f.fit(&layer.until(first), ctx)?;
+    anyhow::ensure!(fitted.flat() && !f.horizon_dependent(), "{} does not predict one row per origin", f.spec());
+    let lens: Vec<usize> = origins.iter().map(|&o| proto.max_horizon().min(nt - o)).collect();
+    let mut rows = Vec::with_capacity(origins.len() * ne);
+    fitted.predict_origins(layer, &origins, &lens, &mut |i, pred, _, fb| {
+        done(ne as u64);
+        fbs[i * nh..(i + 1) * nh].iter_mut().for_each(|v| *v = fb);
+        rows.extend_from_slice(&pred[..ne]);
+    })?;
+    if f.is_real() && proto.renormalize {
+        renormalize(&mut rows, ne);
+    }
+    Ok((rows, fbs))
+}
+
+/// A GPU's scoring state for one layer at a time: the layer's shares on the device
+/// and scratch buffers, kept for the next layer.
+pub struct Scorer {
+    gpu: Arc<Gpu>,
+    stream: Arc<CudaStream>,
+    k: ScoreKernels,
+    p: Option<CudaSlice<f64>>,
+    /// Shape of the layer in `p`.
+    shape: (usize, usize),
+    scratch: Option<CudaSlice<f64>>,
+}
+
+/// Whether `model` can run on the device for a layer of `steps × experts` under
+/// `proto` (else the forecaster runs on the CPU path).
+pub fn fits(model: DeviceModel, steps: usize, experts: usize, proto: &Protocol) -> bool {
+    match model {
+        DeviceModel::HostRows => true,
+        DeviceModel::SwAvg { .. } => experts <= SW_MAX_EXPERTS,
+        DeviceModel::OracleMedian => proto.max_horizon().min(steps).next_power_of_two() <= ORACLE_MAX_SPAN,
+    }
+}
+
+fn block_for(experts: usize, per_thread: usize) -> u32 {
+    (experts.div_ceil(per_thread).clamp(32, 1024).div_ceil(32) * 32) as u32
+}
+
+impl Scorer {
+    pub fn new(gpu: &Arc<Gpu>) -> anyhow::Result<Scorer> {
+        let k = gpu.score_kernels()?;
+        let stream = gpu.ctx.new_stream().context("creating a CUDA stream")?;
+        Ok(Scorer { gpu: gpu.clone(), stream, k, p: None, shape: (0, 0), scratch: None })
+    }
+
+    /// Puts `layer`'s shares on the device (in the buffer of the last layer when it
+    /// is big enough).
+    pub fn load(&mut self, layer: &LayerView) -> anyhow::Result<()> {
+        let (nt, ne) = (layer.steps(), layer.experts());
+        let need = (nt * ne).max(1);
+        if self.p.as_ref().is_none_or(|p| p.len() < need) {
+            self.p = None;
+            self.p = Some(self.stream.alloc_zeros(need).context("allocating the layer's shares on the GPU")?);
+        }
+        let p = self.p.as_mut().unwrap();
+        self.stream.memcpy_htod(layer.raw(), &mut p.slice_mut(..nt * ne)).context("copying the layer's shares to the GPU")?;
+        self.shape = (nt, ne);
+        Ok(())
+    }
+
+    fn scratch(&mut self, len: usize) -> anyhow::Result<()> {
+        if self.scratch.as_ref().is_none_or(|s| s.len() < len.max(1)) {
+            self.scratch = None;
+            self.scratch = Some(self.stream.alloc_zeros(len.max(1)).context("allocating scoring scratch on the GPU")?);
+        }
+        Ok(())
+    }
+
+    /// Scores `f` (whose device model is `model`) on the loaded layer, `layer` being
+    /// the same layer on the host: one score per horizon and regime, as
+    /// [`super::evaluate_layer`] gives them. A [`DeviceModel::HostRows`] model's rows
+    /// may come made already ([`host_rows`], on other threads).
+    #[allow(clippy::too_many_arguments)]
+    pub fn score(
+        &mut self,
+        layer: &LayerView,
+        f: &dyn Forecaster,
+        model: DeviceModel,
+        proto: &Protocol,
+        stable_from: Option<usize>,
+        ctx: &FitContext,
+        done: &(dyn Fn(u64) + Sync),
+        rows: Option<HostRows>,
+    ) -> anyhow::Result<Vec<Score>> {
+        let (nt, ne) = (layer.steps(), layer.experts());
+        assert_eq!(self.shape, (nt, ne), "the layer scored is the layer loaded");
+        let origins = proto.origins(nt);
+        let horizons = &proto.horizons;
+        let nh = horizons.len();
+        let mut fbs = vec![0usize; origins.len() * nh];
+        if origins.is_empty() {
+            return Ok(scores_from_sums(&origins, horizons, nt, ne, &[], &fbs, stable_from));
+        }
+        let real = f.is_real() && proto.renormalize;
+        let st = self.stream.clone();
+        let d_origins = st.clone_htod(&origins.iter().map(|&o| o as i32).collect::<Vec<_>>())?;
+        let d_horizons = st.clone_htod(&horizons.iter().map(|&h| h as i32).collect::<Vec<_>>())?;
+        let mut d_out: CudaSlice<f64> = st.alloc_zeros(origins.len() * nh * 2)?;
+        let (t, e, no, nhi) = (nt as i32, ne as i32, origins.len() as i32, nh as i32);
+        let p = self.p.as_ref().expect("a layer is loaded");
+        match model {
+            DeviceModel::HostRows => {
+                let (rows, fb) = match rows {
+                    Some(r) => r,
+                    None => host_rows(layer, f, proto, ctx, done)?,
+                };
+                fbs = fb;
+                let d_rows = st.clone_htod(&rows)?;
+                self.launch_flat(p, &d_origins, &d_rows, &d_horizons, &mut d_out, (t, e, no, nhi), 1, false)?;
+            }
+            DeviceModel::SwAvg { w } => {
+                anyhow::ensure!(origins[0] >= w, "sw-avg:w={w} needs {w} steps before its first origin {}", origins[0]);
+                self.scratch(origins.len() * w * ne)?;
+                let ring = self.scratch.as_mut().unwrap();
+                let p = self.p.as_ref().unwrap();
+                let (wi, renorm) = (w as i32, real as i32);
+                let cfg = LaunchConfig { grid_dim: (origins.len() as u32, 1, 1), block_dim: (block_for(ne, 4), 1, 1), shared_mem_bytes: 0 };
+                let mut b = st.launch_builder(&self.k.sw_avg_score);
+                b.arg(p).arg(&t).arg(&e).arg(&d_origins).arg(&wi).arg(&d_horizons).arg(&nhi).arg(&renorm).arg(ring).arg(&mut d_out);
+                // SAFETY: p holds T × E doubles, ring n_origins × W × E, out n_origins ×
+                // nh × 2; every origin is at least W and below T; a block covers E
+                // experts at 4 a thread (E <= 4096, checked by `fits`).
+                unsafe { b.launch(cfg) }.context("launching sw_avg_score")?;
+                done((origins.len() * ne) as u64);
+            }
+            DeviceModel::OracleMedian => {
+                let span = proto.max_horizon().min(nt - origins[0]);
+                let npow = span.next_power_of_two();
+                anyhow::ensure!(npow <= ORACLE_MAX_SPAN, "oracle-median's span {span} is longer than the GPU kernel takes");
+                let per_warp = npow * 10;
+                let warps = (48 * 1024 / per_warp).clamp(1, 8);
+                let smem = warps * per_warp;
+                let f_med = self.k.oracle_medians.clone();
+                f_med
+                    .set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
+                    .context("setting the shared memory of oracle_medians")?;
+                self.scratch(nh * origins.len() * ne)?;
+                let med = self.scratch.as_mut().unwrap();
+                let p = self.p.as_ref().unwrap();
+                let npi = npow as i32;
+                let cfg = LaunchConfig {
+                    grid_dim: (ne.div_ceil(warps) as u32, origins.len() as u32, 1),
+                    block_dim: (32 * warps as u32, 1, 1),
+                    shared_mem_bytes: smem as u32,
+                };
+                let mut b = st.launch_builder(&f_med);
+                b.arg(p).arg(&t).arg(&e).arg(&d_origins).arg(&no).arg(&d_horizons).arg(&nhi).arg(&npi).arg(&mut *med);
+                // SAFETY: p holds T × E doubles, med nh × n_origins × E; npow is a power
+                // of two at least every origin's span (origins ascend, so the first has
+                // the longest) and below 65535, so offsets fit the kernel's u16; shared
+                // memory is warps × npow × 10 bytes, set as the kernel's maximum above.
+                unsafe { b.launch(cfg) }.context("launching oracle_medians")?;
+                let med = self.scratch.as_ref().unwrap();
+                let p = self.p.as_ref().unwrap();
+                self.launch_flat(p, &d_origins, med, &d_horizons, &mut d_out, (t, e, no, nhi), nh as u32, true)?;
+                done((origins.len() * ne) as u64);
+            }
+        }
+        let host = st.clone_dtoh(&d_out).context("copying error sums from the GPU")?;
+        let sums: Vec<(f64, f64)> = host.chunks(2).map(|c| (c[0], c[1])).collect();
+        Ok(scores_from_sums(&origins, horizons, nt, ne, &sums, &fbs, stable_from))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn launch_flat(
+        &self,
+        p: &CudaSlice<f64>,
+        origins: &CudaSlice<i32>,
+        rows: &CudaSlice<f64>,
+        horizons: &CudaSlice<i32>,
+        out: &mut CudaSlice<f64>,
+        (t, e, no, nh): (i32, i32, i32, i32),
+        grid_y: u32,
+        per_horizon: bool,
+    ) -> anyhow::Result<()> {
+        let ph = per_horizon as i32;
+        let cfg = LaunchConfig { grid_dim: (no as u32, grid_y, 1), block_dim: (block_for((e as usize).min(256), 1), 1, 1), shared_mem_bytes: 0 };
+        let mut b = self.stream.launch_builder(&self.k.score_flat);
+        b.arg(p).arg(&t).arg(&e).arg(origins).arg(&no).arg(rows).arg(horizons).arg(&nh).arg(&ph).arg(out);
+        // SAFETY: p holds T × E doubles; rows grid_y × n_origins × E; out n_origins ×
+        // nh × 2; blocks are whole warps and each thread strides over the experts.
+        unsafe { b.launch(cfg) }.context("launching score_flat")?;
+        Ok(())
+    }
+
+    /// The GPU this scorer runs on.
+    pub fn gpu(&self) -> &Arc<Gpu> {
+        &self.gpu
+    }
+}
