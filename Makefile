@@ -7,7 +7,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 CARGO ?= cargo
 
-.PHONY: build run test test-slurm venv venv-peers bench bench-window bench-peers bench-read bench-run bench-gpu bench-arima-peers bench-arima-scaling bench-sweep-scale bench-sweep-full bench-lstm bench-lstm-accuracy clean
+.PHONY: build run test test-slurm venv venv-peers bench bench-window bench-peers bench-read bench-run bench-e2e bench-gpu bench-arima-peers bench-arima-scaling bench-sweep-scale bench-sweep-full bench-lstm bench-lstm-accuracy clean
 
 build:
 	$(CARGO) build --release
@@ -65,6 +65,13 @@ bench-read: build $(VPY)
 bench-run: build
 	/usr/bin/time -v ./target/release/expertcast run --out .bench-out/run --quiet 2>&1 | \
 	  grep -E "Maximum resident|Elapsed"
+
+# The whole default run on the paper-scale trace (.npy and Parquet, best of 3, GPU
+# utilisation sampled) beside the PyTorch peer benches/peers/pipeline_torch.py, and
+# the peer's metrics checked against ours on a bundled trace (needs a CUDA GPU and a
+# python3 with torch, numpy and pyarrow).
+bench-e2e: build
+	benches/e2e.sh ./target/release/expertcast .bench-out/e2e python3
 
 # GPU kernels against the copy ceiling and PyTorch's unfold (needs a CUDA GPU and
 # a python3 with torch, numpy and pyarrow).
