@@ -96,6 +96,20 @@ fn bench_says_there_is_no_gpu_before_building_its_data() {
     assert!(t.elapsed().as_secs_f64() < 5.0, "{:?}", t.elapsed());
 }
 
+/// `bench --stage run` runs the whole default pipeline from both input formats: on a
+/// small shape on the CPU, every run scores 2 layers × 5 forecasters × 5 horizons ×
+/// 2 regimes.
+#[test]
+fn bench_stage_run_times_the_whole_default_run_from_both_formats() {
+    let o = expertcast(&["bench", "--stage", "run", "--steps", "2500", "--layers", "2", "--experts", "8", "--runs", "2", "--device", "cpu"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    for ext in ["npy", "parquet"] {
+        assert!(out.contains(&format!("{ext}: best ")), "{out}");
+    }
+    assert_eq!(out.matches("; 100 metric rows)").count(), 4, "{out}");
+}
+
 /// A small trace (400 steps, 1 layer, 3 experts, smooth and positive) in a scratch
 /// folder, run with `args`: the folder (kept alive), the output directory and the
 /// process's output.

@@ -9,6 +9,7 @@
 
 pub mod arima;
 pub mod lstm;
+pub mod run;
 
 use std::time::Instant;
 
@@ -29,6 +30,9 @@ pub enum Stage {
     Arima,
     /// LSTM training and inference throughput (the --lstm-* flags).
     Lstm,
+    /// The whole default run on a synthetic trace of --steps × --layers × --experts,
+    /// from .npy and from Parquet, per stage (best of --runs).
+    Run,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -55,6 +59,9 @@ pub struct BenchArgs {
     /// Windows to measure (repeatable).
     #[arg(long = "window", default_values_t = [10usize, 100, 1000])]
     pub windows: Vec<usize>,
+    /// Runs of each input (--stage run).
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
     /// Timed repetitions of each kernel (after one warm-up).
     #[arg(long, default_value_t = 20)]
     pub reps: usize,
@@ -117,6 +124,9 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     }
     if args.stage == Stage::Lstm {
         return lstm::bench_lstm(&args.lstm, args.device);
+    }
+    if args.stage == Stage::Run {
+        return run::bench_run(args);
     }
     // The device first: a machine without a GPU hears so before any data is built.
     let (device, note) = gpu::choose(args.device)?;

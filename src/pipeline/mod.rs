@@ -275,7 +275,9 @@ pub fn forecast(
     // model is scored on the device, one layer at a time on one thread, while the
     // others run on the CPU's threads.
     let mut scorer = match device {
-        Device::Cuda(g) if !plan.save_forecasts => Some(eval::cuda::Scorer::new(g).context("preparing the GPU's scoring kernels")?),
+        Device::Cuda(g) if !plan.save_forecasts && forecasters.iter().any(|f| f.on_device().is_some()) => {
+            Some(eval::cuda::Scorer::new(g).context("preparing the GPU's scoring kernels")?)
+        }
         _ => None,
     };
     for (ti, tr) in traces.iter().enumerate() {
