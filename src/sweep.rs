@@ -108,21 +108,24 @@ fn read_hash_cache(out: &Path) -> BTreeMap<PathBuf, Hashed> {
 /// The content hash of each of `files`, from `out`'s cache where the file's size,
 /// modification time and inode are those it was hashed at, else computed now.
 fn content_hashes(files: &[PathBuf], out: &Path) -> crate::trace::Result<BTreeMap<PathBuf, Hashed>> {
+    use rayon::prelude::*;
     use std::os::unix::fs::MetadataExt;
     let cache = read_hash_cache(out);
-    let mut got = BTreeMap::new();
-    for f in files {
-        let io = |source| crate::trace::TraceError::Io { file: f.clone(), source };
-        let m = std::fs::metadata(f).map_err(io)?;
-        let (bytes, mtime_ns, inode) = (m.len(), m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128, m.ino());
-        let key = f.canonicalize().map_err(io)?;
-        let h = match cache.get(&key) {
-            Some(h) if (h.bytes, h.mtime_ns, h.inode) == (bytes, mtime_ns, inode) => h.clone(),
-            _ => Hashed { bytes, mtime_ns, inode, sha256: Input::File(f.clone()).size_and_sha256()?.1 },
-        };
-        got.insert(f.clone(), h);
-    }
-    Ok(got)
+    // Files hashed in parallel; the first problem in file order is the one reported.
+    let hashed: Vec<crate::trace::Result<Hashed>> = files
+        .par_iter()
+        .map(|f| {
+            let io = |source| crate::trace::TraceError::Io { file: f.clone(), source };
+            let m = std::fs::metadata(f).map_err(io)?;
+            let (bytes, mtime_ns, inode) = (m.len(), m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128, m.ino());
+            let key = f.canonicalize().map_err(io)?;
+            Ok(match cache.get(&key) {
+                Some(h) if (h.bytes, h.mtime_ns, h.inode) == (bytes, mtime_ns, inode) => h.clone(),
+                _ => Hashed { bytes, mtime_ns, inode, sha256: Input::File(f.clone()).size_and_sha256()?.1 },
+            })
+        })
+        .collect();
+    files.iter().cloned().zip(hashed).map(|(f, h)| Ok((f, h?))).collect()
 }
 
 /// Saves the plan's hashes in `OUT/.trace-hashes.json` (merged with what is there,

@@ -32,8 +32,9 @@ pub struct SweepArgs {
     /// shard goes to worker k mod jobs, and worker w uses GPU devices[w mod count].
     #[arg(long, value_name = "all|0,1,...", default_value = "all")]
     pub devices: String,
-    /// Units run at the same time (default: 2 per GPU in use, so that one unit's
-    /// GPU statistics overlap another's CPU forecasting; 1 without a GPU).
+    /// Units run at the same time (default: 4 per GPU in use, at most half the
+    /// cores, so that units' reading, GPU work and writing overlap; 1 without a GPU,
+    /// where each unit's work is spread over every core).
     #[arg(long, value_name = "N")]
     pub jobs: Option<usize>,
     /// No progress output.
@@ -74,7 +75,7 @@ pub fn sweep(args: &SweepArgs) -> anyhow::Result<()> {
     super::start_threads(args.threads)?;
     let progress = super::progress::Progress::new(args.quiet);
     let gpus = sweep::gpus(args.device, &args.devices)?;
-    let jobs = args.jobs.unwrap_or(if gpus.is_empty() { 1 } else { 2 * gpus.len() }).max(1);
+    let jobs = args.jobs.unwrap_or_else(|| default_jobs(gpus.len(), std::thread::available_parallelism().map_or(1, |n| n.get()))).max(1);
     if !gpus.is_empty() {
         progress.line(format!("sweep: {jobs} unit(s) at a time over GPU(s) {gpus:?}"));
     }
@@ -107,4 +108,26 @@ pub fn sweep(args: &SweepArgs) -> anyhow::Result<()> {
         bail!("{} unit(s) failed (see {}/units/)", counts.failed, plan.out.display());
     }
     Ok(())
+}
+
+/// Units a sweep runs at once by default with `gpus` GPUs on `cores` cores: 4 a GPU,
+/// so that one unit's reading and writing overlap another's GPU work (the 64-trace
+/// sweep of BENCHMARKS.md: 37.5 s with 2 a GPU, 29.7 s with 4, 29.2 s with 6 on the
+/// 16-core H200 host), at most half the cores and at least one a GPU; 1 without a GPU.
+fn default_jobs(gpus: usize, cores: usize) -> usize {
+    if gpus == 0 { 1 } else { (4 * gpus).min(cores / 2).max(gpus) }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn default_jobs_follow_gpus_and_cores() {
+        use super::default_jobs;
+        assert_eq!(default_jobs(0, 16), 1);
+        assert_eq!(default_jobs(1, 16), 4);
+        assert_eq!(default_jobs(2, 32), 8);
+        assert_eq!(default_jobs(1, 4), 2);
+        assert_eq!(default_jobs(2, 2), 2);
+        assert_eq!(default_jobs(8, 128), 32);
+    }
 }
