@@ -3,7 +3,8 @@
 //! A trace comes in ([`trace`]), its window statistics and states are computed
 //! ([`stats`]), forecasters predict ([`forecast`]), predictions are scored under
 //! one rolling-origin protocol ([`eval`]), and results go out as Parquet
-//! ([`output`]). [`pipeline`] chains the stages for a resolved plan; [`gpu`] holds
+//! ([`output`]); [`placement`] plans expert placement from the forecasts and
+//! scores it. [`pipeline`] chains the stages for a resolved plan; [`gpu`] holds
 //! the device choice; [`cli`] the command line.
 //!
 //! ```
@@ -23,6 +24,7 @@ pub mod forecast;
 pub mod gpu;
 pub mod output;
 pub mod pipeline;
+pub mod placement;
 pub mod profile;
 pub mod simd;
 pub mod stats;

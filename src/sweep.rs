@@ -47,11 +47,19 @@ pub struct SweepConfig {
     pub kappa: Vec<f64>,
     /// Forecaster specs; `key=[a,b,c]` expands to one forecaster per value.
     pub forecasters: Vec<String>,
+    /// Device counts placement is scored on (none: no placement).
+    pub placement_gpus: Vec<usize>,
+    /// Redundant replica counts placement is scored with.
+    pub placement_replicas: Vec<usize>,
+    /// Steps a placement plan is held.
+    pub placement_horizon: usize,
+    /// The window of the `reactive` placement policy.
+    pub placement_reactive_window: usize,
 }
 
 impl Default for SweepConfig {
     fn default() -> Self {
-        let Work { windows, horizons, forecasters } = Work::default();
+        let Work { windows, horizons, forecasters, .. } = Work::default();
         SweepConfig {
             traces: Vec::new(),
             out: PathBuf::from("sweep-out"),
@@ -61,6 +69,10 @@ impl Default for SweepConfig {
             state_window: vec![defaults::STATE_WINDOW],
             kappa: vec![defaults::KAPPA],
             forecasters,
+            placement_gpus: Vec::new(),
+            placement_replicas: vec![0],
+            placement_horizon: crate::placement::HORIZON,
+            placement_reactive_window: crate::placement::REACTIVE_WINDOW,
         }
     }
 }
@@ -260,6 +272,24 @@ pub fn plan(config: &Path) -> anyhow::Result<Plan> {
         }
     }
     check(!forecasters.is_empty(), "forecasters: at least one")?;
+    let placement = (!cfg.placement_gpus.is_empty()).then(|| crate::placement::PlacementConfig {
+        gpus: pipeline::plan::sorted_unique(&cfg.placement_gpus),
+        replicas: pipeline::plan::sorted_unique(&cfg.placement_replicas),
+        horizon: cfg.placement_horizon,
+        reactive_window: cfg.placement_reactive_window,
+    });
+    if let Some(p) = &placement {
+        // The flags' messages, with the config's key names.
+        p.validate().map_err(|e| {
+            let m = e.0.replace("--placement-gpus", "placement_gpus").replace("--placement-replicas", "placement_replicas");
+            usage(config, m.replace("--placement-horizon", "placement_horizon").replace("--placement-reactive-window", "placement_reactive_window"))
+        })?;
+    } else if cfg.placement_replicas != [0]
+        || cfg.placement_horizon != crate::placement::HORIZON
+        || cfg.placement_reactive_window != crate::placement::REACTIVE_WINDOW
+    {
+        return Err(usage(config, "placement_replicas, placement_horizon and placement_reactive_window need placement_gpus"));
+    }
     let mut units = Vec::new();
     for f in &files {
         let sha256 = &hashes[f].sha256;
@@ -272,6 +302,11 @@ pub fn plan(config: &Path) -> anyhow::Result<Plan> {
                         "stride": stride, "state_window": sw, "kappa": kappa,
                         "windows": cfg.windows, "horizons": cfg.horizons, "forecasters": forecasters,
                     });
+                    let mut key = key;
+                    if let Some(p) = &placement {
+                        // Only with placement, so that the ids of other sweeps stay as they were.
+                        key["placement"] = serde_json::to_value(p)?;
+                    }
                     h.update(key.to_string().as_bytes());
                     let id: String = h.finalize().iter().take(6).map(|b| format!("{b:02x}")).collect();
                     units.push(Unit { id, trace_file: f.clone(), origin_stride: stride, state_window: sw, kappa });
@@ -279,7 +314,7 @@ pub fn plan(config: &Path) -> anyhow::Result<Plan> {
             }
         }
     }
-    Ok(Plan { units, out, hashes, work: Work { windows: cfg.windows, horizons: cfg.horizons, forecasters } })
+    Ok(Plan { units, out, hashes, work: Work { windows: cfg.windows, horizons: cfg.horizons, forecasters, placement } })
 }
 
 /// `datasets/../sweep-out` as `sweep-out`, the way the path is shown and recorded:

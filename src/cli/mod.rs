@@ -205,12 +205,52 @@ pub struct RunArgs {
     #[arg(long, value_name = "NAME", default_value = "trace")]
     pub trace_col: String,
 
+    /// Score expert placement on G devices (repeat for several; off unless given):
+    /// static, reactive, one plan per forecaster and the oracle, in placement.parquet.
+    #[arg(long = "placement-gpus", value_name = "G", allow_negative_numbers = true, help_heading = "Expert placement")]
+    pub placement_gpus: Vec<usize>,
+
+    /// Redundant expert replicas R (repeat for several; every device holds (E + R) / G
+    /// replicas, so G must divide E + R).
+    #[arg(long = "placement-replicas", value_name = "R", default_values_t = [0usize], allow_negative_numbers = true, help_heading = "Expert placement")]
+    pub placement_replicas: Vec<usize>,
+
+    /// Re-placement interval H in steps: a plan made at an origin is applied to the H
+    /// steps after it.
+    #[arg(long, value_name = "H", default_value_t = crate::placement::HORIZON, allow_negative_numbers = true, help_heading = "Expert placement")]
+    pub placement_horizon: usize,
+
+    /// Window W of the reactive policy (`reactive:w=W`: planned from the mean of the
+    /// last W actual shares).
+    #[arg(long, value_name = "W", default_value_t = crate::placement::REACTIVE_WINDOW, allow_negative_numbers = true, help_heading = "Expert placement")]
+    pub placement_reactive_window: usize,
+
     /// No progress bars, stage lines or summary table (errors are still printed).
     #[arg(long, short)]
     pub quiet: bool,
 }
 
 impl RunArgs {
+    /// The placement the flags ask for: none without `--placement-gpus`, whose
+    /// companions are refused alone.
+    fn placement(&self, argv: &[String]) -> Result<Option<crate::placement::PlacementConfig>, UsageError> {
+        if self.placement_gpus.is_empty() {
+            let given = ["--placement-replicas", "--placement-horizon", "--placement-reactive-window"]
+                .into_iter()
+                .find(|f| argv.iter().any(|a| a == f || a.starts_with(&format!("{f}="))));
+            return match given {
+                Some(f) => Err(UsageError(format!("{f} needs --placement-gpus G (placement is off without it)"))),
+                None => Ok(None),
+            };
+        }
+        Ok(Some(crate::placement::PlacementConfig {
+            gpus: crate::pipeline::plan::sorted_unique(&self.placement_gpus),
+            replicas: crate::pipeline::plan::sorted_unique(&self.placement_replicas),
+            horizon: self.placement_horizon,
+            reactive_window: self.placement_reactive_window,
+        }))
+    }
+
     /// The run's resolved plan (checked by the pipeline); `argv` is recorded in the
     /// manifest.
     pub fn plan(&self, argv: &[String]) -> Result<RunPlan, UsageError> {
@@ -228,7 +268,12 @@ impl RunArgs {
                     trace: self.trace_col.clone(),
                 },
             },
-            work: Work { windows: self.windows.clone(), horizons: self.horizons.clone(), forecasters: self.forecasters.clone() },
+            work: Work {
+                windows: self.windows.clone(),
+                horizons: self.horizons.clone(),
+                forecasters: self.forecasters.clone(),
+                placement: self.placement(argv)?,
+            },
             added_forecasters: self.add_forecasters.clone(),
             origin_stride: self.origin_stride,
             origin_start: self.origin_start,

@@ -12,7 +12,7 @@ use arrow::datatypes::{DataType, Field, Schema};
 use super::{AtomicParquet, Sink, Table};
 
 /// The tables a sweep keeps, in the order they are published.
-pub const TABLES: [Table; 3] = [Table::Metrics, Table::States, Table::LayerStats];
+pub const TABLES: [Table; 4] = [Table::Metrics, Table::States, Table::LayerStats, Table::Placement];
 
 /// The settings of a unit that become columns of its rows.
 #[derive(Debug, Clone)]

@@ -50,10 +50,11 @@ pub enum Table {
     States,
     Metrics,
     Forecasts,
+    Placement,
 }
 
 impl Table {
-    pub const ALL: [Table; 5] = [Table::LayerStats, Table::WindowStats, Table::States, Table::Metrics, Table::Forecasts];
+    pub const ALL: [Table; 6] = [Table::LayerStats, Table::WindowStats, Table::States, Table::Metrics, Table::Forecasts, Table::Placement];
 
     /// The file's name in a run's directory.
     pub fn file_name(self) -> &'static str {
@@ -63,6 +64,7 @@ impl Table {
             Table::States => "states.parquet",
             Table::Metrics => "metrics.parquet",
             Table::Forecasts => "forecasts.parquet",
+            Table::Placement => "placement.parquet",
         }
     }
     /// The table's name in a sweep's dataset (its folder).
@@ -76,6 +78,7 @@ impl Table {
             Table::States => states_schema(),
             Table::Metrics => metrics_schema(),
             Table::Forecasts => forecasts_schema(),
+            Table::Placement => placement_schema(),
         }
     }
 }
@@ -468,6 +471,14 @@ pub fn forecasts_schema() -> SchemaRef {
     schema(&[&ids[..], &[("k", I32, false), ("predicted", F64, false), ("actual", F64, false), ("stderr", F64, true)]].concat())
 }
 
+/// `placement.parquet` (with `--placement-gpus`).
+pub fn placement_schema() -> SchemaRef {
+    let m = |n| (n, F64, true);
+    let keys = [("trace", STR, false), ("layer", I32, false), ("policy", STR, false), ("gpus", I32, false), ("replicas", I32, false)];
+    let more = [("horizon", I32, false), ("regime", STR, false), ("origins", I64, false)];
+    schema(&[&keys[..], &more[..], &[m("imbalance_mean"), m("imbalance_p99"), m("imbalance_max"), m("moved_replicas_mean")]].concat())
+}
+
 /// Column builders, one call per column, in schema order.
 pub fn strs(v: impl IntoIterator<Item = impl AsRef<str>>) -> ArrayRef {
     Arc::new(StringArray::from_iter_values(v))
@@ -509,6 +520,7 @@ mod tests {
             ("states.parquet", states_schema()),
             ("metrics.parquet", metrics_schema()),
             ("forecasts.parquet", forecasts_schema()),
+            ("placement.parquet", placement_schema()),
         ];
         for (doc, text) in docs {
             for (file, schema) in &schemas {

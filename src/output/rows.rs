@@ -18,6 +18,35 @@ pub struct MetricRow {
     pub score: Score,
 }
 
+/// One row of `placement.parquet`.
+#[derive(Debug, Clone)]
+pub struct PlacementRow {
+    pub trace: String,
+    pub layer: i64,
+    pub score: crate::placement::PlacementScore,
+}
+
+/// `placement.parquet`.
+pub fn placement_batch(rows: &[PlacementRow]) -> anyhow::Result<RecordBatch> {
+    batch(
+        &Table::Placement.schema(),
+        vec![
+            strs(rows.iter().map(|r| &r.trace)),
+            i32s(rows.iter().map(|r| r.layer)),
+            strs(rows.iter().map(|r| &r.score.policy)),
+            i32s(rows.iter().map(|r| r.score.gpus as i64)),
+            i32s(rows.iter().map(|r| r.score.replicas as i64)),
+            i32s(rows.iter().map(|r| r.score.horizon as i64)),
+            strs(rows.iter().map(|r| r.score.regime.as_str())),
+            i64s(rows.iter().map(|r| r.score.origins as i64)),
+            opt_f64s(rows.iter().map(|r| r.score.imbalance_mean)),
+            opt_f64s(rows.iter().map(|r| r.score.imbalance_p99)),
+            opt_f64s(rows.iter().map(|r| r.score.imbalance_max)),
+            opt_f64s(rows.iter().map(|r| r.score.moved_replicas_mean)),
+        ],
+    )
+}
+
 /// One row of `states.parquet`.
 #[derive(Debug, Clone)]
 pub struct StateRow {

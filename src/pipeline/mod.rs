@@ -1,6 +1,7 @@
 //! The pipeline, one function per stage: [`prepare`] the forecasters and the
 //! protocol, [`read`] the inputs, compute window [`statistics`], derive [`states`],
-//! [`forecast`] and score, then hand the manifest to the [`Sink`]. [`run`] chains
+//! [`forecast`] and score, score expert [`placement`] when asked, then hand the
+//! manifest to the [`Sink`]. [`run`] chains
 //! them for a [`RunPlan`]; `expertcast run` and every unit of `expertcast sweep` call
 //! it, each with its own sink ([`output::RunDir`](crate::output::RunDir),
 //! [`output::hive::HiveSink`](crate::output::hive::HiveSink)).
@@ -20,7 +21,8 @@ use crate::UsageError;
 use crate::eval::{self, Protocol, SavedForecasts, Score};
 use crate::forecast::{DeviceModel, FitContext, Forecaster, LayerView, parse_spec};
 use crate::gpu::{self, Device};
-use crate::output::{self, MetricRow, Sink, StateRow, Table};
+use crate::output::{self, MetricRow, PlacementRow, Sink, StateRow, Table};
+use crate::placement::{self as place, Policy};
 use crate::stats::{self, ExpertStats, LayerStats, states as rule};
 use crate::trace::{self, Trace};
 
@@ -46,7 +48,9 @@ pub struct RunReport {
     pub specs: Vec<String>,
     pub metrics: Vec<MetricRow>,
     pub states: Vec<StateRow>,
-    /// Seconds per stage: read, stats, states, forecast.
+    /// Rows of `placement.parquet` (none without placement).
+    pub placement: Vec<PlacementRow>,
+    /// Seconds per stage: read, stats, states, forecast (and placement).
     pub seconds: BTreeMap<&'static str, f64>,
 }
 
@@ -127,6 +131,10 @@ fn read_traces(plan: &RunPlan, prep: &Prepared) -> anyhow::Result<Vec<Trace>> {
             f.check_experts(tr.experts())
                 .map_err(|e| UsageError(format!("{}: trace {} cannot be forecast with {spec}: {e}", tr.source.display(), tr.name)))?;
         }
+        if let Some(p) = &plan.work.placement {
+            p.check_experts(tr.experts())
+                .map_err(|e| UsageError(format!("{}: trace {} has {} experts: {e}", tr.source.display(), tr.name, tr.experts())))?;
+        }
     }
     Ok(traces)
 }
@@ -140,6 +148,9 @@ pub fn tables(plan: &RunPlan) -> Vec<Table> {
     t.extend([Table::States, Table::Metrics]);
     if plan.save_forecasts {
         t.push(Table::Forecasts);
+    }
+    if plan.work.placement.is_some() {
+        t.push(Table::Placement);
     }
     t
 }
@@ -227,6 +238,13 @@ pub fn states(plan: &RunPlan, traces: &[Trace], layer_stats: &[Vec<LayerStats>],
     Ok((rows, stable_from))
 }
 
+/// Layers of `tr` worked on at once: as many as threads, within 512 MB of their
+/// float64 shares.
+fn layer_group(tr: &Trace) -> usize {
+    let layer_bytes = 8 * tr.steps() * tr.experts();
+    rayon::current_num_threads().min((512 << 20) / layer_bytes.max(1)).max(1)
+}
+
 /// Forecasts and scores every (trace, layer, forecaster): a group of layers at a time
 /// (as many as threads, within 512 MB of float64 shares), every (layer, forecaster)
 /// of a group in parallel. Metrics (and saved forecasts) go to the sink.
@@ -281,8 +299,7 @@ pub fn forecast(
         _ => None,
     };
     for (ti, tr) in traces.iter().enumerate() {
-        let layer_bytes = 8 * tr.steps() * tr.experts();
-        let group = rayon::current_num_threads().min((512 << 20) / layer_bytes.max(1)).max(1);
+        let group = layer_group(tr);
         let on_device: Vec<Option<DeviceModel>> = forecasters
             .iter()
             .map(|f| f.on_device().filter(|&m| scorer.is_some() && eval::cuda::fits(m, tr.steps(), tr.experts(), proto)))
@@ -375,6 +392,99 @@ pub fn forecast(
     sink.write(Table::Metrics, &output::metrics_batch(&metric_rows)?)?;
     fallback_lines(traces, prep, &metric_rows, progress);
     Ok(metric_rows)
+}
+
+/// Expert placement of every (trace, layer), when the plan asks for it: the
+/// policies `static`, `reactive:w=W`, one per forecaster of the run (in the run's
+/// order) and `oracle`, each planned at every origin with a whole re-placement
+/// interval ahead and scored on the actual shares of that interval
+/// ([`crate::placement::evaluate_layer`]). Rows go to the sink.
+pub fn placement(
+    plan: &RunPlan,
+    traces: &[Trace],
+    prep: &Prepared,
+    stable_from: &[Vec<Option<usize>>],
+    device: &Device,
+    sink: &mut dyn Sink,
+    progress: &dyn Progress,
+) -> anyhow::Result<Vec<PlacementRow>> {
+    let Some(cfg) = &plan.work.placement else { return Ok(Vec::new()) };
+    let proto = &prep.protocol;
+    let mut policies = vec![Policy::Static, Policy::Reactive { w: cfg.reactive_window }];
+    policies.extend(prep.specs.iter().map(|s| Policy::Forecast(s.clone())));
+    policies.push(Policy::Oracle);
+    let ctx = FitContext { device: device.clone(), messages: None };
+    let bar = progress.bar(traces.iter().map(|t| t.layers() as u64).sum(), "placement");
+    let mut rows = Vec::new();
+    for (ti, tr) in traces.iter().enumerate() {
+        let ne = tr.experts();
+        let origins = place::placement_origins(&proto.origins(tr.steps()), cfg.horizon, tr.steps());
+        // A group of layers at a time (as many as threads, within 512 MB of float64
+        // shares), its layers in parallel.
+        let group = layer_group(tr);
+        for first in (0..tr.layers()).step_by(group) {
+            let layers: Vec<usize> = (first..(first + group).min(tr.layers())).collect();
+            let _span = crate::profile::span(|| format!("placement: {} layers", layers.len()));
+            let scored: Vec<anyhow::Result<Vec<place::PlacementScore>>> = layers
+                .par_iter()
+                .map(|&l| {
+                    let shares = tr.layer_proportions(l);
+                    let view = LayerView::new(&shares, ne);
+                    let predicted: Vec<Vec<Vec<f64>>> = prep
+                        .forecasters
+                        .par_iter()
+                        .zip(&prep.specs)
+                        .map(|(f, spec)| {
+                            predicted_weights(&view, f.as_ref(), proto, &origins, cfg.horizon, &ctx)
+                                .with_context(|| format!("placement of {} layer {} from {spec}", tr.name, tr.layer_ids[l]))
+                        })
+                        .collect::<anyhow::Result<_>>()?;
+                    let refs: Vec<&[Vec<f64>]> = predicted.iter().map(Vec::as_slice).collect();
+                    let scores = place::evaluate_layer(&shares, ne, cfg, &policies, &origins, &refs, stable_from[ti][l]);
+                    bar.inc(1);
+                    Ok(scores)
+                })
+                .collect();
+            for (&l, scores) in layers.iter().zip(scored) {
+                rows.extend(scores?.into_iter().map(|score| PlacementRow { trace: tr.name.clone(), layer: tr.layer_ids[l], score }));
+            }
+        }
+    }
+    bar.finish_and_clear();
+    sink.write(Table::Placement, &output::placement_batch(&rows)?)?;
+    Ok(rows)
+}
+
+/// A forecaster's weights for placement at each origin: its prediction of the next
+/// `horizon` steps (renormalised as when it is scored), averaged over the steps. It
+/// is fitted once, on the steps before the first origin, as when it is scored.
+fn predicted_weights(
+    view: &LayerView,
+    f: &dyn Forecaster,
+    proto: &Protocol,
+    origins: &[usize],
+    horizon: usize,
+    ctx: &FitContext,
+) -> anyhow::Result<Vec<Vec<f64>>> {
+    let Some(&first) = origins.first() else { return Ok(Vec::new()) };
+    let ne = view.experts();
+    let fitted = f.fit(&view.until(first), ctx)?;
+    let real = f.is_real() && proto.renormalize;
+    let mut out = vec![Vec::new(); origins.len()];
+    fitted.predict_origins(view, origins, &vec![horizon; origins.len()], &mut |i, pred, _, _| {
+        if real {
+            crate::forecast::renormalize(pred, ne);
+        }
+        let mut m = vec![0.0; ne];
+        let rows = pred.chunks(ne);
+        let n = rows.len() as f64;
+        for row in rows {
+            m.iter_mut().zip(row).for_each(|(a, &x)| *a += x);
+        }
+        m.iter_mut().for_each(|a| *a /= n);
+        out[i] = m;
+    })?;
+    Ok(out)
 }
 
 /// Fits that fell back, per forecaster that can fall back (each origin's series
@@ -481,13 +591,32 @@ fn run_scoped<'s>(
         seconds["forecast"]
     ));
 
+    let placement_rows = if plan.work.placement.is_some() {
+        let t = Instant::now();
+        let rows = placement(plan, traces, &prep, &stable_from, &device, sink, progress)?;
+        seconds.insert("placement", t.elapsed().as_secs_f64());
+        let cfg = plan.work.placement.as_ref().expect("placement asked for");
+        progress.line(format!(
+            "placement: {} policies × {} layers on {:?} GPU(s) with {:?} redundant replica(s), re-placed every {} steps ({:.2} s)",
+            prep.forecasters.len() + 3,
+            n_layers,
+            cfg.gpus,
+            cfg.replicas,
+            cfg.horizon,
+            seconds["placement"]
+        ));
+        rows
+    } else {
+        Vec::new()
+    };
+
     let hashes = hashing.join().map_err(|_| anyhow::anyhow!("hashing the inputs panicked"))??;
     check_unchanged(plan, before)?;
     let manifest = manifest(plan, &prep, traces, &hashes, &device, &stats_device, &seconds);
     let span = crate::profile::span(|| "finish the outputs".into());
     sink.finish(&manifest)?;
     drop(span);
-    Ok(RunReport { specs: prep.specs, metrics: metric_rows, states: state_rows, seconds })
+    Ok(RunReport { specs: prep.specs, metrics: metric_rows, states: state_rows, placement: placement_rows, seconds })
 }
 
 /// `manifest.json`: the version, command line, resolved config, inputs with sizes and
@@ -533,6 +662,7 @@ fn manifest(
             "renormalize": proto.renormalize,
             "stats_detail": plan.stats_detail,
             "save_forecasts": plan.save_forecasts,
+            "placement": plan.work.placement,
             "device_requested": plan.device,
             "threads": rayon::current_num_threads(),
             "columns": plan.read.columns,

@@ -4,6 +4,7 @@
 use crate::UsageError;
 use crate::eval::Protocol;
 use crate::gpu::DeviceRequest;
+use crate::placement::PlacementConfig;
 use crate::trace::{Input, ReadOptions};
 
 /// Window lengths of the statistics when none are given.
@@ -38,11 +39,13 @@ pub struct Work {
     pub horizons: Vec<usize>,
     /// Forecaster specs (`-f`, else the defaults).
     pub forecasters: Vec<String>,
+    /// Expert placement scored from the forecasts (`--placement-gpus`), or none.
+    pub placement: Option<PlacementConfig>,
 }
 
 impl Default for Work {
     fn default() -> Self {
-        Work { windows: WINDOWS.to_vec(), horizons: HORIZONS.to_vec(), forecasters: FORECASTERS.map(String::from).to_vec() }
+        Work { windows: WINDOWS.to_vec(), horizons: HORIZONS.to_vec(), forecasters: FORECASTERS.map(String::from).to_vec(), placement: None }
     }
 }
 
@@ -146,6 +149,9 @@ impl RunPlan {
         }
         if self.all_forecasters().next().is_none() {
             return bad("at least one --forecaster is needed".into());
+        }
+        if let Some(p) = &self.work.placement {
+            p.validate()?;
         }
         Ok(())
     }

@@ -1,0 +1,587 @@
+//! Expert placement from forecasts (README, "Expert placement"): which experts get
+//! redundant replicas and which device holds each replica, planned from a layer's
+//! predicted shares, then applied to the shares that actually came.
+//!
+//! A layer has `E` experts, `G` devices and `R` redundant slots; every device holds
+//! `(E + R) / G` replicas and a replica serves an equal part of its expert's tokens.
+//! [`plan`] follows DeepSeek's EPLB: the `R` extra replicas go one at a time to the
+//! expert with the largest predicted load per replica, then the replicas, heaviest
+//! first, each go to the least-loaded device that has a free slot (balanced greedy
+//! packing with equal slot counts), and pairwise swaps between the most loaded device
+//! and any other improve the plan until none lowers the pair's larger load.
+//!
+//! [`evaluate_layer`] scores policies under the rolling-origin protocol: at each
+//! origin each policy makes a plan, the plan is applied to the actual shares of each
+//! of the `H` steps that follow, and each step's imbalance is the most loaded device's
+//! load over the mean device load.
+//!
+//! ```
+//! use expertcast::placement::{plan, Placement};
+//! // 4 experts on 2 devices, no replicas: {0.4, 0.1} and {0.3, 0.2}.
+//! let p = plan(&[0.4, 0.3, 0.2, 0.1], 2, 0);
+//! assert_eq!(p.max_load(&[0.4, 0.3, 0.2, 0.1]), 0.5);
+//! // Two redundant slots: expert 0 gets two replicas of 0.2 each.
+//! let p = plan(&[0.4, 0.3, 0.2, 0.1], 2, 2);
+//! assert_eq!(p.replicas(0), 2);
+//! assert!((p.max_load(&[0.4, 0.3, 0.2, 0.1]) - 0.5).abs() < 1e-15);
+//! ```
+
+use std::cmp::Ordering;
+
+use crate::UsageError;
+
+/// Which expert each slot of each device holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Placement {
+    /// Replicas of each expert (at least 1).
+    counts: Vec<u32>,
+    /// The experts of each device's slots, ascending.
+    devices: Vec<Vec<u32>>,
+}
+
+impl Placement {
+    /// A placement from each device's experts; every expert must appear at least once.
+    pub fn from_devices(experts: usize, devices: Vec<Vec<u32>>) -> Placement {
+        let mut counts = vec![0u32; experts];
+        for &e in devices.iter().flatten() {
+            counts[e as usize] += 1;
+        }
+        assert!(counts.iter().all(|&c| c > 0), "every expert needs a replica");
+        let devices = devices
+            .into_iter()
+            .map(|mut d| {
+                d.sort_unstable();
+                d
+            })
+            .collect();
+        Placement { counts, devices }
+    }
+    pub fn gpus(&self) -> usize {
+        self.devices.len()
+    }
+    pub fn experts(&self) -> usize {
+        self.counts.len()
+    }
+    /// Replicas of expert `e`.
+    pub fn replicas(&self, e: usize) -> usize {
+        self.counts[e] as usize
+    }
+    /// The experts on device `d` (one entry per replica), ascending.
+    pub fn device(&self, d: usize) -> &[u32] {
+        &self.devices[d]
+    }
+    /// Device `d`'s load under shares `p`: the sum of its replicas' parts, in slot order.
+    pub fn load(&self, d: usize, p: &[f64]) -> f64 {
+        self.devices[d].iter().map(|&e| p[e as usize] / self.counts[e as usize] as f64).sum()
+    }
+    pub fn max_load(&self, p: &[f64]) -> f64 {
+        (0..self.gpus()).map(|d| self.load(d, p)).fold(f64::NEG_INFINITY, f64::max)
+    }
+    /// The most loaded device's load over the mean device load under shares `p`
+    /// (1 when every device carries the same; `NaN` when nothing is carried).
+    pub fn imbalance(&self, p: &[f64]) -> f64 {
+        let (mut max, mut total) = (f64::NEG_INFINITY, 0.0);
+        for d in 0..self.gpus() {
+            let l = self.load(d, p);
+            max = max.max(l);
+            total += l;
+        }
+        max * self.gpus() as f64 / total
+    }
+    /// The mean [`imbalance`](Self::imbalance) over the rows of `rows` (step-major,
+    /// `experts` a row), and each row's value into `out`.
+    fn imbalances(&self, rows: &[f64], out: &mut Vec<f64>) -> f64 {
+        let ne = self.experts();
+        // Each slot's expert and part of it, so a step costs one multiply-add a slot.
+        let parts: Vec<Vec<(usize, f64)>> =
+            self.devices.iter().map(|d| d.iter().map(|&e| (e as usize, 1.0 / self.counts[e as usize] as f64)).collect()).collect();
+        let g = self.gpus() as f64;
+        let mut sum = 0.0;
+        for p in rows.chunks(ne) {
+            let (mut max, mut total) = (f64::NEG_INFINITY, 0.0);
+            for dev in &parts {
+                let l: f64 = dev.iter().map(|&(e, f)| p[e] * f).sum();
+                max = max.max(l);
+                total += l;
+            }
+            let v = max * g / total;
+            out.push(v);
+            sum += v;
+        }
+        sum / (rows.len() / ne).max(1) as f64
+    }
+    /// Replicas that `self` holds on a device where `before` did not (per device, the
+    /// multiset difference): what moving from `before` to `self` loads onto devices.
+    pub fn moved_from(&self, before: &Placement) -> usize {
+        self.devices.iter().zip(&before.devices).map(|(new, old)| new.len() - common(new, old)).sum()
+    }
+    /// The same plan with its devices renumbered so that each keeps as many of
+    /// `before`'s replicas as it can (greedily, the largest overlap first; ties to the
+    /// lowest numbers): a renumbering moves nothing, so it is not counted as moves.
+    pub fn aligned_to(self, before: &Placement) -> Placement {
+        let g = self.gpus();
+        if before.gpus() != g {
+            return self;
+        }
+        let mut pairs: Vec<(usize, usize, usize)> = Vec::with_capacity(g * g);
+        for (i, new) in self.devices.iter().enumerate() {
+            for (j, old) in before.devices.iter().enumerate() {
+                pairs.push((common(new, old), i, j));
+            }
+        }
+        pairs.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+        let (mut taken_new, mut taken_old) = (vec![false; g], vec![false; g]);
+        let mut slot_of = vec![usize::MAX; g];
+        for (_, i, j) in pairs {
+            if !taken_new[i] && !taken_old[j] {
+                (taken_new[i], taken_old[j]) = (true, true);
+                slot_of[i] = j;
+            }
+        }
+        let mut devices = vec![Vec::new(); g];
+        for (i, d) in self.devices.into_iter().enumerate() {
+            devices[slot_of[i]] = d;
+        }
+        Placement { counts: self.counts, devices }
+    }
+}
+
+/// Size of the common multiset of two ascending lists.
+fn common(a: &[u32], b: &[u32]) -> usize {
+    let (mut i, mut j, mut n) = (0, 0, 0);
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            Ordering::Less => i += 1,
+            Ordering::Greater => j += 1,
+            Ordering::Equal => {
+                n += 1;
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    n
+}
+
+/// Checks that `experts` experts with `replicas` redundant slots fit `gpus` devices
+/// with equal slot counts; the message names the flags at fault.
+pub fn check_shape(experts: usize, gpus: usize, replicas: usize) -> Result<(), String> {
+    let slots = experts + replicas;
+    if gpus == 0 {
+        return Err("--placement-gpus 0: at least one device is needed".into());
+    }
+    if gpus > slots {
+        return Err(format!(
+            "--placement-gpus {gpus} with --placement-replicas {replicas}: more devices than the {slots} replicas of {experts} experts"
+        ));
+    }
+    if slots % gpus != 0 {
+        return Err(format!(
+            "--placement-gpus {gpus} does not divide the {experts} experts + {replicas} redundant replicas = {slots} \
+             (every device holds the same number of replicas)"
+        ));
+    }
+    Ok(())
+}
+
+/// The round-robin placement without replicas: expert `e` on device `e mod gpus`.
+pub fn static_plan(experts: usize, gpus: usize) -> Placement {
+    let mut devices = vec![Vec::new(); gpus];
+    for e in 0..experts {
+        devices[e % gpus].push(e as u32);
+    }
+    Placement { counts: vec![1; experts], devices }
+}
+
+/// Replicas per expert: one each, then each of the `replicas` redundant ones to the
+/// expert with the largest weight per replica (ties: the lowest expert).
+pub fn replica_counts(w: &[f64], replicas: usize) -> Vec<u32> {
+    let mut counts = vec![1u32; w.len()];
+    let mut heap: std::collections::BinaryHeap<Hot> = w.iter().enumerate().map(|(e, &x)| Hot { per: x, expert: e }).collect();
+    for _ in 0..replicas {
+        let mut top = heap.pop().expect("at least one expert");
+        counts[top.expert] += 1;
+        top.per = w[top.expert] / counts[top.expert] as f64;
+        heap.push(top);
+    }
+    counts
+}
+
+/// An expert's weight per replica, ordered hottest first (ties: lowest expert first).
+struct Hot {
+    per: f64,
+    expert: usize,
+}
+impl PartialEq for Hot {
+    fn eq(&self, o: &Self) -> bool {
+        self.cmp(o) == Ordering::Equal
+    }
+}
+impl Eq for Hot {}
+impl PartialOrd for Hot {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Hot {
+    fn cmp(&self, o: &Self) -> Ordering {
+        self.per.total_cmp(&o.per).then(o.expert.cmp(&self.expert))
+    }
+}
+
+/// The placement of `w.len()` experts with `replicas` redundant slots on `gpus`
+/// devices that [`check_shape`] accepts, planned from weights `w` (predicted shares;
+/// negative ones count as 0). See the module's documentation.
+pub fn plan(w: &[f64], gpus: usize, replicas: usize) -> Placement {
+    let ne = w.len();
+    debug_assert!(check_shape(ne, gpus, replicas).is_ok());
+    let w: Vec<f64> = w.iter().map(|&x| if x > 0.0 { x } else { 0.0 }).collect();
+    let counts = replica_counts(&w, replicas);
+    let slots = (ne + replicas) / gpus;
+    // Replicas heaviest first (ties: lowest expert), each to the least-loaded device
+    // with a free slot (ties: the lowest device).
+    let mut reps: Vec<(f64, u32)> = Vec::with_capacity(ne + replicas);
+    for (e, &c) in counts.iter().enumerate() {
+        reps.extend(std::iter::repeat_n((w[e] / c as f64, e as u32), c as usize));
+    }
+    reps.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    let mut devices: Vec<Vec<(f64, u32)>> = vec![Vec::with_capacity(slots); gpus];
+    let mut loads = vec![0.0f64; gpus];
+    for r in reps {
+        let d = (0..gpus).filter(|&d| devices[d].len() < slots).min_by(|&a, &b| loads[a].total_cmp(&loads[b])).expect("a free slot");
+        devices[d].push(r);
+        loads[d] += r.0;
+    }
+    improve_by_swaps(&mut devices, &mut loads);
+    Placement {
+        counts,
+        devices: devices
+            .into_iter()
+            .map(|d| {
+                let mut v: Vec<u32> = d.into_iter().map(|(_, e)| e).collect();
+                v.sort_unstable();
+                v
+            })
+            .collect(),
+    }
+}
+
+/// Swaps a replica of the most loaded device with one of another device while that
+/// lowers the larger of the two devices' loads: each time the swap that lowers it
+/// most (ties: the first found, devices from the least loaded, replicas in order).
+/// Every swap lowers the sorted loads lexicographically, so this ends; it stops
+/// after `64 · slots · gpus` swaps at the latest.
+///
+/// Swapping `a` for `b` (`δ = a − b > 0`) leaves the pair's larger load at
+/// `max(high − δ, L_d + δ)`, smallest at `δ = (high − L_d) / 2` and growing away
+/// from it; with each device's replicas kept in ascending order, the best `b` for an
+/// `a` is one of the two around `a − (high − L_d) / 2` (a binary search), and no
+/// swap with `d` goes below `(high + L_d) / 2`.
+fn improve_by_swaps(devices: &mut [Vec<(f64, u32)>], loads: &mut [f64]) {
+    let g = devices.len();
+    let asc = |x: &(f64, u32), y: &(f64, u32)| x.0.total_cmp(&y.0).then(x.1.cmp(&y.1));
+    devices.iter_mut().for_each(|d| d.sort_by(asc));
+    let cap = 64 * g * devices.first().map_or(0, |d| d.len());
+    let mut order: Vec<usize> = Vec::with_capacity(g);
+    for _ in 0..cap {
+        let top = (0..g).max_by(|&a, &b| loads[a].total_cmp(&loads[b]).then(b.cmp(&a))).expect("a device");
+        let high = loads[top];
+        // Loads are recomputed from the slots after each swap, so rounding never
+        // accumulates; a swap must lower the pair's larger load by more than rounding.
+        let eps = 1e-12 * high.abs().max(f64::MIN_POSITIVE);
+        let mut best: Option<(f64, usize, usize, usize)> = None;
+        order.clear();
+        order.extend((0..g).filter(|&d| d != top));
+        order.sort_by(|&a, &b| loads[a].total_cmp(&loads[b]).then(a.cmp(&b)));
+        for &d in &order {
+            let bound = 0.5 * (high + loads[d]);
+            if bound >= high - eps || best.is_some_and(|(m, ..)| bound >= m) {
+                continue;
+            }
+            let half = 0.5 * (high - loads[d]);
+            let other = &devices[d];
+            for (i, a) in devices[top].iter().enumerate() {
+                let k = other.partition_point(|b| b.0 < a.0 - half);
+                for j in [k.wrapping_sub(1), k] {
+                    let Some(b) = other.get(j) else { continue };
+                    let delta = a.0 - b.0;
+                    if delta <= 0.0 || a.1 == b.1 {
+                        continue;
+                    }
+                    let pair_max = (high - delta).max(loads[d] + delta);
+                    if pair_max < high - eps && best.is_none_or(|(m, ..)| pair_max < m) {
+                        best = Some((pair_max, d, i, j));
+                    }
+                }
+            }
+        }
+        let Some((_, d, i, j)) = best else { return };
+        let (a, b) = (devices[top][i], devices[d][j]);
+        devices[top][i] = b;
+        devices[d][j] = a;
+        for x in [top, d] {
+            devices[x].sort_by(asc);
+            loads[x] = devices[x].iter().map(|r| r.0).sum();
+        }
+    }
+}
+
+/// How a policy's plan is made at an origin.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Policy {
+    /// Round-robin, no replicas, never changed.
+    Static,
+    /// From the mean of the last `w` actual shares before the origin.
+    Reactive { w: usize },
+    /// From a forecaster's predicted shares (mean over the horizon's steps); its
+    /// canonical spec names the policy.
+    Forecast(String),
+    /// In hindsight: of the plan from the actual mean shares of the horizon's steps,
+    /// the plan it had and the static plan, the one with the least mean imbalance
+    /// over those steps (ties: the plan it had, then the static one).
+    Oracle,
+}
+
+impl Policy {
+    pub fn name(&self) -> String {
+        match self {
+            Policy::Static => "static".into(),
+            Policy::Reactive { w } => format!("reactive:w={w}"),
+            Policy::Forecast(spec) => spec.clone(),
+            Policy::Oracle => "oracle".into(),
+        }
+    }
+}
+
+/// What placement a run scores: on `gpus` × `replicas`, plans held `horizon` steps.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PlacementConfig {
+    /// Device counts, ascending and distinct.
+    pub gpus: Vec<usize>,
+    /// Redundant replica counts, ascending and distinct.
+    pub replicas: Vec<usize>,
+    /// Steps a plan made at an origin is applied to (the re-placement interval).
+    pub horizon: usize,
+    /// The window of the `reactive` policy.
+    pub reactive_window: usize,
+}
+
+/// The default re-placement interval, in steps.
+pub const HORIZON: usize = 100;
+/// The default window of the `reactive` policy.
+pub const REACTIVE_WINDOW: usize = 100;
+
+impl PlacementConfig {
+    /// Refuses settings no trace could use, naming the flag.
+    pub fn validate(&self) -> Result<(), UsageError> {
+        if self.gpus.is_empty() {
+            return Err(UsageError("placement needs at least one --placement-gpus".into()));
+        }
+        if self.gpus.contains(&0) {
+            return Err(UsageError("--placement-gpus 0: at least one device is needed".into()));
+        }
+        if self.horizon == 0 {
+            return Err(UsageError("--placement-horizon 0: a plan must hold at least 1 step".into()));
+        }
+        if self.reactive_window == 0 {
+            return Err(UsageError("--placement-reactive-window 0: the window must be at least 1 step".into()));
+        }
+        for (flag, v) in self.gpus.iter().map(|&v| ("--placement-gpus", v)).chain(self.replicas.iter().map(|&v| ("--placement-replicas", v))).chain([("--placement-horizon", self.horizon)]) {
+            if i32::try_from(v).is_err() {
+                return Err(UsageError(format!("{flag} {v}: at most {} (an int32 column of placement.parquet)", i32::MAX)));
+            }
+        }
+        Ok(())
+    }
+    /// Checks every (gpus, replicas) against a trace's expert count.
+    pub fn check_experts(&self, experts: usize) -> Result<(), String> {
+        for &g in &self.gpus {
+            for &r in &self.replicas {
+                check_shape(experts, g, r)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One row of `placement.parquet` for a (layer, policy, gpus, replicas, regime).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlacementScore {
+    pub policy: String,
+    pub gpus: usize,
+    pub replicas: usize,
+    pub horizon: usize,
+    pub regime: crate::eval::Regime,
+    pub origins: u64,
+    /// `None` when no origin was scored.
+    pub imbalance_mean: Option<f64>,
+    pub imbalance_p99: Option<f64>,
+    pub imbalance_max: Option<f64>,
+    pub moved_replicas_mean: Option<f64>,
+}
+
+/// The `q`-quantile of `v` with linear interpolation between order statistics (numpy's
+/// default): position `q · (n − 1)` of the sorted values. `v` is reordered.
+pub fn quantile(v: &mut [f64], q: f64) -> f64 {
+    let n = v.len();
+    assert!(n > 0, "quantile of nothing");
+    let pos = q * (n - 1) as f64;
+    let lo = pos.floor() as usize;
+    let (_, &mut a, rest) = v.select_nth_unstable_by(lo, |x, y| x.total_cmp(y));
+    if lo + 1 >= n {
+        return a;
+    }
+    let b = rest.iter().copied().fold(f64::INFINITY, f64::min);
+    a + (pos - lo as f64) * (b - a)
+}
+
+/// Each step's imbalance and each origin's moved replicas of one policy, origin by
+/// origin, summed up per regime.
+fn summarize(
+    policy: &Policy,
+    gpus: usize,
+    replicas: usize,
+    horizon: usize,
+    origins: &[usize],
+    stable_from: Option<usize>,
+    per_origin: &[(Vec<f64>, usize)],
+) -> [PlacementScore; 2] {
+    use crate::eval::Regime;
+    let score = |regime: Regime| {
+        let keep: Vec<usize> = (0..origins.len()).filter(|&i| regime == Regime::All || stable_from.is_some_and(|s| origins[i] >= s)).collect();
+        let mut steps: Vec<f64> = keep.iter().flat_map(|&i| per_origin[i].0.iter().copied()).collect();
+        let n = keep.len();
+        let has = n > 0;
+        let mean = has.then(|| steps.iter().sum::<f64>() / steps.len() as f64);
+        let max = has.then(|| steps.iter().copied().fold(f64::NEG_INFINITY, f64::max));
+        let p99 = has.then(|| quantile(&mut steps, 0.99));
+        let moved = has.then(|| keep.iter().map(|&i| per_origin[i].1 as f64).sum::<f64>() / n as f64);
+        PlacementScore {
+            policy: policy.name(),
+            gpus,
+            replicas,
+            horizon,
+            regime,
+            origins: n as u64,
+            imbalance_mean: mean,
+            imbalance_p99: p99,
+            imbalance_max: max,
+            moved_replicas_mean: moved,
+        }
+    };
+    [score(Regime::All), score(Regime::Stable)]
+}
+
+/// The origins placement is scored at: the protocol's origins with a whole horizon
+/// of steps after them.
+pub fn placement_origins(origins: &[usize], horizon: usize, steps: usize) -> Vec<usize> {
+    origins.iter().copied().filter(|&o| o + horizon <= steps).collect()
+}
+
+/// Scores every policy of one layer (`shares`: step-major, `experts` a row) on every
+/// (gpus, replicas) of `cfg`. `origins` are the placement origins
+/// ([`placement_origins`]); `predicted[i]` holds, for each forecaster policy in
+/// `policies` order, origin `i`'s weights (the mean predicted shares of its horizon).
+/// Rows come per policy, then gpus, then replicas, `all` before `stable`.
+pub fn evaluate_layer(
+    shares: &[f64],
+    experts: usize,
+    cfg: &PlacementConfig,
+    policies: &[Policy],
+    origins: &[usize],
+    predicted: &[&[Vec<f64>]],
+    stable_from: Option<usize>,
+) -> Vec<PlacementScore> {
+    use rayon::prelude::*;
+    let ne = experts;
+    let h = cfg.horizon;
+    let row = |t: usize| &shares[t * ne..(t + 1) * ne];
+    let mean_rows = |from: usize, to: usize| -> Vec<f64> {
+        let mut m = vec![0.0; ne];
+        for t in from..to {
+            m.iter_mut().zip(row(t)).for_each(|(a, &x)| *a += x);
+        }
+        let n = (to - from) as f64;
+        m.iter_mut().for_each(|a| *a /= n);
+        m
+    };
+    let mut combos = Vec::new();
+    let mut fi = 0;
+    for p in policies {
+        let pred = if matches!(p, Policy::Forecast(_)) {
+            fi += 1;
+            Some(predicted[fi - 1])
+        } else {
+            None
+        };
+        for &g in &cfg.gpus {
+            for &r in &cfg.replicas {
+                combos.push((p, pred, g, r));
+            }
+        }
+    }
+    combos
+        .par_iter()
+        .flat_map_iter(|&(p, pred, g, r)| {
+            let start = static_plan(ne, g);
+            // Plans of all origins in parallel, then moves in origin order.
+            let plans: Vec<Placement> = origins
+                .par_iter()
+                .enumerate()
+                .map(|(i, &o)| match p {
+                    Policy::Static => start.clone(),
+                    Policy::Reactive { w } => plan(&mean_rows(o.saturating_sub(*w), o), g, r),
+                    Policy::Forecast(_) => plan(&pred.expect("a forecaster's weights")[i], g, r),
+                    Policy::Oracle => plan(&mean_rows(o, o + h), g, r),
+                })
+                .collect();
+            let steps = |o: usize| &shares[o * ne..(o + h) * ne];
+            let score = |c: &Placement, o: usize| c.imbalances(steps(o), &mut Vec::with_capacity(h));
+            // The oracle's hindsight: the static and the new plan's mean imbalance over
+            // each origin's steps, all origins in parallel (the kept plan's follows
+            // the choices, origin by origin).
+            let hindsight: Vec<(f64, f64)> = if *p == Policy::Oracle {
+                origins.par_iter().zip(&plans).map(|(&o, pl)| (score(&start, o), score(pl, o))).collect()
+            } else {
+                Vec::new()
+            };
+            let mut before = start.clone();
+            let mut before_is_static = true;
+            let mut moved = Vec::with_capacity(plans.len());
+            let mut aligned = Vec::with_capacity(plans.len());
+            for (i, (pl, &o)) in plans.into_iter().zip(origins).enumerate() {
+                let mut pl = pl.aligned_to(&before);
+                if *p == Policy::Oracle {
+                    // Of the kept plan, the static one, then the new one, the first with
+                    // the least mean imbalance over the steps it will hold for.
+                    let (stay, new) = hindsight[i];
+                    let keep = if before_is_static { stay } else { score(&before, o) };
+                    if keep <= stay && keep <= new {
+                        pl = before.clone();
+                    } else if stay <= new {
+                        pl = start.clone().aligned_to(&before);
+                        before_is_static = true;
+                    } else {
+                        before_is_static = false;
+                    }
+                }
+                moved.push(pl.moved_from(&before));
+                before = pl.clone();
+                aligned.push(pl);
+            }
+            let per_origin: Vec<(Vec<f64>, usize)> = origins
+                .par_iter()
+                .zip(aligned.par_iter().zip(moved))
+                .map(|(&o, (pl, mv))| {
+                    let mut v = Vec::with_capacity(h);
+                    pl.imbalances(&shares[o * ne..(o + h) * ne], &mut v);
+                    (v, mv)
+                })
+                .collect();
+            summarize(p, g, r, h, origins, stable_from, &per_origin)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;
