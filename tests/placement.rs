@@ -209,3 +209,16 @@ fn a_sweep_writes_a_placement_table() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("sweep.toml") && stderr(&o).contains("need placement_gpus"), "{}", stderr(&o));
 }
+
+#[test]
+fn the_summary_shows_placement_per_shape() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("out");
+    let o = expertcast(&["run", "-f", "last", "-f", "oracle-median", "--placement-gpus", "4", "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("Expert placement (mean imbalance, regime stable"), "{stdout}");
+    // One row for G = 4, R = 0, whose best real forecaster is `last` (oracle-median reads the future).
+    let row = stdout.lines().find(|l| l.split_whitespace().take(2).collect::<Vec<_>>() == ["4", "0"]).expect("a row for G = 4, R = 0");
+    assert_eq!(row.split_whitespace().nth(3), Some("last"), "{row}");
+}

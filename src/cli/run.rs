@@ -19,7 +19,13 @@ pub fn run(args: &RunArgs, argv: &[String]) -> anyhow::Result<()> {
     sink.check(&files)?;
     let report = pipeline::run_prepared(&plan, prep, &mut sink, &progress)?;
     if !args.quiet {
-        summary::print(&report.metrics, &report.states, &report.specs, plan.state_window, plan.kappa, &args.out);
+        summary::print(
+            summary::Rows { metrics: &report.metrics, states: &report.states, placement: &report.placement },
+            &report.specs,
+            plan.state_window,
+            plan.kappa,
+            &args.out,
+        );
     }
     Ok(())
 }

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::output::{MetricRow, StateRow};
+use crate::output::{MetricRow, PlacementRow, StateRow};
 use crate::eval::Regime;
 use crate::forecast::display_name;
 
@@ -28,7 +28,14 @@ pub(super) fn mean_mae(rows: &[MetricRow]) -> BTreeMap<usize, Vec<(String, bool,
     out
 }
 
-pub(super) fn print(metrics: &[MetricRow], states: &[StateRow], specs: &[String], state_window: usize, kappa: f64, out: &Path) {
+pub(super) struct Rows<'a> {
+    pub metrics: &'a [MetricRow],
+    pub states: &'a [StateRow],
+    pub placement: &'a [PlacementRow],
+}
+
+pub(super) fn print(rows: Rows, specs: &[String], state_window: usize, kappa: f64, out: &Path) {
+    let Rows { metrics, states, placement } = rows;
     println!();
     println!("Best forecaster per horizon (mae_pp, mean over traces and layers, regime all)");
     let mut table = mean_mae(metrics);
@@ -64,6 +71,50 @@ pub(super) fn print(metrics: &[MetricRow], states: &[StateRow], specs: &[String]
             .collect();
         println!("  {t:<24} {}", cells.join("  "));
     }
+    let real: Vec<&str> = specs.iter().filter(|s| metrics.iter().any(|m| &m.forecaster == *s && m.real)).map(String::as_str).collect();
+    print_placement(placement, specs, &real);
     println!();
     println!("Results in {}", out.display());
+}
+
+/// Per (gpus, replicas): the mean imbalance of `static`, the best forecaster's plan,
+/// `reactive` and `oracle`; `real`: the specs of real forecasters (not oracle-median) (stable regime when any layer has stable origins, else all),
+/// over every (trace, layer) with origins, and the share of the static → oracle gap
+/// the best forecaster closes.
+fn print_placement(rows: &[PlacementRow], specs: &[String], real: &[&str]) {
+    if rows.is_empty() {
+        return;
+    }
+    let regime = if rows.iter().any(|r| r.score.regime == Regime::Stable && r.score.origins > 0) { Regime::Stable } else { Regime::All };
+    let mut sums: BTreeMap<(usize, usize, &str), (f64, usize)> = BTreeMap::new();
+    for r in rows.iter().filter(|r| r.score.regime == regime) {
+        if let Some(m) = r.score.imbalance_mean {
+            let e = sums.entry((r.score.gpus, r.score.replicas, &r.score.policy)).or_insert((0.0, 0));
+            e.0 += m;
+            e.1 += 1;
+        }
+    }
+    let mut cells: BTreeMap<(usize, usize), Vec<(&str, f64)>> = BTreeMap::new();
+    for ((g, r, p), (s, n)) in sums {
+        cells.entry((g, r)).or_default().push((p, s / n as f64));
+    }
+    println!();
+    println!("Expert placement (mean imbalance, regime {}; gap = share of static -> oracle closed)", regime.as_str());
+    let wd = specs.iter().map(|s| display_name(s, specs).chars().count()).max().unwrap_or(0).max(20);
+    println!("{:>6} {:>8} {:>8}  {:<wd$} {:>8} {:>6}  {:>8} {:>8}", "gpus", "replicas", "static", "best real forecaster", "imbal.", "gap", "reactive", "oracle");
+    for ((g, r), v) in cells {
+        let get = |name: &str| v.iter().find(|x| x.0 == name).map(|x| x.1);
+        let reactive = v.iter().find(|x| x.0.starts_with("reactive:")).map(|x| x.1);
+        let best = v.iter().filter(|x| real.contains(&x.0)).min_by(|a, b| a.1.total_cmp(&b.1));
+        let (Some(st), Some(or)) = (get("static"), get("oracle")) else { continue };
+        let f = |x: Option<f64>| x.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
+        let (name, imb, gap) = match best {
+            Some(&(p, m)) => {
+                let gap = if st > or { format!("{:.0} %", 100.0 * (st - m) / (st - or)) } else { "-".into() };
+                (display_name(p, specs), format!("{m:.4}"), gap)
+            }
+            None => ("-".into(), "-".into(), "-".into()),
+        };
+        println!("{g:>6} {r:>8} {st:>8.4}  {name:<wd$} {imb:>8} {gap:>6}  {:>8} {:>8}", f(reactive), f(Some(or)));
+    }
 }
