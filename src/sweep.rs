@@ -123,20 +123,24 @@ fn content_hashes(files: &[PathBuf], out: &Path) -> crate::trace::Result<BTreeMa
     use rayon::prelude::*;
     use std::os::unix::fs::MetadataExt;
     let cache = read_hash_cache(out);
-    // Files hashed in parallel; the first problem in file order is the one reported.
-    let hashed: Vec<crate::trace::Result<Hashed>> = files
-        .par_iter()
-        .map(|f| {
-            let io = |source| crate::trace::TraceError::Io { file: f.clone(), source };
-            let m = std::fs::metadata(f).map_err(io)?;
-            let (bytes, mtime_ns, inode) = (m.len(), m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128, m.ino());
-            let key = f.canonicalize().map_err(io)?;
-            Ok(match cache.get(&key) {
-                Some(h) if (h.bytes, h.mtime_ns, h.inode) == (bytes, mtime_ns, inode) => h.clone(),
-                _ => Hashed { bytes, mtime_ns, inode, sha256: Input::File(f.clone()).size_and_sha256()?.1 },
-            })
+    let hash = |f: &PathBuf| -> crate::trace::Result<Hashed> {
+        let io = |source| crate::trace::TraceError::Io { file: f.clone(), source };
+        let m = std::fs::metadata(f).map_err(io)?;
+        let (bytes, mtime_ns, inode) = (m.len(), m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128, m.ino());
+        let key = f.canonicalize().map_err(io)?;
+        Ok(match cache.get(&key) {
+            Some(h) if (h.bytes, h.mtime_ns, h.inode) == (bytes, mtime_ns, inode) => h.clone(),
+            _ => Hashed { bytes, mtime_ns, inode, sha256: Input::File(f.clone()).size_and_sha256()?.1 },
         })
-        .collect();
+    };
+    // Files hashed in parallel on a pool of their own (the global pool is sized later,
+    // by `--threads`), one after another if that pool cannot be had; the first
+    // problem in file order is the one reported.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(files.len()).max(1);
+    let hashed: Vec<crate::trace::Result<Hashed>> = match rayon::ThreadPoolBuilder::new().num_threads(threads).build() {
+        Ok(pool) => pool.install(|| files.par_iter().map(hash).collect()),
+        Err(_) => files.iter().map(hash).collect(),
+    };
     files.iter().cloned().zip(hashed).map(|(f, h)| Ok((f, h?))).collect()
 }
 

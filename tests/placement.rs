@@ -194,7 +194,8 @@ fn a_sweep_writes_a_placement_table() {
         trace.to_str().unwrap()
     );
     std::fs::write(&cfg, toml).unwrap();
-    let o = expertcast(&["sweep", cfg.to_str().unwrap(), "--quiet", "--device", "cpu"]);
+    // --threads sizes the global pool after planning: planning must not have started it.
+    let o = expertcast(&["sweep", cfg.to_str().unwrap(), "--quiet", "--device", "cpu", "--threads", "2"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let dir = d.path().join("out/placement/trace=gpt12-e16-top2-s2");
     let part = std::fs::read_dir(&dir).unwrap().next().unwrap().unwrap().path();
@@ -221,4 +222,26 @@ fn the_summary_shows_placement_per_shape() {
     // One row for G = 4, R = 0, whose best real forecaster is `last` (oracle-median reads the future).
     let row = stdout.lines().find(|l| l.split_whitespace().take(2).collect::<Vec<_>>() == ["4", "0"]).expect("a row for G = 4, R = 0");
     assert_eq!(row.split_whitespace().nth(3), Some("last"), "{row}");
+}
+
+/// A forecaster scored on the CPU keeps its predictions for placement when the scored
+/// horizons cover the interval; otherwise placement predicts again. Both must give
+/// the same file.
+#[test]
+fn placement_from_kept_predictions_equals_predicting_again() {
+    let d = tempfile::tempdir().unwrap();
+    let trace = bundled("gpt12-e16-top2-s2");
+    let run = |name: &str, horizon: &str| {
+        let out = d.path().join(name);
+        let args = ["run", trace.to_str().unwrap(), "--device", "cpu", "-f", "sw-avg:w=100", "-f", "last", "--origin-stride", "300"];
+        let more = ["--horizon", "1", "--horizon", horizon, "--placement-gpus", "4", "--placement-replicas", "4", "--out", out.to_str().unwrap()];
+        let o = expertcast(&[&args[..], &more[..]].concat());
+        assert!(o.status.success(), "{}", stderr(&o));
+        (read_all(&out.join("placement.parquet")), stderr(&o))
+    };
+    let ((kept, said_kept), (again, said_again)) = (run("kept", "100"), run("again", "10"));
+    assert!(said_kept.contains("placement: 12 of 12 (layer, forecaster) predictions kept"), "{said_kept}");
+    assert!(said_again.contains("placement: 0 of 12 (layer, forecaster) predictions kept"), "{said_again}");
+    assert_eq!(kept.num_rows(), 5 * 6 * 2); // static, reactive, sw-avg, last, oracle
+    assert_eq!(kept, again);
 }

@@ -192,7 +192,29 @@ pub fn evaluate_layer(
     stable_from: Option<usize>,
     save: Option<&mut SavedForecasts>,
 ) -> anyhow::Result<Vec<Score>> {
-    evaluate_layer_progress(layer, f, proto, stable_from, save, &FitContext::cpu(), &|_| {})
+    evaluate_layer_progress(layer, f, proto, stable_from, save, &FitContext::cpu(), &|_| {}, None)
+}
+
+/// What [`evaluate_layer_progress`] keeps for expert placement: for each origin, the
+/// mean of its first `steps` predicted rows as they were scored (renormalised for a
+/// real forecaster), so that placement need not predict (or fit) again.
+pub struct KeptMeans<'a> {
+    pub steps: usize,
+    /// One row of `experts` values per origin, in origin order (left empty for a
+    /// forecaster asked once per horizon).
+    pub means: &'a mut Vec<Vec<f64>>,
+}
+
+/// The mean of the first `steps` rows of `pred` (`experts` a row; one row: a flat
+/// forecast).
+pub fn mean_of_rows(pred: &[f64], experts: usize, steps: usize) -> Vec<f64> {
+    let rows: Vec<&[f64]> = pred.chunks(experts).take(steps.max(1)).collect();
+    let mut m = vec![0.0; experts];
+    for row in &rows {
+        m.iter_mut().zip(*row).for_each(|(a, &x)| *a += x);
+    }
+    m.iter_mut().for_each(|a| *a /= rows.len() as f64);
+    m
 }
 
 /// `Σ_e |p̂ − p|` and `Σ_e (p̂ − p)²` of one step, each summed in the fixed lane
@@ -298,7 +320,8 @@ fn origin_sums_rows_inner(layer: &LayerView, origin: usize, horizons: &[usize], 
 
 /// [`evaluate_layer`] fitting with `ctx`, calling `done(experts)` as each origin's
 /// forecast of every expert series arrives (for a progress bar of series forecasts
-/// per second). The forecaster is fitted once, on the steps before the first origin.
+/// per second), and keeping each origin's mean prediction in `keep` when given. The
+/// forecaster is fitted once, on the steps before the first origin.
 ///
 /// Each origin's error sums are taken in one pass over its steps ahead and read off
 /// at every horizon; a [flat](crate::forecast::Fitted::flat) forecast is scored
@@ -312,6 +335,7 @@ pub fn evaluate_layer_progress(
     mut save: Option<&mut SavedForecasts>,
     ctx: &FitContext,
     done: &(dyn Fn(u64) + Sync),
+    mut keep: Option<KeptMeans>,
 ) -> anyhow::Result<Vec<Score>> {
     use rayon::prelude::*;
     let nt = layer.steps();
@@ -371,6 +395,10 @@ pub fn evaluate_layer_progress(
             }
         } else {
             let lens: Vec<usize> = origins.iter().map(|&o| max_len(o)).collect();
+            if let Some(k) = keep.as_mut() {
+                k.means.clear();
+                k.means.resize(origins.len(), Vec::new());
+            }
             let mut rows = Vec::with_capacity(if flat { origins.len() * ne } else { 0 });
             fitted.predict_origins(layer, &origins, &lens, &mut |i, pred, se, fb| {
                 done(ne as u64);
@@ -383,6 +411,10 @@ pub fn evaluate_layer_progress(
                     rows.extend_from_slice(pred);
                 } else {
                     origin_sums_rows(layer, o, horizons, pred, real, &mut sums[i * nh..(i + 1) * nh]);
+                }
+                // After renormalisation, as scored.
+                if let Some(k) = keep.as_mut() {
+                    k.means[i] = mean_of_rows(pred, ne, k.steps);
                 }
                 if let Some(s) = save.as_deref_mut() {
                     s.push(layer, o, lens[i], pred, se);

@@ -247,7 +247,8 @@ fn layer_group(tr: &Trace) -> usize {
 
 /// Forecasts and scores every (trace, layer, forecaster): a group of layers at a time
 /// (as many as threads, within 512 MB of float64 shares), every (layer, forecaster)
-/// of a group in parallel. Metrics (and saved forecasts) go to the sink.
+/// of a group in parallel. Metrics (and saved forecasts) go to the sink; what
+/// placement can reuse is returned.
 #[allow(clippy::too_many_arguments)]
 pub fn forecast(
     plan: &RunPlan,
@@ -257,10 +258,11 @@ pub fn forecast(
     device: &Device,
     sink: &mut dyn Sink,
     progress: &dyn Progress,
-) -> anyhow::Result<Vec<MetricRow>> {
+) -> anyhow::Result<(Vec<MetricRow>, Kept)> {
     let proto = &prep.protocol;
     let specs = &prep.specs;
     let mut metric_rows: Vec<MetricRow> = Vec::new();
+    let mut kept = Kept::new();
     // One unit per series and origin forecast: for ARIMA, fits per second.
     let units: u64 = traces
         .iter()
@@ -311,16 +313,20 @@ pub fn forecast(
             drop(span);
             let tasks: Vec<(usize, usize)> = (0..layers.len()).flat_map(|g| (0..forecasters.len()).map(move |f| (g, f))).collect();
             let what = |g: usize, fi: usize| format!("forecasting {} layer {} with {}", tr.name, tr.layer_ids[layers[g]], specs[fi]);
-            let cpu_task = |&(g, fi): &(usize, usize)| -> anyhow::Result<(Vec<Score>, Option<SavedForecasts>)> {
+            let cpu_task = |&(g, fi): &(usize, usize)| -> anyhow::Result<(Vec<Score>, Option<SavedForecasts>, Vec<Vec<f64>>)> {
                 let l = layers[g];
                 let view = LayerView::new(&shares[g], tr.experts());
                 let mut saved =
                     plan.save_forecasts.then(|| SavedForecasts::with_capacity(eval::saved_rows(proto, tr.steps(), tr.experts()) as usize));
+                // Placement reuses what was predicted here when the scored steps cover
+                // its interval: ARIMA and the LSTM need not fit again.
+                let mut means = Vec::new();
+                let keep = plan.work.placement.as_ref().filter(|p| proto.max_horizon() >= p.horizon).map(|p| eval::KeptMeans { steps: p.horizon, means: &mut means });
                 let scores = eval::evaluate_layer_progress(&view, forecasters[fi].as_ref(), proto, stable_from[ti][l], saved.as_mut(), &ctx, &|n| {
                     bar.inc(n)
-                })
+                }, keep)
                 .with_context(|| what(g, fi))?;
-                Ok((scores, saved))
+                Ok((scores, saved, means))
             };
             let device_task = |scorer: &mut eval::cuda::Scorer| -> anyhow::Result<Vec<Vec<Score>>> {
                 // The host-made rows of every layer of the group first, in parallel.
@@ -367,10 +373,13 @@ pub fn forecast(
             let (mut dev, mut cpu) = (dev?.into_iter(), cpu.into_iter());
             for &(g, fi) in &tasks {
                 let l = layers[g];
-                let (scores, saved) = match on_device[fi] {
-                    Some(_) => (dev.next().expect("one result per device task"), None),
+                let (scores, saved, means) = match on_device[fi] {
+                    Some(_) => (dev.next().expect("one result per device task"), None, Vec::new()),
                     None => cpu.next().expect("one result per CPU task")?,
                 };
+                if !means.is_empty() {
+                    kept.insert((ti, l, fi), means);
+                }
                 for score in scores {
                     metric_rows.push(MetricRow {
                         trace: tr.name.clone(),
@@ -391,20 +400,28 @@ pub fn forecast(
     let _span = crate::profile::span(|| "forecast: write metrics".into());
     sink.write(Table::Metrics, &output::metrics_batch(&metric_rows)?)?;
     fallback_lines(traces, prep, &metric_rows, progress);
-    Ok(metric_rows)
+    Ok((metric_rows, kept))
 }
+
+/// Each origin's mean prediction over the placement interval, per (trace, layer,
+/// forecaster) that the forecast stage scored on the CPU (see [`eval::KeptMeans`]).
+pub type Kept = std::collections::HashMap<(usize, usize, usize), Vec<Vec<f64>>>;
 
 /// Expert placement of every (trace, layer), when the plan asks for it: the
 /// policies `static`, `reactive:w=W`, one per forecaster of the run (in the run's
 /// order) and `oracle`, each planned at every origin with a whole re-placement
 /// interval ahead and scored on the actual shares of that interval
-/// ([`crate::placement::evaluate_layer`]). Rows go to the sink.
+/// ([`crate::placement::evaluate_layer`]). A forecaster's weights are those `kept`
+/// from the forecast stage where it has them, else predicted again. Rows go to the
+/// sink.
+#[allow(clippy::too_many_arguments)]
 pub fn placement(
     plan: &RunPlan,
     traces: &[Trace],
     prep: &Prepared,
     stable_from: &[Vec<Option<usize>>],
     device: &Device,
+    kept: &Kept,
     sink: &mut dyn Sink,
     progress: &dyn Progress,
 ) -> anyhow::Result<Vec<PlacementRow>> {
@@ -416,6 +433,7 @@ pub fn placement(
     let ctx = FitContext { device: device.clone(), messages: None };
     let bar = progress.bar(traces.iter().map(|t| t.layers() as u64).sum(), "placement");
     let mut rows = Vec::new();
+    let reused = std::sync::atomic::AtomicUsize::new(0);
     for (ti, tr) in traces.iter().enumerate() {
         let ne = tr.experts();
         let origins = place::placement_origins(&proto.origins(tr.steps()), cfg.horizon, tr.steps());
@@ -434,9 +452,15 @@ pub fn placement(
                         .forecasters
                         .par_iter()
                         .zip(&prep.specs)
-                        .map(|(f, spec)| {
-                            predicted_weights(&view, f.as_ref(), proto, &origins, cfg.horizon, &ctx)
-                                .with_context(|| format!("placement of {} layer {} from {spec}", tr.name, tr.layer_ids[l]))
+                        .enumerate()
+                        .map(|(fi, (f, spec))| match kept.get(&(ti, l, fi)) {
+                            // The forecast stage's, for the placement origins (a prefix).
+                            Some(means) if means.len() >= origins.len() && means.iter().all(|m| m.len() == ne) => {
+                                reused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                Ok(means[..origins.len()].to_vec())
+                            }
+                            _ => predicted_weights(&view, f.as_ref(), proto, &origins, cfg.horizon, &ctx)
+                                .with_context(|| format!("placement of {} layer {} from {spec}", tr.name, tr.layer_ids[l])),
                         })
                         .collect::<anyhow::Result<_>>()?;
                     let refs: Vec<&[Vec<f64>]> = predicted.iter().map(Vec::as_slice).collect();
@@ -451,6 +475,11 @@ pub fn placement(
         }
     }
     bar.finish_and_clear();
+    let pairs = traces.iter().map(|t| t.layers()).sum::<usize>() * prep.forecasters.len();
+    progress.line(format!(
+        "placement: {} of {pairs} (layer, forecaster) predictions kept from the forecast stage, the others made again",
+        reused.into_inner()
+    ));
     sink.write(Table::Placement, &output::placement_batch(&rows)?)?;
     Ok(rows)
 }
@@ -475,14 +504,7 @@ fn predicted_weights(
         if real {
             crate::forecast::renormalize(pred, ne);
         }
-        let mut m = vec![0.0; ne];
-        let rows = pred.chunks(ne);
-        let n = rows.len() as f64;
-        for row in rows {
-            m.iter_mut().zip(row).for_each(|(a, &x)| *a += x);
-        }
-        m.iter_mut().for_each(|a| *a /= n);
-        out[i] = m;
+        out[i] = eval::mean_of_rows(pred, ne, horizon);
     })?;
     Ok(out)
 }
@@ -577,7 +599,7 @@ fn run_scoped<'s>(
     seconds.insert("states", t.elapsed().as_secs_f64());
 
     let t = Instant::now();
-    let metric_rows = forecast(plan, traces, &prep, &stable_from, &device, sink, progress)?;
+    let (metric_rows, kept) = forecast(plan, traces, &prep, &stable_from, &device, sink, progress)?;
     seconds.insert("forecast", t.elapsed().as_secs_f64());
     let proto = &prep.protocol;
     let n_origins: usize = traces.iter().map(|t| proto.origins(t.steps()).len()).sum();
@@ -593,7 +615,7 @@ fn run_scoped<'s>(
 
     let placement_rows = if plan.work.placement.is_some() {
         let t = Instant::now();
-        let rows = placement(plan, traces, &prep, &stable_from, &device, sink, progress)?;
+        let rows = placement(plan, traces, &prep, &stable_from, &device, &kept, sink, progress)?;
         seconds.insert("placement", t.elapsed().as_secs_f64());
         let cfg = plan.work.placement.as_ref().expect("placement asked for");
         progress.line(format!(
