@@ -7,7 +7,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 CARGO ?= cargo
 
-.PHONY: build run test test-slurm venv venv-peers bench bench-window bench-peers bench-read bench-run bench-e2e bench-gpu bench-arima-peers bench-arima-scaling bench-sweep-scale bench-sweep-full bench-lstm bench-lstm-accuracy clean
+.PHONY: build run test chromium test-slurm bench-report venv venv-peers bench bench-window bench-peers bench-read bench-run bench-e2e bench-gpu bench-arima-peers bench-arima-scaling bench-sweep-scale bench-sweep-full bench-lstm bench-lstm-accuracy clean
 
 build:
 	$(CARGO) build --release
@@ -36,7 +36,14 @@ $(PVPY): benches/peers/requirements.txt
 
 venv-peers: $(PVPY)
 
-test: $(VPY)
+# The report test renders a page in headless Chromium: Debian's chromium is installed
+# with apt-get when no Chromium is found (needs root; EXPERTCAST_CHROMIUM names another).
+chromium:
+	@[ -n "$$EXPERTCAST_CHROMIUM" ] || command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  command -v google-chrome >/dev/null || { echo "installing Debian's chromium (apt-get) for the report test"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+test: $(VPY) chromium
 	EXPERTCAST_PYTHON=$(abspath $(VPY)) $(CARGO) test --release
 
 # A 4-task Slurm job array sweep on a throw-away single-node cluster on this host
@@ -53,6 +60,14 @@ bench-window:
 bench-peers: $(VPY)
 	$(VPY) benches/peers/window_stats_pandas.py
 	$(CARGO) bench --bench window_stats
+
+# The report of the bundled-traces run (with placement): its time, then Chromium's
+# time to lay out and paint the page (benches/report_render.sh).
+bench-report: build chromium
+	rm -rf .bench-out/report
+	./target/release/expertcast run --out .bench-out/report --quiet --placement-gpus 4 --placement-gpus 8
+	for i in 1 2 3; do ./target/release/expertcast report .bench-out/report; done
+	benches/report_render.sh .bench-out/report/report.html
 
 # Peak memory of reading a 100,000 x 12 x 128 trace (needs /usr/bin/time).
 bench-read: build $(VPY)

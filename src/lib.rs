@@ -4,7 +4,7 @@
 //! ([`stats`]), forecasters predict ([`forecast`]), predictions are scored under
 //! one rolling-origin protocol ([`eval`]), and results go out as Parquet
 //! ([`output`]); [`placement`] plans expert placement from the forecasts and
-//! scores it. [`pipeline`] chains the stages for a resolved plan; [`gpu`] holds
+//! scores it; [`report`] draws the results as an HTML page. [`pipeline`] chains the stages for a resolved plan; [`gpu`] holds
 //! the device choice; [`cli`] the command line.
 //!
 //! ```
@@ -26,6 +26,7 @@ pub mod output;
 pub mod pipeline;
 pub mod placement;
 pub mod profile;
+pub mod report;
 pub mod simd;
 pub mod stats;
 pub mod sweep;

@@ -55,6 +55,8 @@ pub struct SweepConfig {
     pub placement_horizon: usize,
     /// The window of the `reactive` placement policy.
     pub placement_reactive_window: usize,
+    /// Write `OUT/report.html` (`expertcast report OUT`) once every unit is done.
+    pub report: bool,
 }
 
 impl Default for SweepConfig {
@@ -73,6 +75,7 @@ impl Default for SweepConfig {
             placement_replicas: vec![0],
             placement_horizon: crate::placement::HORIZON,
             placement_reactive_window: crate::placement::REACTIVE_WINDOW,
+            report: false,
         }
     }
 }
@@ -96,6 +99,8 @@ pub struct Plan {
     pub work: Work,
     /// The SHA-256 of every trace file, with what it was computed for.
     pub hashes: BTreeMap<PathBuf, Hashed>,
+    /// The config's `report` key.
+    pub report: bool,
 }
 
 /// A trace file's SHA-256 and the size, modification time and inode it was computed
@@ -318,7 +323,7 @@ pub fn plan(config: &Path) -> anyhow::Result<Plan> {
             }
         }
     }
-    Ok(Plan { units, out, hashes, work: Work { windows: cfg.windows, horizons: cfg.horizons, forecasters, placement } })
+    Ok(Plan { units, out, hashes, work: Work { windows: cfg.windows, horizons: cfg.horizons, forecasters, placement }, report: cfg.report })
 }
 
 /// `datasets/../sweep-out` as `sweep-out`, the way the path is shown and recorded:
@@ -679,7 +684,7 @@ mod tests {
         // A cache entry that matches the file's size, mtime and inode is used as is ...
         let mut cached = first.clone();
         cached.get_mut(&f).unwrap().sha256 = "from-the-cache".into();
-        let plan = Plan { units: Vec::new(), out: out.clone(), work: Work::default(), hashes: cached };
+        let plan = Plan { units: Vec::new(), out: out.clone(), work: Work::default(), hashes: cached, report: false };
         save_hashes(&plan).unwrap();
         assert_eq!(content_hashes(&files, &out).unwrap()[&f].sha256, "from-the-cache");
         // ... and one for a file rewritten since (same size, new content) is not.

@@ -55,6 +55,10 @@ pub enum Command {
     /// Train the LSTM forecaster on traces and save a checkpoint that
     /// `run -f lstm:model=DIR` applies to other traces.
     Lstm(lstm::LstmArgs),
+    /// Draw a run's or a sweep's results: one self-contained HTML page (expert
+    /// shares, s(t) and the transition steps, error against horizon, error per layer,
+    /// placement, sweep dimensions), and each figure as PNG or SVG files on request.
+    Report(crate::report::ReportArgs),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -224,6 +228,12 @@ pub struct RunArgs {
     /// last W actual shares).
     #[arg(long, value_name = "W", default_value_t = crate::placement::REACTIVE_WINDOW, allow_negative_numbers = true, help_heading = "Expert placement")]
     pub placement_reactive_window: usize,
+
+    /// Also write OUT/report.html at the end: the figures and tables of
+    /// `expertcast report OUT`. Without it, a report.html of an earlier run in OUT is
+    /// removed (it would describe other results).
+    #[arg(long)]
+    pub report: bool,
 
     /// No progress bars, stage lines or summary table (errors are still printed).
     #[arg(long, short)]

@@ -27,5 +27,17 @@ pub fn run(args: &RunArgs, argv: &[String]) -> anyhow::Result<()> {
             &args.out,
         );
     }
+    let page = args.out.join(crate::report::REPORT_FILE);
+    if args.report {
+        let t = std::time::Instant::now();
+        let r = crate::report::build(&args.out)?;
+        for m in &r.missing {
+            progress.line(format!("report: missing: {m}"));
+        }
+        crate::report::write(&r, &page, None, None)?;
+        progress.line(format!("report: {} figure(s) in {} ({:.2} s)", r.figures.len(), page.display(), t.elapsed().as_secs_f64()));
+    } else if page.is_file() {
+        std::fs::remove_file(&page).map_err(|e| anyhow::anyhow!("removing the earlier run's {}: {e}", page.display()))?;
+    }
     Ok(())
 }

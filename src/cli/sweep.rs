@@ -107,6 +107,18 @@ pub fn sweep(args: &SweepArgs) -> anyhow::Result<()> {
     if counts.failed > 0 {
         bail!("{} unit(s) failed (see {}/units/)", counts.failed, plan.out.display());
     }
+    if plan.report {
+        // Only a complete dataset gets its report: the shard that finishes last writes it.
+        let waiting = plan.units.iter().filter(|u| !sweep::is_done(&plan, u)).count();
+        if waiting > 0 {
+            progress.line(format!("sweep: report.html waits for {waiting} unit(s) of other shards (the last shard to finish writes it)"));
+        } else {
+            let t = Instant::now();
+            let r = crate::report::build(&plan.out)?;
+            crate::report::write(&r, &plan.out.join(crate::report::REPORT_FILE), None, None)?;
+            progress.line(format!("sweep: report in {} ({:.2} s)", plan.out.join(crate::report::REPORT_FILE).display(), t.elapsed().as_secs_f64()));
+        }
+    }
     Ok(())
 }
 
