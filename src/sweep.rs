@@ -51,8 +51,8 @@ pub struct SweepConfig {
     pub placement_gpus: Vec<usize>,
     /// Redundant replica counts placement is scored with.
     pub placement_replicas: Vec<usize>,
-    /// Steps a placement plan is held.
-    pub placement_horizon: usize,
+    /// Steps a placement plan is held: a number or a list (each scored on its own).
+    pub placement_horizon: OneOrMany,
     /// The window of the `reactive` placement policy.
     pub placement_reactive_window: usize,
     /// Write `OUT/report.html` (`expertcast report OUT`) once every unit is done.
@@ -73,9 +73,51 @@ impl Default for SweepConfig {
             forecasters,
             placement_gpus: Vec::new(),
             placement_replicas: vec![0],
-            placement_horizon: crate::placement::HORIZON,
+            placement_horizon: OneOrMany::One(crate::placement::HORIZON),
             placement_reactive_window: crate::placement::REACTIVE_WINDOW,
             report: false,
+        }
+    }
+}
+
+/// A key that takes a number or a list of numbers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OneOrMany {
+    One(usize),
+    Many(Vec<usize>),
+}
+
+impl<'de> Deserialize<'de> for OneOrMany {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = OneOrMany;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number of steps (100) or a list of them ([50, 100])")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<OneOrMany, E> {
+                usize::try_from(v).map(OneOrMany::One).map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<OneOrMany, E> {
+                usize::try_from(v).map(OneOrMany::One).map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(v), &self))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<OneOrMany, A::Error> {
+                let mut v = Vec::new();
+                while let Some(x) = seq.next_element::<usize>()? {
+                    v.push(x);
+                }
+                Ok(OneOrMany::Many(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl OneOrMany {
+    pub fn to_vec(&self) -> Vec<usize> {
+        match self {
+            OneOrMany::One(v) => vec![*v],
+            OneOrMany::Many(v) => v.clone(),
         }
     }
 }
@@ -284,7 +326,7 @@ pub fn plan(config: &Path) -> anyhow::Result<Plan> {
     let placement = (!cfg.placement_gpus.is_empty()).then(|| crate::placement::PlacementConfig {
         gpus: pipeline::plan::sorted_unique(&cfg.placement_gpus),
         replicas: pipeline::plan::sorted_unique(&cfg.placement_replicas),
-        horizon: cfg.placement_horizon,
+        horizons: pipeline::plan::sorted_unique(&cfg.placement_horizon.to_vec()),
         reactive_window: cfg.placement_reactive_window,
     });
     if let Some(p) = &placement {
@@ -294,7 +336,7 @@ pub fn plan(config: &Path) -> anyhow::Result<Plan> {
             usage(config, m.replace("--placement-horizon", "placement_horizon").replace("--placement-reactive-window", "placement_reactive_window"))
         })?;
     } else if cfg.placement_replicas != [0]
-        || cfg.placement_horizon != crate::placement::HORIZON
+        || cfg.placement_horizon.to_vec() != [crate::placement::HORIZON]
         || cfg.placement_reactive_window != crate::placement::REACTIVE_WINDOW
     {
         return Err(usage(config, "placement_replicas, placement_horizon and placement_reactive_window need placement_gpus"));

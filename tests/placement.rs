@@ -245,3 +245,53 @@ fn placement_from_kept_predictions_equals_predicting_again() {
     assert_eq!(kept.num_rows(), 5 * 6 * 2); // static, reactive, sw-avg, last, oracle
     assert_eq!(kept, again);
 }
+
+/// Several re-placement intervals in one run: each is scored on its own, and an
+/// interval's rows are those of a run with that interval alone (the first interval
+/// reuses the forecast stage's predictions, the others predict again). The sweep key
+/// takes a list, and the report draws imbalance against the interval.
+#[test]
+fn several_placement_horizons_score_each_as_alone() {
+    let d = tempfile::tempdir().unwrap();
+    let trace = bundled("gpt12-e16-top2-s2");
+    let run = |name: &str, hs: &[&str]| -> PathBuf {
+        let out = d.path().join(name);
+        let mut args = vec!["run", trace.to_str().unwrap(), "--quiet", "-f", "last", "-f", "sw-avg:w=100", "--horizon", "1", "--horizon", "200"];
+        args.extend(["--placement-gpus", "4", "--out", out.to_str().unwrap()]);
+        for h in hs {
+            args.extend(["--placement-horizon", h]);
+        }
+        let o = expertcast(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        out
+    };
+    let both = read_all(&run("both", &["200", "50", "200"]).join("placement.parquet"));
+    let rows = |b: &arrow::array::RecordBatch, h: i64| -> Vec<String> {
+        let (p, l, r, hz) = (col_str(b, "policy"), col_i64(b, "layer"), col_str(b, "regime"), col_i64(b, "horizon"));
+        let (m, q, mv) = (col_f64(b, "imbalance_mean"), col_f64(b, "imbalance_p99"), col_f64(b, "moved_replicas_mean"));
+        let mut v: Vec<String> = (0..b.num_rows()).filter(|&i| hz[i] == h).map(|i| format!("{} {} {} {:?} {:?} {:?}", l[i], p[i], r[i], m[i], q[i], mv[i])).collect();
+        v.sort();
+        v
+    };
+    // 5 policies (static, reactive, last, sw-avg, oracle) × 6 layers × 2 regimes per interval.
+    assert_eq!(both.num_rows(), 2 * 5 * 6 * 2);
+    for h in [50, 200] {
+        let alone = read_all(&run(&format!("h{h}"), &[&h.to_string()]).join("placement.parquet"));
+        assert_eq!(rows(&both, h), rows(&alone, h), "interval {h}");
+        assert_eq!(rows(&both, h).len(), 60);
+    }
+    // The report draws the policies against the interval.
+    let dir = d.path().join("both");
+    let o = expertcast(&["report", dir.to_str().unwrap(), "--svg", d.path().join("svg").to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let svg = std::fs::read_to_string(d.path().join("svg/placement.svg")).unwrap();
+    assert!(svg.contains("placement horizon (steps)"), "the x axis should be the interval");
+    // The sweep key takes a list.
+    let cfg = d.path().join("sweep.toml");
+    std::fs::write(&cfg, format!("traces = [{:?}]\nout = \"sw\"\nforecasters = [\"last\"]\nhorizons = [1]\norigin_stride = [500]\nplacement_gpus = [4]\nplacement_horizon = [50, 200]\n", trace)).unwrap();
+    let o = expertcast(&["sweep", cfg.to_str().unwrap(), "--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let part = std::fs::read_dir(d.path().join("sw/placement/trace=gpt12-e16-top2-s2")).unwrap().next().unwrap().unwrap().path();
+    let hz: std::collections::BTreeSet<i64> = col_i64(&read_all(&part), "horizon").into_iter().collect();
+    assert_eq!(hz.into_iter().collect::<Vec<_>>(), vec![50, 200]);
+}

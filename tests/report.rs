@@ -3,7 +3,7 @@
 //! missing and it can), and checked for console errors, for every figure present and
 //! drawn (pixels of screenshots), and for the transition steps and best forecasters
 //! that states.parquet and metrics.parquet hold (recomputed here from the Parquet
-//! files). The PNG and SVG files are decoded and parsed. Bad input: exit 2, nothing
+//! files), in the light and the dark colour scheme. The PNG and SVG files are decoded and parsed. Bad input: exit 2, nothing
 //! written; `--allow-partial` writes a page that says what is missing.
 //!
 //! Chromium is found as `EXPERTCAST_CHROMIUM`, else `chromium`, `chromium-browser` or
@@ -116,6 +116,24 @@ fn the_bundled_report_renders_in_chromium_with_every_figure_and_the_results() {
     let console: Vec<&str> = log.lines().filter(|l| l.contains("CONSOLE") || l.contains("Failed to load") || l.contains("Uncaught")).collect();
     assert!(console.is_empty(), "console output: {console:#?}");
     assert_eq!(dom.matches("<figure id=").count(), figures);
+
+    // Light and dark colour schemes: the page follows the reader's (Blink's
+    // preferredColorScheme: 0 dark, 1 light), its text in contrast.
+    for (scheme, dark) in [("1", false), ("0", true)] {
+        let shot = page.with_file_name(format!("scheme-{scheme}.png"));
+        browse(&page, &["--window-size=1300,400", &format!("--blink-settings=preferredColorScheme={scheme}"), &format!("--screenshot={}", shot.display())]);
+        let (w, _, px) = decode_png(&std::fs::read(&shot).unwrap());
+        let at = |x: u32, y: u32| px[((y * w + x) * 3) as usize] as i32;
+        let bg = at(5, 5);
+        // The darkest and lightest pixels of the title line.
+        let title: Vec<i32> = (20..60).flat_map(|y| (20..400).map(move |x| (x, y))).map(|(x, y)| at(x, y)).collect();
+        let (lo, hi) = (*title.iter().min().unwrap(), *title.iter().max().unwrap());
+        if dark {
+            assert!(bg < 60 && hi > 180, "dark scheme: background {bg}, lightest title pixel {hi}");
+        } else {
+            assert!(bg > 240 && lo < 80, "light scheme: background {bg}, darkest title pixel {lo}");
+        }
+    }
 
     // The text holds the transition steps of states.parquet (kappa 0.5, every window)...
     let s = read_all(&dir.join("states.parquet"));

@@ -220,9 +220,9 @@ pub struct RunArgs {
     pub placement_replicas: Vec<usize>,
 
     /// Re-placement interval H in steps: a plan made at an origin is applied to the H
-    /// steps after it.
-    #[arg(long, value_name = "H", default_value_t = crate::placement::HORIZON, allow_negative_numbers = true, help_heading = "Expert placement")]
-    pub placement_horizon: usize,
+    /// steps after it. Repeat for several (each scored on its own).
+    #[arg(long, value_name = "H", default_values_t = [crate::placement::HORIZON], allow_negative_numbers = true, help_heading = "Expert placement")]
+    pub placement_horizon: Vec<usize>,
 
     /// Window W of the reactive policy (`reactive:w=W`: planned from the mean of the
     /// last W actual shares).
@@ -256,7 +256,7 @@ impl RunArgs {
         Ok(Some(crate::placement::PlacementConfig {
             gpus: crate::pipeline::plan::sorted_unique(&self.placement_gpus),
             replicas: crate::pipeline::plan::sorted_unique(&self.placement_replicas),
-            horizon: self.placement_horizon,
+            horizons: crate::pipeline::plan::sorted_unique(&self.placement_horizon),
             reactive_window: self.placement_reactive_window,
         }))
     }

@@ -86,8 +86,10 @@ fn print_placement(rows: &[PlacementRow], specs: &[String], real: &[&str]) {
         return;
     }
     let regime = if rows.iter().any(|r| r.score.regime == Regime::Stable && r.score.origins > 0) { Regime::Stable } else { Regime::All };
+    // The first (shortest) re-placement interval; placement.parquet has them all.
+    let Some(h0) = rows.iter().map(|r| r.score.horizon).min() else { return };
     let mut sums: BTreeMap<(usize, usize, &str), (f64, usize)> = BTreeMap::new();
-    for r in rows.iter().filter(|r| r.score.regime == regime) {
+    for r in rows.iter().filter(|r| r.score.regime == regime && r.score.horizon == h0) {
         if let Some(m) = r.score.imbalance_mean {
             let e = sums.entry((r.score.gpus, r.score.replicas, &r.score.policy)).or_insert((0.0, 0));
             e.0 += m;
@@ -99,7 +101,7 @@ fn print_placement(rows: &[PlacementRow], specs: &[String], real: &[&str]) {
         cells.entry((g, r)).or_default().push((p, s / n as f64));
     }
     println!();
-    println!("Expert placement (mean imbalance, regime {}; gap = share of static -> oracle closed)", regime.as_str());
+    println!("Expert placement (mean imbalance, regime {}, re-placed every {h0} steps; gap = share of static -> oracle closed)", regime.as_str());
     let wd = specs.iter().map(|s| display_name(s, specs).chars().count()).max().unwrap_or(0).max(20);
     println!("{:>6} {:>8} {:>8}  {:<wd$} {:>8} {:>6}  {:>8} {:>8}", "gpus", "replicas", "static", "best real forecaster", "imbal.", "gap", "reactive", "oracle");
     for ((g, r), v) in cells {

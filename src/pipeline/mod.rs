@@ -321,7 +321,7 @@ pub fn forecast(
                 // Placement reuses what was predicted here when the scored steps cover
                 // its interval: ARIMA and the LSTM need not fit again.
                 let mut means = Vec::new();
-                let keep = plan.work.placement.as_ref().filter(|p| proto.max_horizon() >= p.horizon).map(|p| eval::KeptMeans { steps: p.horizon, means: &mut means });
+                let keep = plan.work.placement.as_ref().filter(|p| proto.max_horizon() >= p.horizons[0]).map(|p| eval::KeptMeans { steps: p.horizons[0], means: &mut means });
                 let scores = eval::evaluate_layer_progress(&view, forecasters[fi].as_ref(), proto, stable_from[ti][l], saved.as_mut(), &ctx, &|n| {
                     bar.inc(n)
                 }, keep)
@@ -431,51 +431,53 @@ pub fn placement(
     policies.extend(prep.specs.iter().map(|s| Policy::Forecast(s.clone())));
     policies.push(Policy::Oracle);
     let ctx = FitContext { device: device.clone(), messages: None };
-    let bar = progress.bar(traces.iter().map(|t| t.layers() as u64).sum(), "placement");
+    let bar = progress.bar(traces.iter().map(|t| t.layers() as u64).sum::<u64>() * cfg.horizons.len() as u64, "placement");
     let mut rows = Vec::new();
     let reused = std::sync::atomic::AtomicUsize::new(0);
     for (ti, tr) in traces.iter().enumerate() {
-        let ne = tr.experts();
-        let origins = place::placement_origins(&proto.origins(tr.steps()), cfg.horizon, tr.steps());
-        // A group of layers at a time (as many as threads, within 512 MB of float64
-        // shares), its layers in parallel.
-        let group = layer_group(tr);
-        for first in (0..tr.layers()).step_by(group) {
-            let layers: Vec<usize> = (first..(first + group).min(tr.layers())).collect();
-            let _span = crate::profile::span(|| format!("placement: {} layers", layers.len()));
-            let scored: Vec<anyhow::Result<Vec<place::PlacementScore>>> = layers
-                .par_iter()
-                .map(|&l| {
-                    let shares = tr.layer_proportions(l);
-                    let view = LayerView::new(&shares, ne);
-                    let predicted: Vec<Vec<Vec<f64>>> = prep
-                        .forecasters
-                        .par_iter()
-                        .zip(&prep.specs)
-                        .enumerate()
-                        .map(|(fi, (f, spec))| match kept.get(&(ti, l, fi)) {
-                            // The forecast stage's, for the placement origins (a prefix).
-                            Some(means) if means.len() >= origins.len() && means.iter().all(|m| m.len() == ne) => {
-                                reused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                Ok(means[..origins.len()].to_vec())
-                            }
-                            _ => predicted_weights(&view, f.as_ref(), proto, &origins, cfg.horizon, &ctx)
-                                .with_context(|| format!("placement of {} layer {} from {spec}", tr.name, tr.layer_ids[l])),
-                        })
-                        .collect::<anyhow::Result<_>>()?;
-                    let refs: Vec<&[Vec<f64>]> = predicted.iter().map(Vec::as_slice).collect();
-                    let scores = place::evaluate_layer(&shares, ne, cfg, &policies, &origins, &refs, stable_from[ti][l]);
-                    bar.inc(1);
-                    Ok(scores)
-                })
-                .collect();
-            for (&l, scores) in layers.iter().zip(scored) {
-                rows.extend(scores?.into_iter().map(|score| PlacementRow { trace: tr.name.clone(), layer: tr.layer_ids[l], score }));
+        for (hi, &horizon) in cfg.horizons.iter().enumerate() {
+            let ne = tr.experts();
+            let origins = place::placement_origins(&proto.origins(tr.steps()), horizon, tr.steps());
+            // A group of layers at a time (as many as threads, within 512 MB of float64
+            // shares), its layers in parallel.
+            let group = layer_group(tr);
+            for first in (0..tr.layers()).step_by(group) {
+                let layers: Vec<usize> = (first..(first + group).min(tr.layers())).collect();
+                let _span = crate::profile::span(|| format!("placement: {} layers", layers.len()));
+                let scored: Vec<anyhow::Result<Vec<place::PlacementScore>>> = layers
+                    .par_iter()
+                    .map(|&l| {
+                        let shares = tr.layer_proportions(l);
+                        let view = LayerView::new(&shares, ne);
+                        let predicted: Vec<Vec<Vec<f64>>> = prep
+                            .forecasters
+                            .par_iter()
+                            .zip(&prep.specs)
+                            .enumerate()
+                            .map(|(fi, (f, spec))| match kept.get(&(ti, l, fi)).filter(|_| hi == 0) {
+                                // The forecast stage's (kept for the first interval), for the placement origins (a prefix).
+                                Some(means) if means.len() >= origins.len() && means.iter().all(|m| m.len() == ne) => {
+                                    reused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                    Ok(means[..origins.len()].to_vec())
+                                }
+                                _ => predicted_weights(&view, f.as_ref(), proto, &origins, horizon, &ctx)
+                                    .with_context(|| format!("placement of {} layer {} from {spec}", tr.name, tr.layer_ids[l])),
+                            })
+                            .collect::<anyhow::Result<_>>()?;
+                        let refs: Vec<&[Vec<f64>]> = predicted.iter().map(Vec::as_slice).collect();
+                        let scores = place::evaluate_layer(&shares, ne, cfg, horizon, &policies, &origins, &refs, stable_from[ti][l]);
+                        bar.inc(1);
+                        Ok(scores)
+                    })
+                    .collect();
+                for (&l, scores) in layers.iter().zip(scored) {
+                    rows.extend(scores?.into_iter().map(|score| PlacementRow { trace: tr.name.clone(), layer: tr.layer_ids[l], score }));
+                }
             }
         }
     }
     bar.finish_and_clear();
-    let pairs = traces.iter().map(|t| t.layers()).sum::<usize>() * prep.forecasters.len();
+    let pairs = traces.iter().map(|t| t.layers()).sum::<usize>() * prep.forecasters.len() * cfg.horizons.len();
     progress.line(format!(
         "placement: {} of {pairs} (layer, forecaster) predictions kept from the forecast stage, the others made again",
         reused.into_inner()
@@ -619,12 +621,12 @@ fn run_scoped<'s>(
         seconds.insert("placement", t.elapsed().as_secs_f64());
         let cfg = plan.work.placement.as_ref().expect("placement asked for");
         progress.line(format!(
-            "placement: {} policies × {} layers on {:?} GPU(s) with {:?} redundant replica(s), re-placed every {} steps ({:.2} s)",
+            "placement: {} policies × {} layers on {:?} GPU(s) with {:?} redundant replica(s), re-placed every {:?} steps ({:.2} s)",
             prep.forecasters.len() + 3,
             n_layers,
             cfg.gpus,
             cfg.replicas,
-            cfg.horizon,
+            cfg.horizons,
             seconds["placement"]
         ));
         rows

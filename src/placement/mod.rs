@@ -360,8 +360,9 @@ pub struct PlacementConfig {
     pub gpus: Vec<usize>,
     /// Redundant replica counts, ascending and distinct.
     pub replicas: Vec<usize>,
-    /// Steps a plan made at an origin is applied to (the re-placement interval).
-    pub horizon: usize,
+    /// Re-placement intervals, ascending and distinct: a plan made at an origin is
+    /// applied to the `horizon` steps after it; each is scored on its own.
+    pub horizons: Vec<usize>,
     /// The window of the `reactive` policy.
     pub reactive_window: usize,
 }
@@ -380,13 +381,13 @@ impl PlacementConfig {
         if self.gpus.contains(&0) {
             return Err(UsageError("--placement-gpus 0: at least one device is needed".into()));
         }
-        if self.horizon == 0 {
+        if self.horizons.is_empty() || self.horizons.contains(&0) {
             return Err(UsageError("--placement-horizon 0: a plan must hold at least 1 step".into()));
         }
         if self.reactive_window == 0 {
             return Err(UsageError("--placement-reactive-window 0: the window must be at least 1 step".into()));
         }
-        for (flag, v) in self.gpus.iter().map(|&v| ("--placement-gpus", v)).chain(self.replicas.iter().map(|&v| ("--placement-replicas", v))).chain([("--placement-horizon", self.horizon)]) {
+        for (flag, v) in self.gpus.iter().map(|&v| ("--placement-gpus", v)).chain(self.replicas.iter().map(|&v| ("--placement-replicas", v))).chain(self.horizons.iter().map(|&v| ("--placement-horizon", v))) {
             if i32::try_from(v).is_err() {
                 return Err(UsageError(format!("{flag} {v}: at most {} (an int32 column of placement.parquet)", i32::MAX)));
             }
@@ -479,7 +480,7 @@ pub fn placement_origins(origins: &[usize], horizon: usize, steps: usize) -> Vec
 }
 
 /// Scores every policy of one layer (`shares`: step-major, `experts` a row) on every
-/// (gpus, replicas) of `cfg`. `origins` are the placement origins
+/// (gpus, replicas) of `cfg`, re-placed every `horizon` steps. `origins` are the placement origins
 /// ([`placement_origins`]); `predicted[i]` holds, for each forecaster policy in
 /// `policies` order, origin `i`'s weights (the mean predicted shares of its horizon).
 /// Rows come per policy, then gpus, then replicas, `all` before `stable`.
@@ -487,6 +488,7 @@ pub fn evaluate_layer(
     shares: &[f64],
     experts: usize,
     cfg: &PlacementConfig,
+    horizon: usize,
     policies: &[Policy],
     origins: &[usize],
     predicted: &[&[Vec<f64>]],
@@ -494,7 +496,7 @@ pub fn evaluate_layer(
 ) -> Vec<PlacementScore> {
     use rayon::prelude::*;
     let ne = experts;
-    let h = cfg.horizon;
+    let h = horizon;
     let row = |t: usize| &shares[t * ne..(t + 1) * ne];
     let mean_rows = |from: usize, to: usize| -> Vec<f64> {
         let mut m = vec![0.0; ne];

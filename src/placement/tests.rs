@@ -158,7 +158,7 @@ fn the_quantile_interpolates_like_numpy() {
 #[test]
 fn a_tiny_trace_scored_by_hand() {
     let shares = [0.25, 0.25, 0.25, 0.25, 0.4, 0.3, 0.2, 0.1, 0.4, 0.3, 0.2, 0.1, 0.1, 0.2, 0.3, 0.4];
-    let cfg = PlacementConfig { gpus: vec![2], replicas: vec![0], horizon: 2, reactive_window: 1 };
+    let cfg = PlacementConfig { gpus: vec![2], replicas: vec![0], horizons: vec![2], reactive_window: 1 };
     let origins = placement_origins(&[1, 2, 3], 2, 4);
     assert_eq!(origins, vec![1, 2]);
     // The forecaster policy predicts t0's shares at every origin: the static plan.
