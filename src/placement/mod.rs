@@ -497,16 +497,7 @@ pub fn evaluate_layer(
     use rayon::prelude::*;
     let ne = experts;
     let h = horizon;
-    let row = |t: usize| &shares[t * ne..(t + 1) * ne];
-    let mean_rows = |from: usize, to: usize| -> Vec<f64> {
-        let mut m = vec![0.0; ne];
-        for t in from..to {
-            m.iter_mut().zip(row(t)).for_each(|(a, &x)| *a += x);
-        }
-        let n = (to - from) as f64;
-        m.iter_mut().for_each(|a| *a /= n);
-        m
-    };
+    let mean_rows = |from: usize, to: usize| crate::eval::mean_of_rows(&shares[from * ne..to * ne], ne, to - from);
     let mut combos = Vec::new();
     let mut fi = 0;
     for p in policies {

@@ -383,12 +383,7 @@ fn trace_figures(
     // One colour scale for the trace, topped at the 99.5th percentile of its cells so
     // that a few early bursts do not darken everything else (those saturate).
     let mut all: Vec<f64> = views.iter().flat_map(|v| v.0.iter().copied()).collect();
-    let vmax = if all.is_empty() {
-        0.0
-    } else {
-        let k = ((all.len() - 1) as f64 * 0.995).round() as usize;
-        *all.select_nth_unstable_by(k, f64::total_cmp).1
-    };
+    let vmax = if all.is_empty() { 0.0 } else { crate::placement::quantile(&mut all, 0.995) };
     let cols = HEAT_COLS.min(nt);
     let mut out = Vec::new();
     let name = &tr.name;
