@@ -19,6 +19,7 @@ fn main() -> ExitCode {
         Command::Synth(args) => expertcast::cli::synth(args),
         Command::Sweep(args) => expertcast::cli::sweep::sweep(args),
         Command::Lstm(args) => expertcast::cli::lstm::lstm(args),
+        Command::Linear(args) => expertcast::cli::linear::linear(args),
         Command::Report(args) => expertcast::report::report(args),
     };
     match result {

@@ -255,10 +255,10 @@ fn sweep_over_every_gpu_matches_the_cpu_sweep() {
     assert_eq!(compared, 18);
 }
 
-/// The LSTM on burn-cuda against burn's CPU backend. Inference from one checkpoint
-/// agrees within 1e-5 (float32 sums in a different order); training from the same
-/// seed on both drifts apart by float32 rounding, so it is held to 2e-3 (shares) and
-/// a training loss within 2%.
+/// The LSTM on the GPU (our CUDA kernels) against the CPU (our Rust kernels).
+/// Inference from one checkpoint agrees within 1e-5 (float32 sums in a different
+/// order); training from the same seed on both drifts apart by float32 rounding, so
+/// it is held to 2e-3 (shares) and a training loss within 2%.
 #[test]
 #[ignore = "needs a CUDA device"]
 fn lstm_on_cuda_matches_the_cpu_backend() {
@@ -269,7 +269,7 @@ fn lstm_on_cuda_matches_the_cpu_backend() {
     let p = tr.layer_proportions(2);
     let layer = LayerView::new(&p[..1500 * tr.experts()], tr.experts());
     for (mode, end) in [(Mode::Joint, 1000), (Mode::Global, 300)] {
-        let cfg = LstmConfig { mode, lookback: 30, hidden: 16, k: 5, epochs: 2, batch: 64, seed: 11, ..Default::default() };
+        let cfg = LstmConfig { mode, lookback: 30, hidden: 16, layers: 2, k: 5, epochs: 2, batch: 64, seed: 11, stride: 1, ..Default::default() };
         let win = Windows { layers: vec![layer], mode, lookback: cfg.lookback, k: cfg.k };
         let samples = win.samples(&[(0, 1000, 1490)]);
         let (cpu, rc) = lstm::fit(&win, &[end], &cfg, &Device::Cpu, &mut |_, _, _, _| {}).unwrap();

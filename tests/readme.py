@@ -32,10 +32,6 @@ os.chdir(work)
 NOT_RUN = {
     "make test": "the test command itself",
     "cargo test --release --test gpu -- --ignored": "the GPU tests, run by hand on a GPU machine",
-    "expertcast lstm train datasets/gpt12-e16-top2-s1.parquet --out model-s1":
-        "trains on burn's CPU backend for over 25 minutes without a GPU",
-    "expertcast run datasets/gpt12-e16-top2-s2.parquet -f lstm:model=model-s1 -f sw-avg:w=100":
-        "needs the checkpoint of the line before",
 }
 
 blocks = re.findall(r"^```([a-z]*)\n(.*?)^```$", readme.read_text(), flags=re.S | re.M)

@@ -3,9 +3,10 @@
 //! `nn.LSTM` (cuDNN): input 1, hidden 64, 2 layers, sequence 100, training batch
 //! 4,096 (forward, backward and an Adam step), inference batch 65,536.
 //!
-//! `--lstm-impl kernel` (default) is our CUDA kernels (`kernels/lstm.cu`); `burn`
-//! our network in burn (one product a step for all four gates); `stock` burn's
-//! `nn::Lstm` with the same head, for comparison.
+//! `--lstm-impl kernel` (default) is our kernels: `kernels/lstm.cu` on a GPU, the
+//! Rust kernels (`forecast::lstm::cpu`) on the CPU; `burn` our network in burn (one
+//! product a step for all four gates); `stock` burn's `nn::Lstm` with the same
+//! head, for comparison. `--lstm-input` sets the inputs a step (1: global mode).
 
 use std::time::Instant;
 
@@ -18,6 +19,7 @@ use burn::tensor::backend::AutodiffBackend;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
+use crate::forecast::lstm::cpu::CpuEngine;
 use crate::forecast::lstm::kernel::{self, Engine};
 use crate::forecast::lstm::net::Net;
 use crate::forecast::lstm::{CpuBackend, CudaBackend};
@@ -34,6 +36,9 @@ pub struct LstmBenchArgs {
     /// Sequence length (lookback).
     #[arg(long = "lstm-seq", default_value_t = 100)]
     pub seq: usize,
+    /// Inputs a step (1: global mode; the experts of a layer: joint mode).
+    #[arg(long = "lstm-input", default_value_t = 1)]
+    pub input: usize,
     #[arg(long = "lstm-hidden", default_value_t = 64)]
     pub lstm_hidden: usize,
     #[arg(long = "lstm-layers", default_value_t = 2)]
@@ -41,8 +46,8 @@ pub struct LstmBenchArgs {
     /// Timed training steps (after 3 warm-up steps); inference batches likewise.
     #[arg(long = "lstm-steps", default_value_t = 20)]
     pub timed: usize,
-    /// kernel (ours, kernels/lstm.cu), burn (our fused-gate network in burn) or
-    /// stock (burn's nn::Lstm).
+    /// kernel (ours: kernels/lstm.cu on a GPU, the Rust kernels on the CPU), burn
+    /// (our fused-gate network in burn) or stock (burn's nn::Lstm).
     #[arg(long = "lstm-impl", default_value = "kernel")]
     pub imp: String,
     /// Sequences a block of our kernels (a multiple of 4).
@@ -105,7 +110,7 @@ where
     M::InnerModule: Model<B::InnerBackend>,
 {
     let mut rng = StdRng::seed_from_u64(1);
-    let x = random::<B, 3>([a.lstm_batch, a.seq, 1], &mut rng, device);
+    let x = random::<B, 3>([a.lstm_batch, a.seq, a.input], &mut rng, device);
     let y = random::<B, 2>([a.lstm_batch, 1], &mut rng, device);
     let mut optim = AdamConfig::new().init();
     let mut model = model;
@@ -126,7 +131,7 @@ where
     let train = (a.timed * a.lstm_batch) as f64 / t.elapsed().as_secs_f64();
 
     let valid = model.valid();
-    let xi = random::<B::InnerBackend, 3>([a.infer_batch, a.seq, 1], &mut rng, device);
+    let xi = random::<B::InnerBackend, 3>([a.infer_batch, a.seq, a.input], &mut rng, device);
     for _ in 0..2 {
         let _ = valid.predict(xi.clone());
     }
@@ -142,11 +147,11 @@ where
 
 /// Our kernels: the windows are uploaded once, as PyTorch's are created on the GPU.
 fn on_kernel(a: &LstmBenchArgs, gpu: &Gpu) -> anyhow::Result<(f64, f64)> {
-    let net = Net::<CpuBackend>::init(1, a.lstm_hidden, a.lstm_layers, 1, 0, &Default::default());
+    let net = Net::<CpuBackend>::init(a.input, a.lstm_hidden, a.lstm_layers, 1, 0, &Default::default());
     let mut e = Engine::from_net(&net, gpu, a.rows)?;
     let mut rng = StdRng::seed_from_u64(1);
     let mut r = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect() };
-    let (x, y) = (r(a.lstm_batch * a.seq), r(a.lstm_batch));
+    let (x, y) = (r(a.lstm_batch * a.seq * a.input), r(a.lstm_batch));
     e.upload(&x, Some(&y), a.lstm_batch, a.seq, true)?;
     for _ in 0..3 {
         e.step_uploaded(a.lstm_batch, a.seq, 1e-3, 1.0)?;
@@ -158,7 +163,7 @@ fn on_kernel(a: &LstmBenchArgs, gpu: &Gpu) -> anyhow::Result<(f64, f64)> {
     }
     e.sync()?;
     let train = (a.timed * a.lstm_batch) as f64 / t.elapsed().as_secs_f64();
-    let xi = r(a.infer_batch * a.seq);
+    let xi = r(a.infer_batch * a.seq * a.input);
     e.upload(&xi, None, a.infer_batch, a.seq, false)?;
     e.forward_uploaded(a.infer_batch, a.seq)?;
     let t = Instant::now();
@@ -169,10 +174,35 @@ fn on_kernel(a: &LstmBenchArgs, gpu: &Gpu) -> anyhow::Result<(f64, f64)> {
     Ok((train, infer))
 }
 
+/// Our CPU kernels (Rust, rayon over blocks of sequences).
+fn on_cpu_kernel(a: &LstmBenchArgs) -> anyhow::Result<(f64, f64)> {
+    let net = Net::<CpuBackend>::init(a.input, a.lstm_hidden, a.lstm_layers, 1, 0, &Default::default());
+    let mut e = CpuEngine::from_net(&net);
+    let mut rng = StdRng::seed_from_u64(1);
+    let mut r = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect() };
+    let (x, y) = (r(a.lstm_batch * a.seq * a.input), r(a.lstm_batch));
+    for _ in 0..3 {
+        e.train_step(&x, &y, a.lstm_batch, a.seq, 1e-3, 1.0)?;
+    }
+    let t = Instant::now();
+    for _ in 0..a.timed {
+        e.train_step(&x, &y, a.lstm_batch, a.seq, 1e-3, 1.0)?;
+    }
+    let train = (a.timed * a.lstm_batch) as f64 / t.elapsed().as_secs_f64();
+    let xi = r(a.infer_batch * a.seq * a.input);
+    e.predict(&xi, a.infer_batch, a.seq, false)?;
+    let t = Instant::now();
+    for _ in 0..a.timed {
+        e.predict(&xi, a.infer_batch, a.seq, false)?;
+    }
+    let infer = (a.timed * a.infer_batch) as f64 / t.elapsed().as_secs_f64();
+    Ok((train, infer))
+}
+
 fn on<B: AutodiffBackend>(a: &LstmBenchArgs, device: &B::Device) -> anyhow::Result<(f64, f64)> {
     match a.imp.as_str() {
-        "burn" => run::<B, _>(Net::<B>::init(1, a.lstm_hidden, a.lstm_layers, 1, 0, device), a, device),
-        "stock" => run::<B, _>(Stock::<B>::new(1, a.lstm_hidden, a.lstm_layers, device), a, device),
+        "burn" => run::<B, _>(Net::<B>::init(a.input, a.lstm_hidden, a.lstm_layers, 1, 0, device), a, device),
+        "stock" => run::<B, _>(Stock::<B>::new(a.input, a.lstm_hidden, a.lstm_layers, device), a, device),
         other => anyhow::bail!("--lstm-impl {other}: must be kernel, burn or stock"),
     }
 }
@@ -183,15 +213,16 @@ pub fn bench_lstm(a: &LstmBenchArgs, device: DeviceRequest) -> anyhow::Result<()
         eprintln!("expertcast: {n}");
     }
     let (train, infer) = match &dev {
-        Device::Cpu if a.imp == "kernel" => anyhow::bail!("--lstm-impl kernel needs a GPU (burn or stock run on the CPU)"),
+        Device::Cpu if a.imp == "kernel" => on_cpu_kernel(a)?,
         Device::Cuda(g) if a.imp == "kernel" => on_kernel(a, g)?,
         Device::Cpu => on::<Autodiff<CpuBackend>>(a, &Default::default())?,
         Device::Cuda(g) => on::<Autodiff<CudaBackend>>(a, &burn::backend::cuda::CudaDevice::new(g.ordinal()))?,
     };
     println!(
-        "lstm bench ({} on {}): input 1, hidden {}, {} layers, sequence {}: training {:.4} M windows/s (batch {}, {:.2} ms a step), inference {:.4} M windows/s (batch {})",
+        "lstm bench ({} on {}): input {}, hidden {}, {} layers, sequence {}: training {:.4} M windows/s (batch {}, {:.2} ms a step), inference {:.4} M windows/s (batch {})",
         a.imp,
         dev.describe(),
+        a.input,
         a.lstm_hidden,
         a.lstm_layers,
         a.seq,

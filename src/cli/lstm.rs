@@ -21,8 +21,8 @@ pub struct LstmArgs {
 
 #[derive(clap::Subcommand, Debug, Clone)]
 pub enum LstmCommand {
-    /// Train on every layer of the given traces (all windows of every layer, the
-    /// latest --val share of each held out to pick the best epoch) and save a
+    /// Train on every layer of the given traces (every --stride-th window of every
+    /// layer, the latest --val share of each held out to pick the best epoch) and save a
     /// checkpoint directory: weights.mpk (burn's recorder) and lstm.json (config,
     /// normalisation, training report).
     Train(LstmTrainArgs),
@@ -44,7 +44,8 @@ pub struct LstmTrainArgs {
     /// Which GPU (0-based).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub gpu: usize,
-    /// On a GPU: our kernels (burn-cuda for sizes they do not take) or burn-cuda always.
+    /// Our kernels (on a GPU kernels/lstm.cu, burn-cuda for sizes they do not take; on
+    /// the CPU our Rust kernels) or burn always (burn-cuda, or burn's ndarray backend).
     #[arg(long, value_enum, default_value_t = GpuEngine::Kernels)]
     pub engine: GpuEngine,
     /// No progress bar or summary.

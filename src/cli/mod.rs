@@ -1,5 +1,6 @@
 //! Command-line parsing, progress reporting and the `run` pipeline.
 
+pub mod linear;
 pub mod lstm;
 pub mod sweep;
 mod progress;
@@ -55,6 +56,9 @@ pub enum Command {
     /// Train the LSTM forecaster on traces and save a checkpoint that
     /// `run -f lstm:model=DIR` applies to other traces.
     Lstm(lstm::LstmArgs),
+    /// Fit the `linear` baseline (a ridge autoregression on per-window-normalised
+    /// shares) on traces and save a model that `run -f linear:model=DIR` applies.
+    Linear(linear::LinearArgs),
     /// Draw a run's or a sweep's results: one self-contained HTML page (expert
     /// shares, s(t) and the transition steps, error against horizon, error per layer,
     /// placement, sweep dimensions), and each figure as PNG or SVG files on request.
@@ -136,7 +140,7 @@ pub struct RunArgs {
     /// Forecaster spec NAME[:key=value,...]; repeat for several. Given at all, -f
     /// replaces the default list (use -a to add to it). Known: last, mean:w=W,
     /// median:w=W, sw-avg:w=W, ema:alpha=A, oracle-median, arima:p=P,d=D,q=Q,..., arima-auto,
-    /// lstm:... (lstm:model=DIR for a checkpoint); a wrong spec lists every
+    /// lstm:... (lstm:model=DIR for a checkpoint), linear:... (linear:model=DIR); a wrong spec lists every
     /// forecaster and its parameters.
     #[arg(long = "forecaster", short = 'f', value_name = "SPEC",
           default_values_t = defaults::FORECASTERS.map(String::from))]

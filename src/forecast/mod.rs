@@ -35,6 +35,7 @@ registry! {
     mod median: [MEDIAN];
     pub mod arima: [ARIMA, ARIMA_AUTO];
     pub mod lstm: [LSTM];
+    pub mod linear: [LINEAR];
     mod oracle: [ORACLE_MEDIAN];
 }
 

@@ -224,7 +224,7 @@ pub fn dot(a: &[f64], b: &[f64]) -> f64 {
 
 /// Solves `m x = b` for a symmetric positive definite `m` (k × k, overwritten);
 /// `b` becomes `x`. False when `m` is not positive definite.
-fn cholesky_solve(m: &mut [f64], b: &mut [f64], k: usize) -> bool {
+pub(crate) fn cholesky_solve(m: &mut [f64], b: &mut [f64], k: usize) -> bool {
     for j in 0..k {
         let mut d = m[j * k + j];
         for l in 0..j {

@@ -1,5 +1,7 @@
-//! The paper's learned forecaster: an LSTM in burn, trained with burn's autodiff on
-//! the GPU (burn-cuda) or on the CPU (burn's ndarray backend).
+//! The paper's learned forecaster: an LSTM defined in burn ([`net`], the reference
+//! and the checkpoint format), trained and run by our kernels: CUDA on a GPU
+//! ([`kernel`]), Rust on the CPU ([`cpu`]); burn's autodiff (burn-cuda or ndarray)
+//! for sizes the GPU kernels do not take and on request.
 //!
 //! Two modes:
 //! - `joint` (the paper's): a step's input is every expert's share of a layer, the
@@ -13,12 +15,14 @@
 //! a predicted deviation of 0), `hold` (beyond `k` the k-th step held) or
 //! `recursive` (each block of k predictions is fed back as input).
 //!
-//! Without `model=`, a run trains one model per layer on the `train` steps before
-//! the layer's first scored origin only (never on a scored step), then forecasts
-//! every origin in large batches. With `model=DIR` it applies a checkpoint written
+//! Training reads every `stride`-th window of each series (neighbouring windows share
+//! all but one step). Without `model=`, a run trains one model per layer on the
+//! `train` steps before the layer's first scored origin only (never on a scored
+//! step), then forecasts every origin in large batches. With `model=DIR` it applies a checkpoint written
 //! by `expertcast lstm train` (weights in burn's named MessagePack record, the
 //! config and training report in `lstm.json` beside them).
 
+pub mod cpu;
 pub mod data;
 pub mod kernel;
 pub mod net;
@@ -136,6 +140,16 @@ pub struct LstmConfig {
     /// Share of each layer's windows (the latest) held out to pick the best epoch.
     #[arg(long, default_value = default_of("val"))]
     pub val: f64,
+    /// Train (and validate) on every stride-th window of each series: neighbouring
+    /// windows share all but one step, so a stride cuts the cost far more than the
+    /// information.
+    #[arg(long, default_value = default_of("stride"))]
+    #[serde(default = "one")]
+    pub stride: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl LstmConfig {
@@ -148,6 +162,7 @@ impl LstmConfig {
             (self.epochs >= 1, "epochs must be at least 1"),
             (self.patience >= 1, "patience must be at least 1"),
             (self.batch >= 1, "batch must be at least 1"),
+            (self.stride >= 1, "stride must be at least 1"),
             (self.lr > 0.0 && self.lr.is_finite(), "lr must be a positive number"),
             ((0.0..0.9).contains(&self.val), "val must be in [0, 0.9)"),
         ];
@@ -158,13 +173,14 @@ impl LstmConfig {
     }
 }
 
-/// Which implementation trains and runs the network on a GPU.
+/// Which implementation trains and runs the network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum GpuEngine {
-    /// Our kernels (kernels/lstm.cu) for the sizes they take, burn-cuda otherwise.
+    /// Our kernels: on a GPU kernels/lstm.cu for the sizes they take (burn-cuda
+    /// otherwise), on the CPU [`cpu`] (Rust, rayon).
     #[default]
     Kernels,
-    /// burn-cuda always (for comparison).
+    /// burn always (burn-cuda, or burn's ndarray backend on the CPU), for comparison.
     Burn,
 }
 
@@ -182,7 +198,7 @@ pub struct Checkpoint {
 }
 
 const FORMAT: &str = "expertcast-lstm";
-const NORMALISATION: &str = "per window and series: (p - mean) / max(std, 1e-5) over the lookback window, clipped to ±10";
+pub const NORMALISATION: &str = "per window and series: (p - mean) / max(std, 1e-5) over the lookback window, clipped to ±10";
 
 fn recorder() -> NamedMpkFileRecorder<FullPrecisionSettings> {
     NamedMpkFileRecorder::<FullPrecisionSettings>::new()
@@ -218,15 +234,13 @@ pub fn save<B: Backend>(net: &Net<B>, ck: &Checkpoint, dir: &Path) -> anyhow::Re
     net.clone()
         .save_file(dir.join("weights"), &recorder())
         .with_context(|| format!("cannot write {}", dir.join("weights.mpk").display()))?;
-    let tmp = dir.join("lstm.json.tmp");
-    std::fs::write(&tmp, serde_json::to_string_pretty(ck)? + "\n").with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, dir.join("lstm.json")).with_context(|| format!("cannot write {}", dir.join("lstm.json").display()))?;
-    Ok(())
+    crate::output::write_atomic(dir, "lstm.json", (serde_json::to_string_pretty(ck)? + "\n").as_bytes())
 }
 
 /// Per layer, the windows `(layer, first t, last t)` whose targets end by `end`
-/// (exclusive), split into training and the latest `val` share for validation.
-fn split(win: &Windows, ends: &[usize], val: f64) -> (Vec<Sample>, Vec<Sample>) {
+/// (exclusive), split into training and the latest `val` share for validation;
+/// every `stride`-th window of each.
+fn split(win: &Windows, ends: &[usize], val: f64, stride: usize) -> (Vec<Sample>, Vec<Sample>) {
     let (mut tr, mut va) = (Vec::new(), Vec::new());
     for (l, &end) in ends.iter().enumerate() {
         let from = win.lookback;
@@ -237,17 +251,17 @@ fn split(win: &Windows, ends: &[usize], val: f64) -> (Vec<Sample>, Vec<Sample>) 
         let n = to + 1 - from;
         let n_val = if n >= 20 { (n as f64 * val).round() as usize } else { 0 };
         let cut = to + 1 - n_val;
-        tr.extend(win.samples(&[(l, from, cut - 1)]));
+        let every = |s: &Sample, first: usize| (s.t as usize - first) % stride == 0;
+        tr.extend(win.samples(&[(l, from, cut - 1)]).into_iter().filter(|s| every(s, from)));
         if n_val > 0 {
-            va.extend(win.samples(&[(l, cut, to)]));
+            va.extend(win.samples(&[(l, cut, to)]).into_iter().filter(|s| every(s, cut)));
         }
     }
     (tr, va)
 }
 
-/// Trains on the first `ends[l]` steps of every layer of `win`: on the CPU with
-/// burn's ndarray backend, on a GPU with our kernels (burn-cuda for sizes they do
-/// not take).
+/// Trains on the first `ends[l]` steps of every layer of `win` with our kernels: on
+/// the CPU in Rust, on a GPU in CUDA (burn-cuda for sizes they do not take).
 pub fn fit(win: &Windows, ends: &[usize], cfg: &LstmConfig, device: &Device, on_batch: &mut train::OnBatch<'_>) -> anyhow::Result<(Trained, TrainReport)> {
     fit_with(win, ends, cfg, device, GpuEngine::Kernels, on_batch)
 }
@@ -261,7 +275,7 @@ pub fn fit_with(
     engine: GpuEngine,
     on_batch: &mut train::OnBatch<'_>,
 ) -> anyhow::Result<(Trained, TrainReport)> {
-    let (tr, va) = split(win, ends, cfg.val);
+    let (tr, va) = split(win, ends, cfg.val, cfg.stride);
     if tr.is_empty() {
         bail!(
             "no training window: the LSTM needs at least lookback + k = {} steps of history before the first origin",
@@ -269,6 +283,13 @@ pub fn fit_with(
         );
     }
     Ok(match device {
+        Device::Cpu if engine == GpuEngine::Kernels => {
+            let net = Net::<CpuBackend>::init(win.d_in(), cfg.hidden, cfg.layers, win.d_out(), cfg.seed, &Default::default());
+            let mut l = cpu::CpuLearner { engine: cpu::CpuEngine::from_net(&net), lookback: win.lookback, lr: cfg.lr };
+            let (best, r) = train::train(&mut l, win, &tr, &va, cfg, on_batch)?;
+            l.engine.set_params(&best)?;
+            (Trained::CpuKernel(Mutex::new(l.engine)), r)
+        }
         Device::Cpu => {
             let dev = Default::default();
             let mut l = train::BurnLearner::<Autodiff<CpuBackend>, ()>::new(win, cfg, &dev);
@@ -327,7 +348,10 @@ pub fn fit_traces(
 
 /// A trained network on its device.
 pub enum Trained {
+    /// burn's ndarray backend.
     Cpu(Net<CpuBackend>),
+    /// Our CPU kernels.
+    CpuKernel(Mutex<cpu::CpuEngine>),
     /// burn-cuda (sizes the kernels do not take).
     Cuda(Net<CudaBackend>, burn::backend::cuda::CudaDevice),
     /// Our kernels.
@@ -344,6 +368,10 @@ impl Trained {
                 let mut e = e.lock().expect("engine");
                 train::predict(&mut |x: Vec<f32>, n, steps, carry| e.predict(&x, n, steps, carry), win, samples, len, multi)
             }
+            Trained::CpuKernel(e) => {
+                let mut e = e.lock().expect("engine");
+                train::predict(&mut |x: Vec<f32>, n, steps, carry| e.predict(&x, n, steps, carry), win, samples, len, multi)
+            }
         }
     }
     pub fn save(&self, ck: &Checkpoint, dir: &Path) -> anyhow::Result<()> {
@@ -351,6 +379,7 @@ impl Trained {
             Trained::Cpu(n) => save(n, ck, dir),
             Trained::Cuda(n, _) => save(n, ck, dir),
             Trained::Kernel(e) => save(&e.lock().expect("engine").to_net::<CpuBackend>(&Default::default())?, ck, dir),
+            Trained::CpuKernel(e) => save(&e.lock().expect("engine").to_net::<CpuBackend>(&Default::default()), ck, dir),
         }
     }
     /// A checkpoint read from `dir` onto `device`.
@@ -361,6 +390,7 @@ impl Trained {
     /// `device`.
     pub fn from_net(net: Net<CpuBackend>, ck: &Checkpoint, dir: &Path, device: &Device, engine: GpuEngine) -> anyhow::Result<Trained> {
         Ok(match device {
+            Device::Cpu if engine == GpuEngine::Kernels => Trained::CpuKernel(Mutex::new(cpu::CpuEngine::from_net(&net))),
             Device::Cpu => Trained::Cpu(net),
             Device::Cuda(g) if kernel::supports(ck.experts.unwrap_or(1), ck.config.hidden) && engine == GpuEngine::Kernels => {
                 Trained::Kernel(Mutex::new(kernel::Engine::from_net(&net, g, kernel::ROWS)?))
@@ -402,18 +432,19 @@ pub struct LstmForecaster {
 /// ([`LstmConfig::default`] and `lstm train`'s flags read them).
 const PARAMS: &[Param] = &[
     Param { key: "model", default: "", doc: "checkpoint directory from `expertcast lstm train` (else train per layer on the run's trace)" },
-    Param { key: "mode", default: "joint", doc: "joint (all experts of a layer in, all out) or global (one model for every series)" },
+    Param { key: "mode", default: "global", doc: "joint (all experts of a layer in, all out) or global (one model for every series)" },
     Param { key: "lookback", default: "100", doc: "input steps" },
-    Param { key: "hidden", default: "64", doc: "hidden units per layer" },
-    Param { key: "layers", default: "2", doc: "LSTM layers" },
+    Param { key: "hidden", default: "32", doc: "hidden units per layer" },
+    Param { key: "layers", default: "1", doc: "LSTM layers" },
     Param { key: "k", default: "10", doc: "steps predicted at once" },
     Param { key: "multi", default: "direct", doc: "beyond k steps: direct (the window's level), hold (the k-th step) or recursive (feed predictions back)" },
     Param { key: "lr", default: "0.002", doc: "Adam learning rate" },
-    Param { key: "epochs", default: "30", doc: "most training epochs" },
-    Param { key: "patience", default: "5", doc: "epochs without a better validation loss before stopping" },
+    Param { key: "epochs", default: "15", doc: "most training epochs" },
+    Param { key: "patience", default: "3", doc: "epochs without a better validation loss before stopping" },
     Param { key: "batch", default: "256", doc: "windows per training batch" },
     Param { key: "seed", default: "0", doc: "seed of the initial weights and the shuffling" },
     Param { key: "val", default: "0.1", doc: "latest share of training windows held out to pick the best epoch" },
+    Param { key: "stride", default: "32", doc: "train on every stride-th window of each series" },
     Param { key: "train", default: "2000", doc: "steps before the first origin to train on (without model=)" },
 ];
 
@@ -429,7 +460,7 @@ pub fn default_of(key: &str) -> &'static str {
     super::default_of("lstm", key)
 }
 
-const ARCH_KEYS: &[&str] = &["mode", "lookback", "hidden", "layers", "k", "lr", "epochs", "patience", "batch", "seed", "val", "train"];
+const ARCH_KEYS: &[&str] = &["mode", "lookback", "hidden", "layers", "k", "lr", "epochs", "patience", "batch", "seed", "val", "stride", "train"];
 
 /// The network's settings from spec parameters.
 fn config(p: &Params) -> Result<LstmConfig, ParamError> {
@@ -448,6 +479,7 @@ fn config(p: &Params) -> Result<LstmConfig, ParamError> {
         batch: p.usize("batch", 1)?,
         seed: p.usize("seed", 0)? as u64,
         val,
+        stride: p.usize("stride", 1)?,
     };
     cfg.validate()?;
     Ok(cfg)
@@ -517,6 +549,7 @@ impl Forecaster for LstmForecaster {
                 ("batch", c.batch.to_string()),
                 ("seed", c.seed.to_string()),
                 ("val", c.val.to_string()),
+                ("stride", c.stride.to_string()),
                 ("train", self.train.to_string()),
             ],
         )
