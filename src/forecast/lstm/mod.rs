@@ -450,7 +450,7 @@ const PARAMS: &[Param] = &[
 
 pub static LSTM: Known = Known {
     name: "lstm",
-    doc: "LSTM (burn) on the run's device, trained before the first origin or loaded with model=",
+    doc: "LSTM (our CPU or CUDA kernels; burn the reference) on the run's device, trained before the first origin or loaded with model=",
     params: PARAMS,
     build: |p| build(p).map(|f| Box::new(f) as Box<dyn Forecaster>),
 };
