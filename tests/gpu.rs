@@ -492,3 +492,35 @@ fn default_run_on_cuda_matches_the_cpu_run() {
         );
     }
 }
+
+/// Placement with each step's imbalance taken on the GPU writes the CPU run's
+/// `placement.parquet`, value for value (the kernel repeats the CPU's operations),
+/// with and without redundant replicas and with the oracle's hindsight; and the
+/// GPU run says it took every layer there.
+#[test]
+#[ignore = "needs a CUDA device"]
+fn placement_on_cuda_writes_the_cpu_runs_table() {
+    let d = tempfile::tempdir().unwrap();
+    let mut tables = Vec::new();
+    for dev in ["cpu", "cuda"] {
+        let out = d.path().join(dev);
+        let args = [
+            "run", "--device", dev, "--out", out.to_str().unwrap(), "-f", "last", "-f", "sw-avg:w=100", "--placement-gpus", "4",
+            "--placement-gpus", "8", "--placement-replicas", "0", "--placement-replicas", "8", "--placement-horizon", "50",
+            "--placement-horizon", "100",
+        ];
+        let o = common::expertcast(&args);
+        assert!(o.status.success(), "{dev}: {}", common::stderr(&o));
+        let said = common::stderr(&o);
+        let line = said.lines().find(|l| l.contains("each step's imbalance taken on the GPU for")).unwrap_or_else(|| panic!("{said}"));
+        let tail = line.rsplit("for ").next().unwrap();
+        let (on, of) = tail.trim_end_matches(" layers").split_once(" of ").unwrap();
+        let (on, of): (usize, usize) = (on.trim().parse().unwrap(), of.trim().parse().unwrap());
+        assert!(of > 0 && on == if dev == "cuda" { of } else { 0 }, "{dev}: {line}");
+        tables.push(common::read_all(&out.join("placement.parquet")));
+    }
+    assert!(tables[0].num_rows() > 0);
+    assert_eq!(tables[0], tables[1], "placement.parquet differs between the CPU and the GPU");
+    let policies = common::col_str(&tables[1], "policy");
+    assert!(policies.iter().any(|p| p == "oracle") && policies.iter().any(|p| p == "sw-avg:w=100"), "{policies:?}");
+}

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use cudarc::driver::CudaContext;
 
-pub use registry::{Gpu, LSTM, SCORE, ScoreKernels, Source, WINDOW_STATS, WindowKernels, kernel_cache_dir};
+pub use registry::{Gpu, LSTM, PLACEMENT, SCORE, ScoreKernels, Source, WINDOW_STATS, WindowKernels, kernel_cache_dir};
 
 /// What the user asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]

@@ -33,6 +33,9 @@ pub static LSTM: Source = Source { file: "lstm.cu", code: include_str!("../../ke
 /// `sw_avg_score`, `oracle_medians`).
 pub static SCORE: Source = Source { file: "score.cu", code: include_str!("../../kernels/score.cu") };
 
+/// Expert placement's realized imbalance (`placement_imbalance`).
+pub static PLACEMENT: Source = Source { file: "placement.cu", code: include_str!("../../kernels/placement.cu") };
+
 /// The window-statistics functions of one GPU.
 pub struct WindowKernels {
     /// Windows of at most 4 steps.

@@ -432,8 +432,16 @@ pub fn placement(
     policies.push(Policy::Oracle);
     let ctx = FitContext { device: device.clone(), messages: None };
     let bar = progress.bar(traces.iter().map(|t| t.layers() as u64).sum::<u64>() * cfg.horizons.len() as u64, "placement");
+    // Each step's imbalance is taken on the GPU when the run has one (and the plans
+    // fit its kernel), else on the CPU; both give the same bits.
+    let on_gpu = match device {
+        Device::Cuda(g) => Some(place::cuda::PlacementGpu::new(g).context("preparing the GPU's placement kernel")?),
+        _ => None,
+    };
+    let max_replicas = cfg.replicas.iter().copied().max().unwrap_or(0);
     let mut rows = Vec::new();
     let reused = std::sync::atomic::AtomicUsize::new(0);
+    let gpu_layers = std::sync::atomic::AtomicUsize::new(0);
     for (ti, tr) in traces.iter().enumerate() {
         for (hi, &horizon) in cfg.horizons.iter().enumerate() {
             let ne = tr.experts();
@@ -447,8 +455,11 @@ pub fn placement(
                 let scored: Vec<anyhow::Result<Vec<place::PlacementScore>>> = layers
                     .par_iter()
                     .map(|&l| {
+                        let span = crate::profile::span(|| format!("placement: layer {l} shares"));
                         let shares = tr.layer_proportions(l);
+                        drop(span);
                         let view = LayerView::new(&shares, ne);
+                        let span = crate::profile::span(|| format!("placement: layer {l} forecasters' weights"));
                         let predicted: Vec<Vec<Vec<f64>>> = prep
                             .forecasters
                             .par_iter()
@@ -464,8 +475,23 @@ pub fn placement(
                                     .with_context(|| format!("placement of {} layer {} from {spec}", tr.name, tr.layer_ids[l])),
                             })
                             .collect::<anyhow::Result<_>>()?;
+                        drop(span);
+                        let _span = crate::profile::span(|| format!("placement: layer {l} plans and imbalances"));
                         let refs: Vec<&[Vec<f64>]> = predicted.iter().map(Vec::as_slice).collect();
-                        let scores = place::evaluate_layer(&shares, ne, cfg, horizon, &policies, &origins, &refs, stable_from[ti][l]);
+                        let layer_on_gpu = match &on_gpu {
+                            Some(g) if place::cuda::fits(ne, max_replicas) => Some(g.layer(&shares, ne)?),
+                            _ => None,
+                        };
+                        let host = place::HostSteps { shares: &shares, experts: ne };
+                        let eval: &dyn place::StepImbalances = match &layer_on_gpu {
+                            Some(g) => {
+                                gpu_layers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                g
+                            }
+                            None => &host,
+                        };
+                        let scores = place::evaluate_layer_with(eval, &shares, ne, cfg, horizon, &policies, &origins, &refs, stable_from[ti][l])
+                            .with_context(|| format!("placement of {} layer {} on the GPU", tr.name, tr.layer_ids[l]))?;
                         bar.inc(1);
                         Ok(scores)
                     })
@@ -479,8 +505,11 @@ pub fn placement(
     bar.finish_and_clear();
     let pairs = traces.iter().map(|t| t.layers()).sum::<usize>() * prep.forecasters.len() * cfg.horizons.len();
     progress.line(format!(
-        "placement: {} of {pairs} (layer, forecaster) predictions kept from the forecast stage, the others made again",
-        reused.into_inner()
+        "placement: {} of {pairs} (layer, forecaster) predictions kept from the forecast stage, the others made again; \
+         each step's imbalance taken on the GPU for {} of {} layers",
+        reused.into_inner(),
+        gpu_layers.into_inner(),
+        traces.iter().map(|t| t.layers()).sum::<usize>() * cfg.horizons.len()
     ));
     sink.write(Table::Placement, &output::placement_batch(&rows)?)?;
     Ok(rows)

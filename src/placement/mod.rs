@@ -88,27 +88,31 @@ impl Placement {
         }
         max * self.gpus() as f64 / total
     }
-    /// The mean [`imbalance`](Self::imbalance) over the rows of `rows` (step-major,
-    /// `experts` a row), and each row's value into `out`.
-    fn imbalances(&self, rows: &[f64], out: &mut Vec<f64>) -> f64 {
+    /// Each row's [`imbalance`](Self::imbalance) into `out` (`rows`: step-major,
+    /// `experts` a row; one value per row of `out`).
+    fn imbalances_into(&self, rows: &[f64], out: &mut [f64]) {
         let ne = self.experts();
-        // Each slot's expert and part of it, so a step costs one multiply-add a slot.
+        // Each slot's expert and part of it, so a step costs one multiply-add a slot
+        // (kernels/placement.cu repeats these operations one for one).
         let parts: Vec<Vec<(usize, f64)>> =
             self.devices.iter().map(|d| d.iter().map(|&e| (e as usize, 1.0 / self.counts[e as usize] as f64)).collect()).collect();
         let g = self.gpus() as f64;
-        let mut sum = 0.0;
-        for p in rows.chunks(ne) {
+        for (p, v) in rows.chunks(ne).zip(out) {
             let (mut max, mut total) = (f64::NEG_INFINITY, 0.0);
             for dev in &parts {
                 let l: f64 = dev.iter().map(|&(e, f)| p[e] * f).sum();
                 max = max.max(l);
                 total += l;
             }
-            let v = max * g / total;
-            out.push(v);
-            sum += v;
+            *v = max * g / total;
         }
-        sum / (rows.len() / ne).max(1) as f64
+    }
+    /// The mean [`imbalance`](Self::imbalance) over the rows of `rows` (step-major,
+    /// `experts` a row).
+    fn mean_imbalance(&self, rows: &[f64]) -> f64 {
+        let mut v = vec![0.0; rows.len() / self.experts()];
+        self.imbalances_into(rows, &mut v);
+        mean_in_order(&v)
     }
     /// Replicas that `self` holds on a device where `before` did not (per device, the
     /// multiset difference): what moving from `before` to `self` loads onto devices.
@@ -436,8 +440,18 @@ pub fn quantile(v: &mut [f64], q: f64) -> f64 {
     a + (pos - lo as f64) * (b - a)
 }
 
-/// Each step's imbalance and each origin's moved replicas of one policy, origin by
-/// origin, summed up per regime.
+/// The mean of `v`, summed in order.
+fn mean_in_order(v: &[f64]) -> f64 {
+    let mut sum = 0.0;
+    for &x in v {
+        sum += x;
+    }
+    sum / v.len().max(1) as f64
+}
+
+/// Each step's imbalance (`steps`: origin-major, `horizon` an origin) and each
+/// origin's moved replicas of one policy, summed up per regime.
+#[allow(clippy::too_many_arguments)]
 fn summarize(
     policy: &Policy,
     gpus: usize,
@@ -445,18 +459,19 @@ fn summarize(
     horizon: usize,
     origins: &[usize],
     stable_from: Option<usize>,
-    per_origin: &[(Vec<f64>, usize)],
+    steps: &[f64],
+    moved: &[usize],
 ) -> [PlacementScore; 2] {
     use crate::eval::Regime;
     let score = |regime: Regime| {
         let keep: Vec<usize> = (0..origins.len()).filter(|&i| regime == Regime::All || stable_from.is_some_and(|s| origins[i] >= s)).collect();
-        let mut steps: Vec<f64> = keep.iter().flat_map(|&i| per_origin[i].0.iter().copied()).collect();
+        let mut steps: Vec<f64> = keep.iter().flat_map(|&i| steps[i * horizon..(i + 1) * horizon].iter().copied()).collect();
         let n = keep.len();
         let has = n > 0;
         let mean = has.then(|| steps.iter().sum::<f64>() / steps.len() as f64);
         let max = has.then(|| steps.iter().copied().fold(f64::NEG_INFINITY, f64::max));
         let p99 = has.then(|| quantile(&mut steps, 0.99));
-        let moved = has.then(|| keep.iter().map(|&i| per_origin[i].1 as f64).sum::<f64>() / n as f64);
+        let moved = has.then(|| keep.iter().map(|&i| moved[i] as f64).sum::<f64>() / n as f64);
         PlacementScore {
             policy: policy.name(),
             gpus,
@@ -479,11 +494,38 @@ pub fn placement_origins(origins: &[usize], horizon: usize, steps: usize) -> Vec
     origins.iter().copied().filter(|&o| o + horizon <= steps).collect()
 }
 
+/// Each step's imbalance under plans: the CPU's ([`HostSteps`]) or the GPU's
+/// ([`cuda::LayerOnGpu`]), with the same bits.
+pub trait StepImbalances: Sync {
+    /// For each job, a plan and the first step it is applied to, the imbalance of
+    /// each of the `h` steps from there; job-major.
+    fn steps(&self, jobs: &[(&Placement, usize)], h: usize) -> anyhow::Result<Vec<f64>>;
+}
+
+/// [`StepImbalances`] on the CPU, jobs in parallel.
+pub struct HostSteps<'a> {
+    /// One layer's shares, step-major.
+    pub shares: &'a [f64],
+    pub experts: usize,
+}
+
+impl StepImbalances for HostSteps<'_> {
+    fn steps(&self, jobs: &[(&Placement, usize)], h: usize) -> anyhow::Result<Vec<f64>> {
+        use rayon::prelude::*;
+        let ne = self.experts;
+        let mut out = vec![0.0; jobs.len() * h];
+        out.par_chunks_mut(h.max(1)).zip(jobs).for_each(|(v, &(pl, from))| pl.imbalances_into(&self.shares[from * ne..(from + h) * ne], v));
+        Ok(out)
+    }
+}
+
 /// Scores every policy of one layer (`shares`: step-major, `experts` a row) on every
-/// (gpus, replicas) of `cfg`, re-placed every `horizon` steps. `origins` are the placement origins
-/// ([`placement_origins`]); `predicted[i]` holds, for each forecaster policy in
-/// `policies` order, origin `i`'s weights (the mean predicted shares of its horizon).
-/// Rows come per policy, then gpus, then replicas, `all` before `stable`.
+/// (gpus, replicas) of `cfg`, re-placed every `horizon` steps, on the CPU. `origins`
+/// are the placement origins ([`placement_origins`]); `predicted[i]` holds, for
+/// each forecaster policy in `policies` order, origin `i`'s weights (the mean
+/// predicted shares of its horizon). Rows come per policy, then gpus, then
+/// replicas, `all` before `stable`.
+#[allow(clippy::too_many_arguments)]
 pub fn evaluate_layer(
     shares: &[f64],
     experts: usize,
@@ -494,6 +536,28 @@ pub fn evaluate_layer(
     predicted: &[&[Vec<f64>]],
     stable_from: Option<usize>,
 ) -> Vec<PlacementScore> {
+    let host = HostSteps { shares, experts };
+    evaluate_layer_with(&host, shares, experts, cfg, horizon, policies, origins, predicted, stable_from).expect("the CPU's evaluation cannot fail")
+}
+
+/// [`evaluate_layer`] with each step's imbalance taken by `eval` (which holds the
+/// same `shares`). Plans are made on the CPU, every (policy, gpus, replicas) and
+/// origin in parallel; `eval` then scores them in two batches: the oracle's
+/// hindsight (the static plan, its new plan and the one made at the origin before,
+/// at every origin), and every policy's
+/// plans once the oracle has chosen.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_layer_with(
+    eval: &dyn StepImbalances,
+    shares: &[f64],
+    experts: usize,
+    cfg: &PlacementConfig,
+    horizon: usize,
+    policies: &[Policy],
+    origins: &[usize],
+    predicted: &[&[Vec<f64>]],
+    stable_from: Option<usize>,
+) -> anyhow::Result<Vec<PlacementScore>> {
     use rayon::prelude::*;
     let ne = experts;
     let h = horizon;
@@ -509,72 +573,125 @@ pub fn evaluate_layer(
         };
         for &g in &cfg.gpus {
             for &r in &cfg.replicas {
-                combos.push((p, pred, g, r));
+                combos.push((p, pred, g, r, static_plan(ne, g)));
             }
         }
     }
-    combos
+    // Every combination's plan at every origin; the windows' mean shares are taken
+    // once for every (gpus, replicas).
+    let span = crate::profile::span(|| "placement: layer plans".into());
+    let means = |on: bool, window: &(dyn Fn(usize) -> (usize, usize) + Sync)| -> Vec<Vec<f64>> {
+        if !on {
+            return Vec::new();
+        }
+        origins.par_iter().map(|&o| {
+            let (from, to) = window(o);
+            mean_rows(from, to)
+        }).collect()
+    };
+    let reactive_w = policies.iter().find_map(|p| match p {
+        Policy::Reactive { w } => Some(*w),
+        _ => None,
+    });
+    let (before_means, after_means) = rayon::join(
+        || means(reactive_w.is_some(), &|o| (o.saturating_sub(reactive_w.unwrap_or(0)), o)),
+        || means(policies.contains(&Policy::Oracle), &|o| (o, o + h)),
+    );
+    let plans: Vec<Vec<Placement>> = combos
         .par_iter()
-        .flat_map_iter(|&(p, pred, g, r)| {
-            let start = static_plan(ne, g);
-            // Plans of all origins in parallel, then moves in origin order.
-            let plans: Vec<Placement> = origins
+        .map(|(p, pred, g, r, start)| {
+            origins
                 .par_iter()
                 .enumerate()
                 .map(|(i, &o)| match p {
                     Policy::Static => start.clone(),
-                    Policy::Reactive { w } => plan(&mean_rows(o.saturating_sub(*w), o), g, r),
-                    Policy::Forecast(_) => plan(&pred.expect("a forecaster's weights")[i], g, r),
-                    Policy::Oracle => plan(&mean_rows(o, o + h), g, r),
+                    Policy::Reactive { w } if Some(*w) == reactive_w => plan(&before_means[i], *g, *r),
+                    Policy::Reactive { w } => plan(&mean_rows(o.saturating_sub(*w), o), *g, *r),
+                    Policy::Forecast(_) => plan(&pred.expect("a forecaster's weights")[i], *g, *r),
+                    Policy::Oracle => plan(&after_means[i], *g, *r),
                 })
-                .collect();
-            let steps = |o: usize| &shares[o * ne..(o + h) * ne];
-            let score = |c: &Placement, o: usize| c.imbalances(steps(o), &mut Vec::with_capacity(h));
-            // The oracle's hindsight: the static and the new plan's mean imbalance over
-            // each origin's steps, all origins in parallel (the kept plan's follows
-            // the choices, origin by origin).
-            let hindsight: Vec<(f64, f64)> = if *p == Policy::Oracle {
-                origins.par_iter().zip(&plans).map(|(&o, pl)| (score(&start, o), score(pl, o))).collect()
-            } else {
-                Vec::new()
-            };
+                .collect()
+        })
+        .collect();
+    drop(span);
+    let span = crate::profile::span(|| "placement: layer hindsight".into());
+    // The oracle's hindsight, over each origin's steps: the mean imbalance of the
+    // static plan, of the new plan, and of the plan made at the origin before (the
+    // one it has when it chose that plan last time; a plan kept longer is scored on
+    // the CPU below). Plans are scored as made: renumbering devices moves nothing.
+    let oracles: Vec<usize> = (0..combos.len()).filter(|&c| *combos[c].0 == Policy::Oracle).collect();
+    let jobs: Vec<(&Placement, usize)> = oracles
+        .iter()
+        .flat_map(|&c| {
+            let (start, made) = (&combos[c].4, &plans[c]);
+            origins.iter().enumerate().flat_map(move |(i, &o)| [(start, o), (&made[i], o), (if i > 0 { &made[i - 1] } else { start }, o)])
+        })
+        .collect();
+    let seen = eval.steps(&jobs, h)?;
+    let mut hindsight: Vec<Vec<[f64; 3]>> = vec![Vec::new(); combos.len()];
+    for (k, &c) in oracles.iter().enumerate() {
+        let n = origins.len();
+        let at = |j: usize| mean_in_order(&seen[j * h..(j + 1) * h]);
+        hindsight[c] = (0..n).map(|i| [0, 1, 2].map(|x| at(3 * (k * n + i) + x))).collect();
+    }
+    drop(jobs);
+    drop(span);
+    let span = crate::profile::span(|| "placement: layer moves".into());
+    // Moves (and the oracle's choices) origin by origin, the combinations in parallel.
+    let chosen: Vec<(Vec<Placement>, Vec<usize>)> = combos
+        .par_iter()
+        .zip(&plans)
+        .zip(&hindsight)
+        .map(|(((p, _, _, _, start), plans), hindsight)| {
             let mut before = start.clone();
-            let mut before_is_static = true;
+            // The origin whose plan `before` is (renumbered), or none for the static one.
+            let mut made: Option<usize> = None;
             let mut moved = Vec::with_capacity(plans.len());
             let mut aligned = Vec::with_capacity(plans.len());
-            for (i, (pl, &o)) in plans.into_iter().zip(origins).enumerate() {
-                let mut pl = pl.aligned_to(&before);
-                if *p == Policy::Oracle {
+            for (i, (pl, &o)) in plans.iter().zip(origins).enumerate() {
+                let mut pl = pl.clone().aligned_to(&before);
+                if **p == Policy::Oracle {
                     // Of the kept plan, the static one, then the new one, the first with
                     // the least mean imbalance over the steps it will hold for.
-                    let (stay, new) = hindsight[i];
-                    let keep = if before_is_static { stay } else { score(&before, o) };
+                    let [stay, new, prev] = hindsight[i];
+                    let keep = match made {
+                        None => stay,
+                        Some(j) if j + 1 == i => prev,
+                        Some(j) => plans[j].mean_imbalance(&shares[o * ne..(o + h) * ne]),
+                    };
                     if keep <= stay && keep <= new {
                         pl = before.clone();
                     } else if stay <= new {
                         pl = start.clone().aligned_to(&before);
-                        before_is_static = true;
+                        made = None;
                     } else {
-                        before_is_static = false;
+                        made = Some(i);
                     }
                 }
                 moved.push(pl.moved_from(&before));
                 before = pl.clone();
                 aligned.push(pl);
             }
-            let per_origin: Vec<(Vec<f64>, usize)> = origins
-                .par_iter()
-                .zip(aligned.par_iter().zip(moved))
-                .map(|(&o, (pl, mv))| {
-                    let mut v = Vec::with_capacity(h);
-                    pl.imbalances(&shares[o * ne..(o + h) * ne], &mut v);
-                    (v, mv)
-                })
-                .collect();
-            summarize(p, g, r, h, origins, stable_from, &per_origin)
+            (aligned, moved)
         })
-        .collect()
+        .collect();
+    drop(plans);
+    drop(span);
+    let span = crate::profile::span(|| "placement: layer final imbalances".into());
+    let jobs: Vec<(&Placement, usize)> = chosen.iter().flat_map(|(aligned, _)| aligned.iter().zip(origins.iter().copied())).collect();
+    let steps = eval.steps(&jobs, h)?;
+    let per = origins.len() * h;
+    drop(span);
+    let _span = crate::profile::span(|| "placement: layer summaries".into());
+    Ok(combos
+        .par_iter()
+        .zip(&chosen)
+        .enumerate()
+        .flat_map_iter(|(c, ((p, _, g, r, _), (_, moved)))| summarize(p, *g, *r, h, origins, stable_from, &steps[c * per..(c + 1) * per], moved))
+        .collect())
 }
+
+pub mod cuda;
 
 #[cfg(test)]
 mod tests;

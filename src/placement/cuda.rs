@@ -1,0 +1,142 @@
+//! Placement's realized imbalance on the GPU (`kernels/placement.cu`): a layer's
+//! shares go up once, as float64; each batch of plans goes up as slot lists (an
+//! expert and its replica count, 4 bytes a slot) and comes back as each step's
+//! imbalance. The kernel repeats the CPU's operations one for one, so the values
+//! have the CPU path's bits and `placement.parquet` is the same file either way.
+//! The plans themselves are made on the CPU.
+
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use cudarc::driver::sys::CUfunction_attribute;
+use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+
+use super::{Placement, StepImbalances};
+use crate::gpu::Gpu;
+
+/// Most slots (experts + redundant replicas) a plan may have: the kernel stages a
+/// job's slots in 48 kB of shared memory.
+const MAX_SLOTS: usize = 12 * 1024;
+/// Steps a block evaluates (one a thread).
+const BLOCK: u32 = 128;
+/// Most doubles a batch's output holds (256 MB); larger batches are split.
+const MAX_OUT: usize = 32 << 20;
+
+/// Whether plans of `experts` experts with `replicas` redundant replicas fit the
+/// kernel (else the CPU evaluates them): expert ids and replica counts must fit 16
+/// bits and a plan's slots the shared memory.
+pub fn fits(experts: usize, replicas: usize) -> bool {
+    experts < (1 << 16) && replicas + 1 < (1 << 16) && experts + replicas <= MAX_SLOTS
+}
+
+/// The placement kernel of one GPU, with a stream of its own; layers on several
+/// threads share it, one batch at a time.
+pub struct PlacementGpu {
+    stream: Arc<CudaStream>,
+    func: CudaFunction,
+    lock: Mutex<()>,
+}
+
+impl PlacementGpu {
+    pub fn new(gpu: &Arc<Gpu>) -> anyhow::Result<PlacementGpu> {
+        let func = gpu.get_or_load_func(&crate::gpu::PLACEMENT, &[], "placement_imbalance")?;
+        func.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, (MAX_SLOTS * 4) as i32)
+            .context("setting the shared memory of placement_imbalance")?;
+        let stream = gpu.ctx.new_stream().context("creating a CUDA stream for placement")?;
+        Ok(PlacementGpu { stream, func, lock: Mutex::new(()) })
+    }
+
+    /// Puts a layer's shares (step-major, `experts` a row) on the GPU.
+    pub fn layer(&self, shares: &[f64], experts: usize) -> anyhow::Result<LayerOnGpu<'_>> {
+        let _held = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let d = self.stream.clone_htod(shares).context("copying the layer's shares to the GPU for placement")?;
+        Ok(LayerOnGpu { gpu: self, shares: d, experts, steps: shares.len() / experts.max(1) })
+    }
+}
+
+/// One layer's shares on the GPU, ready to score plans on.
+pub struct LayerOnGpu<'a> {
+    gpu: &'a PlacementGpu,
+    shares: CudaSlice<f64>,
+    experts: usize,
+    steps: usize,
+}
+
+/// The batches one launch each takes: runs of jobs whose plans have the same
+/// devices and slots per device, cut so that a batch's output holds at most
+/// [`MAX_OUT`] doubles. Each is (jobs, devices, slots per device).
+fn batches(jobs: &[(&Placement, usize)], h: usize) -> Vec<(std::ops::Range<usize>, usize, usize)> {
+    let shape = |pl: &Placement| (pl.gpus(), pl.device(0).len());
+    let most = (MAX_OUT / h.max(1)).max(1);
+    let mut out = Vec::new();
+    let mut from = 0;
+    while from < jobs.len() {
+        let s = shape(jobs[from].0);
+        let mut to = from + 1;
+        while to < jobs.len() && to - from < most && shape(jobs[to].0) == s {
+            to += 1;
+        }
+        out.push((from..to, s.0, s.1));
+        from = to;
+    }
+    out
+}
+
+impl StepImbalances for LayerOnGpu<'_> {
+    fn steps(&self, jobs: &[(&Placement, usize)], h: usize) -> anyhow::Result<Vec<f64>> {
+        let mut out = Vec::with_capacity(jobs.len() * h);
+        for (range, g, slots) in batches(jobs, h) {
+            let batch = &jobs[range];
+            assert!(h > 0 && g * slots <= MAX_SLOTS, "placement_imbalance: {g} × {slots} slots, {h} steps");
+            let mut packed: Vec<u32> = Vec::with_capacity(batch.len() * g * slots);
+            let mut starts: Vec<i32> = Vec::with_capacity(batch.len());
+            for &(pl, from) in batch {
+                assert!(pl.experts() == self.experts && from + h <= self.steps, "a plan of this layer");
+                for d in 0..g {
+                    let dev = pl.device(d);
+                    assert_eq!(dev.len(), slots, "equal slot counts");
+                    packed.extend(dev.iter().map(|&e| e | ((pl.replicas(e as usize) as u32) << 16)));
+                }
+                starts.push(from as i32);
+            }
+            let _held = self.gpu.lock.lock().unwrap_or_else(|e| e.into_inner());
+            let st = &self.gpu.stream;
+            let d_slots = st.clone_htod(&packed).context("copying plans to the GPU")?;
+            let d_first = st.clone_htod(&starts).context("copying plans to the GPU")?;
+            let mut d_out: CudaSlice<f64> = st.alloc_zeros(batch.len() * h).context("allocating placement's output on the GPU")?;
+            let (e, gi, si, hi) = (self.experts as i32, g as i32, slots as i32, h as i32);
+            let cfg = LaunchConfig {
+                grid_dim: (batch.len() as u32, (h as u32).div_ceil(BLOCK), 1),
+                block_dim: (BLOCK, 1, 1),
+                shared_mem_bytes: (g * slots * 4) as u32,
+            };
+            let mut b = st.launch_builder(&self.gpu.func);
+            b.arg(&self.shares).arg(&e).arg(&d_first).arg(&d_slots).arg(&gi).arg(&si).arg(&hi).arg(&mut d_out);
+            // SAFETY: shares hold steps × E doubles and every job's steps first ..
+            // first + h are below `steps` (asserted); slots hold jobs × G × S entries
+            // with experts below E and counts at least 1 (a placement's); shared
+            // memory is G × S × 4 bytes, within the 48 kB set as the kernel's maximum
+            // (`fits`); out holds jobs × h doubles.
+            unsafe { b.launch(cfg) }.context("launching placement_imbalance")?;
+            out.extend(st.clone_dtoh(&d_out).context("copying imbalances from the GPU")?);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::placement::{plan, static_plan};
+
+    #[test]
+    fn batches_split_where_the_shape_changes_and_at_the_output_limit() {
+        let w: Vec<f64> = (0..16).map(|e| 1.0 + e as f64).collect();
+        let (a, b, c) = (static_plan(16, 4), static_plan(16, 8), plan(&w, 4, 4));
+        let jobs = vec![(&a, 0), (&a, 5), (&b, 0), (&b, 1), (&b, 2), (&c, 3), (&a, 1)];
+        assert_eq!(batches(&jobs, 10), vec![(0..2, 4, 4), (2..5, 8, 2), (5..6, 4, 5), (6..7, 4, 4)]);
+        // At most MAX_OUT doubles a batch: with h = MAX_OUT / 2, two jobs a batch.
+        assert_eq!(batches(&jobs[2..5], MAX_OUT / 2), vec![(0..2, 8, 2), (2..3, 8, 2)]);
+        assert!(batches(&[], 10).is_empty());
+    }
+}
