@@ -328,7 +328,10 @@ pub fn forecast(
                 .with_context(|| what(g, fi))?;
                 Ok((scores, saved, means))
             };
-            let device_task = |scorer: &mut eval::cuda::Scorer| -> anyhow::Result<Vec<Vec<Score>>> {
+            // A flat forecast's one row per origin is also its mean over any interval
+            // (as `eval::mean_of_rows` takes it), so placement keeps those rows.
+            let keep_rows = plan.work.placement.is_some();
+            let device_task = |scorer: &mut eval::cuda::Scorer| -> anyhow::Result<Vec<(Vec<Score>, Vec<Vec<f64>>)>> {
                 // The host-made rows of every layer of the group first, in parallel.
                 let span = crate::profile::span(|| "forecast: host rows of the group".into());
                 let host: Vec<(usize, usize)> =
@@ -352,10 +355,15 @@ pub fn forecast(
                     for (fi, m) in on_device.iter().enumerate() {
                         if let Some(m) = *m {
                             let _span = crate::profile::span(|| format!("forecast: layer {l} {} on the GPU", specs[fi]));
+                            let rows = made.remove(&(g, fi)).transpose()?;
+                            let means: Vec<Vec<f64>> = match &rows {
+                                Some((r, _)) if keep_rows => r.chunks(tr.experts()).map(<[f64]>::to_vec).collect(),
+                                _ => Vec::new(),
+                            };
                             let s = scorer
-                                .score(&view, forecasters[fi].as_ref(), m, proto, stable_from[ti][l], &ctx, &|n| bar.inc(n), made.remove(&(g, fi)).transpose()?)
+                                .score(&view, forecasters[fi].as_ref(), m, proto, stable_from[ti][l], &ctx, &|n| bar.inc(n), rows)
                                 .with_context(|| what(g, fi))?;
-                            out.push(s);
+                            out.push((s, means));
                         }
                     }
                 }
@@ -374,7 +382,10 @@ pub fn forecast(
             for &(g, fi) in &tasks {
                 let l = layers[g];
                 let (scores, saved, means) = match on_device[fi] {
-                    Some(_) => (dev.next().expect("one result per device task"), None, Vec::new()),
+                    Some(_) => {
+                        let (scores, means) = dev.next().expect("one result per device task");
+                        (scores, None, means)
+                    }
                     None => cpu.next().expect("one result per CPU task")?,
                 };
                 if !means.is_empty() {
@@ -404,7 +415,8 @@ pub fn forecast(
 }
 
 /// Each origin's mean prediction over the placement interval, per (trace, layer,
-/// forecaster) that the forecast stage scored on the CPU (see [`eval::KeptMeans`]).
+/// forecaster) that the forecast stage scored on the CPU (see [`eval::KeptMeans`]) or
+/// scored on the GPU from rows made on the host (a flat forecast's row is its mean).
 pub type Kept = std::collections::HashMap<(usize, usize, usize), Vec<Vec<f64>>>;
 
 /// Expert placement of every (trace, layer), when the plan asks for it: the
