@@ -502,7 +502,7 @@ pub fn placement(
                             }
                             None => &host,
                         };
-                        let scores = place::evaluate_layer_with(eval, &shares, ne, cfg, horizon, &policies, &origins, &refs, stable_from[ti][l])
+                        let scores = place::evaluate_layer(eval, &shares, ne, cfg, horizon, &policies, &origins, &refs, stable_from[ti][l])
                             .with_context(|| format!("placement of {} layer {} on the GPU", tr.name, tr.layer_ids[l]))?;
                         bar.inc(1);
                         Ok(scores)

@@ -520,34 +520,19 @@ impl StepImbalances for HostSteps<'_> {
 }
 
 /// Scores every policy of one layer (`shares`: step-major, `experts` a row) on every
-/// (gpus, replicas) of `cfg`, re-placed every `horizon` steps, on the CPU. `origins`
-/// are the placement origins ([`placement_origins`]); `predicted[i]` holds, for
-/// each forecaster policy in `policies` order, origin `i`'s weights (the mean
-/// predicted shares of its horizon). Rows come per policy, then gpus, then
-/// replicas, `all` before `stable`.
+/// (gpus, replicas) of `cfg`, re-placed every `horizon` steps, each step's imbalance
+/// taken by `eval` (which holds the same `shares`: [`HostSteps`] on the CPU,
+/// [`cuda::LayerOnGpu`] on the GPU). `origins` are the placement origins
+/// ([`placement_origins`]); `predicted[i]` holds, for each forecaster policy in
+/// `policies` order, origin `i`'s weights (the mean predicted shares of its horizon).
+/// Rows come per policy, then gpus, then replicas, `all` before `stable`.
+///
+/// Plans are made on the CPU, every (policy, gpus, replicas) and origin in parallel;
+/// `eval` then scores them in two batches: the oracle's hindsight (the static plan,
+/// its new plan and the one made at the origin before, at every origin), and every
+/// policy's plans once the oracle has chosen.
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate_layer(
-    shares: &[f64],
-    experts: usize,
-    cfg: &PlacementConfig,
-    horizon: usize,
-    policies: &[Policy],
-    origins: &[usize],
-    predicted: &[&[Vec<f64>]],
-    stable_from: Option<usize>,
-) -> Vec<PlacementScore> {
-    let host = HostSteps { shares, experts };
-    evaluate_layer_with(&host, shares, experts, cfg, horizon, policies, origins, predicted, stable_from).expect("the CPU's evaluation cannot fail")
-}
-
-/// [`evaluate_layer`] with each step's imbalance taken by `eval` (which holds the
-/// same `shares`). Plans are made on the CPU, every (policy, gpus, replicas) and
-/// origin in parallel; `eval` then scores them in two batches: the oracle's
-/// hindsight (the static plan, its new plan and the one made at the origin before,
-/// at every origin), and every policy's
-/// plans once the oracle has chosen.
-#[allow(clippy::too_many_arguments)]
-pub fn evaluate_layer_with(
     eval: &dyn StepImbalances,
     shares: &[f64],
     experts: usize,
@@ -580,22 +565,22 @@ pub fn evaluate_layer_with(
     // Every combination's plan at every origin; the windows' mean shares are taken
     // once for every (gpus, replicas).
     let span = crate::profile::span(|| "placement: layer plans".into());
-    let means = |on: bool, window: &(dyn Fn(usize) -> (usize, usize) + Sync)| -> Vec<Vec<f64>> {
-        if !on {
-            return Vec::new();
-        }
-        origins.par_iter().map(|&o| {
-            let (from, to) = window(o);
-            mean_rows(from, to)
-        }).collect()
-    };
     let reactive_w = policies.iter().find_map(|p| match p {
         Policy::Reactive { w } => Some(*w),
         _ => None,
     });
+    let window_means = |window: &(dyn Fn(usize) -> (usize, usize) + Sync)| -> Vec<Vec<f64>> {
+        origins
+            .par_iter()
+            .map(|&o| {
+                let (from, to) = window(o);
+                mean_rows(from, to)
+            })
+            .collect()
+    };
     let (before_means, after_means) = rayon::join(
-        || means(reactive_w.is_some(), &|o| (o.saturating_sub(reactive_w.unwrap_or(0)), o)),
-        || means(policies.contains(&Policy::Oracle), &|o| (o, o + h)),
+        || reactive_w.map_or_else(Vec::new, |w| window_means(&|o| (o.saturating_sub(w), o))),
+        || if policies.contains(&Policy::Oracle) { window_means(&|o| (o, o + h)) } else { Vec::new() },
     );
     let plans: Vec<Vec<Placement>> = combos
         .par_iter()

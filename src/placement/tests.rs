@@ -164,7 +164,8 @@ fn a_tiny_trace_scored_by_hand() {
     // The forecaster policy predicts t0's shares at every origin: the static plan.
     let flat = vec![vec![0.25; 4]; 2];
     let policies = [Policy::Static, Policy::Reactive { w: 1 }, Policy::Forecast("last".into()), Policy::Oracle];
-    let rows = evaluate_layer(&shares, 4, &cfg, 2, &policies, &origins, &[&flat], Some(2));
+    let host = HostSteps { shares: &shares, experts: 4 };
+    let rows = evaluate_layer(&host, &shares, 4, &cfg, 2, &policies, &origins, &[&flat], Some(2)).unwrap();
     let get = |policy: &str, regime: Regime| rows.iter().find(|r| r.policy == policy && r.regime == regime).unwrap().clone();
     let close = |a: Option<f64>, b: f64| assert!((a.unwrap() - b).abs() < 1e-12, "{a:?} vs {b}");
     // static {0, 2} {1, 3}: t1, t2: .6/.4 -> 1.2; t3: .4/.6 -> 1.2. Never moves.
@@ -199,7 +200,7 @@ fn a_tiny_trace_scored_by_hand() {
     close(f.imbalance_mean, 1.2);
     close(f.moved_replicas_mean, 0.0);
     // No origin: empty scores.
-    let none = evaluate_layer(&shares, 4, &cfg, 2, &[Policy::Static], &[], &[], None);
+    let none = evaluate_layer(&HostSteps { shares: &shares, experts: 4 }, &shares, 4, &cfg, 2, &[Policy::Static], &[], &[], None).unwrap();
     assert_eq!((none[0].origins, none[0].imbalance_mean, none[1].moved_replicas_mean), (0, None, None));
 }
 
