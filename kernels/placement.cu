@@ -3,7 +3,8 @@
 //
 // `p` is one layer's shares, float64, step-major: p[t * E + e]. Job j's plan is
 // `slots[j * G * S ..]`: device d's S slots at [d * S, (d + 1) * S), each the
-// slot's expert in the low 16 bits and that expert's replica count above them. A
+// slot's expert in the low 16 bits and that expert's replica count above them, or
+// 0xffffffff for an empty slot (a device with fewer replicas than S; skipped). A
 // slot carries p[e] / count, computed as p[e] * (1.0 / count) like the CPU path.
 // out[j * H + k] = the most loaded device's load × G / the devices' total load at
 // step first[j] + k.
@@ -32,6 +33,7 @@ extern "C" __global__ void placement_imbalance(const double* __restrict__ p, int
         double l = 0.0;
         for (int s = 0; s < S; s++) {
             const unsigned v = plan[d * S + s];
+            if (v == 0xffffffffu) continue;
             const double part = 1.0 / (double)(v >> 16);
             l = __dadd_rn(l, __dmul_rn(row[v & 0xffffu], part));
         }

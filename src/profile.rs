@@ -1,9 +1,17 @@
 //! Where a run's time goes inside its stages: with `EXPERTCAST_PROFILE=1` in the
-//! environment, each [`span`] prints `profile: LABEL MS ms` to stderr when it ends.
-//! The manifest's `seconds` give the stages; these give their parts.
+//! environment, each [`span`] prints `profile: LABEL MS ms (at A–B ms)` to stderr
+//! when it ends, `A` and `B` its start and end since the process's first span (so
+//! parts that overlap on several threads can be told from parts in sequence). The
+//! manifest's `seconds` give the stages; these give their parts.
 
 use std::sync::OnceLock;
 use std::time::Instant;
+
+/// When the process's first span started: the zero of every span's `at`.
+fn zero() -> Instant {
+    static ZERO: OnceLock<Instant> = OnceLock::new();
+    *ZERO.get_or_init(Instant::now)
+}
 
 fn enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
@@ -18,13 +26,19 @@ pub struct Span {
 
 /// Starts timing `label` (built only when profiling is on).
 pub fn span(label: impl FnOnce() -> String) -> Span {
-    Span { label: enabled().then(label), start: Instant::now() }
+    let label = enabled().then(label);
+    if label.is_some() {
+        zero();
+    }
+    Span { label, start: Instant::now() }
 }
 
 impl Drop for Span {
     fn drop(&mut self) {
         if let Some(l) = &self.label {
-            eprintln!("profile: {l} {:.1} ms", self.start.elapsed().as_secs_f64() * 1e3);
+            let end = Instant::now();
+            let ms = |a: Instant, b: Instant| b.duration_since(a).as_secs_f64() * 1e3;
+            eprintln!("profile: {l} {:.1} ms (at {:.0}–{:.0} ms)", ms(self.start, end), ms(zero(), self.start), ms(zero(), end));
         }
     }
 }

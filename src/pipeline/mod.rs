@@ -8,6 +8,7 @@
 
 pub mod plan;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -238,6 +239,17 @@ pub fn states(plan: &RunPlan, traces: &[Trace], layer_stats: &[Vec<LayerStats>],
     Ok((rows, stable_from))
 }
 
+/// The shares of `layers` of `tr` (step-major, [`Trace::layer_proportions`]), in
+/// parallel, each in a buffer of `buffers` kept from group to group (freeing and
+/// faulting in a paper-scale layer's 100 MB each time costs more than its fill).
+fn group_shares<'b>(tr: &Trace, layers: &[usize], buffers: &'b mut Vec<Vec<f64>>, stage: &str) -> &'b [Vec<f64>] {
+    let _span = crate::profile::span(|| format!("{stage}: shares of {} layers", layers.len()));
+    buffers.resize_with(buffers.len().max(layers.len()), Vec::new);
+    let shares = &mut buffers[..layers.len()];
+    shares.par_iter_mut().zip(layers).for_each(|(b, &l)| tr.layer_proportions_into(l, b));
+    shares
+}
+
 /// Layers of `tr` worked on at once: as many as threads, within 512 MB of their
 /// float64 shares.
 fn layer_group(tr: &Trace) -> usize {
@@ -300,6 +312,8 @@ pub fn forecast(
         }
         _ => None,
     };
+    // The shares of a group's layers, filled again for each group.
+    let mut buffers: Vec<Vec<f64>> = Vec::new();
     for (ti, tr) in traces.iter().enumerate() {
         let group = layer_group(tr);
         let on_device: Vec<Option<DeviceModel>> = forecasters
@@ -308,9 +322,7 @@ pub fn forecast(
             .collect();
         for first in (0..tr.layers()).step_by(group) {
             let layers: Vec<usize> = (first..(first + group).min(tr.layers())).collect();
-            let span = crate::profile::span(|| format!("forecast: shares of {} layers", layers.len()));
-            let shares: Vec<Vec<f64>> = layers.par_iter().map(|&l| tr.layer_proportions(l)).collect();
-            drop(span);
+            let shares = group_shares(tr, &layers, &mut buffers, "forecast");
             let tasks: Vec<(usize, usize)> = (0..layers.len()).flat_map(|g| (0..forecasters.len()).map(move |f| (g, f))).collect();
             let what = |g: usize, fi: usize| format!("forecasting {} layer {} with {}", tr.name, tr.layer_ids[layers[g]], specs[fi]);
             let cpu_task = |&(g, fi): &(usize, usize)| -> anyhow::Result<(Vec<Score>, Option<SavedForecasts>, Vec<Vec<f64>>)> {
@@ -452,6 +464,8 @@ pub fn placement(
     };
     let max_replicas = cfg.replicas.iter().copied().max().unwrap_or(0);
     let mut rows = Vec::new();
+    // The shares of a group's layers, filled again for each group.
+    let mut buffers: Vec<Vec<f64>> = Vec::new();
     let reused = std::sync::atomic::AtomicUsize::new(0);
     let gpu_layers = std::sync::atomic::AtomicUsize::new(0);
     for (ti, tr) in traces.iter().enumerate() {
@@ -459,58 +473,76 @@ pub fn placement(
             let ne = tr.experts();
             let origins = place::placement_origins(&proto.origins(tr.steps()), horizon, tr.steps());
             // A group of layers at a time (as many as threads, within 512 MB of float64
-            // shares), its layers in parallel.
+            // shares), the layers of a group through each phase together.
             let group = layer_group(tr);
             for first in (0..tr.layers()).step_by(group) {
                 let layers: Vec<usize> = (first..(first + group).min(tr.layers())).collect();
                 let _span = crate::profile::span(|| format!("placement: {} layers", layers.len()));
-                let scored: Vec<anyhow::Result<Vec<place::PlacementScore>>> = layers
-                    .par_iter()
-                    .map(|&l| {
-                        let span = crate::profile::span(|| format!("placement: layer {l} shares"));
-                        let shares = tr.layer_proportions(l);
-                        drop(span);
-                        let view = LayerView::new(&shares, ne);
-                        let span = crate::profile::span(|| format!("placement: layer {l} forecasters' weights"));
-                        let predicted: Vec<Vec<Vec<f64>>> = prep
-                            .forecasters
-                            .par_iter()
-                            .zip(&prep.specs)
-                            .enumerate()
-                            .map(|(fi, (f, spec))| match kept.get(&(ti, l, fi)).filter(|_| hi == 0) {
+                let shares = group_shares(tr, &layers, &mut buffers, "placement");
+                // The forecasters' weights, every (layer, forecaster) in parallel, while
+                // the layers' shares go to the GPU one after another.
+                let span = crate::profile::span(|| format!("placement: weights of {} layers", layers.len()));
+                let tasks: Vec<(usize, usize)> = (0..layers.len()).flat_map(|g| (0..prep.forecasters.len()).map(move |f| (g, f))).collect();
+                let upload = || -> anyhow::Result<Vec<Option<place::cuda::LayerOnGpu>>> {
+                    layers
+                        .iter()
+                        .zip(shares)
+                        .map(|(&l, s)| match &on_gpu {
+                            Some(g) if place::cuda::fits(ne, max_replicas) => g
+                                .layer(s, ne)
+                                .map(Some)
+                                .with_context(|| format!("placement of {} layer {} on the GPU", tr.name, tr.layer_ids[l])),
+                            _ => Ok(None),
+                        })
+                        .collect()
+                };
+                let weights = || -> anyhow::Result<Vec<Cow<[Vec<f64>]>>> {
+                    tasks
+                        .par_iter()
+                        .map(|&(g, fi)| {
+                            let l = layers[g];
+                            match kept.get(&(ti, l, fi)).filter(|_| hi == 0) {
                                 // The forecast stage's (kept for the first interval), for the placement origins (a prefix).
                                 Some(means) if means.len() >= origins.len() && means.iter().all(|m| m.len() == ne) => {
                                     reused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                    Ok(means[..origins.len()].to_vec())
+                                    Ok(Cow::Borrowed(&means[..origins.len()]))
                                 }
-                                _ => predicted_weights(&view, f.as_ref(), proto, &origins, horizon, &ctx)
-                                    .with_context(|| format!("placement of {} layer {} from {spec}", tr.name, tr.layer_ids[l])),
-                            })
-                            .collect::<anyhow::Result<_>>()?;
-                        drop(span);
-                        let _span = crate::profile::span(|| format!("placement: layer {l} plans and imbalances"));
-                        let refs: Vec<&[Vec<f64>]> = predicted.iter().map(Vec::as_slice).collect();
-                        let layer_on_gpu = match &on_gpu {
-                            Some(g) if place::cuda::fits(ne, max_replicas) => Some(g.layer(&shares, ne)?),
-                            _ => None,
-                        };
-                        let host = place::HostSteps { shares: &shares, experts: ne };
-                        let eval: &dyn place::StepImbalances = match &layer_on_gpu {
-                            Some(g) => {
-                                gpu_layers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                g
+                                _ => {
+                                    let view = LayerView::new(&shares[g], ne);
+                                    predicted_weights(&view, prep.forecasters[fi].as_ref(), proto, &origins, horizon, &ctx)
+                                        .map(Cow::Owned)
+                                        .with_context(|| format!("placement of {} layer {} from {}", tr.name, tr.layer_ids[l], prep.specs[fi]))
+                                }
                             }
-                            None => &host,
-                        };
-                        let scores = place::evaluate_layer(eval, &shares, ne, cfg, horizon, &policies, &origins, &refs, stable_from[ti][l])
-                            .with_context(|| format!("placement of {} layer {} on the GPU", tr.name, tr.layer_ids[l]))?;
-                        bar.inc(1);
-                        Ok(scores)
+                        })
+                        .collect()
+                };
+                let (uploaded, predicted) = rayon::join(upload, weights);
+                let (uploaded, predicted) = (uploaded?, predicted?);
+                drop(span);
+                let hosts: Vec<place::HostSteps> = shares.iter().map(|s| place::HostSteps { shares: s, experts: ne }).collect();
+                let nf = prep.forecasters.len();
+                let inputs: Vec<place::LayerInput> = (0..layers.len())
+                    .map(|g| place::LayerInput {
+                        eval: match &uploaded[g] {
+                            Some(gpu) => {
+                                gpu_layers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                gpu
+                            }
+                            None => &hosts[g],
+                        },
+                        shares: &shares[g],
+                        predicted: predicted[g * nf..(g + 1) * nf].iter().map(|p| p.as_ref()).collect(),
+                        stable_from: stable_from[ti][layers[g]],
                     })
                     .collect();
+                let scored = place::evaluate_layers(&inputs, ne, cfg, horizon, &policies, &origins).with_context(|| {
+                    format!("placement of {} layers {}-{}", tr.name, tr.layer_ids[layers[0]], tr.layer_ids[*layers.last().expect("a layer")])
+                })?;
                 for (&l, scores) in layers.iter().zip(scored) {
-                    rows.extend(scores?.into_iter().map(|score| PlacementRow { trace: tr.name.clone(), layer: tr.layer_ids[l], score }));
+                    rows.extend(scores.into_iter().map(|score| PlacementRow { trace: tr.name.clone(), layer: tr.layer_ids[l], score }));
                 }
+                bar.inc(layers.len() as u64);
             }
         }
     }

@@ -17,6 +17,8 @@ use crate::gpu::Gpu;
 /// Most slots (experts + redundant replicas) a plan may have: the kernel stages a
 /// job's slots in 48 kB of shared memory.
 const MAX_SLOTS: usize = 12 * 1024;
+/// A slot that holds nothing (kernels/placement.cu skips it).
+const EMPTY: u32 = u32::MAX;
 /// Steps a block evaluates (one a thread).
 const BLOCK: u32 = 128;
 /// Most doubles a batch's output holds (256 MB); larger batches are split.
@@ -49,6 +51,7 @@ impl PlacementGpu {
     /// Puts a layer's shares (step-major, `experts` a row) on the GPU.
     pub fn layer(&self, shares: &[f64], experts: usize) -> anyhow::Result<LayerOnGpu<'_>> {
         let _held = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _span = crate::profile::span(|| "placement: a layer's shares to the GPU".into());
         let d = self.stream.clone_htod(shares).context("copying the layer's shares to the GPU for placement")?;
         Ok(LayerOnGpu { gpu: self, shares: d, experts, steps: shares.len() / experts.max(1) })
     }
@@ -63,10 +66,11 @@ pub struct LayerOnGpu<'a> {
 }
 
 /// The batches one launch each takes: runs of jobs whose plans have the same
-/// devices and slots per device, cut so that a batch's output holds at most
-/// [`MAX_OUT`] doubles. Each is (jobs, devices, slots per device).
+/// devices and most slots per device, cut so that a batch's output holds at most
+/// [`MAX_OUT`] doubles. Each is (jobs, devices, slots per device). The caller
+/// orders the jobs by shape first, so that each shape is one run.
 fn batches(jobs: &[(&Placement, usize)], h: usize) -> Vec<(std::ops::Range<usize>, usize, usize)> {
-    let shape = |pl: &Placement| (pl.gpus(), pl.device(0).len());
+    let shape = |pl: &Placement| (pl.gpus(), pl.most_per_device());
     let most = (MAX_OUT / h.max(1)).max(1);
     let mut out = Vec::new();
     let mut from = 0;
@@ -83,42 +87,56 @@ fn batches(jobs: &[(&Placement, usize)], h: usize) -> Vec<(std::ops::Range<usize
 }
 
 impl StepImbalances for LayerOnGpu<'_> {
+    /// Jobs of the same shape go in one batch wherever they are in `jobs` (taken in a
+    /// stable order of shapes); each job's values land at its own place.
     fn steps(&self, jobs: &[(&Placement, usize)], h: usize) -> anyhow::Result<Vec<f64>> {
-        let mut out = Vec::with_capacity(jobs.len() * h);
-        for (range, g, slots) in batches(jobs, h) {
-            let batch = &jobs[range];
+        let mut order: Vec<usize> = (0..jobs.len()).collect();
+        order.sort_by_key(|&j| (jobs[j].0.gpus(), jobs[j].0.most_per_device()));
+        let sorted: Vec<(&Placement, usize)> = order.iter().map(|&j| jobs[j]).collect();
+        let mut out = vec![0.0; jobs.len() * h];
+        for (range, g, slots) in batches(&sorted, h) {
+            let batch = &sorted[range.clone()];
             assert!(h > 0 && g * slots <= MAX_SLOTS, "placement_imbalance: {g} × {slots} slots, {h} steps");
             let mut packed: Vec<u32> = Vec::with_capacity(batch.len() * g * slots);
             let mut starts: Vec<i32> = Vec::with_capacity(batch.len());
             for &(pl, from) in batch {
                 assert!(pl.experts() == self.experts && from + h <= self.steps, "a plan of this layer");
                 for d in 0..g {
+                    // A device with fewer slots (the static plan's, when G does not
+                    // divide E) is padded with empty ones, which the kernel skips.
                     let dev = pl.device(d);
-                    assert_eq!(dev.len(), slots, "equal slot counts");
                     packed.extend(dev.iter().map(|&e| e | ((pl.replicas(e as usize) as u32) << 16)));
+                    packed.extend(std::iter::repeat_n(EMPTY, slots - dev.len()));
                 }
                 starts.push(from as i32);
             }
-            let _held = self.gpu.lock.lock().unwrap_or_else(|e| e.into_inner());
-            let st = &self.gpu.stream;
-            let d_slots = st.clone_htod(&packed).context("copying plans to the GPU")?;
-            let d_first = st.clone_htod(&starts).context("copying plans to the GPU")?;
-            let mut d_out: CudaSlice<f64> = st.alloc_zeros(batch.len() * h).context("allocating placement's output on the GPU")?;
-            let (e, gi, si, hi) = (self.experts as i32, g as i32, slots as i32, h as i32);
-            let cfg = LaunchConfig {
-                grid_dim: (batch.len() as u32, (h as u32).div_ceil(BLOCK), 1),
-                block_dim: (BLOCK, 1, 1),
-                shared_mem_bytes: (g * slots * 4) as u32,
+            let values = {
+                let _held = self.gpu.lock.lock().unwrap_or_else(|e| e.into_inner());
+                let _span = crate::profile::span(|| format!("placement: a batch of {} plans on the GPU", batch.len()));
+                let st = &self.gpu.stream;
+                let d_slots = st.clone_htod(&packed).context("copying plans to the GPU")?;
+                let d_first = st.clone_htod(&starts).context("copying plans to the GPU")?;
+                let mut d_out: CudaSlice<f64> = st.alloc_zeros(batch.len() * h).context("allocating placement's output on the GPU")?;
+                let (e, gi, si, hi) = (self.experts as i32, g as i32, slots as i32, h as i32);
+                let cfg = LaunchConfig {
+                    grid_dim: (batch.len() as u32, (h as u32).div_ceil(BLOCK), 1),
+                    block_dim: (BLOCK, 1, 1),
+                    shared_mem_bytes: (g * slots * 4) as u32,
+                };
+                let mut b = st.launch_builder(&self.gpu.func);
+                b.arg(&self.shares).arg(&e).arg(&d_first).arg(&d_slots).arg(&gi).arg(&si).arg(&hi).arg(&mut d_out);
+                // SAFETY: shares hold steps × E doubles and every job's steps first ..
+                // first + h are below `steps` (asserted); slots hold jobs × G × S entries
+                // with experts below E and counts at least 1 (a placement's); shared
+                // memory is G × S × 4 bytes, within the 48 kB set as the kernel's maximum
+                // (`fits`); out holds jobs × h doubles.
+                unsafe { b.launch(cfg) }.context("launching placement_imbalance")?;
+                st.clone_dtoh(&d_out).context("copying imbalances from the GPU")?
             };
-            let mut b = st.launch_builder(&self.gpu.func);
-            b.arg(&self.shares).arg(&e).arg(&d_first).arg(&d_slots).arg(&gi).arg(&si).arg(&hi).arg(&mut d_out);
-            // SAFETY: shares hold steps × E doubles and every job's steps first ..
-            // first + h are below `steps` (asserted); slots hold jobs × G × S entries
-            // with experts below E and counts at least 1 (a placement's); shared
-            // memory is G × S × 4 bytes, within the 48 kB set as the kernel's maximum
-            // (`fits`); out holds jobs × h doubles.
-            unsafe { b.launch(cfg) }.context("launching placement_imbalance")?;
-            out.extend(st.clone_dtoh(&d_out).context("copying imbalances from the GPU")?);
+            for (k, v) in range.zip(values.chunks(h)) {
+                let j = order[k];
+                out[j * h..(j + 1) * h].copy_from_slice(v);
+            }
         }
         Ok(out)
     }

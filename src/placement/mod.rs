@@ -35,8 +35,10 @@ use crate::UsageError;
 pub struct Placement {
     /// Replicas of each expert (at least 1).
     counts: Vec<u32>,
-    /// The experts of each device's slots, ascending.
-    devices: Vec<Vec<u32>>,
+    /// The experts of each device's slots, ascending within a device: device `d`'s
+    /// at `starts[d] .. starts[d + 1]`.
+    slots: Vec<u32>,
+    starts: Vec<u32>,
 }
 
 impl Placement {
@@ -47,17 +49,26 @@ impl Placement {
             counts[e as usize] += 1;
         }
         assert!(counts.iter().all(|&c| c > 0), "every expert needs a replica");
-        let devices = devices
-            .into_iter()
-            .map(|mut d| {
-                d.sort_unstable();
-                d
-            })
-            .collect();
-        Placement { counts, devices }
+        Placement::from_sorted(counts, devices.into_iter().map(|mut d| {
+            d.sort_unstable();
+            d
+        }))
+    }
+    /// No placement at all (allocates nothing): what a plan moved out leaves.
+    fn empty() -> Placement {
+        Placement { counts: Vec::new(), slots: Vec::new(), starts: Vec::new() }
+    }
+    /// A placement from its replica counts and each device's experts, ascending.
+    fn from_sorted(counts: Vec<u32>, devices: impl IntoIterator<Item = impl IntoIterator<Item = u32>>) -> Placement {
+        let (mut slots, mut starts) = (Vec::with_capacity(counts.len()), vec![0u32]);
+        for d in devices {
+            slots.extend(d);
+            starts.push(slots.len() as u32);
+        }
+        Placement { counts, slots, starts }
     }
     pub fn gpus(&self) -> usize {
-        self.devices.len()
+        self.starts.len() - 1
     }
     pub fn experts(&self) -> usize {
         self.counts.len()
@@ -68,11 +79,18 @@ impl Placement {
     }
     /// The experts on device `d` (one entry per replica), ascending.
     pub fn device(&self, d: usize) -> &[u32] {
-        &self.devices[d]
+        &self.slots[self.starts[d] as usize..self.starts[d + 1] as usize]
+    }
+    /// The most replicas a device holds.
+    pub fn most_per_device(&self) -> usize {
+        self.starts.windows(2).map(|w| (w[1] - w[0]) as usize).max().unwrap_or(0)
+    }
+    fn devices(&self) -> impl Iterator<Item = &[u32]> {
+        self.starts.windows(2).map(|w| &self.slots[w[0] as usize..w[1] as usize])
     }
     /// Device `d`'s load under shares `p`: the sum of its replicas' parts, in slot order.
     pub fn load(&self, d: usize, p: &[f64]) -> f64 {
-        self.devices[d].iter().map(|&e| p[e as usize] / self.counts[e as usize] as f64).sum()
+        self.device(d).iter().map(|&e| p[e as usize] / self.counts[e as usize] as f64).sum()
     }
     pub fn max_load(&self, p: &[f64]) -> f64 {
         (0..self.gpus()).map(|d| self.load(d, p)).fold(f64::NEG_INFINITY, f64::max)
@@ -94,12 +112,12 @@ impl Placement {
         let ne = self.experts();
         // Each slot's expert and part of it, so a step costs one multiply-add a slot
         // (kernels/placement.cu repeats these operations one for one).
-        let parts: Vec<Vec<(usize, f64)>> =
-            self.devices.iter().map(|d| d.iter().map(|&e| (e as usize, 1.0 / self.counts[e as usize] as f64)).collect()).collect();
+        let parts: Vec<(usize, f64)> = self.slots.iter().map(|&e| (e as usize, 1.0 / self.counts[e as usize] as f64)).collect();
         let g = self.gpus() as f64;
         for (p, v) in rows.chunks(ne).zip(out) {
             let (mut max, mut total) = (f64::NEG_INFINITY, 0.0);
-            for dev in &parts {
+            for w in self.starts.windows(2) {
+                let dev = &parts[w[0] as usize..w[1] as usize];
                 let l: f64 = dev.iter().map(|&(e, f)| p[e] * f).sum();
                 max = max.max(l);
                 total += l;
@@ -117,7 +135,7 @@ impl Placement {
     /// Replicas that `self` holds on a device where `before` did not (per device, the
     /// multiset difference): what moving from `before` to `self` loads onto devices.
     pub fn moved_from(&self, before: &Placement) -> usize {
-        self.devices.iter().zip(&before.devices).map(|(new, old)| new.len() - common(new, old)).sum()
+        self.devices().zip(before.devices()).map(|(new, old)| new.len() - common(new, old)).sum()
     }
     /// The same plan with its devices renumbered so that each keeps as many of
     /// `before`'s replicas as it can (greedily, the largest overlap first; ties to the
@@ -128,12 +146,12 @@ impl Placement {
             return self;
         }
         let mut pairs: Vec<(usize, usize, usize)> = Vec::with_capacity(g * g);
-        for (i, new) in self.devices.iter().enumerate() {
-            for (j, old) in before.devices.iter().enumerate() {
+        for (i, new) in self.devices().enumerate() {
+            for (j, old) in before.devices().enumerate() {
                 pairs.push((common(new, old), i, j));
             }
         }
-        pairs.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+        pairs.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
         let (mut taken_new, mut taken_old) = (vec![false; g], vec![false; g]);
         let mut slot_of = vec![usize::MAX; g];
         for (_, i, j) in pairs {
@@ -142,11 +160,19 @@ impl Placement {
                 slot_of[i] = j;
             }
         }
-        let mut devices = vec![Vec::new(); g];
-        for (i, d) in self.devices.into_iter().enumerate() {
-            devices[slot_of[i]] = d;
+        if slot_of.iter().enumerate().all(|(i, &j)| i == j) {
+            return self;
         }
-        Placement { counts: self.counts, devices }
+        let mut at = vec![0; g];
+        for (i, &j) in slot_of.iter().enumerate() {
+            at[j] = i;
+        }
+        let (mut slots, mut starts) = (Vec::with_capacity(self.slots.len()), vec![0u32]);
+        for &i in &at {
+            slots.extend_from_slice(self.device(i));
+            starts.push(slots.len() as u32);
+        }
+        Placement { counts: self.counts, slots, starts }
     }
 }
 
@@ -190,17 +216,17 @@ pub fn check_shape(experts: usize, gpus: usize, replicas: usize) -> Result<(), S
 
 /// The round-robin placement without replicas: expert `e` on device `e mod gpus`.
 pub fn static_plan(experts: usize, gpus: usize) -> Placement {
-    let mut devices = vec![Vec::new(); gpus];
-    for e in 0..experts {
-        devices[e % gpus].push(e as u32);
-    }
-    Placement { counts: vec![1; experts], devices }
+    let devices: Vec<Vec<u32>> = (0..gpus).map(|d| (d..experts).step_by(gpus).map(|e| e as u32).collect()).collect();
+    Placement::from_devices(experts, devices)
 }
 
 /// Replicas per expert: one each, then each of the `replicas` redundant ones to the
 /// expert with the largest weight per replica (ties: the lowest expert).
 pub fn replica_counts(w: &[f64], replicas: usize) -> Vec<u32> {
     let mut counts = vec![1u32; w.len()];
+    if replicas == 0 {
+        return counts;
+    }
     let mut heap: std::collections::BinaryHeap<Hot> = w.iter().enumerate().map(|(e, &x)| Hot { per: x, expert: e }).collect();
     for _ in 0..replicas {
         let mut top = heap.pop().expect("at least one expert");
@@ -248,26 +274,29 @@ pub fn plan(w: &[f64], gpus: usize, replicas: usize) -> Placement {
     for (e, &c) in counts.iter().enumerate() {
         reps.extend(std::iter::repeat_n((w[e] / c as f64, e as u32), c as usize));
     }
-    reps.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    // Equal entries are the same replica's copies, so an unstable sort gives the same order.
+    reps.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
     let mut devices: Vec<Vec<(f64, u32)>> = vec![Vec::with_capacity(slots); gpus];
     let mut loads = vec![0.0f64; gpus];
     for r in reps {
-        let d = (0..gpus).filter(|&d| devices[d].len() < slots).min_by(|&a, &b| loads[a].total_cmp(&loads[b])).expect("a free slot");
+        let mut d = usize::MAX;
+        for k in 0..gpus {
+            if devices[k].len() < slots && (d == usize::MAX || loads[k].total_cmp(&loads[d]) == Ordering::Less) {
+                d = k;
+            }
+        }
         devices[d].push(r);
         loads[d] += r.0;
     }
     improve_by_swaps(&mut devices, &mut loads);
-    Placement {
-        counts,
-        devices: devices
-            .into_iter()
-            .map(|d| {
-                let mut v: Vec<u32> = d.into_iter().map(|(_, e)| e).collect();
-                v.sort_unstable();
-                v
-            })
-            .collect(),
+    let (mut slots, mut starts) = (Vec::with_capacity(ne + replicas), vec![0u32]);
+    for d in devices {
+        let from = slots.len();
+        slots.extend(d.into_iter().map(|(_, e)| e));
+        slots[from..].sort_unstable();
+        starts.push(slots.len() as u32);
     }
+    Placement { counts, slots, starts }
 }
 
 /// Swaps a replica of the most loaded device with one of another device while that
@@ -323,11 +352,25 @@ fn improve_by_swaps(devices: &mut [Vec<(f64, u32)>], loads: &mut [f64]) {
         let (a, b) = (devices[top][i], devices[d][j]);
         devices[top][i] = b;
         devices[d][j] = a;
-        for x in [top, d] {
-            devices[x].sort_by(asc);
+        for (x, k) in [(top, i), (d, j)] {
+            reinsert(&mut devices[x], k, asc);
             loads[x] = devices[x].iter().map(|r| r.0).sum();
         }
     }
+}
+
+/// Moves `v[k]` to its place in `v`, sorted by `cmp` but for that entry.
+fn reinsert<T: Copy>(v: &mut [T], mut k: usize, cmp: impl Fn(&T, &T) -> Ordering) {
+    let x = v[k];
+    while k > 0 && cmp(&v[k - 1], &x) == Ordering::Greater {
+        v[k] = v[k - 1];
+        k -= 1;
+    }
+    while k + 1 < v.len() && cmp(&v[k + 1], &x) == Ordering::Less {
+        v[k] = v[k + 1];
+        k += 1;
+    }
+    v[k] = x;
 }
 
 /// How a policy's plan is made at an origin.
@@ -519,18 +562,21 @@ impl StepImbalances for HostSteps<'_> {
     }
 }
 
-/// Scores every policy of one layer (`shares`: step-major, `experts` a row) on every
-/// (gpus, replicas) of `cfg`, re-placed every `horizon` steps, each step's imbalance
-/// taken by `eval` (which holds the same `shares`: [`HostSteps`] on the CPU,
-/// [`cuda::LayerOnGpu`] on the GPU). `origins` are the placement origins
-/// ([`placement_origins`]); `predicted[i]` holds, for each forecaster policy in
-/// `policies` order, origin `i`'s weights (the mean predicted shares of its horizon).
-/// Rows come per policy, then gpus, then replicas, `all` before `stable`.
-///
-/// Plans are made on the CPU, every (policy, gpus, replicas) and origin in parallel;
-/// `eval` then scores them in two batches: the oracle's hindsight (the static plan,
-/// its new plan and the one made at the origin before, at every origin), and every
-/// policy's plans once the oracle has chosen.
+/// One layer's part of [`evaluate_layers`].
+pub struct LayerInput<'a> {
+    /// Takes each step's imbalance of plans on `shares`: [`HostSteps`] on the CPU,
+    /// [`cuda::LayerOnGpu`] on the GPU.
+    pub eval: &'a dyn StepImbalances,
+    /// The layer's shares, step-major, `experts` a row.
+    pub shares: &'a [f64],
+    /// For each forecaster policy, in `policies` order, each origin's weights (the
+    /// mean predicted shares of its horizon).
+    pub predicted: Vec<&'a [Vec<f64>]>,
+    /// The first step of the layer's stable regime, if it has one.
+    pub stable_from: Option<usize>,
+}
+
+/// [`evaluate_layers`] for one layer.
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate_layer(
     eval: &dyn StepImbalances,
@@ -543,137 +589,191 @@ pub fn evaluate_layer(
     predicted: &[&[Vec<f64>]],
     stable_from: Option<usize>,
 ) -> anyhow::Result<Vec<PlacementScore>> {
+    let layer = LayerInput { eval, shares, predicted: predicted.to_vec(), stable_from };
+    Ok(evaluate_layers(&[layer], experts, cfg, horizon, policies, origins)?.pop().expect("one layer's scores"))
+}
+
+/// Scores every policy of each layer (of `experts` experts) on every (gpus,
+/// replicas) of `cfg`, re-placed every `horizon` steps, each step's imbalance taken
+/// by the layer's `eval`. `origins` are the placement origins
+/// ([`placement_origins`]). Each layer's rows come per policy, then gpus, then
+/// replicas, `all` before `stable`.
+///
+/// The layers go through each phase together, so that every phase has the work of
+/// all of them to spread over the threads: plans are made on the CPU, every (layer,
+/// policy, gpus, replicas, origin) in parallel; each layer's `eval` then scores them
+/// in two batches: the oracle's hindsight (the static plan, its new plan and the one
+/// made at the origin before, at every origin), and every policy's plans once the
+/// oracle has chosen (moves and choices: every (layer, policy, gpus, replicas) in
+/// parallel, origin by origin).
+pub fn evaluate_layers(
+    layers: &[LayerInput],
+    experts: usize,
+    cfg: &PlacementConfig,
+    horizon: usize,
+    policies: &[Policy],
+    origins: &[usize],
+) -> anyhow::Result<Vec<Vec<PlacementScore>>> {
     use rayon::prelude::*;
-    let ne = experts;
-    let h = horizon;
-    let mean_rows = |from: usize, to: usize| crate::eval::mean_of_rows(&shares[from * ne..to * ne], ne, to - from);
-    let mut combos = Vec::new();
+    let (ne, h, n) = (experts, horizon, origins.len());
+    // Each (policy, gpus, replicas) with its forecaster's index and the static plan.
+    let mut combos: Vec<(&Policy, Option<usize>, usize, usize, Placement)> = Vec::new();
     let mut fi = 0;
     for p in policies {
-        let pred = if matches!(p, Policy::Forecast(_)) {
+        let pred = matches!(p, Policy::Forecast(_)).then(|| {
             fi += 1;
-            Some(predicted[fi - 1])
-        } else {
-            None
-        };
+            fi - 1
+        });
         for &g in &cfg.gpus {
             for &r in &cfg.replicas {
                 combos.push((p, pred, g, r, static_plan(ne, g)));
             }
         }
     }
+    let nc = combos.len();
+    let mean_rows = |shares: &[f64], from: usize, to: usize| crate::eval::mean_of_rows(&shares[from * ne..to * ne], ne, to - from);
     // Every combination's plan at every origin; the windows' mean shares are taken
     // once for every (gpus, replicas).
-    let span = crate::profile::span(|| "placement: layer plans".into());
+    let span = crate::profile::span(|| format!("placement: plans of {} layers", layers.len()));
     let reactive_w = policies.iter().find_map(|p| match p {
         Policy::Reactive { w } => Some(*w),
         _ => None,
     });
-    let window_means = |window: &(dyn Fn(usize) -> (usize, usize) + Sync)| -> Vec<Vec<f64>> {
-        origins
-            .par_iter()
-            .map(|&o| {
-                let (from, to) = window(o);
-                mean_rows(from, to)
-            })
-            .collect()
-    };
-    let (before_means, after_means) = rayon::join(
-        || reactive_w.map_or_else(Vec::new, |w| window_means(&|o| (o.saturating_sub(w), o))),
-        || if policies.contains(&Policy::Oracle) { window_means(&|o| (o, o + h)) } else { Vec::new() },
-    );
-    let plans: Vec<Vec<Placement>> = combos
-        .par_iter()
-        .map(|(p, pred, g, r, start)| {
-            origins
-                .par_iter()
-                .enumerate()
-                .map(|(i, &o)| match p {
-                    Policy::Static => start.clone(),
-                    Policy::Reactive { w } if Some(*w) == reactive_w => plan(&before_means[i], *g, *r),
-                    Policy::Reactive { w } => plan(&mean_rows(o.saturating_sub(*w), o), *g, *r),
-                    Policy::Forecast(_) => plan(&pred.expect("a forecaster's weights")[i], *g, *r),
-                    Policy::Oracle => plan(&after_means[i], *g, *r),
-                })
-                .collect()
+    let oracle = policies.contains(&Policy::Oracle);
+    // Per layer and origin: the reactive window's mean shares, the oracle's.
+    let windows: Vec<(Vec<f64>, Vec<f64>)> = (0..layers.len() * n)
+        .into_par_iter()
+        .map(|k| {
+            let (l, o) = (&layers[k / n], origins[k % n]);
+            let before = reactive_w.map_or_else(Vec::new, |w| mean_rows(l.shares, o.saturating_sub(w), o));
+            let after = if oracle { mean_rows(l.shares, o, o + h) } else { Vec::new() };
+            (before, after)
         })
         .collect();
+    // plans[(layer · combos + combo) · origins + origin]
+    let plans: Vec<Placement> = (0..layers.len() * nc * n)
+        .into_par_iter()
+        .map(|k| {
+            let (li, c, i) = (k / (nc * n), k / n % nc, k % n);
+            let (l, o) = (&layers[li], origins[i]);
+            let (p, pred, g, r, start) = &combos[c];
+            match p {
+                Policy::Static => start.clone(),
+                Policy::Reactive { w } if Some(*w) == reactive_w => plan(&windows[li * n + i].0, *g, *r),
+                Policy::Reactive { w } => plan(&mean_rows(l.shares, o.saturating_sub(*w), o), *g, *r),
+                Policy::Forecast(_) => plan(&l.predicted[pred.expect("a forecaster's weights")][i], *g, *r),
+                Policy::Oracle => plan(&windows[li * n + i].1, *g, *r),
+            }
+        })
+        .collect();
+    drop(windows);
     drop(span);
-    let span = crate::profile::span(|| "placement: layer hindsight".into());
+    let span = crate::profile::span(|| "placement: hindsight".into());
     // The oracle's hindsight, over each origin's steps: the mean imbalance of the
     // static plan, of the new plan, and of the plan made at the origin before (the
     // one it has when it chose that plan last time; a plan kept longer is scored on
     // the CPU below). Plans are scored as made: renumbering devices moves nothing.
-    let oracles: Vec<usize> = (0..combos.len()).filter(|&c| *combos[c].0 == Policy::Oracle).collect();
-    let jobs: Vec<(&Placement, usize)> = oracles
-        .iter()
-        .flat_map(|&c| {
-            let (start, made) = (&combos[c].4, &plans[c]);
-            origins.iter().enumerate().flat_map(move |(i, &o)| [(start, o), (&made[i], o), (if i > 0 { &made[i - 1] } else { start }, o)])
-        })
-        .collect();
-    let seen = eval.steps(&jobs, h)?;
-    let mut hindsight: Vec<Vec<[f64; 3]>> = vec![Vec::new(); combos.len()];
-    for (k, &c) in oracles.iter().enumerate() {
-        let n = origins.len();
-        let at = |j: usize| mean_in_order(&seen[j * h..(j + 1) * h]);
-        hindsight[c] = (0..n).map(|i| [0, 1, 2].map(|x| at(3 * (k * n + i) + x))).collect();
-    }
-    drop(jobs);
-    drop(span);
-    let span = crate::profile::span(|| "placement: layer moves".into());
-    // Moves (and the oracle's choices) origin by origin, the combinations in parallel.
-    let chosen: Vec<(Vec<Placement>, Vec<usize>)> = combos
+    let oracles: Vec<usize> = (0..nc).filter(|&c| *combos[c].0 == Policy::Oracle).collect();
+    let made_at = |li: usize, c: usize| &plans[(li * nc + c) * n..(li * nc + c + 1) * n];
+    // hindsight[layer · combos + combo][origin]
+    let hindsight: Vec<Vec<[f64; 3]>> = layers
         .par_iter()
-        .zip(&plans)
-        .zip(&hindsight)
-        .map(|(((p, _, _, _, start), plans), hindsight)| {
-            let mut before = start.clone();
-            // The origin whose plan `before` is (renumbered), or none for the static one.
-            let mut made: Option<usize> = None;
-            let mut moved = Vec::with_capacity(plans.len());
-            let mut aligned = Vec::with_capacity(plans.len());
-            for (i, (pl, &o)) in plans.iter().zip(origins).enumerate() {
-                let mut pl = pl.clone().aligned_to(&before);
-                if **p == Policy::Oracle {
+        .enumerate()
+        .map(|(li, l)| {
+            let jobs: Vec<(&Placement, usize)> = oracles
+                .iter()
+                .flat_map(|&c| {
+                    let (start, made) = (&combos[c].4, made_at(li, c));
+                    origins.iter().enumerate().flat_map(move |(i, &o)| [(start, o), (&made[i], o), (if i > 0 { &made[i - 1] } else { start }, o)])
+                })
+                .collect();
+            let seen = l.eval.steps(&jobs, h)?;
+            let at = |j: usize| mean_in_order(&seen[j * h..(j + 1) * h]);
+            let mut out = vec![Vec::new(); nc];
+            for (k, &c) in oracles.iter().enumerate() {
+                out[c] = (0..n).map(|i| [0, 1, 2].map(|x| at(3 * (k * n + i) + x))).collect();
+            }
+            Ok(out)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?
+        .into_iter()
+        .flatten()
+        .collect();
+    drop(span);
+    let span = crate::profile::span(|| "placement: moves".into());
+    // Moves (and the oracle's choices) origin by origin, every (layer, combination)
+    // in parallel: chosen[layer · combos + combo] = (each origin's plan, renumbered
+    // to keep what it can of the one before; replicas moved).
+    // Plans are moved out of `plans` (left empty) rather than copied, except the
+    // oracle's, which it may score again later.
+    let mut plans = plans;
+    let made: Vec<&mut [Placement]> = if n == 0 { (0..layers.len() * nc).map(|_| &mut [][..]).collect() } else { plans.chunks_mut(n).collect() };
+    let chosen: Vec<(Vec<Placement>, Vec<usize>)> = made
+        .into_par_iter()
+        .enumerate()
+        .map(|(k, made)| {
+            let (li, c) = (k / nc, k % nc);
+            let (p, _, _, _, start) = &combos[c];
+            let (hindsight, shares) = (&hindsight[k], layers[li].shares);
+            // The origin whose plan the last one is (renumbered), or none for the static one.
+            let mut kept: Option<usize> = None;
+            let mut moved = Vec::with_capacity(n);
+            let mut aligned: Vec<Placement> = Vec::with_capacity(n);
+            for (i, &o) in origins.iter().enumerate() {
+                let before = aligned.last().unwrap_or(start);
+                let pl = if **p == Policy::Oracle {
                     // Of the kept plan, the static one, then the new one, the first with
                     // the least mean imbalance over the steps it will hold for.
                     let [stay, new, prev] = hindsight[i];
-                    let keep = match made {
+                    let keep = match kept {
                         None => stay,
                         Some(j) if j + 1 == i => prev,
-                        Some(j) => plans[j].mean_imbalance(&shares[o * ne..(o + h) * ne]),
+                        Some(j) => made[j].mean_imbalance(&shares[o * ne..(o + h) * ne]),
                     };
                     if keep <= stay && keep <= new {
-                        pl = before.clone();
+                        before.clone()
                     } else if stay <= new {
-                        pl = start.clone().aligned_to(&before);
-                        made = None;
+                        kept = None;
+                        start.clone().aligned_to(before)
                     } else {
-                        made = Some(i);
+                        kept = Some(i);
+                        made[i].clone().aligned_to(before)
                     }
-                }
-                moved.push(pl.moved_from(&before));
-                before = pl.clone();
+                } else {
+                    std::mem::replace(&mut made[i], Placement::empty()).aligned_to(before)
+                };
+                moved.push(pl.moved_from(before));
                 aligned.push(pl);
             }
             (aligned, moved)
         })
         .collect();
-    drop(plans);
+    // Tens of thousands of plans: freed on every thread.
+    plans.into_par_iter().for_each(drop);
     drop(span);
-    let span = crate::profile::span(|| "placement: layer final imbalances".into());
-    let jobs: Vec<(&Placement, usize)> = chosen.iter().flat_map(|(aligned, _)| aligned.iter().zip(origins.iter().copied())).collect();
-    let steps = eval.steps(&jobs, h)?;
-    let per = origins.len() * h;
-    drop(span);
-    let _span = crate::profile::span(|| "placement: layer summaries".into());
-    Ok(combos
+    let span = crate::profile::span(|| "placement: final imbalances".into());
+    let per = n * h;
+    let steps: Vec<Vec<f64>> = layers
         .par_iter()
-        .zip(&chosen)
         .enumerate()
-        .flat_map_iter(|(c, ((p, _, g, r, _), (_, moved)))| summarize(p, *g, *r, h, origins, stable_from, &steps[c * per..(c + 1) * per], moved))
-        .collect())
+        .map(|(li, l)| {
+            let jobs: Vec<(&Placement, usize)> =
+                chosen[li * nc..(li + 1) * nc].iter().flat_map(|(aligned, _)| aligned.iter().zip(origins.iter().copied())).collect();
+            l.eval.steps(&jobs, h)
+        })
+        .collect::<anyhow::Result<_>>()?;
+    drop(span);
+    let _span = crate::profile::span(|| "placement: summaries".into());
+    let mut rows: Vec<Vec<PlacementScore>> = (0..layers.len() * nc)
+        .into_par_iter()
+        .map(|k| {
+            let (li, c) = (k / nc, k % nc);
+            let (p, _, g, r, _) = &combos[c];
+            summarize(p, *g, *r, h, origins, layers[li].stable_from, &steps[li][c * per..(c + 1) * per], &chosen[k].1).to_vec()
+        })
+        .collect();
+    chosen.into_par_iter().for_each(drop);
+    Ok((0..layers.len()).map(|li| rows[li * nc..(li + 1) * nc].iter_mut().flat_map(std::mem::take).collect()).collect())
 }
 
 pub mod cuda;

@@ -215,3 +215,43 @@ fn plans_are_the_same_bits_every_time() {
     // Better than round robin on skewed weights.
     assert!(a.max_load(&w) < static_plan(128, 8).max_load(&w));
 }
+
+/// Layers evaluated together give each layer's rows as evaluated alone (the flat
+/// indices over layers, combinations and origins).
+#[test]
+fn layers_together_score_as_each_alone() {
+    let ne = 8;
+    let steps = 60;
+    let layer = |seed: u64| -> Vec<f64> {
+        let u = crate::lcg_noise(seed, steps * ne);
+        u.chunks(ne)
+            .flat_map(|r| {
+                let w: Vec<f64> = r.iter().map(|x| (3.0 * x).exp()).collect();
+                let t: f64 = w.iter().sum();
+                w.into_iter().map(move |x| x / t)
+            })
+            .collect()
+    };
+    let shares = [layer(1), layer(2), layer(3)];
+    let origins = placement_origins(&[10, 20, 30, 40, 50], 5, steps);
+    let policies = [Policy::Static, Policy::Reactive { w: 3 }, Policy::Forecast("f".into()), Policy::Oracle];
+    let preds: Vec<Vec<Vec<f64>>> = (0..3).map(|l| origins.iter().map(|&o| shares[l][(o - 1) * ne..o * ne].to_vec()).collect()).collect();
+    let hosts: Vec<HostSteps> = shares.iter().map(|s| HostSteps { shares: s, experts: ne }).collect();
+    let inputs: Vec<LayerInput> = (0..3)
+        .map(|l| LayerInput { eval: &hosts[l], shares: &shares[l], predicted: vec![&preds[l]], stable_from: Some(25 + l) })
+        .collect();
+    // The second shape's static plan puts 3, 3 and 2 experts on its devices.
+    for (gpus, replicas) in [(vec![2, 4], vec![0, 4]), (vec![3], vec![1, 4])] {
+        let combos = gpus.len() * replicas.len();
+        let cfg = PlacementConfig { gpus, replicas, horizons: vec![5], reactive_window: 3 };
+        let together = evaluate_layers(&inputs, ne, &cfg, 5, &policies, &origins).unwrap();
+        assert_eq!(together.len(), 3);
+        for l in 0..3 {
+            let alone = evaluate_layer(&hosts[l], &shares[l], ne, &cfg, 5, &policies, &origins, &[&preds[l]], Some(25 + l)).unwrap();
+            assert_eq!(alone.len(), policies.len() * combos * 2);
+            assert_eq!(together[l], alone, "layer {l}");
+        }
+        // The layers differ, so a mix-up of their indices would show.
+        assert_ne!(together[0], together[1]);
+    }
+}

@@ -225,17 +225,23 @@ impl Trace {
     }
     /// Proportions of layer `l`, step-major: `out[t * E + e]`.
     pub fn layer_proportions(&self, l: usize) -> Vec<f64> {
+        let mut out = Vec::new();
+        self.layer_proportions_into(l, &mut out);
+        out
+    }
+    /// [`layer_proportions`](Self::layer_proportions) into `out` (resized), so that a
+    /// buffer can serve layer after layer without being allocated and freed again.
+    pub fn layer_proportions_into(&self, l: usize, out: &mut Vec<f64>) {
         use rayon::prelude::*;
         const STEPS: usize = 1024;
         let ne = self.experts();
-        let mut out = vec![0.0; self.steps * ne];
+        out.resize(self.steps * ne, 0.0);
         // Blocks of steps in parallel (each row is computed alone: the same bits).
         out.par_chunks_mut(STEPS * ne).enumerate().for_each(|(c, block)| {
             for (k, row) in block.chunks_mut(ne).enumerate() {
                 self.step_shares(c * STEPS + k, l, row);
             }
         });
-        out
     }
     /// Proportions of layer `l`, series-major: `out[e * T + t]`.
     pub fn layer_series(&self, l: usize) -> Vec<f64> {
