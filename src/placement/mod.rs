@@ -60,7 +60,7 @@ impl Placement {
     }
     /// A placement from its replica counts and each device's experts, ascending.
     fn from_sorted(counts: Vec<u32>, devices: impl IntoIterator<Item = impl IntoIterator<Item = u32>>) -> Placement {
-        let (mut slots, mut starts) = (Vec::with_capacity(counts.len()), vec![0u32]);
+        let (mut slots, mut starts) = (Vec::with_capacity(counts.iter().sum::<u32>() as usize), vec![0u32]);
         for d in devices {
             slots.extend(d);
             starts.push(slots.len() as u32);
@@ -167,12 +167,8 @@ impl Placement {
         for (i, &j) in slot_of.iter().enumerate() {
             at[j] = i;
         }
-        let (mut slots, mut starts) = (Vec::with_capacity(self.slots.len()), vec![0u32]);
-        for &i in &at {
-            slots.extend_from_slice(self.device(i));
-            starts.push(slots.len() as u32);
-        }
-        Placement { counts: self.counts, slots, starts }
+        let Placement { counts, slots, starts } = self;
+        Placement::from_sorted(counts, at.iter().map(|&i| slots[starts[i] as usize..starts[i + 1] as usize].iter().copied()))
     }
 }
 
@@ -289,14 +285,15 @@ pub fn plan(w: &[f64], gpus: usize, replicas: usize) -> Placement {
         loads[d] += r.0;
     }
     improve_by_swaps(&mut devices, &mut loads);
-    let (mut slots, mut starts) = (Vec::with_capacity(ne + replicas), vec![0u32]);
-    for d in devices {
-        let from = slots.len();
-        slots.extend(d.into_iter().map(|(_, e)| e));
-        slots[from..].sort_unstable();
-        starts.push(slots.len() as u32);
-    }
-    Placement { counts, slots, starts }
+    // Each device's experts ascending (equal entries are one expert's replicas).
+    Placement::from_sorted(
+        counts,
+        devices.iter_mut().map(|d| {
+            d.sort_unstable_by_key(|r| r.1);
+            let d: &Vec<(f64, u32)> = d;
+            d.iter().map(|r| r.1)
+        }),
+    )
 }
 
 /// Swaps a replica of the most loaded device with one of another device while that
