@@ -145,10 +145,11 @@ impl Placement {
         if before.gpus() != g {
             return self;
         }
+        let m = self.overlaps(before);
         let mut pairs: Vec<(usize, usize, usize)> = Vec::with_capacity(g * g);
-        for (i, new) in self.devices().enumerate() {
-            for (j, old) in before.devices().enumerate() {
-                pairs.push((common(new, old), i, j));
+        for i in 0..g {
+            for j in 0..g {
+                pairs.push((m[i * g + j], i, j));
             }
         }
         pairs.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
@@ -169,6 +170,61 @@ impl Placement {
         }
         let Placement { counts, slots, starts } = self;
         Placement::from_sorted(counts, at.iter().map(|&i| slots[starts[i] as usize..starts[i + 1] as usize].iter().copied()))
+    }
+}
+
+impl Placement {
+    /// `m[i · G + j]`: how many replicas device `i` of `self` and device `j` of
+    /// `before` (of as many devices) hold in common, as multisets: what [`common`]
+    /// gives for each pair, from one pass over the slots. An expert with one replica
+    /// in each plan adds 1 to one pair; only a replicated one is looked for on every
+    /// device.
+    fn overlaps(&self, before: &Placement) -> Vec<usize> {
+        let g = self.gpus();
+        let mut m = vec![0usize; g * g];
+        if before.experts() != self.experts() {
+            for (i, new) in self.devices().enumerate() {
+                for (j, old) in before.devices().enumerate() {
+                    m[i * g + j] = common(new, old);
+                }
+            }
+            return m;
+        }
+        // The device of each expert with one replica in `before` (else `MANY`).
+        const MANY: u32 = u32::MAX;
+        let mut home = vec![MANY; before.experts()];
+        for (j, old) in before.devices().enumerate() {
+            for &e in old {
+                if before.counts[e as usize] == 1 {
+                    home[e as usize] = j as u32;
+                }
+            }
+        }
+        let mut many: Vec<u32> = Vec::new();
+        for (i, new) in self.devices().enumerate() {
+            for &e in new {
+                match home[e as usize] {
+                    j if j != MANY && self.counts[e as usize] == 1 => m[i * g + j as usize] += 1,
+                    _ => many.push(e),
+                }
+            }
+        }
+        many.sort_unstable();
+        many.dedup();
+        let copies = |d: &[u32], e: u32| {
+            let from = d.partition_point(|&x| x < e);
+            d[from..].iter().take_while(|&&x| x == e).count()
+        };
+        for &e in &many {
+            let olds: Vec<usize> = before.devices().map(|d| copies(d, e)).collect();
+            for (i, new) in self.devices().enumerate() {
+                let k = copies(new, e);
+                for (j, &o) in olds.iter().enumerate() {
+                    m[i * g + j] += k.min(o);
+                }
+            }
+        }
+        m
     }
 }
 
@@ -270,19 +326,25 @@ pub fn plan(w: &[f64], gpus: usize, replicas: usize) -> Placement {
     for (e, &c) in counts.iter().enumerate() {
         reps.extend(std::iter::repeat_n((w[e] / c as f64, e as u32), c as usize));
     }
-    // Equal entries are the same replica's copies, so an unstable sort gives the same order.
-    reps.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    // Equal entries are the same replica's copies, so an unstable sort gives the same
+    // order. Weights are neither negative nor NaN (nor -0), so their bits order them.
+    reps.sort_unstable_by_key(|r| (std::cmp::Reverse(r.0.to_bits()), r.1));
     let mut devices: Vec<Vec<(f64, u32)>> = vec![Vec::with_capacity(slots); gpus];
     let mut loads = vec![0.0f64; gpus];
+    // Each device's load while it has a free slot, then infinity.
+    let mut open = vec![0.0f64; gpus];
     for r in reps {
+        // The first device of the least load among those with a free slot (loads are
+        // sums of weights: never NaN, so `<` orders them as `total_cmp` does).
         let mut d = usize::MAX;
         for k in 0..gpus {
-            if devices[k].len() < slots && (d == usize::MAX || loads[k].total_cmp(&loads[d]) == Ordering::Less) {
+            if open[k] < open.get(d).copied().unwrap_or(f64::INFINITY) || (d == usize::MAX && devices[k].len() < slots) {
                 d = k;
             }
         }
         devices[d].push(r);
         loads[d] += r.0;
+        open[d] = if devices[d].len() < slots { loads[d] } else { f64::INFINITY };
     }
     improve_by_swaps(&mut devices, &mut loads);
     // Each device's experts ascending (equal entries are one expert's replicas).
@@ -305,12 +367,13 @@ pub fn plan(w: &[f64], gpus: usize, replicas: usize) -> Placement {
 /// Swapping `a` for `b` (`δ = a − b > 0`) leaves the pair's larger load at
 /// `max(high − δ, L_d + δ)`, smallest at `δ = (high − L_d) / 2` and growing away
 /// from it; with each device's replicas kept in ascending order, the best `b` for an
-/// `a` is one of the two around `a − (high − L_d) / 2` (a binary search), and no
-/// swap with `d` goes below `(high + L_d) / 2`.
+/// `a` is one of the two around `a − (high − L_d) / 2` (found walking up `d`'s
+/// replicas as `a` walks up the top's), and no swap with `d` goes below
+/// `(high + L_d) / 2`.
 fn improve_by_swaps(devices: &mut [Vec<(f64, u32)>], loads: &mut [f64]) {
     let g = devices.len();
     let asc = |x: &(f64, u32), y: &(f64, u32)| x.0.total_cmp(&y.0).then(x.1.cmp(&y.1));
-    devices.iter_mut().for_each(|d| d.sort_by(asc));
+    devices.iter_mut().for_each(|d| d.sort_unstable_by(asc));
     let cap = 64 * g * devices.first().map_or(0, |d| d.len());
     let mut order: Vec<usize> = Vec::with_capacity(g);
     for _ in 0..cap {
@@ -330,15 +393,21 @@ fn improve_by_swaps(devices: &mut [Vec<(f64, u32)>], loads: &mut [f64]) {
             }
             let half = 0.5 * (high - loads[d]);
             let other = &devices[d];
+            // `k`: the first of `other` not below `a − half`; it only grows as `a` does.
+            let mut k = 0;
             for (i, a) in devices[top].iter().enumerate() {
-                let k = other.partition_point(|b| b.0 < a.0 - half);
+                while k < other.len() && other[k].0 < a.0 - half {
+                    k += 1;
+                }
                 for j in [k.wrapping_sub(1), k] {
                     let Some(b) = other.get(j) else { continue };
                     let delta = a.0 - b.0;
                     if delta <= 0.0 || a.1 == b.1 {
                         continue;
                     }
-                    let pair_max = (high - delta).max(loads[d] + delta);
+                    // Loads are never NaN: the larger of the two without `f64::max`'s NaN care.
+                    let (x, y) = (high - delta, loads[d] + delta);
+                    let pair_max = if x < y { y } else { x };
                     if pair_max < high - eps && best.is_none_or(|(m, ..)| pair_max < m) {
                         best = Some((pair_max, d, i, j));
                     }

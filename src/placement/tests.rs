@@ -135,6 +135,33 @@ fn moves_count_replicas_new_to_a_device_and_ignore_renumbering() {
 }
 
 #[test]
+fn overlaps_count_each_pair_as_the_merge_does() {
+    // Random plans of 12 experts on 4 devices, with up to 8 redundant replicas dealt
+    // anywhere (two of one expert on one device too); each pair's overlap is checked
+    // against the merge of the two ascending lists.
+    let random_plan = |seed: u64, replicas: usize| {
+        let u = crate::lcg_noise(seed, 12 + replicas + 12);
+        let mut experts: Vec<u32> = (0..12).collect();
+        experts.extend((0..replicas).map(|k| ((u[k] + 0.5) * 12.0) as u32 % 12));
+        // Shuffle by sorting on noise, then deal (12 + R) / 4 to each device.
+        let mut keyed: Vec<(f64, u32)> = experts.iter().enumerate().map(|(k, &e)| (u[(k + replicas) % u.len()] + k as f64 * 1e-9, e)).collect();
+        keyed.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let per = (12 + replicas) / 4;
+        Placement::from_devices(12, keyed.chunks(per).map(|c| c.iter().map(|x| x.1).collect()).collect())
+    };
+    for seed in 0..300u64 {
+        let r = [0, 4, 8][seed as usize % 3];
+        let (a, b) = (random_plan(seed, r), random_plan(seed + 1000, [0, 4, 8][(seed as usize / 3) % 3]));
+        let m = a.overlaps(&b);
+        for i in 0..4 {
+            for j in 0..4 {
+                assert_eq!(m[i * 4 + j], common(a.device(i), b.device(j)), "seed {seed}: devices {i} and {j} of {a:?} and {b:?}");
+            }
+        }
+    }
+}
+
+#[test]
 fn shapes_that_do_not_fit_are_refused_by_name() {
     assert!(check_shape(16, 4, 0).is_ok());
     assert!(check_shape(16, 8, 8).is_ok());
