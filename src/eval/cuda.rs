@@ -108,6 +108,14 @@ impl Scorer {
         Ok(())
     }
 
+    /// Hands over the loaded layer's shares on the device (`steps × experts` at the
+    /// front; the next [`load`](Self::load) allocates anew), so that placement scores
+    /// its plans on them instead of copying the layer up again.
+    pub fn take_loaded(&mut self) -> Option<CudaSlice<f64>> {
+        self.shape = (0, 0);
+        self.p.take()
+    }
+
     fn scratch(&mut self, len: usize) -> anyhow::Result<()> {
         if self.scratch.as_ref().is_none_or(|s| s.len() < len.max(1)) {
             self.scratch = None;

@@ -274,7 +274,7 @@ pub fn forecast(
     let proto = &prep.protocol;
     let specs = &prep.specs;
     let mut metric_rows: Vec<MetricRow> = Vec::new();
-    let mut kept = Kept::new();
+    let mut kept = Kept::default();
     // One unit per series and origin forecast: for ARIMA, fits per second.
     let units: u64 = traces
         .iter()
@@ -312,6 +312,13 @@ pub fn forecast(
         }
         _ => None,
     };
+    let placing = plan.work.placement.as_ref();
+    // Placement scores its plans on the layers' shares that the scorer leaves on the
+    // GPU, within half the device memory free now (the rest go up again).
+    let mut device_room = match (&scorer, device, placing) {
+        (Some(_), Device::Cuda(g), Some(_)) => g.ctx.mem_get_info().context("reading the GPU's free memory")?.0 / 2,
+        _ => 0,
+    };
     // The shares of a group's layers, filled again for each group.
     let mut buffers: Vec<Vec<f64>> = Vec::new();
     for (ti, tr) in traces.iter().enumerate() {
@@ -320,6 +327,11 @@ pub fn forecast(
             .iter()
             .map(|f| f.on_device().filter(|&m| scorer.is_some() && eval::cuda::fits(m, tr.steps(), tr.experts(), proto)))
             .collect();
+        let leave_on_device = placing.is_some_and(|p| place::cuda::fits(tr.experts(), p.replicas.iter().copied().max().unwrap_or(0)));
+        // The first placement interval's origins: placement's weights of a forecaster
+        // scored on the GPU from its own predictions (`sw-avg`, `oracle-median`) are
+        // made here, on the CPU, while the GPU scores.
+        let placement_origins = placing.map(|p| (p.horizons[0], place::placement_origins(&proto.origins(tr.steps()), p.horizons[0], tr.steps())));
         for first in (0..tr.layers()).step_by(group) {
             let layers: Vec<usize> = (first..(first + group).min(tr.layers())).collect();
             let shares = group_shares(tr, &layers, &mut buffers, "forecast");
@@ -343,7 +355,9 @@ pub fn forecast(
             // A flat forecast's one row per origin is also its mean over any interval
             // (as `eval::mean_of_rows` takes it), so placement keeps those rows.
             let keep_rows = plan.work.placement.is_some();
-            let device_task = |scorer: &mut eval::cuda::Scorer| -> anyhow::Result<Vec<(Vec<Score>, Vec<Vec<f64>>)>> {
+            type DeviceOut = (Vec<(Vec<Score>, Vec<Vec<f64>>)>, Vec<(usize, cudarc::driver::CudaSlice<f64>)>);
+            let room = &mut device_room;
+            let mut device_task = |scorer: &mut eval::cuda::Scorer| -> anyhow::Result<DeviceOut> {
                 // The host-made rows of every layer of the group first, in parallel.
                 let span = crate::profile::span(|| "forecast: host rows of the group".into());
                 let host: Vec<(usize, usize)> =
@@ -357,10 +371,11 @@ pub fn forecast(
                     .collect();
                 let mut made: std::collections::HashMap<(usize, usize), anyhow::Result<eval::cuda::HostRows>> = host.into_iter().zip(made).collect();
                 drop(span);
-                let mut out = Vec::new();
+                let (mut out, mut left) = (Vec::new(), Vec::new());
                 for (g, &l) in layers.iter().enumerate() {
                     let view = LayerView::new(&shares[g], tr.experts());
-                    if on_device.iter().any(Option::is_some) {
+                    let loaded = on_device.iter().any(Option::is_some);
+                    if loaded {
                         let _span = crate::profile::span(|| format!("forecast: layer {l} to the GPU"));
                         scorer.load(&view).with_context(|| format!("forecasting {} layer {} on the GPU", tr.name, tr.layer_ids[l]))?;
                     }
@@ -378,19 +393,43 @@ pub fn forecast(
                             out.push((s, means));
                         }
                     }
+                    let bytes = 8 * view.raw().len();
+                    if loaded
+                        && leave_on_device
+                        && bytes <= *room
+                        && let Some(d) = scorer.take_loaded()
+                    {
+                        *room -= bytes;
+                        left.push((l, d));
+                    }
                 }
-                Ok(out)
+                Ok((out, left))
             };
             let cpu_tasks: Vec<(usize, usize)> = tasks.iter().copied().filter(|&(_, fi)| on_device[fi].is_none()).collect();
+            let weight_tasks: Vec<(usize, usize)> = match &placement_origins {
+                Some(_) => tasks.iter().copied().filter(|&(_, fi)| matches!(on_device[fi], Some(m) if m != DeviceModel::HostRows)).collect(),
+                None => Vec::new(),
+            };
+            let weight_task = |&(g, fi): &(usize, usize)| -> anyhow::Result<Vec<Vec<f64>>> {
+                let (horizon, origins) = placement_origins.as_ref().expect("placement asked for");
+                let view = LayerView::new(&shares[g], tr.experts());
+                predicted_weights(&view, forecasters[fi].as_ref(), proto, origins, *horizon, &ctx)
+                    .with_context(|| format!("placement's weights of {} layer {} from {}", tr.name, tr.layer_ids[layers[g]], specs[fi]))
+            };
             let cpu_all = || {
-                let _span = crate::profile::span(|| format!("forecast: {} CPU tasks", cpu_tasks.len()));
-                cpu_tasks.par_iter().map(cpu_task).collect::<Vec<_>>()
+                let _span = crate::profile::span(|| format!("forecast: {} CPU tasks, {} placement weights", cpu_tasks.len(), weight_tasks.len()));
+                rayon::join(|| cpu_tasks.par_iter().map(cpu_task).collect::<Vec<_>>(), || weight_tasks.par_iter().map(weight_task).collect::<Vec<_>>())
             };
-            let (dev, cpu) = match scorer.as_mut() {
+            let (dev, (cpu, weights)) = match scorer.as_mut() {
                 Some(sc) => rayon::join(|| device_task(sc), cpu_all),
-                None => (Ok(Vec::new()), cpu_all()),
+                None => (Ok((Vec::new(), Vec::new())), cpu_all()),
             };
-            let (mut dev, mut cpu) = (dev?.into_iter(), cpu.into_iter());
+            let (dev, left) = dev?;
+            kept.on_device.extend(left.into_iter().map(|(l, d)| ((ti, l), d)));
+            for (&(g, fi), w) in weight_tasks.iter().zip(weights) {
+                kept.means.insert((ti, layers[g], fi), w?);
+            }
+            let (mut dev, mut cpu) = (dev.into_iter(), cpu.into_iter());
             for &(g, fi) in &tasks {
                 let l = layers[g];
                 let (scores, saved, means) = match on_device[fi] {
@@ -401,7 +440,7 @@ pub fn forecast(
                     None => cpu.next().expect("one result per CPU task")?,
                 };
                 if !means.is_empty() {
-                    kept.insert((ti, l, fi), means);
+                    kept.means.insert((ti, l, fi), means);
                 }
                 for score in scores {
                     metric_rows.push(MetricRow {
@@ -420,16 +459,30 @@ pub fn forecast(
         }
     }
     bar.finish_and_clear();
+    if placing.is_some() {
+        kept.buffers = buffers;
+    }
     let _span = crate::profile::span(|| "forecast: write metrics".into());
     sink.write(Table::Metrics, &output::metrics_batch(&metric_rows)?)?;
     fallback_lines(traces, prep, &metric_rows, progress);
     Ok((metric_rows, kept))
 }
 
-/// Each origin's mean prediction over the placement interval, per (trace, layer,
-/// forecaster) that the forecast stage scored on the CPU (see [`eval::KeptMeans`]) or
-/// scored on the GPU from rows made on the host (a flat forecast's row is its mean).
-pub type Kept = std::collections::HashMap<(usize, usize, usize), Vec<Vec<f64>>>;
+/// What the forecast stage hands to [`placement`] so that it need not do it again.
+#[derive(Default)]
+pub struct Kept {
+    /// Each placement origin's mean prediction over the first placement interval, per
+    /// (trace, layer, forecaster): as the CPU path scored it (see
+    /// [`eval::KeptMeans`]), a flat model's rows made on the host for the GPU (a flat
+    /// forecast's row is its mean), or, for a forecaster the GPU predicts itself
+    /// (`sw-avg`, `oracle-median`), made on the CPU while the GPU scored.
+    pub means: std::collections::HashMap<(usize, usize, usize), Vec<Vec<f64>>>,
+    /// Layers' shares that the forecast stage left on the GPU, per (trace, layer).
+    pub on_device: std::collections::HashMap<(usize, usize), cudarc::driver::CudaSlice<f64>>,
+    /// The forecast stage's host buffers of a group's shares, for placement to fill
+    /// again (a paper-scale group's 500 MB is not allocated and faulted in twice).
+    pub buffers: Vec<Vec<f64>>,
+}
 
 /// Expert placement of every (trace, layer), when the plan asks for it: the
 /// policies `static`, `reactive:w=W`, one per forecaster of the run (in the run's
@@ -445,7 +498,7 @@ pub fn placement(
     prep: &Prepared,
     stable_from: &[Vec<Option<usize>>],
     device: &Device,
-    kept: &Kept,
+    kept: Kept,
     sink: &mut dyn Sink,
     progress: &dyn Progress,
 ) -> anyhow::Result<Vec<PlacementRow>> {
@@ -465,7 +518,7 @@ pub fn placement(
     let max_replicas = cfg.replicas.iter().copied().max().unwrap_or(0);
     let mut rows = Vec::new();
     // The shares of a group's layers, filled again for each group.
-    let mut buffers: Vec<Vec<f64>> = Vec::new();
+    let Kept { means: kept_means, on_device: kept_on_device, mut buffers } = kept;
     let reused = std::sync::atomic::AtomicUsize::new(0);
     let gpu_layers = std::sync::atomic::AtomicUsize::new(0);
     for (ti, tr) in traces.iter().enumerate() {
@@ -488,10 +541,16 @@ pub fn placement(
                         .iter()
                         .zip(shares)
                         .map(|(&l, s)| match &on_gpu {
-                            Some(g) if place::cuda::fits(ne, max_replicas) => g
-                                .layer(s, ne)
-                                .map(Some)
-                                .with_context(|| format!("placement of {} layer {} on the GPU", tr.name, tr.layer_ids[l])),
+                            Some(g) if place::cuda::fits(ne, max_replicas) => match kept_on_device.get(&(ti, l)) {
+                                Some(d) => g
+                                    .layer_on_device(d, tr.steps(), ne)
+                                    .map(Some)
+                                    .with_context(|| format!("placement of {} layer {} on the GPU", tr.name, tr.layer_ids[l])),
+                                None => g
+                                    .layer(s, ne)
+                                    .map(Some)
+                                    .with_context(|| format!("placement of {} layer {} on the GPU", tr.name, tr.layer_ids[l])),
+                            },
                             _ => Ok(None),
                         })
                         .collect()
@@ -501,7 +560,7 @@ pub fn placement(
                         .par_iter()
                         .map(|&(g, fi)| {
                             let l = layers[g];
-                            match kept.get(&(ti, l, fi)).filter(|_| hi == 0) {
+                            match kept_means.get(&(ti, l, fi)).filter(|_| hi == 0) {
                                 // The forecast stage's (kept for the first interval), for the placement origins (a prefix).
                                 Some(means) if means.len() >= origins.len() && means.iter().all(|m| m.len() == ne) => {
                                     reused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -690,7 +749,7 @@ fn run_scoped<'s>(
 
     let placement_rows = if plan.work.placement.is_some() {
         let t = Instant::now();
-        let rows = placement(plan, traces, &prep, &stable_from, &device, &kept, sink, progress)?;
+        let rows = placement(plan, traces, &prep, &stable_from, &device, kept, sink, progress)?;
         seconds.insert("placement", t.elapsed().as_secs_f64());
         let cfg = plan.work.placement.as_ref().expect("placement asked for");
         progress.line(format!(

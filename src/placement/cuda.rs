@@ -1,15 +1,16 @@
 //! Placement's realized imbalance on the GPU (`kernels/placement.cu`): a layer's
-//! shares go up once, as float64; each batch of plans goes up as slot lists (an
-//! expert and its replica count, 4 bytes a slot) and comes back as each step's
-//! imbalance. The kernel repeats the CPU's operations one for one, so the values
+//! shares are on the GPU once, as float64 (the forecast stage's copy, left there, or
+//! copied up); each batch of plans goes up as slot lists (an expert and its replica
+//! count, 4 bytes a slot) and comes back as each step's imbalance, each layer on a
+//! stream of its own. The kernel repeats the CPU's operations one for one, so the values
 //! have the CPU path's bits and `placement.parquet` is the same file either way.
 //! The plans themselves are made on the CPU.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::Context;
 use cudarc::driver::sys::CUfunction_attribute;
-use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
 
 use super::{Placement, StepImbalances};
 use crate::gpu::Gpu;
@@ -31,12 +32,12 @@ pub fn fits(experts: usize, replicas: usize) -> bool {
     experts < (1 << 16) && replicas + 1 < (1 << 16) && experts + replicas <= MAX_SLOTS
 }
 
-/// The placement kernel of one GPU, with a stream of its own; layers on several
-/// threads share it, one batch at a time.
+/// The placement kernel of one GPU. Each layer put on it gets a stream of its own,
+/// so that the layers of a group, on several threads, copy and score their batches
+/// side by side.
 pub struct PlacementGpu {
-    stream: Arc<CudaStream>,
+    ctx: Arc<CudaContext>,
     func: CudaFunction,
-    lock: Mutex<()>,
 }
 
 impl PlacementGpu {
@@ -44,23 +45,37 @@ impl PlacementGpu {
         let func = gpu.get_or_load_func(&crate::gpu::PLACEMENT, &[], "placement_imbalance")?;
         func.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, (MAX_SLOTS * 4) as i32)
             .context("setting the shared memory of placement_imbalance")?;
-        let stream = gpu.ctx.new_stream().context("creating a CUDA stream for placement")?;
-        Ok(PlacementGpu { stream, func, lock: Mutex::new(()) })
+        Ok(PlacementGpu { ctx: gpu.ctx.clone(), func })
     }
 
     /// Puts a layer's shares (step-major, `experts` a row) on the GPU.
     pub fn layer(&self, shares: &[f64], experts: usize) -> anyhow::Result<LayerOnGpu<'_>> {
-        let _held = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let stream = self.ctx.new_stream().context("creating a CUDA stream for placement")?;
         let _span = crate::profile::span(|| "placement: a layer's shares to the GPU".into());
-        let d = self.stream.clone_htod(shares).context("copying the layer's shares to the GPU for placement")?;
-        Ok(LayerOnGpu { gpu: self, shares: d, experts, steps: shares.len() / experts.max(1) })
+        let d = stream.clone_htod(shares).context("copying the layer's shares to the GPU for placement")?;
+        Ok(LayerOnGpu { gpu: self, stream, shares: OnDevice::Own(d), experts, steps: shares.len() / experts.max(1) })
     }
+
+    /// A layer's shares already on this GPU (`steps × experts`, step-major, at the
+    /// front of `shares`): the forecast stage's copy, which need not go up again.
+    pub fn layer_on_device<'a>(&'a self, shares: &'a CudaSlice<f64>, steps: usize, experts: usize) -> anyhow::Result<LayerOnGpu<'a>> {
+        assert!(shares.len() >= steps * experts, "a layer's shares on the GPU");
+        let stream = self.ctx.new_stream().context("creating a CUDA stream for placement")?;
+        Ok(LayerOnGpu { gpu: self, stream, shares: OnDevice::Lent(shares), experts, steps })
+    }
+}
+
+/// Shares on the GPU: copied up for placement, or lent by the forecast stage.
+enum OnDevice<'a> {
+    Own(CudaSlice<f64>),
+    Lent(&'a CudaSlice<f64>),
 }
 
 /// One layer's shares on the GPU, ready to score plans on.
 pub struct LayerOnGpu<'a> {
     gpu: &'a PlacementGpu,
-    shares: CudaSlice<f64>,
+    stream: Arc<CudaStream>,
+    shares: OnDevice<'a>,
     experts: usize,
     steps: usize,
 }
@@ -111,20 +126,24 @@ impl StepImbalances for LayerOnGpu<'_> {
                 starts.push(from as i32);
             }
             let values = {
-                let _held = self.gpu.lock.lock().unwrap_or_else(|e| e.into_inner());
                 let _span = crate::profile::span(|| format!("placement: a batch of {} plans on the GPU", batch.len()));
-                let st = &self.gpu.stream;
+                let st = &self.stream;
                 let d_slots = st.clone_htod(&packed).context("copying plans to the GPU")?;
                 let d_first = st.clone_htod(&starts).context("copying plans to the GPU")?;
-                let mut d_out: CudaSlice<f64> = st.alloc_zeros(batch.len() * h).context("allocating placement's output on the GPU")?;
+                // SAFETY: the kernel writes every value (each job's steps 0 .. h).
+                let mut d_out: CudaSlice<f64> = unsafe { st.alloc(batch.len() * h) }.context("allocating placement's output on the GPU")?;
                 let (e, gi, si, hi) = (self.experts as i32, g as i32, slots as i32, h as i32);
                 let cfg = LaunchConfig {
                     grid_dim: (batch.len() as u32, (h as u32).div_ceil(BLOCK), 1),
                     block_dim: (BLOCK, 1, 1),
                     shared_mem_bytes: (g * slots * 4) as u32,
                 };
+                let shares = match &self.shares {
+                    OnDevice::Own(s) => s,
+                    OnDevice::Lent(s) => *s,
+                };
                 let mut b = st.launch_builder(&self.gpu.func);
-                b.arg(&self.shares).arg(&e).arg(&d_first).arg(&d_slots).arg(&gi).arg(&si).arg(&hi).arg(&mut d_out);
+                b.arg(shares).arg(&e).arg(&d_first).arg(&d_slots).arg(&gi).arg(&si).arg(&hi).arg(&mut d_out);
                 // SAFETY: shares hold steps × E doubles and every job's steps first ..
                 // first + h are below `steps` (asserted); slots hold jobs × G × S entries
                 // with experts below E and counts at least 1 (a placement's); shared

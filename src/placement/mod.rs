@@ -706,14 +706,25 @@ pub fn evaluate_layers(
         _ => None,
     });
     let oracle = policies.contains(&Policy::Oracle);
-    // Per layer and origin: the reactive window's mean shares, the oracle's.
-    let windows: Vec<(Vec<f64>, Vec<f64>)> = (0..layers.len() * n)
+    // Per layer and origin: the reactive window's mean shares, the oracle's. Where the
+    // reactive window is the oracle's of the origin before (origins `w` = `h` steps
+    // apart, as by default), its mean is that one.
+    let after: Vec<Vec<f64>> = (0..layers.len() * n)
+        .into_par_iter()
+        .map(|k| if oracle { mean_rows(layers[k / n].shares, origins[k % n], origins[k % n] + h) } else { Vec::new() })
+        .collect();
+    let windows: Vec<(Vec<f64>, &Vec<f64>)> = (0..layers.len() * n)
         .into_par_iter()
         .map(|k| {
-            let (l, o) = (&layers[k / n], origins[k % n]);
-            let before = reactive_w.map_or_else(Vec::new, |w| mean_rows(l.shares, o.saturating_sub(w), o));
-            let after = if oracle { mean_rows(l.shares, o, o + h) } else { Vec::new() };
-            (before, after)
+            let (l, i, o) = (&layers[k / n], k % n, origins[k % n]);
+            let before = reactive_w.map_or_else(Vec::new, |w| {
+                let from = o.saturating_sub(w);
+                match i.checked_sub(1) {
+                    Some(p) if oracle && origins[p] == from && origins[p] + h == o => after[k - 1].clone(),
+                    _ => mean_rows(l.shares, from, o),
+                }
+            });
+            (before, &after[k])
         })
         .collect();
     // plans[(layer · combos + combo) · origins + origin]
@@ -728,11 +739,12 @@ pub fn evaluate_layers(
                 Policy::Reactive { w } if Some(*w) == reactive_w => plan(&windows[li * n + i].0, *g, *r),
                 Policy::Reactive { w } => plan(&mean_rows(l.shares, o.saturating_sub(*w), o), *g, *r),
                 Policy::Forecast(_) => plan(&l.predicted[pred.expect("a forecaster's weights")][i], *g, *r),
-                Policy::Oracle => plan(&windows[li * n + i].1, *g, *r),
+                Policy::Oracle => plan(windows[li * n + i].1, *g, *r),
             }
         })
         .collect();
     drop(windows);
+    drop(after);
     drop(span);
     let span = crate::profile::span(|| "placement: hindsight".into());
     // The oracle's hindsight, over each origin's steps: the mean imbalance of the
