@@ -706,27 +706,29 @@ pub fn evaluate_layers(
         _ => None,
     });
     let oracle = policies.contains(&Policy::Oracle);
-    // Per layer and origin: the reactive window's mean shares, the oracle's. Where the
-    // reactive window is the oracle's of the origin before (origins `w` = `h` steps
-    // apart, as by default), its mean is that one.
-    let after: Vec<Vec<f64>> = (0..layers.len() * n)
-        .into_par_iter()
-        .map(|k| if oracle { mean_rows(layers[k / n].shares, origins[k % n], origins[k % n] + h) } else { Vec::new() })
-        .collect();
-    let windows: Vec<(Vec<f64>, &Vec<f64>)> = (0..layers.len() * n)
+    // Whether origin i's reactive window is the oracle's window of the origin before
+    // (origins `w` = `h` steps apart, as by default): the same mean shares, so the
+    // same plan, which is copied rather than made again.
+    let as_oracle_before = |i: usize| {
+        reactive_w.is_some_and(|w| oracle && i > 0 && origins[i - 1] == origins[i].saturating_sub(w) && origins[i - 1] + h == origins[i])
+    };
+    // Per layer and origin: the reactive window's mean shares (unless copied), the oracle's.
+    let windows: Vec<(Vec<f64>, Vec<f64>)> = (0..layers.len() * n)
         .into_par_iter()
         .map(|k| {
             let (l, i, o) = (&layers[k / n], k % n, origins[k % n]);
-            let before = reactive_w.map_or_else(Vec::new, |w| {
-                let from = o.saturating_sub(w);
-                match i.checked_sub(1) {
-                    Some(p) if oracle && origins[p] == from && origins[p] + h == o => after[k - 1].clone(),
-                    _ => mean_rows(l.shares, from, o),
-                }
-            });
-            (before, &after[k])
+            let before = match reactive_w {
+                Some(w) if !as_oracle_before(i) => mean_rows(l.shares, o.saturating_sub(w), o),
+                _ => Vec::new(),
+            };
+            let after = if oracle { mean_rows(l.shares, o, o + h) } else { Vec::new() };
+            (before, after)
         })
         .collect();
+    // For each combination, the oracle's of the same gpus and replicas.
+    let oracle_of: Vec<Option<usize>> =
+        combos.iter().map(|&(_, _, g, r, _)| combos.iter().position(|x| *x.0 == Policy::Oracle && (x.2, x.3) == (g, r))).collect();
+    let copied = |c: usize, i: usize| matches!(combos[c].0, Policy::Reactive { w } if Some(*w) == reactive_w) && as_oracle_before(i);
     // plans[(layer · combos + combo) · origins + origin]
     let plans: Vec<Placement> = (0..layers.len() * nc * n)
         .into_par_iter()
@@ -736,15 +738,29 @@ pub fn evaluate_layers(
             let (p, pred, g, r, start) = &combos[c];
             match p {
                 Policy::Static => start.clone(),
+                // Filled in below, from the oracle's plan.
+                _ if copied(c, i) => Placement::empty(),
                 Policy::Reactive { w } if Some(*w) == reactive_w => plan(&windows[li * n + i].0, *g, *r),
                 Policy::Reactive { w } => plan(&mean_rows(l.shares, o.saturating_sub(*w), o), *g, *r),
                 Policy::Forecast(_) => plan(&l.predicted[pred.expect("a forecaster's weights")][i], *g, *r),
-                Policy::Oracle => plan(windows[li * n + i].1, *g, *r),
+                Policy::Oracle => plan(&windows[li * n + i].1, *g, *r),
             }
         })
         .collect();
+    let copies: Vec<(usize, Placement)> = (0..layers.len() * nc * n)
+        .into_par_iter()
+        .filter(|&k| copied(k / n % nc, k % n))
+        .map(|k| {
+            let (li, c, i) = (k / (nc * n), k / n % nc, k % n);
+            let from = (li * nc + oracle_of[c].expect("an oracle of the same shape")) * n + i - 1;
+            (k, plans[from].clone())
+        })
+        .collect();
+    let mut plans = plans;
+    for (k, p) in copies {
+        plans[k] = p;
+    }
     drop(windows);
-    drop(after);
     drop(span);
     let span = crate::profile::span(|| "placement: hindsight".into());
     // The oracle's hindsight, over each origin's steps: the mean imbalance of the
@@ -784,7 +800,6 @@ pub fn evaluate_layers(
     // to keep what it can of the one before; replicas moved).
     // Plans are moved out of `plans` (left empty) rather than copied, except the
     // oracle's, which it may score again later.
-    let mut plans = plans;
     let made: Vec<&mut [Placement]> = if n == 0 { (0..layers.len() * nc).map(|_| &mut [][..]).collect() } else { plans.chunks_mut(n).collect() };
     let chosen: Vec<(Vec<Placement>, Vec<usize>)> = made
         .into_par_iter()
