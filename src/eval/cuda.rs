@@ -61,7 +61,8 @@ pub fn host_rows(layer: &LayerView, f: &dyn Forecaster, proto: &Protocol, ctx: &
 }
 
 /// A GPU's scoring state for one layer at a time: the layer's shares on the device
-/// and scratch buffers, kept for the next layer.
+/// (kept for the next layer unless [`Scorer::take_loaded`] hands them to placement)
+/// and scratch buffers.
 pub struct Scorer {
     gpu: Arc<Gpu>,
     stream: Arc<CudaStream>,
@@ -114,6 +115,12 @@ impl Scorer {
     pub fn take_loaded(&mut self) -> Option<CudaSlice<f64>> {
         self.shape = (0, 0);
         self.p.take()
+    }
+
+    /// Bytes of the device buffer that holds the loaded layer (it may be larger than
+    /// the layer: a buffer is reused while it is big enough).
+    pub fn loaded_bytes(&self) -> usize {
+        self.p.as_ref().map_or(0, |p| 8 * p.len())
     }
 
     fn scratch(&mut self, len: usize) -> anyhow::Result<()> {

@@ -314,9 +314,10 @@ pub fn forecast(
     };
     let placing = plan.work.placement.as_ref();
     // Placement scores its plans on the layers' shares that the scorer leaves on the
-    // GPU, within half the device memory free now (the rest go up again).
+    // GPU, within a quarter of the device memory free now (the rest go up again; a
+    // sweep's workers on one GPU each take a quarter of what they find free).
     let mut device_room = match (&scorer, device, placing) {
-        (Some(_), Device::Cuda(g), Some(_)) => g.ctx.mem_get_info().context("reading the GPU's free memory")?.0 / 2,
+        (Some(_), Device::Cuda(g), Some(_)) => g.ctx.mem_get_info().context("reading the GPU's free memory")?.0 / 4,
         _ => 0,
     };
     // The shares of a group's layers, filled again for each group.
@@ -393,7 +394,7 @@ pub fn forecast(
                             out.push((s, means));
                         }
                     }
-                    let bytes = 8 * view.raw().len();
+                    let bytes = scorer.loaded_bytes();
                     if loaded
                         && leave_on_device
                         && bytes <= *room
@@ -471,11 +472,12 @@ pub fn forecast(
 /// What the forecast stage hands to [`placement`] so that it need not do it again.
 #[derive(Default)]
 pub struct Kept {
-    /// Each placement origin's mean prediction over the first placement interval, per
-    /// (trace, layer, forecaster): as the CPU path scored it (see
-    /// [`eval::KeptMeans`]), a flat model's rows made on the host for the GPU (a flat
-    /// forecast's row is its mean), or, for a forecaster the GPU predicts itself
-    /// (`sw-avg`, `oracle-median`), made on the CPU while the GPU scored.
+    /// Each origin's mean prediction over the first placement interval, per (trace,
+    /// layer, forecaster), for the protocol's origins (placement's are a prefix of
+    /// them): as the CPU path scored it (see [`eval::KeptMeans`]), a flat model's rows
+    /// made on the host for the GPU (a flat forecast's row is its mean), or, for a
+    /// forecaster the GPU predicts itself (`sw-avg`, `oracle-median`), made on the CPU
+    /// for placement's origins while the GPU scored.
     pub means: std::collections::HashMap<(usize, usize, usize), Vec<Vec<f64>>>,
     /// Layers' shares that the forecast stage left on the GPU, per (trace, layer).
     pub on_device: std::collections::HashMap<(usize, usize), cudarc::driver::CudaSlice<f64>>,
@@ -532,8 +534,9 @@ pub fn placement(
                 let layers: Vec<usize> = (first..(first + group).min(tr.layers())).collect();
                 let _span = crate::profile::span(|| format!("placement: {} layers", layers.len()));
                 let shares = group_shares(tr, &layers, &mut buffers, "placement");
-                // The forecasters' weights, every (layer, forecaster) in parallel, while
-                // the layers' shares go to the GPU one after another.
+                // The forecasters' weights (kept from the forecast stage, or made again),
+                // every (layer, forecaster) in parallel, while the layers' shares go to
+                // the GPU where the forecast stage did not leave them there.
                 let span = crate::profile::span(|| format!("placement: weights of {} layers", layers.len()));
                 let tasks: Vec<(usize, usize)> = (0..layers.len()).flat_map(|g| (0..prep.forecasters.len()).map(move |f| (g, f))).collect();
                 let upload = || -> anyhow::Result<Vec<Option<place::cuda::LayerOnGpu>>> {

@@ -282,3 +282,40 @@ fn layers_together_score_as_each_alone() {
         assert_ne!(together[0], together[1]);
     }
 }
+
+/// A reactive plan copied from the oracle's plan of the origin before (its window is
+/// that oracle window: origins `w` = `h` steps apart) scores as the plan made from
+/// its own window, as when no oracle is asked for and every reactive plan is made.
+#[test]
+fn copied_reactive_plans_score_as_made_ones() {
+    let (ne, steps) = (8, 80);
+    let u = crate::lcg_noise(11, steps * ne);
+    let shares: Vec<f64> = u
+        .chunks(ne)
+        .flat_map(|r| {
+            let w: Vec<f64> = r.iter().map(|x| (4.0 * x).exp()).collect();
+            let t: f64 = w.iter().sum();
+            w.into_iter().map(move |x| x / t)
+        })
+        .collect();
+    let host = HostSteps { shares: &shares, experts: ne };
+    // Origins 10 steps apart; w = h = 10 (copied) and w = 7 (made) side by side.
+    let origins = placement_origins(&[0, 10, 20, 30, 40, 50, 60], 10, steps);
+    for w in [10, 7] {
+        let cfg = PlacementConfig { gpus: vec![2, 4], replicas: vec![0, 4], horizons: vec![10], reactive_window: w };
+        let with_oracle = [Policy::Static, Policy::Reactive { w }, Policy::Oracle];
+        let alone = [Policy::Static, Policy::Reactive { w }];
+        let a = evaluate_layer(&host, &shares, ne, &cfg, 10, &with_oracle, &origins, &[], None).unwrap();
+        let b = evaluate_layer(&host, &shares, ne, &cfg, 10, &alone, &origins, &[], None).unwrap();
+        let reactive = |rows: &[PlacementScore]| rows.iter().filter(|r| r.policy.starts_with("reactive")).cloned().collect::<Vec<_>>();
+        assert_eq!(reactive(&a).len(), 2 * 2 * 2);
+        assert_eq!(reactive(&a), reactive(&b), "w = {w}");
+        // Scored at every origin (regime all; no stable regime here): not an empty plan.
+        for r in reactive(&a) {
+            match r.regime {
+                Regime::All => assert!(r.origins == origins.len() as u64 && r.imbalance_mean.is_some_and(|m| m >= 1.0), "{r:?}"),
+                Regime::Stable => assert_eq!(r.origins, 0),
+            }
+        }
+    }
+}
