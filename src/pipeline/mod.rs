@@ -545,15 +545,11 @@ pub fn placement(
                         .zip(shares)
                         .map(|(&l, s)| match &on_gpu {
                             Some(g) if place::cuda::fits(ne, max_replicas) => match kept_on_device.get(&(ti, l)) {
-                                Some(d) => g
-                                    .layer_on_device(d, tr.steps(), ne)
-                                    .map(Some)
-                                    .with_context(|| format!("placement of {} layer {} on the GPU", tr.name, tr.layer_ids[l])),
-                                None => g
-                                    .layer(s, ne)
-                                    .map(Some)
-                                    .with_context(|| format!("placement of {} layer {} on the GPU", tr.name, tr.layer_ids[l])),
-                            },
+                                Some(d) => g.layer_on_device(d, tr.steps(), ne),
+                                None => g.layer(s, ne),
+                            }
+                            .map(Some)
+                            .with_context(|| format!("placement of {} layer {} on the GPU", tr.name, tr.layer_ids[l])),
                             _ => Ok(None),
                         })
                         .collect()
