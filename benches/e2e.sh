@@ -25,10 +25,12 @@ for input in npy parquet; do
   for i in 1 2 3; do
     rm -rf "$D/run"
     pid=$(util "$D/util-$input-$i.txt")
-    /usr/bin/time -f "expertcast run paper.$input: %e s wall, %M KB" "$BIN" run "$D/paper.$input" --quiet --out "$D/run" 2>&1
+    EXPERTCAST_PROFILE=1 /usr/bin/time -f "expertcast run paper.$input: %e s wall, %M KB" \
+      "$BIN" run "$D/paper.$input" --quiet --out "$D/run" 2> "$D/profile-$input-$i.txt" || { cat "$D/profile-$input-$i.txt"; exit 1; }
     [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
+    grep -v '^profile:' "$D/profile-$input-$i.txt" || true
     "$PY" -c "import json,sys; m=json.load(open(sys.argv[1])); print('  stages', m['seconds'], m['device'])" "$D/run/manifest.json"
-    echo "  GPU busy (100 ms samples, mean): $(awk -F', ' '{s+=$2; n++} END {if (n) printf "%.1f %% of %d", s/n, n}' "$D/util-$input-$i.txt" 2>/dev/null)"
+    [ -n "$pid" ] && echo "  $("$PY" "$HERE/gpu_busy.py" "$D/profile-$input-$i.txt" "$D/util-$input-$i.txt")"
   done
 done
 for i in 1 2 3; do

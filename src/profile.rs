@@ -7,10 +7,18 @@
 use std::sync::OnceLock;
 use std::time::Instant;
 
-/// When the process's first span started: the zero of every span's `at`.
+/// When the process's first span started: the zero of every span's `at`. Its
+/// wall-clock time is printed once (`profile: zero at UNIX SECONDS s`), so spans can
+/// be matched with samples of another tool (`benches/e2e.sh`: GPU busy over the
+/// compute stages from `nvidia-smi`'s timestamps).
 fn zero() -> Instant {
     static ZERO: OnceLock<Instant> = OnceLock::new();
-    *ZERO.get_or_init(Instant::now)
+    *ZERO.get_or_init(|| {
+        let now = Instant::now();
+        let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+        eprintln!("profile: zero at UNIX {unix:.3} s");
+        now
+    })
 }
 
 fn enabled() -> bool {
