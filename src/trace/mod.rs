@@ -235,7 +235,14 @@ impl Trace {
         use rayon::prelude::*;
         const STEPS: usize = 1024;
         let ne = self.experts();
-        out.resize(self.steps * ne, 0.0);
+        let n = self.steps * ne;
+        out.truncate(n);
+        // A new buffer grows in parallel: zeroing (and faulting in) a paper-scale
+        // layer's 100 MB on one thread was most of a run's first fill.
+        if out.len() < n {
+            let more = n - out.len();
+            out.par_extend(rayon::iter::repeat_n(0.0, more));
+        }
         // Blocks of steps in parallel (each row is computed alone: the same bits).
         out.par_chunks_mut(STEPS * ne).enumerate().for_each(|(c, block)| {
             for (k, row) in block.chunks_mut(ne).enumerate() {
