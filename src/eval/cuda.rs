@@ -60,17 +60,41 @@ pub fn host_rows(layer: &LayerView, f: &dyn Forecaster, proto: &Protocol, ctx: &
     Ok((rows, fbs))
 }
 
-/// A GPU's scoring state for one layer at a time: the layer's shares on the device
-/// (kept for the next layer unless [`Scorer::take_loaded`] hands them to placement)
-/// and scratch buffers.
+/// A GPU's scoring state: two slots, each a stream with a layer's shares on the
+/// device and scratch buffers. [`load`](Scorer::load) puts the next layer in the
+/// other slot, so its copy runs while the kernels of the layer before still run
+/// (they were only [`enqueue`](Scorer::enqueue)d); [`finish`](Scorer::finish) waits
+/// for a forecaster's sums. A slot's shares stay for the next layer in it unless
+/// [`take_loaded`](Scorer::take_loaded) hands them to placement.
 pub struct Scorer {
     gpu: Arc<Gpu>,
-    stream: Arc<CudaStream>,
     k: ScoreKernels,
+    slots: [Slot; 2],
+    /// The slot of the layer loaded last.
+    cur: usize,
+}
+
+struct Slot {
+    stream: Arc<CudaStream>,
     p: Option<CudaSlice<f64>>,
     /// Shape of the layer in `p`.
     shape: (usize, usize),
     scratch: Option<CudaSlice<f64>>,
+}
+
+/// A forecaster's scoring, enqueued on its layer's stream: what
+/// [`Scorer::finish`] needs, and the device inputs its kernels read (kept alive
+/// until then, so that dropping them does not wait for the kernels).
+pub struct Pending {
+    slot: usize,
+    origins: Vec<usize>,
+    horizons: Vec<usize>,
+    shape: (usize, usize),
+    stable_from: Option<usize>,
+    fbs: Vec<usize>,
+    out: Option<CudaSlice<f64>>,
+    _inputs: Vec<CudaSlice<i32>>,
+    _rows: Option<CudaSlice<f64>>,
 }
 
 /// Whether `model` can run on the device for a layer of `steps × experts` under
@@ -90,49 +114,56 @@ fn block_for(experts: usize, per_thread: usize) -> u32 {
 impl Scorer {
     pub fn new(gpu: &Arc<Gpu>) -> anyhow::Result<Scorer> {
         let k = gpu.score_kernels()?;
-        let stream = gpu.ctx.new_stream().context("creating a CUDA stream")?;
-        Ok(Scorer { gpu: gpu.clone(), stream, k, p: None, shape: (0, 0), scratch: None })
+        let slot = || -> anyhow::Result<Slot> {
+            Ok(Slot { stream: gpu.ctx.new_stream().context("creating a CUDA stream")?, p: None, shape: (0, 0), scratch: None })
+        };
+        Ok(Scorer { gpu: gpu.clone(), k, slots: [slot()?, slot()?], cur: 1 })
     }
 
-    /// Puts `layer`'s shares on the device (in the buffer of the last layer when it
-    /// is big enough).
-    pub fn load(&mut self, layer: &LayerView) -> anyhow::Result<()> {
+    /// Puts `layer`'s shares on the device, in the other slot than the last layer's
+    /// (in its buffer when that is big enough), and returns the slot. The copy waits
+    /// for nothing of the other slot: the last layer's kernels go on meanwhile.
+    pub fn load(&mut self, layer: &LayerView) -> anyhow::Result<usize> {
         let (nt, ne) = (layer.steps(), layer.experts());
         let need = (nt * ne).max(1);
-        if self.p.as_ref().is_none_or(|p| p.len() < need) {
-            self.p = None;
-            self.p = Some(self.stream.alloc_zeros(need).context("allocating the layer's shares on the GPU")?);
+        self.cur ^= 1;
+        let slot = &mut self.slots[self.cur];
+        if slot.p.as_ref().is_none_or(|p| p.len() < need) {
+            slot.p = None;
+            slot.p = Some(slot.stream.alloc_zeros(need).context("allocating the layer's shares on the GPU")?);
         }
-        let p = self.p.as_mut().unwrap();
-        self.stream.memcpy_htod(layer.raw(), &mut p.slice_mut(..nt * ne)).context("copying the layer's shares to the GPU")?;
-        self.shape = (nt, ne);
-        Ok(())
+        let p = slot.p.as_mut().unwrap();
+        slot.stream.memcpy_htod(layer.raw(), &mut p.slice_mut(..nt * ne)).context("copying the layer's shares to the GPU")?;
+        slot.shape = (nt, ne);
+        Ok(self.cur)
     }
 
-    /// Hands over the loaded layer's shares on the device (`steps × experts` at the
-    /// front; the next [`load`](Self::load) allocates anew), so that placement scores
-    /// its plans on them instead of copying the layer up again.
-    pub fn take_loaded(&mut self) -> Option<CudaSlice<f64>> {
-        self.shape = (0, 0);
-        self.p.take()
+    /// Hands over the shares of the layer in `slot` on the device (`steps × experts`
+    /// at the front; the slot's next [`load`](Self::load) allocates anew), so that
+    /// placement scores its plans on them instead of copying the layer up again.
+    /// Call it once that layer's scorings are [`finish`](Self::finish)ed.
+    pub fn take_loaded(&mut self, slot: usize) -> Option<CudaSlice<f64>> {
+        self.slots[slot].shape = (0, 0);
+        self.slots[slot].p.take()
     }
 
-    /// Bytes of the device buffer that holds the loaded layer (it may be larger than
-    /// the layer: a buffer is reused while it is big enough).
-    pub fn loaded_bytes(&self) -> usize {
-        self.p.as_ref().map_or(0, |p| 8 * p.len())
+    /// Bytes of the device buffer that holds the layer in `slot` (it may be larger
+    /// than the layer: a buffer is reused while it is big enough).
+    pub fn loaded_bytes(&self, slot: usize) -> usize {
+        self.slots[slot].p.as_ref().map_or(0, |p| 8 * p.len())
     }
 
     fn scratch(&mut self, len: usize) -> anyhow::Result<()> {
-        if self.scratch.as_ref().is_none_or(|s| s.len() < len.max(1)) {
-            self.scratch = None;
-            self.scratch = Some(self.stream.alloc_zeros(len.max(1)).context("allocating scoring scratch on the GPU")?);
+        let slot = &mut self.slots[self.cur];
+        if slot.scratch.as_ref().is_none_or(|s| s.len() < len.max(1)) {
+            slot.scratch = None;
+            slot.scratch = Some(slot.stream.alloc_zeros(len.max(1)).context("allocating scoring scratch on the GPU")?);
         }
         Ok(())
     }
 
-    /// Scores `f` (whose device model is `model`) on the loaded layer, `layer` being
-    /// the same layer on the host: one score per horizon and regime, as
+    /// Scores `f` (whose device model is `model`) on the layer loaded last, `layer`
+    /// being the same layer on the host: one score per horizon and regime, as
     /// [`super::evaluate_layer`] gives them. A [`DeviceModel::HostRows`] model's rows
     /// may come made already ([`host_rows`], on other threads).
     #[allow(clippy::too_many_arguments)]
@@ -147,37 +178,70 @@ impl Scorer {
         done: &(dyn Fn(u64) + Sync),
         rows: Option<HostRows>,
     ) -> anyhow::Result<Vec<Score>> {
+        let pending = self.enqueue(layer, f, model, proto, stable_from, ctx, done, rows)?;
+        self.finish(pending)
+    }
+
+    /// [`score`](Self::score)'s first half: the kernels go on the loaded layer's
+    /// stream and this returns at once.
+    #[allow(clippy::too_many_arguments)]
+    pub fn enqueue(
+        &mut self,
+        layer: &LayerView,
+        f: &dyn Forecaster,
+        model: DeviceModel,
+        proto: &Protocol,
+        stable_from: Option<usize>,
+        ctx: &FitContext,
+        done: &(dyn Fn(u64) + Sync),
+        rows: Option<HostRows>,
+    ) -> anyhow::Result<Pending> {
         let (nt, ne) = (layer.steps(), layer.experts());
-        assert_eq!(self.shape, (nt, ne), "the layer scored is the layer loaded");
+        let cur = self.cur;
+        assert_eq!(self.slots[cur].shape, (nt, ne), "the layer scored is the layer loaded");
         let origins = proto.origins(nt);
         let horizons = &proto.horizons;
         let nh = horizons.len();
-        let mut fbs = vec![0usize; origins.len() * nh];
+        let fbs = vec![0usize; origins.len() * nh];
+        let mut pending = Pending {
+            slot: cur,
+            origins,
+            horizons: horizons.clone(),
+            shape: (nt, ne),
+            stable_from,
+            fbs,
+            out: None,
+            _inputs: Vec::new(),
+            _rows: None,
+        };
+        let origins = &pending.origins;
         if origins.is_empty() {
-            return Ok(scores_from_sums(&origins, horizons, nt, ne, &[], &fbs, stable_from));
+            return Ok(pending);
         }
         let real = f.is_real() && proto.renormalize;
-        let st = self.stream.clone();
+        let st = self.slots[cur].stream.clone();
         let d_origins = st.clone_htod(&origins.iter().map(|&o| o as i32).collect::<Vec<_>>())?;
         let d_horizons = st.clone_htod(&horizons.iter().map(|&h| h as i32).collect::<Vec<_>>())?;
         let mut d_out: CudaSlice<f64> = st.alloc_zeros(origins.len() * nh * 2)?;
         let (t, e, no, nhi) = (nt as i32, ne as i32, origins.len() as i32, nh as i32);
-        let p = self.p.as_ref().expect("a layer is loaded");
         match model {
             DeviceModel::HostRows => {
                 let (rows, fb) = match rows {
                     Some(r) => r,
                     None => host_rows(layer, f, proto, ctx, done)?,
                 };
-                fbs = fb;
+                pending.fbs = fb;
                 let d_rows = st.clone_htod(&rows)?;
-                self.launch_flat(p, &d_origins, &d_rows, &d_horizons, &mut d_out, (t, e, no, nhi), 1, false)?;
+                let p = self.slots[cur].p.as_ref().expect("a layer is loaded");
+                self.launch_flat(&st, p, &d_origins, &d_rows, &d_horizons, &mut d_out, (t, e, no, nhi), 1, false)?;
+                pending._rows = Some(d_rows);
             }
             DeviceModel::SwAvg { w } => {
                 anyhow::ensure!(origins[0] >= w, "sw-avg:w={w} needs {w} steps before its first origin {}", origins[0]);
                 self.scratch(origins.len() * w * ne)?;
-                let ring = self.scratch.as_mut().unwrap();
-                let p = self.p.as_ref().unwrap();
+                let slot = &mut self.slots[cur];
+                let ring = slot.scratch.as_mut().unwrap();
+                let p = slot.p.as_ref().expect("a layer is loaded");
                 let (wi, renorm) = (w as i32, real as i32);
                 let cfg = LaunchConfig { grid_dim: (origins.len() as u32, 1, 1), block_dim: (block_for(ne, 4), 1, 1), shared_mem_bytes: 0 };
                 let mut b = st.launch_builder(&self.k.sw_avg_score);
@@ -200,8 +264,9 @@ impl Scorer {
                     .set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
                     .context("setting the shared memory of oracle_medians")?;
                 self.scratch(nh * origins.len() * ne)?;
-                let med = self.scratch.as_mut().unwrap();
-                let p = self.p.as_ref().unwrap();
+                let slot = &mut self.slots[cur];
+                let med = slot.scratch.as_mut().unwrap();
+                let p = slot.p.as_ref().expect("a layer is loaded");
                 let npi = npow as i32;
                 let cfg = LaunchConfig {
                     grid_dim: (ne.div_ceil(warps) as u32, origins.len() as u32, 1),
@@ -215,20 +280,35 @@ impl Scorer {
                 // the longest) and below 65535, so offsets fit the kernel's u16; shared
                 // memory is warps × npow × 10 bytes, set as the kernel's maximum above.
                 unsafe { b.launch(cfg) }.context("launching oracle_medians")?;
-                let med = self.scratch.as_ref().unwrap();
-                let p = self.p.as_ref().unwrap();
-                self.launch_flat(p, &d_origins, med, &d_horizons, &mut d_out, (t, e, no, nhi), nh as u32, true)?;
+                let slot = &self.slots[cur];
+                let (med, p) = (slot.scratch.as_ref().unwrap(), slot.p.as_ref().unwrap());
+                self.launch_flat(&st, p, &d_origins, med, &d_horizons, &mut d_out, (t, e, no, nhi), nh as u32, true)?;
                 done((origins.len() * ne) as u64);
             }
         }
-        let host = st.clone_dtoh(&d_out).context("copying error sums from the GPU")?;
-        let sums: Vec<(f64, f64)> = host.chunks(2).map(|c| (c[0], c[1])).collect();
-        Ok(scores_from_sums(&origins, horizons, nt, ne, &sums, &fbs, stable_from))
+        pending.out = Some(d_out);
+        pending._inputs = vec![d_origins, d_horizons];
+        Ok(pending)
+    }
+
+    /// [`score`](Self::score)'s second half: waits for `pending`'s kernels and adds
+    /// the error sums in origin order.
+    pub fn finish(&self, pending: Pending) -> anyhow::Result<Vec<Score>> {
+        let (nt, ne) = pending.shape;
+        let sums: Vec<(f64, f64)> = match &pending.out {
+            Some(d_out) => {
+                let host = self.slots[pending.slot].stream.clone_dtoh(d_out).context("copying error sums from the GPU")?;
+                host.chunks(2).map(|c| (c[0], c[1])).collect()
+            }
+            None => Vec::new(),
+        };
+        Ok(scores_from_sums(&pending.origins, &pending.horizons, nt, ne, &sums, &pending.fbs, pending.stable_from))
     }
 
     #[allow(clippy::too_many_arguments)]
     fn launch_flat(
         &self,
+        stream: &Arc<CudaStream>,
         p: &CudaSlice<f64>,
         origins: &CudaSlice<i32>,
         rows: &CudaSlice<f64>,
@@ -240,7 +320,7 @@ impl Scorer {
     ) -> anyhow::Result<()> {
         let ph = per_horizon as i32;
         let cfg = LaunchConfig { grid_dim: (no as u32, grid_y, 1), block_dim: (block_for((e as usize).min(256), 1), 1, 1), shared_mem_bytes: 0 };
-        let mut b = self.stream.launch_builder(&self.k.score_flat);
+        let mut b = stream.launch_builder(&self.k.score_flat);
         b.arg(p).arg(&t).arg(&e).arg(origins).arg(&no).arg(rows).arg(horizons).arg(&nh).arg(&ph).arg(out);
         // SAFETY: p holds T × E doubles; rows grid_y × n_origins × E; out n_origins ×
         // nh × 2; blocks are whole warps and each thread strides over the experts.

@@ -262,7 +262,9 @@ fn layer_group(tr: &Trace) -> usize {
 
 /// Forecasts and scores every (trace, layer, forecaster): a group of layers at a time
 /// (as many as threads, within 512 MB of float64 shares), every (layer, forecaster)
-/// of a group in parallel. Metrics (and saved forecasts) go to the sink; what
+/// of a group in parallel. On a GPU, the next group's shares (in a second 512 MB at
+/// most) and host-made rows are made while the GPU scores a group, and each layer's
+/// copy up overlaps the kernels of the layer before. Metrics (and saved forecasts) go to the sink; what
 /// placement can reuse is returned.
 #[allow(clippy::too_many_arguments)]
 pub fn forecast(
@@ -323,8 +325,10 @@ pub fn forecast(
         (Some(_), Device::Cuda(g), Some(_)) => g.ctx.mem_get_info().context("reading the GPU's free memory")?.0 / 4,
         _ => 0,
     };
-    // The shares of a group's layers, filled again for each group.
+    // The shares of a group's layers, filled again for each group, and of the next
+    // group while the GPU scores one.
     let mut buffers: Vec<Vec<f64>> = Vec::new();
+    let mut ahead: Vec<Vec<f64>> = Vec::new();
     for (ti, tr) in traces.iter().enumerate() {
         let group = layer_group(tr);
         let on_device: Vec<Option<DeviceModel>> = forecasters
@@ -336,9 +340,18 @@ pub fn forecast(
         // scored on the GPU from its own predictions (`sw-avg`, `oracle-median`) are
         // made here, on the CPU, while the GPU scores.
         let placement_origins = placing.map(|p| (p.horizons[0], place::placement_origins(&proto.origins(tr.steps()), p.horizons[0], tr.steps())));
-        for first in (0..tr.layers()).step_by(group) {
-            let layers: Vec<usize> = (first..(first + group).min(tr.layers())).collect();
-            let shares = group_shares(tr, &layers, &mut buffers, "forecast");
+        let groups: Vec<Vec<usize>> = (0..tr.layers()).step_by(group).map(|f| (f..(f + group).min(tr.layers())).collect()).collect();
+        // On a GPU, the next group's shares and host-made rows are made while the GPU
+        // scores this group (in `ahead`, swapped in when the group comes).
+        let mut rows_ahead: Option<MadeRows> = None;
+        for (gn, layers) in groups.iter().enumerate() {
+            let shares: &[Vec<f64>] = if rows_ahead.is_some() {
+                std::mem::swap(&mut buffers, &mut ahead);
+                &buffers[..layers.len()]
+            } else {
+                group_shares(tr, layers, &mut buffers, "forecast")
+            };
+            let made_ahead = rows_ahead.take();
             let tasks: Vec<(usize, usize)> = (0..layers.len()).flat_map(|g| (0..forecasters.len()).map(move |f| (g, f))).collect();
             let what = |g: usize, fi: usize| format!("forecasting {} layer {} with {}", tr.name, tr.layer_ids[layers[g]], specs[fi]);
             let cpu_task = |&(g, fi): &(usize, usize)| -> anyhow::Result<(Vec<Score>, Option<SavedForecasts>, Vec<Vec<f64>>)> {
@@ -361,51 +374,80 @@ pub fn forecast(
             let keep_rows = plan.work.placement.is_some();
             type DeviceOut = (Vec<(Vec<Score>, Vec<Vec<f64>>)>, Vec<(usize, cudarc::driver::CudaSlice<f64>)>);
             let room = &mut device_room;
-            let mut device_task = |scorer: &mut eval::cuda::Scorer| -> anyhow::Result<DeviceOut> {
-                // The host-made rows of every layer of the group first, in parallel.
-                let span = crate::profile::span(|| "forecast: host rows of the group".into());
-                let host: Vec<(usize, usize)> =
-                    tasks.iter().copied().filter(|&(_, fi)| on_device[fi] == Some(DeviceModel::HostRows)).collect();
+            // The host-made rows of every layer of a group, in parallel.
+            let host_rows = |layers: &[usize], shares: &[Vec<f64>]| -> MadeRows {
+                let _span = crate::profile::span(|| format!("forecast: host rows of layers {layers:?}"));
+                let host: Vec<(usize, usize)> = (0..layers.len())
+                    .flat_map(|g| (0..forecasters.len()).map(move |f| (g, f)))
+                    .filter(|&(_, fi)| on_device[fi] == Some(DeviceModel::HostRows))
+                    .collect();
                 let made: Vec<anyhow::Result<eval::cuda::HostRows>> = host
                     .par_iter()
                     .map(|&(g, fi)| {
                         let view = LayerView::new(&shares[g], tr.experts());
-                        eval::cuda::host_rows(&view, forecasters[fi].as_ref(), proto, &ctx, &|n| bar.inc(n)).with_context(|| what(g, fi))
+                        eval::cuda::host_rows(&view, forecasters[fi].as_ref(), proto, &ctx, &|n| bar.inc(n)).with_context(|| {
+                            format!("forecasting {} layer {} with {}", tr.name, tr.layer_ids[layers[g]], specs[fi])
+                        })
                     })
                     .collect();
-                let mut made: std::collections::HashMap<(usize, usize), anyhow::Result<eval::cuda::HostRows>> = host.into_iter().zip(made).collect();
-                drop(span);
+                host.into_iter().zip(made).collect()
+            };
+            let device_task = |scorer: &mut eval::cuda::Scorer| -> anyhow::Result<DeviceOut> {
+                let mut made = match made_ahead {
+                    Some(m) => m,
+                    None => host_rows(layers, shares),
+                };
                 let (mut out, mut left) = (Vec::new(), Vec::new());
+                // A layer's scorings are enqueued, then the layer before is finished:
+                // the next layer's copy and kernels overlap the last one's kernels.
+                type Enqueued = (usize, usize, Vec<(usize, usize, eval::cuda::Pending, Vec<Vec<f64>>)>);
+                let mut finish = |scorer: &mut eval::cuda::Scorer, (l, slot, pending): Enqueued| -> anyhow::Result<()> {
+                    for (g, fi, p, means) in pending {
+                        out.push((scorer.finish(p).with_context(|| what(g, fi))?, means));
+                    }
+                    let bytes = scorer.loaded_bytes(slot);
+                    if leave_on_device
+                        && bytes <= *room
+                        && let Some(d) = scorer.take_loaded(slot)
+                    {
+                        *room -= bytes;
+                        left.push((l, d));
+                    }
+                    Ok(())
+                };
+                let mut last: Option<Enqueued> = None;
                 for (g, &l) in layers.iter().enumerate() {
                     let view = LayerView::new(&shares[g], tr.experts());
-                    let loaded = on_device.iter().any(Option::is_some);
-                    if loaded {
-                        let _span = crate::profile::span(|| format!("forecast: layer {l} to the GPU"));
-                        scorer.load(&view).with_context(|| format!("forecasting {} layer {} on the GPU", tr.name, tr.layer_ids[l]))?;
+                    if !on_device.iter().any(Option::is_some) {
+                        continue;
                     }
+                    let slot = {
+                        let _span = crate::profile::span(|| format!("forecast: layer {l} to the GPU"));
+                        scorer.load(&view).with_context(|| format!("forecasting {} layer {} on the GPU", tr.name, tr.layer_ids[l]))?
+                    };
+                    let mut pending = Vec::new();
                     for (fi, m) in on_device.iter().enumerate() {
                         if let Some(m) = *m {
-                            let _span = crate::profile::span(|| format!("forecast: layer {l} {} on the GPU", specs[fi]));
+                            let _span = crate::profile::span(|| format!("forecast: layer {l} {} enqueued", specs[fi]));
                             let rows = made.remove(&(g, fi)).transpose()?;
                             let means: Vec<Vec<f64>> = match &rows {
                                 Some((r, _)) if keep_rows => r.chunks(tr.experts()).map(<[f64]>::to_vec).collect(),
                                 _ => Vec::new(),
                             };
-                            let s = scorer
-                                .score(&view, forecasters[fi].as_ref(), m, proto, stable_from[ti][l], &ctx, &|n| bar.inc(n), rows)
+                            let p = scorer
+                                .enqueue(&view, forecasters[fi].as_ref(), m, proto, stable_from[ti][l], &ctx, &|n| bar.inc(n), rows)
                                 .with_context(|| what(g, fi))?;
-                            out.push((s, means));
+                            pending.push((g, fi, p, means));
                         }
                     }
-                    let bytes = scorer.loaded_bytes();
-                    if loaded
-                        && leave_on_device
-                        && bytes <= *room
-                        && let Some(d) = scorer.take_loaded()
-                    {
-                        *room -= bytes;
-                        left.push((l, d));
+                    if let Some(before) = last.replace((l, slot, pending)) {
+                        let _span = crate::profile::span(|| format!("forecast: layer {} finished", before.0));
+                        finish(scorer, before)?;
                     }
+                }
+                if let Some(before) = last.take() {
+                    let _span = crate::profile::span(|| format!("forecast: layer {} finished", before.0));
+                    finish(scorer, before)?;
                 }
                 Ok((out, left))
             };
@@ -424,10 +466,17 @@ pub fn forecast(
                 let _span = crate::profile::span(|| format!("forecast: {} CPU tasks, {} placement weights", cpu_tasks.len(), weight_tasks.len()));
                 rayon::join(|| cpu_tasks.par_iter().map(cpu_task).collect::<Vec<_>>(), || weight_tasks.par_iter().map(weight_task).collect::<Vec<_>>())
             };
-            let (dev, (cpu, weights)) = match scorer.as_mut() {
-                Some(sc) => rayon::join(|| device_task(sc), cpu_all),
-                None => (Ok((Vec::new(), Vec::new())), cpu_all()),
+            let next = groups.get(gn + 1);
+            let prefetch = || {
+                let next = next?;
+                let shares = group_shares(tr, next, &mut ahead, "forecast (ahead)");
+                Some(host_rows(next, shares))
             };
+            let (dev, ((cpu, weights), made_next)) = match scorer.as_mut() {
+                Some(sc) => rayon::join(|| device_task(sc), || rayon::join(cpu_all, prefetch)),
+                None => (Ok((Vec::new(), Vec::new())), (cpu_all(), None)),
+            };
+            rows_ahead = made_next;
             let (dev, left) = dev?;
             kept.on_device.extend(left.into_iter().map(|(l, d)| ((ti, l), d)));
             for (&(g, fi), w) in weight_tasks.iter().zip(weights) {
@@ -471,6 +520,9 @@ pub fn forecast(
     fallback_lines(traces, prep, &metric_rows, progress);
     Ok((metric_rows, kept))
 }
+
+/// Host-made rows of a group's (layer in the group, forecaster) pairs.
+type MadeRows = std::collections::HashMap<(usize, usize), anyhow::Result<eval::cuda::HostRows>>;
 
 /// What the forecast stage hands to [`placement`] so that it need not do it again.
 #[derive(Default)]

@@ -302,7 +302,7 @@ fn take_staging(gpu: &Gpu, len: usize) -> anyhow::Result<[PinnedHostSlice<f32>; 
     Ok([next()?, next()?])
 }
 
-/// Hands staging buffers back to `gpu` for its next call (at most two are kept: 128
+/// Hands staging buffers back to `gpu` for its next call (at most two are kept: 32
 /// MiB of pinned memory a GPU at most, until the `Gpu` is dropped).
 fn keep_staging(gpu: &Gpu, bufs: [PinnedHostSlice<f32>; 2]) {
     let mut kept = gpu.staging.lock().unwrap_or_else(|e| e.into_inner());
@@ -315,8 +315,11 @@ fn keep_staging(gpu: &Gpu, bufs: [PinnedHostSlice<f32>; 2]) {
 
 /// Steps a task of the host preparation fills, for all the experts of a piece.
 const FILL_STEPS: usize = 2048;
-/// Most bytes of one of the two pinned staging buffers of the input.
-const STAGE_BYTES: usize = 64 << 20;
+/// Most bytes of one of the two pinned staging buffers of the input (and of the
+/// summaries on their way back). 16 MiB: a run pins them once, at about 0.5 ms a MB
+/// (64 MiB buffers cost the paper-scale run 40 ms), and the fill, not the copy,
+/// bounds the pieces' pace.
+const STAGE_BYTES: usize = 16 << 20;
 
 /// One stream with its buffers for a group of layers.
 struct Slot {
@@ -409,36 +412,52 @@ pub fn layer_stats_cuda_grouped(
     let mut results: Vec<Option<Vec<LayerStats>>> = vec![None; nl];
     let mut collect = |slot: &mut Slot,
                        results: &mut Vec<Option<Vec<LayerStats>>>,
-                       detail: &mut Option<&mut dyn FnMut(Vec<ExpertStats>) -> anyhow::Result<()>>|
+                       detail: &mut Option<&mut dyn FnMut(Vec<ExpertStats>) -> anyhow::Result<()>>,
+                       stage: &mut [PinnedHostSlice<f32>; 2]|
      -> anyhow::Result<()> {
         let Some(layers) = slot.pending.take() else { return Ok(()) };
         let span = crate::profile::span(|| "stats: wait for the group's kernels".into());
         slot.stream.synchronize().context("waiting for the window statistics kernels")?;
         drop(span);
         let _span = crate::profile::span(|| "stats: summaries to the host".into());
-        // The group's summaries, per window the 5 arrays of layers × n values (a few
-        // MB: pageable memory, as pinning it would cost more than the copy).
-        let mut host: Vec<Vec<Vec<f32>>> = Vec::with_capacity(windows.len());
+        // The group's summaries, per window the 5 arrays of layers × n values, come
+        // back through a pinned staging buffer (free now: the group's input is on the
+        // device), a piece of at most the buffer at a time, and are widened to
+        // float64 straight into each layer's vectors, a layer per task. (Pageable
+        // copies, into new vectors, took 75 ms for the paper-scale 72 MB on the H200.)
+        let cap = stage[0].len().max(1);
+        // wide[wi][k][gi]: window wi's summary k of the group's layer gi.
+        let mut wide: Vec<Vec<Vec<Vec<f64>>>> =
+            ns.iter().map(|&n| (0..5).map(|_| (0..layers.len()).map(|_| Vec::with_capacity(n)).collect()).collect()).collect();
         for (wi, &n) in ns.iter().enumerate() {
-            let len = layers.len() * n;
-            let mut arrays = Vec::with_capacity(5);
-            for d in slot.sums[wi].all() {
-                arrays.push(if len == 0 { Vec::new() } else { slot.stream.clone_dtoh(&d.slice(..len)).context("copying layer summaries to the host")? });
+            let total = layers.len() * n;
+            for (k, d) in slot.sums[wi].all().into_iter().enumerate() {
+                for at in (0..total).step_by(cap) {
+                    let len = cap.min(total - at);
+                    // A slice of exactly the piece's length: cudarc copies as many
+                    // values as the destination holds. Into pinned memory the copy is
+                    // asynchronous (and a plain slice records no event): wait for it.
+                    let host = &mut stage[0].as_mut_slice()?[..len];
+                    slot.stream.memcpy_dtoh(&d.slice(at..at + len), host).context("copying layer summaries to the host")?;
+                    slot.stream.synchronize().context("waiting for layer summaries to reach the host")?;
+                    let host = &*host;
+                    wide[wi][k].par_iter_mut().enumerate().for_each(|(gi, v)| {
+                        let (a, b) = ((gi * n).max(at), ((gi + 1) * n).min(at + len));
+                        if a < b {
+                            v.extend(host[a - at..b - at].iter().map(|&x| x as f64));
+                        }
+                    });
+                }
             }
-            host.push(arrays);
         }
-        // Widened to float64, a layer per task.
-        let stats: Vec<Vec<LayerStats>> = layers
-            .par_iter()
-            .enumerate()
-            .map(|(gi, &l)| {
+        let stats: Vec<Vec<LayerStats>> = (0..layers.len())
+            .map(|gi| {
                 windows
                     .iter()
                     .enumerate()
                     .map(|(wi, &w)| {
-                        let n = ns[wi];
-                        let part = |k: usize| -> Vec<f64> { host[wi][k][gi * n..(gi + 1) * n].iter().map(|&v| v as f64).collect() };
-                        LayerStats { layer: l, window: w, summary: Summaries::from_fn(part) }
+                        let summary = Summaries::from_fn(|k| std::mem::take(&mut wide[wi][k][gi]));
+                        LayerStats { layer: layers[gi], window: w, summary }
                     })
                     .collect()
             })
@@ -468,7 +487,7 @@ pub fn layer_stats_cuda_grouped(
     for g in 0..n_groups {
         let layers: Vec<usize> = (g * group..((g + 1) * group).min(nl)).collect();
         let slot = &mut slots[g % slots_needed];
-        collect(slot, &mut results, &mut detail)?;
+        collect(slot, &mut results, &mut detail, &mut stage)?;
         let series = layers.len() * ne;
         let st = slot.stream.clone();
         // Shares as float32, series-major, a piece at a time into one of the two
@@ -522,7 +541,7 @@ pub fn layer_stats_cuda_grouped(
         slot.pending = Some(layers);
     }
     for slot in slots.iter_mut() {
-        collect(slot, &mut results, &mut detail)?;
+        collect(slot, &mut results, &mut detail, &mut stage)?;
     }
     // Every stream is done with the staging buffers (and their events say so).
     keep_staging(gpu, stage);
