@@ -9,15 +9,24 @@ stage). UTIL_CSV: `nvidia-smi --query-gpu=timestamp,utilization.gpu
 --format=csv,noheader,nounits -lms 100` taken during the run (local time, as this
 machine's clock). Prints the mean of the samples taken from the start of the
 statistics stage to the end of the last compute stage (forecasts, or placement when
-the run has it), and the mean over the whole file. Standard library only.
+the run has it), and the mean over the whole file. When the profile has the
+kernels' intervals (`profile: gpu: LABEL (at A–B ms)`, from CUDA events: see
+src/gpu/timeline.rs), also the share of the compute stages in which one or more
+kernels ran, from their union: what the samples estimate, exact at this scale (each
+driver sample averages a period longer than 100 ms, so a one-second stage gets a
+handful of samples, partly from before it). Standard library only.
 """
 import re
 import sys
 import time
 
 log, util = sys.argv[1], sys.argv[2]
-zero, stages = None, {}
+zero, stages, kernels = None, {}, []
 for line in open(log, encoding="utf-8", errors="replace"):
+    m = re.match(r"profile: gpu: .* \(at (-?[0-9.]+)–(-?[0-9.]+) ms\)$", line.rstrip())
+    if m:
+        kernels.append((float(m.group(1)) / 1e3, float(m.group(2)) / 1e3))
+        continue
     m = re.match(r"profile: zero at UNIX ([0-9.]+) s", line)
     if m:
         zero = float(m.group(1))
@@ -42,3 +51,12 @@ print(
     f"GPU busy over the compute stages ({end - start:.2f} s, {len(inside)} samples): {mean(inside):.1f} %; "
     f"over the whole process ({len(samples)} samples): {mean([u for _, u in samples]):.1f} %"
 )
+if kernels:
+    lo, hi = stages["statistics"][0], max(stages[s][1] for s in ("forecasts", "placement") if s in stages)
+    busy, reach = 0.0, lo
+    for a, b in sorted(kernels):
+        a, b = max(a, reach), min(b, hi)
+        if b > a:
+            busy += b - a
+            reach = b
+    print(f"kernels running (CUDA events, {len(kernels)} brackets): {busy * 1e3:.0f} ms of the compute stages' {(hi - lo) * 1e3:.0f} ms, {100 * busy / (hi - lo):.1f} %")

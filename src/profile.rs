@@ -21,9 +21,16 @@ fn zero() -> Instant {
     })
 }
 
-fn enabled() -> bool {
+/// Whether `EXPERTCAST_PROFILE` asks for the profile.
+pub(crate) fn enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| std::env::var_os("EXPERTCAST_PROFILE").is_some_and(|v| !v.is_empty() && v != "0"))
+}
+
+/// Milliseconds from the profile's zero to `t` (negative before it).
+pub(crate) fn ms_since_zero(t: Instant) -> f64 {
+    let z = zero();
+    if t >= z { t.duration_since(z).as_secs_f64() * 1e3 } else { -(z.duration_since(t).as_secs_f64() * 1e3) }
 }
 
 /// A timed part of a stage; printed when dropped (if profiling is on).

@@ -72,6 +72,11 @@ pub struct Scorer {
     slots: [Slot; 2],
     /// The slot of the layer loaded last.
     cur: usize,
+    /// The stream of a scoring's small inputs (origins, horizons, host-made rows): a
+    /// copy from pageable memory first waits for everything before it on its stream,
+    /// so on the layer's stream it would wait for the kernels enqueued before it.
+    /// (cudarc's events make the kernels wait for these copies.)
+    up: Arc<CudaStream>,
 }
 
 struct Slot {
@@ -117,7 +122,8 @@ impl Scorer {
         let slot = || -> anyhow::Result<Slot> {
             Ok(Slot { stream: gpu.ctx.new_stream().context("creating a CUDA stream")?, p: None, shape: (0, 0), scratch: None })
         };
-        Ok(Scorer { gpu: gpu.clone(), k, slots: [slot()?, slot()?], cur: 1 })
+        let up = gpu.ctx.new_stream().context("creating a CUDA stream")?;
+        Ok(Scorer { gpu: gpu.clone(), k, slots: [slot()?, slot()?], cur: 1, up })
     }
 
     /// Puts `layer`'s shares on the device, in the other slot than the last layer's
@@ -220,8 +226,8 @@ impl Scorer {
         }
         let real = f.is_real() && proto.renormalize;
         let st = self.slots[cur].stream.clone();
-        let d_origins = st.clone_htod(&origins.iter().map(|&o| o as i32).collect::<Vec<_>>())?;
-        let d_horizons = st.clone_htod(&horizons.iter().map(|&h| h as i32).collect::<Vec<_>>())?;
+        let d_origins = self.up.clone_htod(&origins.iter().map(|&o| o as i32).collect::<Vec<_>>())?;
+        let d_horizons = self.up.clone_htod(&horizons.iter().map(|&h| h as i32).collect::<Vec<_>>())?;
         let mut d_out: CudaSlice<f64> = st.alloc_zeros(origins.len() * nh * 2)?;
         let (t, e, no, nhi) = (nt as i32, ne as i32, origins.len() as i32, nh as i32);
         match model {
@@ -231,9 +237,11 @@ impl Scorer {
                     None => host_rows(layer, f, proto, ctx, done)?,
                 };
                 pending.fbs = fb;
-                let d_rows = st.clone_htod(&rows)?;
+                let d_rows = self.up.clone_htod(&rows)?;
                 let p = self.slots[cur].p.as_ref().expect("a layer is loaded");
-                self.launch_flat(&st, p, &d_origins, &d_rows, &d_horizons, &mut d_out, (t, e, no, nhi), 1, false)?;
+                crate::gpu::timeline::kernels(&st, || format!("{}: score", f.spec()), || {
+                    self.launch_flat(&st, p, &d_origins, &d_rows, &d_horizons, &mut d_out, (t, e, no, nhi), 1, false)
+                })?;
                 pending._rows = Some(d_rows);
             }
             DeviceModel::SwAvg { w } => {
@@ -249,7 +257,8 @@ impl Scorer {
                 // SAFETY: p holds T × E doubles, ring n_origins × W × E, out n_origins ×
                 // nh × 2; every origin is at least W and below T; a block covers E
                 // experts at 4 a thread (E <= 4096, checked by `fits`).
-                unsafe { b.launch(cfg) }.context("launching sw_avg_score")?;
+                crate::gpu::timeline::kernels(&st, || format!("{}: predict and score", f.spec()), || unsafe { b.launch(cfg) })
+                    .context("launching sw_avg_score")?;
                 done((origins.len() * ne) as u64);
             }
             DeviceModel::OracleMedian => {
@@ -279,10 +288,13 @@ impl Scorer {
                 // of two at least every origin's span (origins ascend, so the first has
                 // the longest) and below 65535, so offsets fit the kernel's u16; shared
                 // memory is warps × npow × 10 bytes, set as the kernel's maximum above.
-                unsafe { b.launch(cfg) }.context("launching oracle_medians")?;
+                crate::gpu::timeline::kernels(&st, || format!("{}: medians", f.spec()), || unsafe { b.launch(cfg) })
+                    .context("launching oracle_medians")?;
                 let slot = &self.slots[cur];
                 let (med, p) = (slot.scratch.as_ref().unwrap(), slot.p.as_ref().unwrap());
-                self.launch_flat(&st, p, &d_origins, med, &d_horizons, &mut d_out, (t, e, no, nhi), nh as u32, true)?;
+                crate::gpu::timeline::kernels(&st, || format!("{}: score", f.spec()), || {
+                    self.launch_flat(&st, p, &d_origins, med, &d_horizons, &mut d_out, (t, e, no, nhi), nh as u32, true)
+                })?;
                 done((origins.len() * ne) as u64);
             }
         }

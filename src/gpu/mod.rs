@@ -5,6 +5,7 @@
 //! is usable and otherwise says in one line why it fell back to the CPU.
 
 mod registry;
+pub mod timeline;
 
 use std::sync::{Arc, Mutex};
 

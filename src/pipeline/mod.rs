@@ -393,14 +393,59 @@ pub fn forecast(
                 host.into_iter().zip(made).collect()
             };
             let device_task = |scorer: &mut eval::cuda::Scorer| -> anyhow::Result<DeviceOut> {
+                type Scoring = (usize, usize, eval::cuda::Pending, Vec<Vec<f64>>);
+                // Enqueues layer g's scorings by the forecasters `fis` (in slot `slot`).
+                let enqueue = |scorer: &mut eval::cuda::Scorer, made: &mut MadeRows, g: usize, fis: &[usize], pending: &mut Vec<Scoring>| -> anyhow::Result<()> {
+                    let l = layers[g];
+                    let view = LayerView::new(&shares[g], tr.experts());
+                    for &fi in fis {
+                        let m = on_device[fi].expect("a forecaster on the device");
+                        let _span = crate::profile::span(|| format!("forecast: layer {l} {} enqueued", specs[fi]));
+                        let rows = made.remove(&(g, fi)).transpose()?;
+                        let means: Vec<Vec<f64>> = match &rows {
+                            Some((r, _)) if keep_rows => r.chunks(tr.experts()).map(<[f64]>::to_vec).collect(),
+                            _ => Vec::new(),
+                        };
+                        let p = scorer
+                            .enqueue(&view, forecasters[fi].as_ref(), m, proto, stable_from[ti][l], &ctx, &|n| bar.inc(n), rows)
+                            .with_context(|| what(g, fi))?;
+                        pending.push((g, fi, p, means));
+                    }
+                    Ok(())
+                };
+                let load = |scorer: &mut eval::cuda::Scorer, g: usize| -> anyhow::Result<usize> {
+                    let l = layers[g];
+                    let _span = crate::profile::span(|| format!("forecast: layer {l} to the GPU"));
+                    let view = LayerView::new(&shares[g], tr.experts());
+                    scorer.load(&view).with_context(|| format!("forecasting {} layer {} on the GPU", tr.name, tr.layer_ids[l]))
+                };
+                let (rows_first, own_first): (Vec<usize>, Vec<usize>) =
+                    (0..forecasters.len()).filter(|&fi| on_device[fi].is_some()).partition(|&fi| on_device[fi] == Some(DeviceModel::HostRows));
+                // The first group's rows are not made ahead: the GPU starts on the first
+                // layer's own predictions (`sw-avg`, `oracle-median`) while they are made.
+                let mut early: Option<(usize, Vec<Scoring>)> = None;
                 let mut made = match made_ahead {
                     Some(m) => m,
+                    None if !own_first.is_empty() && !layers.is_empty() => {
+                        let mut none = MadeRows::new();
+                        let (m, e) = rayon::join(
+                            || host_rows(layers, shares),
+                            || -> anyhow::Result<(usize, Vec<Scoring>)> {
+                                let slot = load(scorer, 0)?;
+                                let mut pending = Vec::new();
+                                enqueue(scorer, &mut none, 0, &own_first, &mut pending)?;
+                                Ok((slot, pending))
+                            },
+                        );
+                        early = Some(e?);
+                        m
+                    }
                     None => host_rows(layers, shares),
                 };
                 let (mut out, mut left) = (Vec::new(), Vec::new());
                 // A layer's scorings are enqueued, then the layer before is finished:
                 // the next layer's copy and kernels overlap the last one's kernels.
-                type Enqueued = (usize, usize, Vec<(usize, usize, eval::cuda::Pending, Vec<Vec<f64>>)>);
+                type Enqueued = (usize, usize, Vec<Scoring>);
                 let mut finish = |scorer: &mut eval::cuda::Scorer, (l, slot, pending): Enqueued| -> anyhow::Result<()> {
                     for (g, fi, p, means) in pending {
                         out.push((scorer.finish(p).with_context(|| what(g, fi))?, means));
@@ -417,29 +462,21 @@ pub fn forecast(
                 };
                 let mut last: Option<Enqueued> = None;
                 for (g, &l) in layers.iter().enumerate() {
-                    let view = LayerView::new(&shares[g], tr.experts());
                     if !on_device.iter().any(Option::is_some) {
                         continue;
                     }
-                    let slot = {
-                        let _span = crate::profile::span(|| format!("forecast: layer {l} to the GPU"));
-                        scorer.load(&view).with_context(|| format!("forecasting {} layer {} on the GPU", tr.name, tr.layer_ids[l]))?
+                    let (slot, mut pending, early_done) = match early.take() {
+                        Some((slot, pending)) => (slot, pending, true),
+                        None => (load(scorer, g)?, Vec::new(), false),
                     };
-                    let mut pending = Vec::new();
-                    for (fi, m) in on_device.iter().enumerate() {
-                        if let Some(m) = *m {
-                            let _span = crate::profile::span(|| format!("forecast: layer {l} {} enqueued", specs[fi]));
-                            let rows = made.remove(&(g, fi)).transpose()?;
-                            let means: Vec<Vec<f64>> = match &rows {
-                                Some((r, _)) if keep_rows => r.chunks(tr.experts()).map(<[f64]>::to_vec).collect(),
-                                _ => Vec::new(),
-                            };
-                            let p = scorer
-                                .enqueue(&view, forecasters[fi].as_ref(), m, proto, stable_from[ti][l], &ctx, &|n| bar.inc(n), rows)
-                                .with_context(|| what(g, fi))?;
-                            pending.push((g, fi, p, means));
-                        }
+                    // Host-made rows first: the device's own predictions are the
+                    // long kernels (`oracle-median`'s sort above all).
+                    enqueue(scorer, &mut made, g, &rows_first, &mut pending)?;
+                    if !early_done {
+                        enqueue(scorer, &mut made, g, &own_first, &mut pending)?;
                     }
+                    // Finished in forecaster order, as the results are taken.
+                    pending.sort_by_key(|p| p.1);
                     if let Some(before) = last.replace((l, slot, pending)) {
                         let _span = crate::profile::span(|| format!("forecast: layer {} finished", before.0));
                         finish(scorer, before)?;
@@ -830,6 +867,9 @@ fn run_scoped<'s>(
         Vec::new()
     };
 
+    if let Device::Cuda(g) = &device {
+        gpu::timeline::print(&g.ctx);
+    }
     let hashes = hashing.join().map_err(|_| anyhow::anyhow!("hashing the inputs panicked"))??;
     check_unchanged(plan, before)?;
     let manifest = manifest(plan, &prep, traces, &hashes, &device, &stats_device, &seconds);

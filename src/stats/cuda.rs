@@ -528,8 +528,10 @@ pub fn layer_stats_cuda_grouped(
             if n == 0 {
                 continue;
             }
-            launch_window_stats(gpu, &st, &slot.d_in, nt, series, nl * ne, w, &mut slot.out)?;
-            launch_layer_summary(gpu, &st, &slot.out, n, layers.len(), ne, &mut slot.sums[wi])?;
+            crate::gpu::timeline::kernels(&st, || format!("window statistics of layers {layers:?}, window {w}"), || -> anyhow::Result<()> {
+                launch_window_stats(gpu, &st, &slot.d_in, nt, series, nl * ne, w, &mut slot.out)?;
+                launch_layer_summary(gpu, &st, &slot.out, n, layers.len(), ne, &mut slot.sums[wi])
+            })?;
             if keep {
                 let h = &mut slot.detail[wi];
                 let outs = [slot.out.mean.as_ref().unwrap(), &slot.out.var, &slot.out.range];
