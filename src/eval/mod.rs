@@ -253,7 +253,7 @@ crate::simd::avx2_twin!(
 
 /// An origin's running error sums over its steps ahead, read off into `out[i]` when
 /// step `horizons[i]` is added.
-struct Running<'a> {
+pub(crate) struct Running<'a> {
     horizons: &'a [usize],
     next: usize,
     abs: f64,
@@ -261,16 +261,16 @@ struct Running<'a> {
 }
 
 impl<'a> Running<'a> {
-    fn new(horizons: &'a [usize]) -> Self {
+    pub(crate) fn new(horizons: &'a [usize]) -> Self {
         Running { horizons, next: 0, abs: 0.0, sq: 0.0 }
     }
     /// Whether every horizon has been read off.
-    fn done(&self) -> bool {
+    pub(crate) fn done(&self) -> bool {
         self.next == self.horizons.len()
     }
     /// Adds step `k`'s prediction `row` against the actual `row` of the layer.
     #[inline(always)]
-    fn add(&mut self, k: usize, pred: &[f64], actual: &[f64], out: &mut [(f64, f64)]) {
+    pub(crate) fn add(&mut self, k: usize, pred: &[f64], actual: &[f64], out: &mut [(f64, f64)]) {
         let (a, s) = step_error(pred, actual);
         self.abs += a;
         self.sq += s;
@@ -399,8 +399,11 @@ pub fn evaluate_layer_progress(
                 k.means.clear();
                 k.means.resize(origins.len(), Vec::new());
             }
+            // A model that scores its rows as it makes them, when they are not kept.
+            let scored = !flat && save.is_none() && keep.is_none() && fitted.score_origins(layer, &origins, horizons, real, &mut sums, done).is_some();
             let mut rows = Vec::with_capacity(if flat { origins.len() * ne } else { 0 });
-            fitted.predict_origins(layer, &origins, &lens, &mut |i, pred, se, fb| {
+            let predict = !scored;
+            predict.then(|| fitted.predict_origins(layer, &origins, &lens, &mut |i, pred, se, fb| {
                 done(ne as u64);
                 let o = origins[i];
                 fbs[i * nh..(i + 1) * nh].iter_mut().for_each(|v| *v = fb);
@@ -419,7 +422,8 @@ pub fn evaluate_layer_progress(
                 if let Some(s) = save.as_deref_mut() {
                     s.push(layer, o, lens[i], pred, se);
                 }
-            })?;
+            }))
+            .transpose()?;
             if flat {
                 score_flat(&rows, &origins, horizons, 0, &mut sums);
             }
@@ -533,6 +537,45 @@ mod tests {
         let s = evaluate_layer(&v, f.as_ref(), &proto(&[1], 3, 2), None, None).unwrap();
         assert_eq!(s[0].origins, 2);
         assert!((s[0].mae_pp.unwrap() - 15.0).abs() < 1e-9, "{:?}", s[0]);
+    }
+
+    #[test]
+    fn sw_avg_scored_as_made_by_hand() {
+        // sw-avg:w=2 from origin 2: e0 sees .5 .2 -> .35, then (.2 + .35) / 2 = .275;
+        // e1 mirrors it (rows sum to 1, so renormalising changes nothing). Actual e0
+        // at steps 2 and 3: .4 and .1, errors .05 and .175 on both experts.
+        let v = LayerView::new(&P, 2);
+        let f = crate::forecast::parse_spec("sw-avg:w=2").unwrap();
+        let s = evaluate_layer(&v, f.as_ref(), &proto(&[1, 2], 2, 10), None, None).unwrap();
+        assert!((s[0].mae_pp.unwrap() - 5.0).abs() < 1e-9, "{:?}", s[0]);
+        assert!((s[2].mae_pp.unwrap() - 11.25).abs() < 1e-9, "{:?}", s[2]);
+        assert!((s[2].tv_pct.unwrap() - 11.25).abs() < 1e-9, "{:?}", s[2]);
+    }
+
+    #[test]
+    fn rows_scored_as_made_have_the_bits_of_rows_kept() {
+        // Saving the forecasts makes sw-avg predict every origin's rows and score them
+        // afterwards; without, each row is scored as it is made.
+        let (nt, ne) = (400, 5);
+        let mut p: Vec<f64> = crate::lcg_noise(0x5EED, nt * ne).iter().map(|u| 0.6 + u).collect();
+        for row in p.chunks_mut(ne) {
+            let t: f64 = row.iter().sum();
+            row.iter_mut().for_each(|v| *v /= t);
+        }
+        let v = LayerView::new(&p, ne);
+        for spec in ["sw-avg:w=3", "sw-avg:w=50"] {
+            let f = crate::forecast::parse_spec(spec).unwrap();
+            for renormalize in [true, false] {
+                let pr = Protocol { horizons: vec![1, 7, 50, 300], stride: 13, start: 60, renormalize };
+                let fused = evaluate_layer(&v, f.as_ref(), &pr, Some(200), None).unwrap();
+                let mut saved = SavedForecasts::default();
+                let kept = evaluate_layer(&v, f.as_ref(), &pr, Some(200), Some(&mut saved)).unwrap();
+                assert!(!saved.is_empty());
+                let bits = |s: &[Score]| s.iter().map(|x| (x.origins, x.mae_pp.map(f64::to_bits), x.rmse_pp.map(f64::to_bits), x.tv_pct.map(f64::to_bits))).collect::<Vec<_>>();
+                assert_eq!(bits(&fused), bits(&kept), "{spec} renormalize {renormalize}");
+                assert!(fused.iter().any(|x| x.mae_pp.is_some()) && fused.iter().any(|x| x.mae_pp.is_none()));
+            }
+        }
     }
 
     #[test]

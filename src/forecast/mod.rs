@@ -40,6 +40,9 @@ registry! {
 }
 
 pub mod fallback;
+mod window_medians;
+
+pub(crate) use window_medians::window_medians;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -244,6 +247,25 @@ pub trait Fitted {
         let flat = self.flat();
         predict_each(layer, origins, lens, flat, emit, |o, out| self.predict(&layer.until(o), o, out));
         Ok(())
+    }
+
+    /// Scores every origin of `layer` without keeping its prediction, for a model
+    /// that makes its steps ahead a row at a time and never falls back: each row
+    /// (renormalised first when `real`) is scored while it is in cache, and
+    /// `sums[i * horizons.len() + hi]` gets origin `i`'s `(Σ |err|, Σ err²)` over
+    /// its first `horizons[hi]` steps, as [`predict_origins`](Self::predict_origins)
+    /// and the scorer would have made them, bit for bit; `done(experts)` is called
+    /// for each origin. `None` (the default): no such path.
+    fn score_origins(
+        &self,
+        _layer: &LayerView,
+        _origins: &[usize],
+        _horizons: &[usize],
+        _real: bool,
+        _sums: &mut [(f64, f64)],
+        _done: &(dyn Fn(u64) + Sync),
+    ) -> Option<()> {
+        None
     }
 }
 

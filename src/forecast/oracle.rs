@@ -1,9 +1,7 @@
 //! `oracle-median`: the best constant in hindsight, a floor for comparison.
 
 use super::simple::stateless;
-use rayon::prelude::*;
-
-use super::{Emit, FitContext, Fitted, Forecaster, Known, LayerView, column_medians, repeat_row};
+use super::{Emit, FitContext, Fitted, Forecaster, Known, LayerView, column_medians, repeat_row, window_medians};
 
 pub static ORACLE_MEDIAN: Known = Known {
     name: "oracle-median",
@@ -41,11 +39,13 @@ impl Fitted for OracleMedian {
         true
     }
     /// The whole layer, not the history before each origin: it reads the future.
-    /// The medians of all origins are taken in parallel, then emitted in order.
+    /// The medians of all origins are taken together ([`window_medians`]: blocks of
+    /// experts in parallel, each window's counts slid from the one before), then
+    /// emitted in order.
     fn predict_origins(&self, layer: &LayerView, origins: &[usize], lens: &[usize], emit: &mut Emit<'_>) -> anyhow::Result<()> {
-        let rows: Vec<Vec<f64>> = origins.par_iter().zip(lens).map(|(&o, &len)| column_medians(layer, o, o + len)).collect();
-        for (i, mut row) in rows.into_iter().enumerate() {
-            emit(i, &mut row, None, 0);
+        let mut rows = window_medians(layer, origins, lens);
+        for (i, row) in rows.chunks_mut(layer.experts()).enumerate() {
+            emit(i, row, None, 0);
         }
         Ok(())
     }

@@ -138,18 +138,92 @@ impl Fitted for SlidingWindowAverage {
     }
     fn predict(&self, h: &LayerView, origin: usize, out: &mut [f64]) -> usize {
         let (ne, w) = (h.experts(), self.w);
-        // ring[j * ne + e] holds expert e's value that leaves the window j steps after
-        // it entered; all experts advance together, a step (a row of out) at a time.
-        // Each expert's sums run in the same order as one expert at a time would.
-        let mut ring = vec![0.0; w * ne];
-        let mut sum = vec![0.0; ne];
-        for (j, t) in (origin - w..origin).enumerate() {
+        let (mut ring, mut sum) = (vec![0.0; w * ne], vec![0.0; ne]);
+        self.window(h, origin, &mut ring, &mut sum);
+        sw_avg_run(&mut ring, &mut sum, w, ne, out);
+        0
+    }
+    /// Origins in parallel, each origin's rows made, renormalised and scored one
+    /// after another (`sw_avg_scored`), so that no origin's 2,000 rows go to memory.
+    fn score_origins(
+        &self,
+        layer: &LayerView,
+        origins: &[usize],
+        horizons: &[usize],
+        real: bool,
+        sums: &mut [(f64, f64)],
+        done: &(dyn Fn(u64) + Sync),
+    ) -> Option<()> {
+        use rayon::prelude::*;
+        let (ne, nt, w, nh) = (layer.experts(), layer.steps(), self.w, horizons.len());
+        let max_h = *horizons.last()?;
+        let scratch = || SwAvgRows { ring: vec![0.0; w * ne], sum: vec![0.0; ne], row: vec![0.0; ne] };
+        sums.par_chunks_mut(nh).zip(origins).for_each_init(scratch, |s, (out, &o)| {
+            self.window(layer, o, &mut s.ring, &mut s.sum);
+            sw_avg_scored(layer, o, horizons, max_h.min(nt - o), real, s, out);
+            done(ne as u64);
+        });
+        Some(())
+    }
+}
+
+impl SlidingWindowAverage {
+    /// Fills `ring` with the `w` steps before `origin` and `sum` with each expert's
+    /// sum of them. `ring[j * ne + e]` holds expert e's value that leaves the window
+    /// j steps after it entered; all experts advance together, a step (a row of the
+    /// prediction) at a time, and each expert's sums run in the same order as one
+    /// expert at a time would.
+    fn window(&self, h: &LayerView, origin: usize, ring: &mut [f64], sum: &mut [f64]) {
+        let ne = h.experts();
+        sum.iter_mut().for_each(|s| *s = 0.0);
+        for (j, t) in (origin - self.w..origin).enumerate() {
             let slot = &mut ring[j * ne..(j + 1) * ne];
             slot.copy_from_slice(h.row(t));
             sum.iter_mut().zip(slot.iter()).for_each(|(s, v)| *s += v);
         }
-        sw_avg_run(&mut ring, &mut sum, w, ne, out);
-        0
+    }
+}
+
+/// One origin's window (`ring`, `sum`: see `SlidingWindowAverage::window`) and the row
+/// being made.
+struct SwAvgRows {
+    ring: Vec<f64>,
+    sum: Vec<f64>,
+    row: Vec<f64>,
+}
+
+crate::simd::avx2_twin!(
+    /// [`sw_avg_run`] for `steps` rows, each row (in `s.row`) renormalised if `real` and
+    /// scored against the layer from `origin` on as soon as it is made: the same
+    /// operations in the same order as predicting every row, renormalising them and
+    /// scoring them ([`crate::eval`]'s `origin_sums_rows`), so the same bits.
+    fn sw_avg_scored(
+        layer: &LayerView,
+        origin: usize,
+        horizons: &[usize],
+        steps: usize,
+        real: bool,
+        s: &mut SwAvgRows,
+        out: &mut [(f64, f64)],
+    ) => sw_avg_scored_inner
+);
+
+#[inline(always)]
+fn sw_avg_scored_inner(layer: &LayerView, origin: usize, horizons: &[usize], steps: usize, real: bool, s: &mut SwAvgRows, out: &mut [(f64, f64)]) {
+    let (ring, sum, row) = (&mut s.ring[..], &mut s.sum[..], &mut s.row[..]);
+    let ne = layer.experts();
+    let w = ring.len() / ne;
+    let mut run = crate::eval::Running::new(horizons);
+    let mut head = 0;
+    for k in 0..steps {
+        if run.done() {
+            break;
+        }
+        sw_avg_step(ring, sum, &mut head, w, row);
+        if real {
+            super::renormalize(row, ne);
+        }
+        run.add(k, row, layer.row(origin + k), out);
     }
 }
 
@@ -162,15 +236,23 @@ crate::simd::avx2_twin!(
 fn sw_avg_run_inner(ring: &mut [f64], sum: &mut [f64], w: usize, ne: usize, out: &mut [f64]) {
     let mut head = 0;
     for row in out.chunks_mut(ne) {
-        let slot = &mut ring[head * ne..(head + 1) * ne];
-        for e in 0..ne {
-            let pred = sum[e] / w as f64;
-            row[e] = pred;
-            sum[e] += pred - slot[e];
-            slot[e] = pred;
-        }
-        head = if head + 1 == w { 0 } else { head + 1 };
+        sw_avg_step(ring, sum, &mut head, w, row);
     }
+}
+
+/// Makes the next `row` from the window: each expert's mean, which then replaces the
+/// window's oldest value (`ring`'s row `head`).
+#[inline(always)]
+fn sw_avg_step(ring: &mut [f64], sum: &mut [f64], head: &mut usize, w: usize, row: &mut [f64]) {
+    let ne = row.len();
+    let slot = &mut ring[*head * ne..(*head + 1) * ne];
+    for e in 0..ne {
+        let pred = sum[e] / w as f64;
+        row[e] = pred;
+        sum[e] += pred - slot[e];
+        slot[e] = pred;
+    }
+    *head = if *head + 1 == w { 0 } else { *head + 1 };
 }
 
 /// `ema:alpha=A`: `e(0) = p(0)`, `e(t) = A p(t) + (1 - A) e(t-1)`; predicts `e(o-1)`.

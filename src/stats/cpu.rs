@@ -12,10 +12,16 @@ use rayon::prelude::*;
 /// Scratch buffers for one series (reused across series on a thread).
 #[derive(Default)]
 pub struct Scratch {
-    pre_max: Vec<f64>,
-    suf_max: Vec<f64>,
-    pre_min: Vec<f64>,
-    suf_min: Vec<f64>,
+    pre_max: Vec<[f64; 1]>,
+    suf_max: Vec<[f64; 1]>,
+    pre_min: Vec<[f64; 1]>,
+    suf_min: Vec<[f64; 1]>,
+    // The same for four series at once, and the four series step-interleaved.
+    pre_max4: Vec<[f64; 4]>,
+    suf_max4: Vec<[f64; 4]>,
+    pre_min4: Vec<[f64; 4]>,
+    suf_min4: Vec<[f64; 4]>,
+    quad: Vec<[f64; 4]>,
 }
 
 /// Number of outputs of a window of `w` over `steps` values (none when `steps < w`).
@@ -44,6 +50,60 @@ pub fn window_series(x: &[f64], w: usize, mean: &mut [f64], var: &mut [f64], ran
     extremes(x, w, range, s);
 }
 
+/// [`window_series`] of four series of equal length at once: their mean and variance
+/// updates run side by side (four independent chains instead of one), each series'
+/// operations the same, in the same order, as [`window_series`]'s, so the same bits.
+pub fn window_series4(x: [&[f64]; 4], w: usize, mean: [&mut [f64]; 4], var: [&mut [f64]; 4], range: [&mut [f64]; 4], s: &mut Scratch) {
+    assert!(w >= 1, "window must be at least 1");
+    let t = x[0].len();
+    assert!(x.iter().all(|x| x.len() == t), "series of equal length");
+    let n = outputs(t, w);
+    assert!(mean.iter().chain(&var).chain(&range).all(|o| o.len() == n), "output slices must hold {n} values");
+    if n == 0 {
+        return;
+    }
+    // The four series step-interleaved, so that each step's four values are one load.
+    s.quad.clear();
+    s.quad.extend((0..t).map(|i| [x[0][i], x[1][i], x[2][i], x[3][i]]));
+    let q = std::mem::take(&mut s.quad);
+    mean_var4(&q, x, w, mean, var);
+    extremes_lanes(&q, w, range, [&mut s.pre_max4, &mut s.suf_max4, &mut s.pre_min4, &mut s.suf_min4]);
+    s.quad = q;
+}
+
+fn mean_var4(q: &[[f64; 4]], x: [&[f64]; 4], w: usize, mean: [&mut [f64]; 4], var: [&mut [f64]; 4]) {
+    let wf = w as f64;
+    let n = mean[0].len();
+    let anchor_every = (16 * w).max(4096);
+    let (mut m, mut m2) = ([0.0; 4], [0.0; 4]);
+    for j in 0..4 {
+        (m[j], m2[j]) = two_pass(&x[j][..w]);
+        mean[j][0] = m[j];
+        var[j][0] = m2[j] / wf;
+    }
+    // xo[i - 1] leaves and xn[i - 1] enters at output i.
+    let (xo, xn) = (&q[..n - 1], &q[w..w + n - 1]);
+    for i in 1..n {
+        if i % anchor_every == 0 {
+            for j in 0..4 {
+                (m[j], m2[j]) = two_pass(&x[j][i..i + w]);
+            }
+        } else {
+            for j in 0..4 {
+                let (o, a) = (xo[i - 1][j], xn[i - 1][j]);
+                let d = a - o;
+                let m_new = m[j] + d / wf;
+                m2[j] += d * ((a - m_new) + (o - m[j]));
+                m[j] = m_new;
+            }
+        }
+        for j in 0..4 {
+            mean[j][i] = m[j];
+            var[j][i] = m2[j].max(0.0) / wf;
+        }
+    }
+}
+
 fn mean_var(x: &[f64], w: usize, mean: &mut [f64], var: &mut [f64]) {
     let wf = w as f64;
     let anchor_every = (16 * w).max(4096);
@@ -66,32 +126,48 @@ fn mean_var(x: &[f64], w: usize, mean: &mut [f64], var: &mut [f64]) {
 }
 
 fn extremes(x: &[f64], w: usize, range: &mut [f64], s: &mut Scratch) {
+    let (x, _) = x.as_chunks::<1>();
+    extremes_lanes(x, w, [range], [&mut s.pre_max, &mut s.suf_max, &mut s.pre_min, &mut s.suf_min]);
+}
+
+/// The range of every window of `L` step-interleaved series (`x[t][j]`: series `j`
+/// at step `t`) into `range[j]`, the same comparisons per series whatever `L`, with
+/// `buf` as prefix/suffix maxima and minima.
+fn extremes_lanes<const L: usize>(x: &[[f64; L]], w: usize, range: [&mut [f64]; L], buf: [&mut Vec<[f64; L]>; 4]) {
     let t = x.len();
-    for b in [&mut s.pre_max, &mut s.suf_max, &mut s.pre_min, &mut s.suf_min] {
-        b.resize(t, 0.0);
-    }
-    let (pmax, smax, pmin, smin) = (&mut s.pre_max[..t], &mut s.suf_max[..t], &mut s.pre_min[..t], &mut s.suf_min[..t]);
+    let [pmax, smax, pmin, smin] = buf.map(|b| {
+        b.resize(t, [0.0; L]);
+        &mut b[..t]
+    });
     let mut b = 0;
     while b < t {
         let end = (b + w).min(t);
         pmax[b] = x[b];
         pmin[b] = x[b];
         for i in b + 1..end {
-            pmax[i] = pmax[i - 1].max(x[i]);
-            pmin[i] = pmin[i - 1].min(x[i]);
+            for j in 0..L {
+                pmax[i][j] = pmax[i - 1][j].max(x[i][j]);
+                pmin[i][j] = pmin[i - 1][j].min(x[i][j]);
+            }
         }
         smax[end - 1] = x[end - 1];
         smin[end - 1] = x[end - 1];
         for i in (b..end - 1).rev() {
-            smax[i] = smax[i + 1].max(x[i]);
-            smin[i] = smin[i + 1].min(x[i]);
+            for j in 0..L {
+                smax[i][j] = smax[i + 1][j].max(x[i][j]);
+                smin[i][j] = smin[i + 1][j].min(x[i][j]);
+            }
         }
         b = end;
     }
-    for (i, r) in range.iter_mut().enumerate() {
-        let hi = smax[i].max(pmax[i + w - 1]);
-        let lo = smin[i].min(pmin[i + w - 1]);
-        *r = hi - lo;
+    let n = t - w + 1;
+    let range = range.map(|r| &mut r[..n]);
+    for i in 0..n {
+        for j in 0..L {
+            let hi = smax[i][j].max(pmax[i + w - 1][j]);
+            let lo = smin[i][j].min(pmin[i + w - 1][j]);
+            range[j][i] = hi - lo;
+        }
     }
 }
 
@@ -178,6 +254,31 @@ mod tests {
                 assert!((m[i] - wm).abs() < 1e-9, "mean w={w} i={i}");
                 assert!((v[i] - wv).abs() < 1e-9, "var w={w} i={i}: {} vs {wv}", v[i]);
                 assert_eq!(r[i], *wr, "range w={w} i={i}");
+            }
+        }
+    }
+
+    #[test]
+    fn four_series_at_once_have_the_bits_of_one_at_a_time() {
+        // Long enough to re-anchor (every 4096 outputs at these windows).
+        let t = 9000;
+        let xs: Vec<Vec<f64>> = (0..4).map(|k| crate::lcg_noise(100 + k, t).iter().map(|u| 0.05 + u * 0.04).collect()).collect();
+        for w in [1, 3, 100, 200] {
+            let n = outputs(t, w);
+            let mut o: Vec<[Vec<f64>; 3]> = (0..4).map(|_| [vec![f64::NAN; n], vec![f64::NAN; n], vec![f64::NAN; n]]).collect();
+            let [a, b, c, d] = &mut o[..] else { unreachable!() };
+            let [am, av, ar] = a;
+            let [bm, bv, br] = b;
+            let [cm, cv, cr] = c;
+            let [dm, dv, dr] = d;
+            let x = [&xs[0][..], &xs[1][..], &xs[2][..], &xs[3][..]];
+            window_series4(x, w, [am, bm, cm, dm], [av, bv, cv, dv], [ar, br, cr, dr], &mut Scratch::default());
+            for k in 0..4 {
+                let (m, v, r) = run(&xs[k], w);
+                let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&o[k][0]), bits(&m), "mean w={w} series {k}");
+                assert_eq!(bits(&o[k][1]), bits(&v), "var w={w} series {k}");
+                assert_eq!(bits(&o[k][2]), bits(&r), "range w={w} series {k}");
             }
         }
     }

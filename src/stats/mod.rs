@@ -124,15 +124,45 @@ pub fn layer_stats_cpu(
             .map(|(b, xs)| {
                 let (mut acc, mut kept) = init();
                 let mut s = cpu::Scratch::default();
-                for (i, x) in xs.chunks(nt).enumerate() {
-                    let e = b * block + i;
+                // Without the detail, one set of buffers per window for the whole block
+                // (window_series writes every value).
+                let mut bufs: Vec<Vec<[Vec<f64>; 3]>> = vec![Vec::new(); windows.len()];
+                // Four experts at a time (cpu::window_series4), the rest one at a time;
+                // each expert is added to the summaries in expert order.
+                for (g, quad) in xs.chunks(4 * nt).enumerate() {
+                    let e0 = b * block + 4 * g;
+                    let k = quad.len() / nt;
                     for (wi, &w) in windows.iter().enumerate() {
                         let n = cpu::outputs(nt, w);
-                        let (mut m, mut v, mut r) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
-                        cpu::window_series(x, w, &mut m, &mut v, &mut r, &mut s);
-                        acc[wi].add(&v, &r);
+                        let mut out: Vec<[Vec<f64>; 3]> = if keep {
+                            (0..k).map(|_| [vec![0.0; n], vec![0.0; n], vec![0.0; n]]).collect()
+                        } else {
+                            let mut v = std::mem::take(&mut bufs[wi]);
+                            v.resize_with(k.max(v.len()), || [vec![0.0; n], vec![0.0; n], vec![0.0; n]]);
+                            v
+                        };
+                        if k == 4 {
+                            let [a, b2, c, d] = &mut out[..4] else { unreachable!() };
+                            let [am, av, ar] = a;
+                            let [bm, bv, br] = b2;
+                            let [cm, cv, cr] = c;
+                            let [dm, dv, dr] = d;
+                            let x: [&[f64]; 4] = std::array::from_fn(|j| &quad[j * nt..(j + 1) * nt]);
+                            cpu::window_series4(x, w, [am, bm, cm, dm], [av, bv, cv, dv], [ar, br, cr, dr], &mut s);
+                        } else {
+                            for (x, [m, v, r]) in quad.chunks(nt).zip(out.iter_mut()) {
+                                cpu::window_series(x, w, m, v, r, &mut s);
+                            }
+                        }
+                        for [_, v, r] in &out[..k] {
+                            acc[wi].add(v, r);
+                        }
                         if keep {
-                            kept.push(ExpertStats { layer: l, expert: e, window: w, mean: m, var: v, range: r });
+                            for (j, [m, v, r]) in out.into_iter().enumerate() {
+                                kept.push(ExpertStats { layer: l, expert: e0 + j, window: w, mean: m, var: v, range: r });
+                            }
+                        } else {
+                            bufs[wi] = out;
                         }
                     }
                 }
