@@ -402,28 +402,28 @@ pub fn evaluate_layer_progress(
             // A model that scores its rows as it makes them, when they are not kept.
             let scored = !flat && save.is_none() && keep.is_none() && fitted.score_origins(layer, &origins, horizons, real, &mut sums, done).is_some();
             let mut rows = Vec::with_capacity(if flat { origins.len() * ne } else { 0 });
-            let predict = !scored;
-            predict.then(|| fitted.predict_origins(layer, &origins, &lens, &mut |i, pred, se, fb| {
-                done(ne as u64);
-                let o = origins[i];
-                fbs[i * nh..(i + 1) * nh].iter_mut().for_each(|v| *v = fb);
-                if flat {
-                    if real {
-                        renormalize(pred, ne);
+            if !scored {
+                fitted.predict_origins(layer, &origins, &lens, &mut |i, pred, se, fb| {
+                    done(ne as u64);
+                    let o = origins[i];
+                    fbs[i * nh..(i + 1) * nh].iter_mut().for_each(|v| *v = fb);
+                    if flat {
+                        if real {
+                            renormalize(pred, ne);
+                        }
+                        rows.extend_from_slice(pred);
+                    } else {
+                        origin_sums_rows(layer, o, horizons, pred, real, &mut sums[i * nh..(i + 1) * nh]);
                     }
-                    rows.extend_from_slice(pred);
-                } else {
-                    origin_sums_rows(layer, o, horizons, pred, real, &mut sums[i * nh..(i + 1) * nh]);
-                }
-                // After renormalisation, as scored.
-                if let Some(k) = keep.as_mut() {
-                    k.means[i] = mean_of_rows(pred, ne, k.steps);
-                }
-                if let Some(s) = save.as_deref_mut() {
-                    s.push(layer, o, lens[i], pred, se);
-                }
-            }))
-            .transpose()?;
+                    // After renormalisation, as scored.
+                    if let Some(k) = keep.as_mut() {
+                        k.means[i] = mean_of_rows(pred, ne, k.steps);
+                    }
+                    if let Some(s) = save.as_deref_mut() {
+                        s.push(layer, o, lens[i], pred, se);
+                    }
+                })?;
+            }
             if flat {
                 score_flat(&rows, &origins, horizons, 0, &mut sums);
             }

@@ -6,9 +6,9 @@
 //! their steps. Each expert's values are put in 256 buckets whose order is the
 //! values' order (a monotone map of the value's bits); a window keeps a count per
 //! bucket, updated by the steps that leave and enter it, so the bucket that holds the
-//! `r`-th value is found by adding at most 256 counts, and only the window's values in
-//! that bucket (found by binary search in the bucket's list of steps) are selected
-//! from. The result is the same value `select_nth` finds, so the bits do not change.
+//! `r`-th value is found by adding at most 16 group counts and 16 bucket counts, and
+//! only the window's values in that bucket (found by binary search in the bucket's
+//! list of steps) are selected from. The result is the same value `select_nth` finds, so the bits do not change.
 
 use rayon::prelude::*;
 

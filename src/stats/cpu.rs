@@ -46,37 +46,42 @@ pub fn window_series(x: &[f64], w: usize, mean: &mut [f64], var: &mut [f64], ran
     if n == 0 {
         return;
     }
-    mean_var(x, w, mean, var);
-    extremes(x, w, range, s);
+    let (x1, _) = x.as_chunks::<1>();
+    mean_var_lanes(x1, [x], w, [mean], [var]);
+    extremes_lanes(x1, w, [range], [&mut s.pre_max, &mut s.suf_max, &mut s.pre_min, &mut s.suf_min]);
 }
 
-/// [`window_series`] of four series of equal length at once: their mean and variance
-/// updates run side by side (four independent chains instead of one), each series'
-/// operations the same, in the same order, as [`window_series`]'s, so the same bits.
-pub fn window_series4(x: [&[f64]; 4], w: usize, mean: [&mut [f64]; 4], var: [&mut [f64]; 4], range: [&mut [f64]; 4], s: &mut Scratch) {
+/// [`window_series`] of four series of equal length at once, into `out[j] = [mean,
+/// var, range]` of series `j`: their update chains run side by side (four independent
+/// chains instead of one), each series' operations the same, in the same order, as
+/// [`window_series`]'s, so the same bits.
+pub fn window_series4(x: [&[f64]; 4], w: usize, out: &mut [[Vec<f64>; 3]; 4], s: &mut Scratch) {
     assert!(w >= 1, "window must be at least 1");
     let t = x[0].len();
     assert!(x.iter().all(|x| x.len() == t), "series of equal length");
     let n = outputs(t, w);
-    assert!(mean.iter().chain(&var).chain(&range).all(|o| o.len() == n), "output slices must hold {n} values");
+    assert!(out.iter().flatten().all(|o| o.len() == n), "output slices must hold {n} values");
     if n == 0 {
         return;
     }
     // The four series step-interleaved, so that each step's four values are one load.
     s.quad.clear();
     s.quad.extend((0..t).map(|i| [x[0][i], x[1][i], x[2][i], x[3][i]]));
-    let q = std::mem::take(&mut s.quad);
-    mean_var4(&q, x, w, mean, var);
-    extremes_lanes(&q, w, range, [&mut s.pre_max4, &mut s.suf_max4, &mut s.pre_min4, &mut s.suf_min4]);
-    s.quad = q;
+    let [a, b, c, d] = out.each_mut().map(|o| o.each_mut().map(|v| &mut v[..]));
+    let ([am, av, ar], [bm, bv, br], [cm, cv, cr], [dm, dv, dr]) = (a, b, c, d);
+    mean_var_lanes(&s.quad, x, w, [am, bm, cm, dm], [av, bv, cv, dv]);
+    extremes_lanes(&s.quad, w, [ar, br, cr, dr], [&mut s.pre_max4, &mut s.suf_max4, &mut s.pre_min4, &mut s.suf_min4]);
 }
 
-fn mean_var4(q: &[[f64; 4]], x: [&[f64]; 4], w: usize, mean: [&mut [f64]; 4], var: [&mut [f64]; 4]) {
+/// Mean and population variance of every window of `L` series, given both
+/// step-interleaved (`q[t][j]`) and as series (`x[j]`, for the re-anchoring), the same
+/// operations per series whatever `L`.
+fn mean_var_lanes<const L: usize>(q: &[[f64; L]], x: [&[f64]; L], w: usize, mean: [&mut [f64]; L], var: [&mut [f64]; L]) {
     let wf = w as f64;
     let n = mean[0].len();
     let anchor_every = (16 * w).max(4096);
-    let (mut m, mut m2) = ([0.0; 4], [0.0; 4]);
-    for j in 0..4 {
+    let (mut m, mut m2) = ([0.0; L], [0.0; L]);
+    for j in 0..L {
         (m[j], m2[j]) = two_pass(&x[j][..w]);
         mean[j][0] = m[j];
         var[j][0] = m2[j] / wf;
@@ -85,11 +90,11 @@ fn mean_var4(q: &[[f64; 4]], x: [&[f64]; 4], w: usize, mean: [&mut [f64]; 4], va
     let (xo, xn) = (&q[..n - 1], &q[w..w + n - 1]);
     for i in 1..n {
         if i % anchor_every == 0 {
-            for j in 0..4 {
+            for j in 0..L {
                 (m[j], m2[j]) = two_pass(&x[j][i..i + w]);
             }
         } else {
-            for j in 0..4 {
+            for j in 0..L {
                 let (o, a) = (xo[i - 1][j], xn[i - 1][j]);
                 let d = a - o;
                 let m_new = m[j] + d / wf;
@@ -97,37 +102,11 @@ fn mean_var4(q: &[[f64; 4]], x: [&[f64]; 4], w: usize, mean: [&mut [f64]; 4], va
                 m[j] = m_new;
             }
         }
-        for j in 0..4 {
+        for j in 0..L {
             mean[j][i] = m[j];
             var[j][i] = m2[j].max(0.0) / wf;
         }
     }
-}
-
-fn mean_var(x: &[f64], w: usize, mean: &mut [f64], var: &mut [f64]) {
-    let wf = w as f64;
-    let anchor_every = (16 * w).max(4096);
-    let (mut m, mut m2) = two_pass(&x[..w]);
-    mean[0] = m;
-    var[0] = m2 / wf;
-    for i in 1..mean.len() {
-        if i % anchor_every == 0 {
-            (m, m2) = two_pass(&x[i..i + w]);
-        } else {
-            let (xo, xn) = (x[i - 1], x[i + w - 1]);
-            let d = xn - xo;
-            let m_new = m + d / wf;
-            m2 += d * ((xn - m_new) + (xo - m));
-            m = m_new;
-        }
-        mean[i] = m;
-        var[i] = m2.max(0.0) / wf;
-    }
-}
-
-fn extremes(x: &[f64], w: usize, range: &mut [f64], s: &mut Scratch) {
-    let (x, _) = x.as_chunks::<1>();
-    extremes_lanes(x, w, [range], [&mut s.pre_max, &mut s.suf_max, &mut s.pre_min, &mut s.suf_min]);
 }
 
 /// The range of every window of `L` step-interleaved series (`x[t][j]`: series `j`
@@ -265,14 +244,9 @@ mod tests {
         let xs: Vec<Vec<f64>> = (0..4).map(|k| crate::lcg_noise(100 + k, t).iter().map(|u| 0.05 + u * 0.04).collect()).collect();
         for w in [1, 3, 100, 200] {
             let n = outputs(t, w);
-            let mut o: Vec<[Vec<f64>; 3]> = (0..4).map(|_| [vec![f64::NAN; n], vec![f64::NAN; n], vec![f64::NAN; n]]).collect();
-            let [a, b, c, d] = &mut o[..] else { unreachable!() };
-            let [am, av, ar] = a;
-            let [bm, bv, br] = b;
-            let [cm, cv, cr] = c;
-            let [dm, dv, dr] = d;
+            let mut o: [[Vec<f64>; 3]; 4] = std::array::from_fn(|_| std::array::from_fn(|_| vec![f64::NAN; n]));
             let x = [&xs[0][..], &xs[1][..], &xs[2][..], &xs[3][..]];
-            window_series4(x, w, [am, bm, cm, dm], [av, bv, cv, dv], [ar, br, cr, dr], &mut Scratch::default());
+            window_series4(x, w, &mut o, &mut Scratch::default());
             for k in 0..4 {
                 let (m, v, r) = run(&xs[k], w);
                 let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();

@@ -126,29 +126,18 @@ pub fn layer_stats_cpu(
                 let mut s = cpu::Scratch::default();
                 // Without the detail, one set of buffers per window for the whole block
                 // (window_series writes every value).
-                let mut bufs: Vec<Vec<[Vec<f64>; 3]>> = vec![Vec::new(); windows.len()];
+                let fresh = |n: usize| -> [[Vec<f64>; 3]; 4] { std::array::from_fn(|_| std::array::from_fn(|_| vec![0.0; n])) };
+                let mut bufs: Vec<[[Vec<f64>; 3]; 4]> = if keep { Vec::new() } else { windows.iter().map(|&w| fresh(cpu::outputs(nt, w))).collect() };
                 // Four experts at a time (cpu::window_series4), the rest one at a time;
                 // each expert is added to the summaries in expert order.
                 for (g, quad) in xs.chunks(4 * nt).enumerate() {
                     let e0 = b * block + 4 * g;
                     let k = quad.len() / nt;
                     for (wi, &w) in windows.iter().enumerate() {
-                        let n = cpu::outputs(nt, w);
-                        let mut out: Vec<[Vec<f64>; 3]> = if keep {
-                            (0..k).map(|_| [vec![0.0; n], vec![0.0; n], vec![0.0; n]]).collect()
-                        } else {
-                            let mut v = std::mem::take(&mut bufs[wi]);
-                            v.resize_with(k.max(v.len()), || [vec![0.0; n], vec![0.0; n], vec![0.0; n]]);
-                            v
-                        };
+                        let mut out = if keep { fresh(cpu::outputs(nt, w)) } else { std::mem::take(&mut bufs[wi]) };
                         if k == 4 {
-                            let [a, b2, c, d] = &mut out[..4] else { unreachable!() };
-                            let [am, av, ar] = a;
-                            let [bm, bv, br] = b2;
-                            let [cm, cv, cr] = c;
-                            let [dm, dv, dr] = d;
                             let x: [&[f64]; 4] = std::array::from_fn(|j| &quad[j * nt..(j + 1) * nt]);
-                            cpu::window_series4(x, w, [am, bm, cm, dm], [av, bv, cv, dv], [ar, br, cr, dr], &mut s);
+                            cpu::window_series4(x, w, &mut out, &mut s);
                         } else {
                             for (x, [m, v, r]) in quad.chunks(nt).zip(out.iter_mut()) {
                                 cpu::window_series(x, w, m, v, r, &mut s);
@@ -158,7 +147,7 @@ pub fn layer_stats_cpu(
                             acc[wi].add(v, r);
                         }
                         if keep {
-                            for (j, [m, v, r]) in out.into_iter().enumerate() {
+                            for (j, [m, v, r]) in out.into_iter().take(k).enumerate() {
                                 kept.push(ExpertStats { layer: l, expert: e0 + j, window: w, mean: m, var: v, range: r });
                             }
                         } else {
