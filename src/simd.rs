@@ -17,16 +17,22 @@ pub fn fold_lanes(v: [f64; LANES]) -> f64 {
 /// `Σ f(x)` over `xs` in eight lanes.
 #[inline(always)]
 pub fn lane_sum(xs: &[f64]) -> f64 {
+    lane_sum_by(xs, |x| x)
+}
+
+/// [`lane_sum`] of `f` of each value.
+#[inline(always)]
+pub fn lane_sum_by(xs: &[f64], f: impl Fn(f64) -> f64) -> f64 {
     let mut a = [0.0f64; LANES];
     let full = xs.len() / LANES * LANES;
     for i in (0..full).step_by(LANES) {
         let x: &[f64; LANES] = xs[i..i + LANES].try_into().unwrap();
         for j in 0..LANES {
-            a[j] += x[j];
+            a[j] += f(x[j]);
         }
     }
     for (j, x) in xs[full..].iter().enumerate() {
-        a[j] += x;
+        a[j] += f(*x);
     }
     fold_lanes(a)
 }

@@ -221,6 +221,17 @@ pub fn mean_of_rows(pred: &[f64], experts: usize, steps: usize) -> Vec<f64> {
 /// order of [`crate::simd`] (the same bits whatever the threads or the CPU).
 #[inline(always)]
 pub fn step_error(pred: &[f64], actual: &[f64]) -> (f64, f64) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::has_avx2() {
+        // SAFETY: the CPU has AVX2 (checked just above).
+        return unsafe { step_error_avx2(pred, actual) };
+    }
+    step_error_lanes(pred, actual)
+}
+
+/// [`step_error`] as plain Rust.
+#[inline(always)]
+fn step_error_lanes(pred: &[f64], actual: &[f64]) -> (f64, f64) {
     use crate::simd::{LANES as L, fold_lanes};
     let n = pred.len().min(actual.len());
     let (pred, actual) = (&pred[..n], &actual[..n]);
@@ -241,6 +252,112 @@ pub fn step_error(pred: &[f64], actual: &[f64]) -> (f64, f64) {
         s[j] += d * d;
     }
     (fold_lanes(a), fold_lanes(s))
+}
+
+/// [`step_error`] with the eight lanes in two AVX2 registers, the same operations on
+/// each lane in the same order (so the same bits), written out because the compiler's
+/// own vectorisation of it reversed lanes and reloaded constants inside the loop.
+///
+/// # Safety
+/// The CPU must have AVX2. Called from code compiled for AVX2 (an
+/// [`avx2_twin`](crate::simd::avx2_twin)), into which it is inlined.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn step_error_avx2(pred: &[f64], actual: &[f64]) -> (f64, f64) {
+    // SAFETY: the caller's (AVX2); the loads and stores are in bounds (below).
+    unsafe {
+        use crate::simd::fold_lanes;
+        use std::arch::x86_64::*;
+        const { assert!(crate::simd::LANES == 8) };
+        let n = pred.len().min(actual.len());
+        let (pred, actual) = (&pred[..n], &actual[..n]);
+        let full = n / 8 * 8;
+        let abs = _mm256_castsi256_pd(_mm256_set1_epi64x(i64::MAX));
+        let (mut a0, mut a1, mut s0, mut s1) = (_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd());
+        let (p, y) = (pred.as_ptr(), actual.as_ptr());
+        for i in (0..full).step_by(8) {
+            // i + 8 <= full <= n, the length of both slices.
+            let (p0, p1, y0, y1) = (_mm256_loadu_pd(p.add(i)), _mm256_loadu_pd(p.add(i + 4)), _mm256_loadu_pd(y.add(i)), _mm256_loadu_pd(y.add(i + 4)));
+            let (d0, d1) = (_mm256_sub_pd(p0, y0), _mm256_sub_pd(p1, y1));
+            a0 = _mm256_add_pd(a0, _mm256_and_pd(d0, abs));
+            a1 = _mm256_add_pd(a1, _mm256_and_pd(d1, abs));
+            s0 = _mm256_add_pd(s0, _mm256_mul_pd(d0, d0));
+            s1 = _mm256_add_pd(s1, _mm256_mul_pd(d1, d1));
+        }
+        let (mut a, mut s) = ([0.0f64; 8], [0.0f64; 8]);
+        // Each store is of four f64 into an [f64; 8] at 0 or 4.
+        _mm256_storeu_pd(a.as_mut_ptr(), a0);
+        _mm256_storeu_pd(a.as_mut_ptr().add(4), a1);
+        _mm256_storeu_pd(s.as_mut_ptr(), s0);
+        _mm256_storeu_pd(s.as_mut_ptr().add(4), s1);
+        for (j, (p, y)) in pred[full..].iter().zip(&actual[full..]).enumerate() {
+            let d = p - y;
+            a[j] += d.abs();
+            s[j] += d * d;
+        }
+        (fold_lanes(a), fold_lanes(s))
+    }
+}
+
+/// [`step_error`] of two (prediction, actual) pairs of rows of one length, their
+/// sums run side by side: each pair's operations those of [`step_error`] (so its
+/// bits), two independent chains of additions instead of one.
+#[inline(always)]
+fn step_error2(p0: &[f64], y0: &[f64], p1: &[f64], y1: &[f64]) -> [(f64, f64); 2] {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::has_avx2() && p0.len() == y0.len() && p1.len() == y1.len() && p0.len() == p1.len() {
+        // SAFETY: the CPU has AVX2 (checked just above).
+        return unsafe { step_error2_avx2(p0, y0, p1, y1) };
+    }
+    [step_error_lanes(p0, y0), step_error_lanes(p1, y1)]
+}
+
+/// [`step_error2`] in AVX2 registers: [`step_error_avx2`]'s loop for two pairs at once.
+///
+/// # Safety
+/// As [`step_error_avx2`]; the four rows have one length.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn step_error2_avx2(p0: &[f64], y0: &[f64], p1: &[f64], y1: &[f64]) -> [(f64, f64); 2] {
+    use crate::simd::fold_lanes;
+    use std::arch::x86_64::*;
+    let n = p0.len();
+    assert!(y0.len() == n && p1.len() == n && y1.len() == n);
+    let full = n / 8 * 8;
+    // SAFETY: the caller's (AVX2); the loads are at i + 8 <= full <= n, the stores of
+    // four f64 into an [f64; 8] at 0 or 4.
+    unsafe {
+        let abs = _mm256_castsi256_pd(_mm256_set1_epi64x(i64::MAX));
+        let z = _mm256_setzero_pd();
+        let (mut a, mut s, mut b, mut t) = ([z; 2], [z; 2], [z; 2], [z; 2]);
+        let (pp, py, qp, qy) = (p0.as_ptr(), y0.as_ptr(), p1.as_ptr(), y1.as_ptr());
+        for i in (0..full).step_by(8) {
+            for h in 0..2 {
+                let j = i + 4 * h;
+                let d = _mm256_sub_pd(_mm256_loadu_pd(pp.add(j)), _mm256_loadu_pd(py.add(j)));
+                let e = _mm256_sub_pd(_mm256_loadu_pd(qp.add(j)), _mm256_loadu_pd(qy.add(j)));
+                a[h] = _mm256_add_pd(a[h], _mm256_and_pd(d, abs));
+                b[h] = _mm256_add_pd(b[h], _mm256_and_pd(e, abs));
+                s[h] = _mm256_add_pd(s[h], _mm256_mul_pd(d, d));
+                t[h] = _mm256_add_pd(t[h], _mm256_mul_pd(e, e));
+            }
+        }
+        let lanes = |v: [__m256d; 2]| {
+            let mut out = [0.0f64; 8];
+            _mm256_storeu_pd(out.as_mut_ptr(), v[0]);
+            _mm256_storeu_pd(out.as_mut_ptr().add(4), v[1]);
+            out
+        };
+        let (mut a, mut s, mut b, mut t) = (lanes(a), lanes(s), lanes(b), lanes(t));
+        for j in 0..n - full {
+            let (d, e) = (p0[full + j] - y0[full + j], p1[full + j] - y1[full + j]);
+            a[j] += d.abs();
+            s[j] += d * d;
+            b[j] += e.abs();
+            t[j] += e * e;
+        }
+        [(fold_lanes(a), fold_lanes(s)), (fold_lanes(b), fold_lanes(t))]
+    }
 }
 
 crate::simd::avx2_twin!(
@@ -271,7 +388,11 @@ impl<'a> Running<'a> {
     /// Adds step `k`'s prediction `row` against the actual `row` of the layer.
     #[inline(always)]
     pub(crate) fn add(&mut self, k: usize, pred: &[f64], actual: &[f64], out: &mut [(f64, f64)]) {
-        let (a, s) = step_error(pred, actual);
+        self.add_sums(k, step_error(pred, actual), out);
+    }
+    /// Adds step `k`'s error sums `(a, s)` ([`step_error`]'s).
+    #[inline(always)]
+    fn add_sums(&mut self, k: usize, (a, s): (f64, f64), out: &mut [(f64, f64)]) {
         self.abs += a;
         self.sq += s;
         while self.next < self.horizons.len() && self.horizons[self.next] == k + 1 {
@@ -292,6 +413,39 @@ fn origin_sums_inner(layer: &LayerView, origin: usize, horizons: &[usize], steps
         }
         let row = if flat { pred } else { &pred[k * ne..(k + 1) * ne] };
         run.add(k, row, layer.row(origin + k), out);
+    }
+}
+
+crate::simd::avx2_twin!(
+    /// [`origin_sums`] of two origins' flat predictions at once (`o[i]`, `steps[i]`,
+    /// `pred[i]`, `out[i]`): the two origins' steps side by side while both have steps
+    /// and horizons left ([`step_error2`]), then each alone; each origin's sums are
+    /// those of [`origin_sums`], bit for bit.
+    fn origin_sums_pair(layer: &LayerView, o: [usize; 2], horizons: &[usize], steps: [usize; 2], pred: [&[f64]; 2], out: [&mut [(f64, f64)]; 2]) => origin_sums_pair_inner
+);
+
+#[inline(always)]
+fn origin_sums_pair_inner(layer: &LayerView, o: [usize; 2], horizons: &[usize], steps: [usize; 2], pred: [&[f64]; 2], out: [&mut [(f64, f64)]; 2]) {
+    let ne = layer.experts();
+    assert!(pred[0].len() == ne && pred[1].len() == ne, "flat predictions: one row each");
+    let [out0, out1] = out;
+    let (mut r0, mut r1) = (Running::new(horizons), Running::new(horizons));
+    let both = steps[0].min(steps[1]);
+    let mut k = 0;
+    while k < both && !r0.done() && !r1.done() {
+        let [e0, e1] = step_error2(pred[0], layer.row(o[0] + k), pred[1], layer.row(o[1] + k));
+        r0.add_sums(k, e0, out0);
+        r1.add_sums(k, e1, out1);
+        k += 1;
+    }
+    for (run, j, out) in [(r0, 0, out0), (r1, 1, out1)] {
+        let mut run = run;
+        for k in k..steps[j] {
+            if run.done() {
+                break;
+            }
+            run.add(k, pred[j], layer.row(o[j] + k), out);
+        }
     }
 }
 
@@ -352,10 +506,19 @@ pub fn evaluate_layer_progress(
         None => None,
     };
     // Scores flat rows (`rows[i]`: origin os[i]'s) at horizons `hs` (indices from hi0).
+    // Two origins at a time (origin_sums_pair), an odd last one alone.
     let score_flat = |rows: &[f64], os: &[usize], hs: &[usize], hi0: usize, sums: &mut [(f64, f64)]| {
-        sums.par_chunks_mut(nh).zip(rows.par_chunks(ne)).zip(os).for_each(|((out, row), &o)| {
-            let steps = hs.last().copied().unwrap_or(0).min(nt - o);
-            origin_sums(layer, o, hs, steps, row, &mut out[hi0..hi0 + hs.len()]);
+        let steps = |o: usize| hs.last().copied().unwrap_or(0).min(nt - o);
+        let sums = &mut sums[..os.len() * nh];
+        sums.par_chunks_mut(2 * nh).zip(rows.par_chunks(2 * ne)).zip(os.par_chunks(2)).for_each(|((out, row), os)| {
+            if let [o0, o1] = *os {
+                let (out0, out1) = out.split_at_mut(nh);
+                let (row0, row1) = row.split_at(ne);
+                let outs = [&mut out0[hi0..hi0 + hs.len()], &mut out1[hi0..hi0 + hs.len()]];
+                origin_sums_pair(layer, [o0, o1], hs, [steps(o0), steps(o1)], [row0, row1], outs);
+            } else {
+                origin_sums(layer, os[0], hs, steps(os[0]), row, &mut out[hi0..hi0 + hs.len()]);
+            }
         });
     };
     let max_len = |o: usize| proto.max_horizon().min(nt - o);
@@ -540,6 +703,33 @@ mod tests {
     }
 
     #[test]
+    fn step_errors_in_avx2_registers_have_the_bits_of_the_lanes() {
+        if !crate::simd::has_avx2() {
+            return; // the AVX2 path is not taken here, nor can it run
+        }
+        let mut rng = 0x2545f4914f6cdd1du64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng >> 11) as f64 / (1u64 << 53) as f64 * if rng & 1 == 0 { 1.0 } else { 1e-7 }
+        };
+        for n in [0, 1, 7, 8, 9, 16, 64, 127, 128, 131] {
+            let (p, y): (Vec<f64>, Vec<f64>) = (0..n).map(|_| (next(), next())).unzip();
+            // SAFETY: the CPU has AVX2 (checked above).
+            let (a, s) = unsafe { super::step_error_avx2(&p, &y) };
+            let (want_a, want_s) = super::step_error_lanes(&p, &y);
+            assert_eq!((a.to_bits(), s.to_bits()), (want_a.to_bits(), want_s.to_bits()), "n = {n}");
+            // and against float64 sums in plain order, closely
+            let plain_a: f64 = p.iter().zip(&y).map(|(p, y)| (p - y).abs()).sum();
+            assert!((a - plain_a).abs() <= 1e-12 * plain_a.max(1e-300), "n = {n}");
+        }
+        // a longer prediction than actual row is cut to the shorter
+        let (a, s) = unsafe { super::step_error_avx2(&[0.5; 12], &[0.25; 9]) };
+        assert_eq!((a, s), (9.0 * 0.25, 9.0 * 0.0625));
+    }
+
+    #[test]
     fn sw_avg_scored_as_made_by_hand() {
         // sw-avg:w=2 from origin 2: e0 sees .5 .2 -> .35, then (.2 + .35) / 2 = .275;
         // e1 mirrors it (rows sum to 1, so renormalising changes nothing). Actual e0
@@ -550,6 +740,39 @@ mod tests {
         assert!((s[0].mae_pp.unwrap() - 5.0).abs() < 1e-9, "{:?}", s[0]);
         assert!((s[2].mae_pp.unwrap() - 11.25).abs() < 1e-9, "{:?}", s[2]);
         assert!((s[2].tv_pct.unwrap() - 11.25).abs() < 1e-9, "{:?}", s[2]);
+    }
+
+    #[test]
+    fn two_origins_side_by_side_have_the_bits_of_each_alone() {
+        // 131 experts (16 lanes' worth and three over), origins whose steps ahead end at
+        // different places (one cut by the trace's end), horizons past both.
+        let (nt, ne) = (300, 131);
+        let p: Vec<f64> = crate::lcg_noise(0xAB, nt * ne).iter().map(|u| u / ne as f64).collect();
+        let v = LayerView::new(&p, ne);
+        let preds: Vec<Vec<f64>> = (0..2).map(|i| crate::lcg_noise(7 + i, ne).iter().map(|u| u * 2.0 / ne as f64).collect()).collect();
+        let hs = [1, 2, 40, 100, 250];
+        for (o, steps) in [([10, 60], [250, 240]), ([150, 200], [150, 100]), ([100, 280], [100, 20]), ([5, 5], [0, 3])] {
+            let mut pair = [vec![(f64::NAN, f64::NAN); hs.len()], vec![(f64::NAN, f64::NAN); hs.len()]];
+            let [a, b] = &mut pair;
+            origin_sums_pair(&v, o, &hs, steps, [&preds[0], &preds[1]], [a, b]);
+            for j in 0..2 {
+                let mut alone = vec![(f64::NAN, f64::NAN); hs.len()];
+                origin_sums(&v, o[j], &hs, steps[j], &preds[j], &mut alone);
+                let bits = |x: &[(f64, f64)]| x.iter().map(|(a, s)| (a.to_bits(), s.to_bits())).collect::<Vec<_>>();
+                assert_eq!(bits(&pair[j]), bits(&alone), "origins {o:?}, steps {steps:?}, origin {j}");
+                // independently: the sums at each horizon reached, in float64 in plain order
+                for (hi, &h) in hs.iter().enumerate().filter(|&(_, &h)| h <= steps[j]) {
+                    let (mut wa, mut ws) = (0.0, 0.0);
+                    for k in 0..h {
+                        for e in 0..ne {
+                            let d = preds[j][e] - v.row(o[j] + k)[e];
+                            (wa, ws) = (wa + d.abs(), ws + d * d);
+                        }
+                    }
+                    assert!((pair[j][hi].0 - wa).abs() <= 1e-12 * wa && (pair[j][hi].1 - ws).abs() <= 1e-12 * ws, "h {h}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub fn outputs(steps: usize, w: usize) -> usize {
     if steps >= w { steps - w + 1 } else { 0 }
 }
 
+#[inline(always)]
 fn two_pass(x: &[f64]) -> (f64, f64) {
     let n = x.len() as f64;
     let m = x.iter().sum::<f64>() / n;
@@ -53,8 +54,8 @@ pub fn window_series(x: &[f64], w: usize, mean: &mut [f64], var: &mut [f64], ran
 
 /// [`window_series`] of four series of equal length at once, into `out[j] = [mean,
 /// var, range]` of series `j`: their update chains run side by side (four independent
-/// chains instead of one), each series' operations the same, in the same order, as
-/// [`window_series`]'s, so the same bits.
+/// chains instead of one, in one AVX2 register where the CPU has it), each series'
+/// operations the same, in the same order, as [`window_series`]'s, so the same bits.
 pub fn window_series4(x: [&[f64]; 4], w: usize, out: &mut [[Vec<f64>; 3]; 4], s: &mut Scratch) {
     assert!(w >= 1, "window must be at least 1");
     let t = x[0].len();
@@ -69,13 +70,139 @@ pub fn window_series4(x: [&[f64]; 4], w: usize, out: &mut [[Vec<f64>; 3]; 4], s:
     s.quad.extend((0..t).map(|i| [x[0][i], x[1][i], x[2][i], x[3][i]]));
     let [a, b, c, d] = out.each_mut().map(|o| o.each_mut().map(|v| &mut v[..]));
     let ([am, av, ar], [bm, bv, br], [cm, cv, cr], [dm, dv, dr]) = (a, b, c, d);
-    mean_var_lanes(&s.quad, x, w, [am, bm, cm, dm], [av, bv, cv, dv]);
-    extremes_lanes(&s.quad, w, [ar, br, cr, dr], [&mut s.pre_max4, &mut s.suf_max4, &mut s.pre_min4, &mut s.suf_min4]);
+    let (mean, var, range) = ([am, bm, cm, dm], [av, bv, cv, dv], [ar, br, cr, dr]);
+    let buf = [&mut s.pre_max4, &mut s.suf_max4, &mut s.pre_min4, &mut s.suf_min4];
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::has_avx2() {
+        // SAFETY: the CPU has AVX2 (checked just above).
+        unsafe {
+            avx2::mean_var4(&s.quad, x, w, mean, var);
+            avx2::extremes4(&s.quad, w, range, buf);
+        }
+        return;
+    }
+    mean_var_lanes(&s.quad, x, w, mean, var);
+    extremes_lanes(&s.quad, w, range, buf);
+}
+
+/// The larger of two values as AVX2's `max` takes it (`b` unless `a > b`), so that one
+/// series at a time and four in a register compare alike.
+#[inline(always)]
+fn mx(a: f64, b: f64) -> f64 {
+    if a > b { a } else { b }
+}
+
+/// The smaller, as AVX2's `min` (`b` unless `a < b`).
+#[inline(always)]
+fn mn(a: f64, b: f64) -> f64 {
+    if a < b { a } else { b }
+}
+
+/// [`mean_var_lanes`] and [`extremes_lanes`] for four series in AVX2 registers: the
+/// same operations on each lane, in the same order.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::two_pass;
+    use std::arch::x86_64::*;
+
+    // Loads and stores of four f64 (functions, not closures: a closure here is not
+    // compiled for AVX2 and was not inlined).
+    #[inline(always)]
+    fn load(a: &[f64; 4]) -> __m256d {
+        // SAFETY: four f64 in a [f64; 4]; called only from the AVX2 functions below.
+        unsafe { _mm256_loadu_pd(a.as_ptr()) }
+    }
+    #[inline(always)]
+    fn store(a: &mut [f64; 4], v: __m256d) {
+        // SAFETY: as `load`.
+        unsafe { _mm256_storeu_pd(a.as_mut_ptr(), v) }
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub(super) fn mean_var4(q: &[[f64; 4]], x: [&[f64]; 4], w: usize, mean: [&mut [f64]; 4], var: [&mut [f64]; 4]) {
+        let wf = w as f64;
+        let n = mean[0].len();
+        let anchor_every = (16 * w).max(4096);
+        let [m0, m1, m2, m3] = mean.map(|v| &mut v[..n]);
+        let [v0, v1, v2, v3] = var.map(|v| &mut v[..n]);
+        let (mut m, mut s) = ([0.0; 4], [0.0; 4]);
+        for j in 0..4 {
+            (m[j], s[j]) = two_pass(&x[j][..w]);
+        }
+        (m0[0], m1[0], m2[0], m3[0]) = (m[0], m[1], m[2], m[3]);
+        (v0[0], v1[0], v2[0], v3[0]) = (s[0] / wf, s[1] / wf, s[2] / wf, s[3] / wf);
+        let (wv, zero) = (_mm256_set1_pd(wf), _mm256_setzero_pd());
+        let (mut mv, mut sv) = (load(&m), load(&s));
+        let (xo, xn) = (&q[..n - 1], &q[w..w + n - 1]);
+        let (mut om, mut ov) = ([0.0; 4], [0.0; 4]);
+        for i in 1..n {
+            if i % anchor_every == 0 {
+                for j in 0..4 {
+                    (m[j], s[j]) = two_pass(&x[j][i..i + w]);
+                }
+                (mv, sv) = (load(&m), load(&s));
+            } else {
+                let (o, a) = (load(&xo[i - 1]), load(&xn[i - 1]));
+                let d = _mm256_sub_pd(a, o);
+                let m_new = _mm256_add_pd(mv, _mm256_div_pd(d, wv));
+                sv = _mm256_add_pd(sv, _mm256_mul_pd(d, _mm256_add_pd(_mm256_sub_pd(a, m_new), _mm256_sub_pd(o, mv))));
+                mv = m_new;
+            }
+            // max(s, 0) as `f64::max` takes it for s not NaN and not -0 (s never is).
+            let vv = _mm256_div_pd(_mm256_max_pd(sv, zero), wv);
+            store(&mut om, mv);
+            store(&mut ov, vv);
+            (m0[i], m1[i], m2[i], m3[i]) = (om[0], om[1], om[2], om[3]);
+            (v0[i], v1[i], v2[i], v3[i]) = (ov[0], ov[1], ov[2], ov[3]);
+        }
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub(super) fn extremes4(x: &[[f64; 4]], w: usize, range: [&mut [f64]; 4], buf: [&mut Vec<[f64; 4]>; 4]) {
+        let t = x.len();
+        let [pmax, smax, pmin, smin] = buf.map(|b| {
+            b.resize(t, [0.0; 4]);
+            &mut b[..t]
+        });
+        let mut b = 0;
+        while b < t {
+            let end = (b + w).min(t);
+            let (mut hi, mut lo) = (load(&x[b]), load(&x[b]));
+            store(&mut pmax[b], hi);
+            store(&mut pmin[b], lo);
+            for i in b + 1..end {
+                let v = load(&x[i]);
+                (hi, lo) = (_mm256_max_pd(hi, v), _mm256_min_pd(lo, v));
+                store(&mut pmax[i], hi);
+                store(&mut pmin[i], lo);
+            }
+            let (mut hi, mut lo) = (load(&x[end - 1]), load(&x[end - 1]));
+            store(&mut smax[end - 1], hi);
+            store(&mut smin[end - 1], lo);
+            for i in (b..end - 1).rev() {
+                let v = load(&x[i]);
+                (hi, lo) = (_mm256_max_pd(hi, v), _mm256_min_pd(lo, v));
+                store(&mut smax[i], hi);
+                store(&mut smin[i], lo);
+            }
+            b = end;
+        }
+        let n = t - w + 1;
+        let [r0, r1, r2, r3] = range.map(|r| &mut r[..n]);
+        let mut r = [0.0; 4];
+        for i in 0..n {
+            let hi = _mm256_max_pd(load(&smax[i]), load(&pmax[i + w - 1]));
+            let lo = _mm256_min_pd(load(&smin[i]), load(&pmin[i + w - 1]));
+            store(&mut r, _mm256_sub_pd(hi, lo));
+            (r0[i], r1[i], r2[i], r3[i]) = (r[0], r[1], r[2], r[3]);
+        }
+    }
 }
 
 /// Mean and population variance of every window of `L` series, given both
 /// step-interleaved (`q[t][j]`) and as series (`x[j]`, for the re-anchoring), the same
 /// operations per series whatever `L`.
+#[inline(always)]
 fn mean_var_lanes<const L: usize>(q: &[[f64; L]], x: [&[f64]; L], w: usize, mean: [&mut [f64]; L], var: [&mut [f64]; L]) {
     let wf = w as f64;
     let n = mean[0].len();
@@ -112,6 +239,7 @@ fn mean_var_lanes<const L: usize>(q: &[[f64; L]], x: [&[f64]; L], w: usize, mean
 /// The range of every window of `L` step-interleaved series (`x[t][j]`: series `j`
 /// at step `t`) into `range[j]`, the same comparisons per series whatever `L`, with
 /// `buf` as prefix/suffix maxima and minima.
+#[inline(always)]
 fn extremes_lanes<const L: usize>(x: &[[f64; L]], w: usize, range: [&mut [f64]; L], buf: [&mut Vec<[f64; L]>; 4]) {
     let t = x.len();
     let [pmax, smax, pmin, smin] = buf.map(|b| {
@@ -125,16 +253,16 @@ fn extremes_lanes<const L: usize>(x: &[[f64; L]], w: usize, range: [&mut [f64]; 
         pmin[b] = x[b];
         for i in b + 1..end {
             for j in 0..L {
-                pmax[i][j] = pmax[i - 1][j].max(x[i][j]);
-                pmin[i][j] = pmin[i - 1][j].min(x[i][j]);
+                pmax[i][j] = mx(pmax[i - 1][j], x[i][j]);
+                pmin[i][j] = mn(pmin[i - 1][j], x[i][j]);
             }
         }
         smax[end - 1] = x[end - 1];
         smin[end - 1] = x[end - 1];
         for i in (b..end - 1).rev() {
             for j in 0..L {
-                smax[i][j] = smax[i + 1][j].max(x[i][j]);
-                smin[i][j] = smin[i + 1][j].min(x[i][j]);
+                smax[i][j] = mx(smax[i + 1][j], x[i][j]);
+                smin[i][j] = mn(smin[i + 1][j], x[i][j]);
             }
         }
         b = end;
@@ -143,8 +271,8 @@ fn extremes_lanes<const L: usize>(x: &[[f64; L]], w: usize, range: [&mut [f64]; 
     let range = range.map(|r| &mut r[..n]);
     for i in 0..n {
         for j in 0..L {
-            let hi = smax[i][j].max(pmax[i + w - 1][j]);
-            let lo = smin[i][j].min(pmin[i + w - 1][j]);
+            let hi = mx(smax[i][j], pmax[i + w - 1][j]);
+            let lo = mn(smin[i][j], pmin[i + w - 1][j]);
             range[j][i] = hi - lo;
         }
     }

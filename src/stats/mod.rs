@@ -53,14 +53,7 @@ impl LayerStats {
         LayerStats { layer, window, summary }
     }
     fn add(&mut self, var: &[f64], range: &[f64]) {
-        let s = &mut self.summary;
-        for i in 0..var.len() {
-            s.var_mean[i] += var[i];
-            s.var_max[i] = s.var_max[i].max(var[i]);
-            s.range_mean[i] += range[i];
-            s.range_max[i] = s.range_max[i].max(range[i]);
-            s.std_mean[i] += var[i].sqrt();
-        }
+        summaries_add(&mut self.summary, var, range);
     }
     fn merge(&mut self, o: &LayerStats) {
         let (s, o) = (&mut self.summary, &o.summary);
@@ -78,6 +71,28 @@ impl LayerStats {
         for v in [&mut s.var_mean, &mut s.range_mean, &mut s.std_mean] {
             v.iter_mut().for_each(|x| *x *= k);
         }
+    }
+}
+
+crate::simd::avx2_twin!(
+    /// Adds one expert's window variances and ranges to a layer's summaries (four
+    /// steps to an AVX2 register where the CPU has it; each step's operations are
+    /// the same either way).
+    fn summaries_add(s: &mut Summaries<Vec<f64>>, var: &[f64], range: &[f64]) => summaries_add_inner
+);
+
+#[inline(always)]
+fn summaries_add_inner(s: &mut Summaries<Vec<f64>>, var: &[f64], range: &[f64]) {
+    // Slices of one length, so that the loop has no bounds checks to keep it scalar.
+    let n = var.len();
+    let (range, vm, vx) = (&range[..n], &mut s.var_mean[..n], &mut s.var_max[..n]);
+    let (rm, rx, sm) = (&mut s.range_mean[..n], &mut s.range_max[..n], &mut s.std_mean[..n]);
+    for i in 0..n {
+        vm[i] += var[i];
+        vx[i] = vx[i].max(var[i]);
+        rm[i] += range[i];
+        rx[i] = rx[i].max(range[i]);
+        sm[i] += var[i].sqrt();
     }
 }
 

@@ -3,14 +3,16 @@
 //! Two passes over the file: the first learns each trace's shape (step range,
 //! layer ids, expert range) and checks every value; the second fills the dense
 //! array. Neither holds more than one record batch besides the dense loads, so
-//! reading costs about the trace's dense size.
+//! reading costs about the trace's dense size. A Parquet file of one dense trace
+//! whose footer gives the ranges is decoded once instead ([`read_parquet_once`]),
+//! with the two passes as its fallback for anything else.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, Float64Array, Int64Array, RecordBatchReader, StringArray};
+use arrow::array::{Array, ArrayRef, Float64Array, Int32Array, Int64Array, RecordBatchReader, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ProjectionMask;
@@ -661,9 +663,160 @@ impl BatchSource for ParquetSource<'_> {
     }
 }
 
-/// Row groups in parallel when there are several and threads to read them, else
-/// (and for any file with a problem, to name it) one pass after the other.
+/// An integer column as stored, read without a widening copy.
+enum IntCol {
+    I32(Int32Array),
+    I64(Int64Array),
+}
+
+impl IntCol {
+    fn new(a: &ArrayRef) -> Option<IntCol> {
+        Some(match a.data_type() {
+            DataType::Int32 => IntCol::I32(a.as_any().downcast_ref::<Int32Array>()?.clone()),
+            DataType::Int64 => IntCol::I64(a.as_any().downcast_ref::<Int64Array>()?.clone()),
+            _ => IntCol::I64(arrow::compute::cast(a, &DataType::Int64).ok()?.as_any().downcast_ref::<Int64Array>()?.clone()),
+        })
+    }
+    #[inline(always)]
+    fn value(&self, i: usize) -> i64 {
+        match self {
+            IntCol::I32(a) => a.value(i) as i64,
+            IntCol::I64(a) => a.value(i),
+        }
+    }
+}
+
+/// The loads column as stored; integers become float64 as [`Cols`]'s cast makes them.
+enum LoadCol {
+    F64(Float64Array),
+    I64(Int64Array),
+}
+
+impl LoadCol {
+    fn new(a: &ArrayRef) -> Option<LoadCol> {
+        Some(match a.data_type() {
+            DataType::Float64 => LoadCol::F64(a.as_any().downcast_ref::<Float64Array>()?.clone()),
+            DataType::Int64 => LoadCol::I64(a.as_any().downcast_ref::<Int64Array>()?.clone()),
+            _ => LoadCol::F64(arrow::compute::cast(a, &DataType::Float64).ok()?.as_any().downcast_ref::<Float64Array>()?.clone()),
+        })
+    }
+    #[inline(always)]
+    fn value(&self, i: usize) -> f64 {
+        match self {
+            LoadCol::F64(a) => a.value(i),
+            LoadCol::I64(a) => a.value(i) as f64,
+        }
+    }
+}
+
+/// Each of the columns `step`, `layer` and `expert`: its smallest and largest value over
+/// the file, from the row groups' statistics in the footer. `None` when a row group
+/// has none (or they are not integers).
+fn footer_range(meta: &ArrowReaderMetadata, name: &str) -> Option<(i64, i64)> {
+    use parquet::file::statistics::Statistics;
+    let md = meta.metadata();
+    let descr = md.file_metadata().schema_descr();
+    let leaf = (0..descr.num_columns()).find(|&i| descr.column(i).path().parts() == [name.to_string()])?;
+    let mut range: Option<(i64, i64)> = None;
+    for g in md.row_groups() {
+        let (lo, hi) = match g.column(leaf).statistics()? {
+            Statistics::Int32(s) => (*s.min_opt()? as i64, *s.max_opt()? as i64),
+            Statistics::Int64(s) => (*s.min_opt()?, *s.max_opt()?),
+            _ => return None,
+        };
+        range = Some(range.map_or((lo, hi), |(a, b)| (a.min(lo), b.max(hi))));
+    }
+    range
+}
+
+/// The common case read with one decoding of the file instead of two: a file of one
+/// trace (no trace column) whose footer statistics give the step, layer and expert
+/// ranges, as many rows as the dense array of those ranges has cells, and loads that
+/// float32 holds exactly. The dense array is allocated from the footer, and the row
+/// groups fill it in parallel, every row checked as in the two passes.
+///
+/// `None` when the file is not such a file or anything is wrong with it (a value out
+/// of the footer's ranges, a duplicate row, a bad load, a decoding error, ...): the
+/// caller then reads it in two passes, which learn the shape from the rows and name
+/// any problem as always. The cells start as a NaN that no load becomes; when every
+/// row lies in the ranges and no cell is left with it, the rows (as many as the
+/// cells) filled every cell once: no row is a duplicate, the ranges are the trace's
+/// shape and nothing is missing, so the result is the two passes' result. (No
+/// per-cell mark is set as the rows arrive: an atomic one cost more than the fill.)
+fn read_parquet_once(file: &Path, names: &ColumnNames, src: &ParquetSource) -> Option<Result<Vec<Trace>>> {
+    use rayon::prelude::*;
+    use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+    let meta = src.metadata().ok()?;
+    let full = Layout::resolve(file, meta.schema(), names).ok()?;
+    if full.trace.is_some() {
+        return None;
+    }
+    let (s0, s1) = footer_range(&meta, &names.step)?;
+    let (l0, l1) = footer_range(&meta, &names.layer)?;
+    let (e0, e1) = footer_range(&meta, &names.expert)?;
+    let span = |lo: i64, hi: i64| (hi as i128 - lo as i128 + 1) as u128;
+    let (steps, layers, experts) = (span(s0, s1), span(l0, l1), span(e0, e1));
+    let rows: u128 = meta.metadata().row_groups().iter().map(|g| g.num_rows().max(0) as u128).sum();
+    if rows == 0 || steps * layers * experts != rows {
+        return None;
+    }
+    let (steps, layers, experts) = (steps as usize, layers as usize, experts as usize);
+    let cells = rows as usize;
+    const UNSET: u32 = 0x7fc0_dead;
+    let mut loads: Vec<f32> = Vec::with_capacity(cells);
+    loads.par_extend(rayon::iter::repeat_n(f32::from_bits(UNSET), cells));
+    {
+        // SAFETY: AtomicU32 has the size and alignment of f32 (both 4 bytes, 4-aligned),
+        // and the vector is reached only through this view while it lives.
+        let cells = unsafe { &*(loads.as_mut_slice() as *mut [f32] as *const [AtomicU32]) };
+        let groups = meta.metadata().num_row_groups();
+        let filled = (0..groups).into_par_iter().all(|g| {
+            let fill = || -> Option<()> {
+                let (lay, batches) = src.open_group(&meta, g).ok()?;
+                for b in batches {
+                    let b = b.ok()?;
+                    let (step, layer, expert) =
+                        (IntCol::new(b.column(lay.step))?, IntCol::new(b.column(lay.layer))?, IntCol::new(b.column(lay.expert))?);
+                    let tokens = LoadCol::new(b.column(lay.tokens))?;
+                    if (0..b.num_columns()).any(|c| b.column(c).null_count() > 0) {
+                        return None;
+                    }
+                    for i in 0..b.num_rows() {
+                        let (t, l, e) =
+                            (step.value(i).wrapping_sub(s0) as u64, layer.value(i).wrapping_sub(l0) as u64, expert.value(i).wrapping_sub(e0) as u64);
+                        if t >= steps as u64 || l >= layers as u64 || e >= experts as u64 {
+                            return None;
+                        }
+                        let v = tokens.value(i);
+                        if !(v.is_finite() && v >= 0.0) || (v as f32) as f64 != v {
+                            return None;
+                        }
+                        let idx = (t as usize * layers + l as usize) * experts + e as usize;
+                        cells[idx].store((v as f32).to_bits(), Relaxed);
+                    }
+                }
+                Some(())
+            };
+            fill().is_some()
+        });
+        if !filled {
+            return None;
+        }
+    }
+    if !loads.par_chunks(1 << 16).all(|c| c.iter().all(|v| v.to_bits() != UNSET)) {
+        return None;
+    }
+    let trace = Trace::from_dense(stem_name(file), file, s0, (l0..=l1).collect(), (e0..=e1).collect(), Loads::F32(loads));
+    Some(trace.map(|t| vec![t]))
+}
+
+/// One decoding in parallel for the common file ([`read_parquet_once`]); else row
+/// groups in parallel when there are several and threads to read them, else (and
+/// for any file with a problem, to name it) one pass after the other.
 fn read_parquet_source(file: &Path, names: &ColumnNames, src: &ParquetSource) -> Result<Vec<Trace>> {
+    if let Some(r) = read_parquet_once(file, names, src) {
+        return r;
+    }
     match read_parquet_parallel(file, names, src) {
         Some(r) => r,
         None => read_long(file, names, src),
@@ -827,6 +980,125 @@ mod tests {
         assert_eq!((par[0].first_step, par[0].layer_ids.clone(), par[0].expert_ids.clone()), (10, vec![2, 5], vec![0, 1, 2]));
         assert_eq!(par[0].load(2, 1, 1), 1251.0);
         assert_eq!(par[1].load(0, 0, 2), 1022.1); // step 10 - 10, layer 2 + 1, expert 2 + 7
+    }
+
+    /// Rows `(step, layer, expert, tokens)` of one trace as Parquet with no trace column
+    /// (`step` int64, `layer` and `expert` int32 as `expertcast synth` writes them,
+    /// `tokens` int64 when `int_tokens` else float64), 7 rows a row group, with or
+    /// without the footer's statistics.
+    fn write_one(path: &Path, rows: &[(i64, i64, i64, f64)], int_tokens: bool, stats: bool) {
+        use arrow::array::Int32Array;
+        use parquet::file::properties::EnabledStatistics;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("step", DataType::Int64, false),
+            Field::new("layer", DataType::Int32, false),
+            Field::new("expert", DataType::Int32, false),
+            Field::new("tokens", if int_tokens { DataType::Int64 } else { DataType::Float64 }, false),
+        ]));
+        let tokens: ArrayRef = if int_tokens {
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.3 as i64)))
+        } else {
+            Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.3)))
+        };
+        let b = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
+                Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.1 as i32))),
+                Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.2 as i32))),
+                tokens,
+            ],
+        )
+        .unwrap();
+        let level = if stats { EnabledStatistics::Chunk } else { EnabledStatistics::None };
+        let props = WriterProperties::builder().set_max_row_group_size(7).set_statistics_enabled(level).build();
+        let mut w = ArrowWriter::try_new(File::create(path).unwrap(), schema, Some(props)).unwrap();
+        w.write(&b).unwrap();
+        w.close().unwrap();
+    }
+
+    /// Steps 20..23, layers 3 and 4, experts -1..1, in an order no reader could assume
+    /// (steps and layers descending, experts rotating); loads `step*100 + layer*10 + expert`.
+    fn one_trace_rows() -> Vec<(i64, i64, i64, f64)> {
+        let mut rows = Vec::new();
+        for step in [23i64, 22, 21, 20] {
+            for layer in [4i64, 3] {
+                for k in 0..3 {
+                    let expert = (k + step) % 3 - 1;
+                    rows.push((step, layer, expert, (step * 100 + layer * 10 + expert) as f64));
+                }
+            }
+        }
+        rows
+    }
+
+    fn once_and_long(path: &Path) -> (Option<Result<Vec<Trace>>>, Result<Vec<Trace>>) {
+        let names = ColumnNames::default();
+        let src = ParquetSource { file: path, names: &names, data: None };
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+        (pool.install(|| read_parquet_once(path, &names, &src)), read_long(path, &names, &src))
+    }
+
+    #[test]
+    fn one_decoding_reads_what_two_passes_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("one.parquet");
+        for int_tokens in [true, false] {
+            write_one(&path, &one_trace_rows(), int_tokens, true);
+            let (once, long) = once_and_long(&path);
+            let (once, long) = (once.expect("a dense file of one trace with statistics").unwrap(), long.unwrap());
+            assert_eq!(summary(&once), summary(&long));
+            // independently: the shape and loads from the rows' own formula
+            let t = &once[0];
+            assert_eq!((t.name.as_str(), t.first_step, t.layer_ids.clone(), t.expert_ids.clone()), ("one", 20, vec![3, 4], vec![-1, 0, 1]));
+            for (s, l, e) in [(0usize, 0usize, 0usize), (3, 1, 2), (1, 0, 1)] {
+                let want = ((20 + s as i64) * 100 + (3 + l as i64) * 10 + (e as i64 - 1)) as f64;
+                assert_eq!(t.load(s, l, e), want);
+            }
+        }
+    }
+
+    #[test]
+    fn files_one_decoding_cannot_take_go_to_the_two_passes_with_their_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("one.parquet");
+        let good = one_trace_rows();
+        let n = good.len();
+        let with = |f: &dyn Fn(&mut Vec<(i64, i64, i64, f64)>)| {
+            let mut r = good.clone();
+            f(&mut r);
+            r
+        };
+        // (rows, without the footer statistics, what the two passes make of it: "ok" or words of their message)
+        let cases: Vec<(Vec<(i64, i64, i64, f64)>, bool, &str)> = vec![
+            (good.clone(), true, "ok: no statistics"),
+            (with(&|r| r.iter_mut().filter(|x| x.1 == 4).for_each(|x| x.1 = 7)), false, "ok: layers 3 and 7"),
+            (with(&|r| r[5].3 += 0.1), false, "ok: a load float32 does not hold"),
+            (with(&|r| r[n - 1] = r[0]), false, "duplicate row"),
+            (with(&|r| r[9].3 = -2.0), false, "load -2"),
+            (with(&|r| r[13].3 = f64::NAN), false, "NaN"),
+            (good[..n - 1].to_vec(), false, "no row for"),
+        ];
+        for (i, (rows, no_stats, want)) in cases.into_iter().enumerate() {
+            write_one(&path, &rows, false, !no_stats);
+            let (once, long) = once_and_long(&path);
+            assert!(once.is_none(), "case {i} ({want}) is not for one decoding");
+            let got = read_parquet(&path, &ColumnNames::default());
+            match long {
+                Ok(t) => {
+                    assert!(want.starts_with("ok"), "case {i}: {want}");
+                    assert_eq!(summary(&got.unwrap()), summary(&t));
+                }
+                Err(e) => {
+                    assert!(e.to_string().contains(want), "case {i}: {want}: {e}");
+                    assert_eq!(got.err().expect(want).to_string(), e.to_string());
+                }
+            }
+        }
+        // a trace column: the two passes
+        let path = dir.path().join("t.parquet");
+        write(&path, &rows());
+        assert!(once_and_long(&path).0.is_none());
     }
 
     #[test]
