@@ -82,7 +82,7 @@ extern "C" __global__ void score_flat(const double* __restrict__ p, int T, int E
 #define SW_PER 4
 
 // `sw-avg:w=W`, the paper's sliding-window average fed its own predictions, made
-// and scored: block i runs origin i. Step k predicts sum / W per expert (sum: the
+// and scored: block i runs origin i. Step k predicts sum × (1/W) per expert (sum: the
 // last W values, actual then predicted), feeds the prediction back, clips it at 0
 // and renormalises it over the experts when `renorm`, and scores it. `ring` is
 // scratch of n_origins × W × E doubles. The recursion is the CPU's, operation for
@@ -108,7 +108,7 @@ extern "C" __global__ void sw_avg_score(const double* __restrict__ p, int T, int
         }
     }
     const int steps = min(horizons[nh - 1], T - o);
-    const double fw = (double)W;
+    const double inv_w = 1.0 / (double)W;
     double a = 0.0, s = 0.0;
     int hi = 0, head = 0;
     // The value leaving the window at the coming step, loaded a step ahead (it was
@@ -129,7 +129,7 @@ extern "C" __global__ void sw_avg_score(const double* __restrict__ p, int T, int
             actual[m] = 0.0;
             if (e < E) {
                 actual[m] = y[e];
-                const double v = sum[m] / fw;
+                const double v = sum[m] * inv_w;
                 sum[m] += v - leaving[m];
                 r[(size_t)head * E + e] = v;
                 pred[m] = v;

@@ -486,14 +486,16 @@ pub fn display_name(spec: &str, all: &[String]) -> String {
 /// Each row's sum runs in the lane order of [`crate::simd`].
 #[inline(always)]
 pub fn renormalize(out: &mut [f64], experts: usize) {
-    // Clipped as they are summed and again as they are divided, never stored clipped:
+    // Clipped as they are summed and again as they are scaled, never stored clipped:
     // a clipped value stored in place becomes a masked store, slow on some CPUs (on
-    // AMD's, half of sw-avg's time). The sums and quotients are those of clipping first.
+    // AMD's, half of sw-avg's time). Scaled by the sum's reciprocal: one division a
+    // row, not one a value (the quotient's last bit may differ; 1e-16 relative).
     let clip = |v: f64| if v >= 0.0 { v } else { 0.0 };
     for row in out.chunks_mut(experts) {
         let s = crate::simd::lane_sum_by(row, clip);
         if s > 0.0 {
-            row.iter_mut().for_each(|v| *v = clip(*v) / s);
+            let inv = 1.0 / s;
+            row.iter_mut().for_each(|v| *v = clip(*v) * inv);
         } else {
             row.iter_mut().for_each(|v| *v = 1.0 / experts as f64);
         }

@@ -240,14 +240,16 @@ fn sw_avg_run_inner(ring: &mut [f64], sum: &mut [f64], w: usize, ne: usize, out:
     }
 }
 
-/// Makes the next `row` from the window: each expert's mean, which then replaces the
-/// window's oldest value (`ring`'s row `head`).
+/// Makes the next `row` from the window: each expert's mean (the sum times `1 / w`,
+/// as the GPU kernel `sw_avg_score` makes it), which then replaces the window's
+/// oldest value (`ring`'s row `head`).
 #[inline(always)]
 fn sw_avg_step(ring: &mut [f64], sum: &mut [f64], head: &mut usize, w: usize, row: &mut [f64]) {
     let ne = row.len();
     let slot = &mut ring[*head * ne..(*head + 1) * ne];
+    let inv = 1.0 / w as f64;
     for e in 0..ne {
-        let pred = sum[e] / w as f64;
+        let pred = sum[e] * inv;
         row[e] = pred;
         sum[e] += pred - slot[e];
         slot[e] = pred;

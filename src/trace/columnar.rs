@@ -677,11 +677,15 @@ impl IntCol {
             _ => IntCol::I64(arrow::compute::cast(a, &DataType::Int64).ok()?.as_any().downcast_ref::<Int64Array>()?.clone()),
         })
     }
-    #[inline(always)]
-    fn value(&self, i: usize) -> i64 {
+    /// The values as int64: the column's own when it is int64, else widened into `buf`.
+    fn values<'a>(&'a self, buf: &'a mut Vec<i64>) -> &'a [i64] {
         match self {
-            IntCol::I32(a) => a.value(i) as i64,
-            IntCol::I64(a) => a.value(i),
+            IntCol::I32(a) => {
+                buf.clear();
+                buf.extend(a.values().iter().map(|&v| v as i64));
+                buf
+            }
+            IntCol::I64(a) => a.values(),
         }
     }
 }
@@ -700,11 +704,15 @@ impl LoadCol {
             _ => LoadCol::F64(arrow::compute::cast(a, &DataType::Float64).ok()?.as_any().downcast_ref::<Float64Array>()?.clone()),
         })
     }
-    #[inline(always)]
-    fn value(&self, i: usize) -> f64 {
+    /// The values as float64: the column's own, or converted into `buf`.
+    fn values<'a>(&'a self, buf: &'a mut Vec<f64>) -> &'a [f64] {
         match self {
-            LoadCol::F64(a) => a.value(i),
-            LoadCol::I64(a) => a.value(i) as f64,
+            LoadCol::F64(a) => a.values(),
+            LoadCol::I64(a) => {
+                buf.clear();
+                buf.extend(a.values().iter().map(|&v| v as f64));
+                buf
+            }
         }
     }
 }
@@ -773,6 +781,8 @@ fn read_parquet_once(file: &Path, names: &ColumnNames, src: &ParquetSource) -> O
         let filled = (0..groups).into_par_iter().all(|g| {
             let fill = || -> Option<()> {
                 let (lay, batches) = src.open_group(&meta, g).ok()?;
+                // Each batch's columns as int64 and float64 slices (buffers reused).
+                let (mut bs, mut bl, mut be, mut bv) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
                 for b in batches {
                     let b = b.ok()?;
                     let (step, layer, expert) =
@@ -781,13 +791,13 @@ fn read_parquet_once(file: &Path, names: &ColumnNames, src: &ParquetSource) -> O
                     if (0..b.num_columns()).any(|c| b.column(c).null_count() > 0) {
                         return None;
                     }
-                    for i in 0..b.num_rows() {
-                        let (t, l, e) =
-                            (step.value(i).wrapping_sub(s0) as u64, layer.value(i).wrapping_sub(l0) as u64, expert.value(i).wrapping_sub(e0) as u64);
+                    let (step, layer, expert) = (step.values(&mut bs), layer.values(&mut bl), expert.values(&mut be));
+                    let rows = step.iter().zip(layer).zip(expert).zip(tokens.values(&mut bv));
+                    for (((&step, &layer), &expert), &v) in rows {
+                        let (t, l, e) = (step.wrapping_sub(s0) as u64, layer.wrapping_sub(l0) as u64, expert.wrapping_sub(e0) as u64);
                         if t >= steps as u64 || l >= layers as u64 || e >= experts as u64 {
                             return None;
                         }
-                        let v = tokens.value(i);
                         if !(v.is_finite() && v >= 0.0) || (v as f32) as f64 != v {
                             return None;
                         }
