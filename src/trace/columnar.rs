@@ -768,10 +768,22 @@ fn read_parquet_once(file: &Path, names: &ColumnNames, src: &ParquetSource) -> O
     if rows == 0 || steps * layers * experts != rows {
         return None;
     }
+    // The footer's row count is only a claim until the rows are decoded: a file that
+    // claims more rows than its bytes can plausibly hold, or more cells than this
+    // machine can allocate, goes to the two passes, which size everything from the
+    // rows they decode and name what is wrong.
+    let bytes = match &src.data {
+        Some(b) => b.len() as u64,
+        None => std::fs::metadata(file).ok()?.len(),
+    };
+    if !plausible_rows(rows, bytes) {
+        return None;
+    }
     let (steps, layers, experts) = (steps as usize, layers as usize, experts as usize);
-    let cells = rows as usize;
+    let cells = usize::try_from(rows).ok()?;
     const UNSET: u32 = 0x7fc0_dead;
-    let mut loads: Vec<f32> = Vec::with_capacity(cells);
+    let mut loads: Vec<f32> = Vec::new();
+    loads.try_reserve_exact(cells).ok()?;
     loads.par_extend(rayon::iter::repeat_n(f32::from_bits(UNSET), cells));
     {
         // SAFETY: AtomicU32 has the size and alignment of f32 (both 4 bytes, 4-aligned),
@@ -818,6 +830,16 @@ fn read_parquet_once(file: &Path, names: &ColumnNames, src: &ParquetSource) -> O
     }
     let trace = Trace::from_dense(stem_name(file), file, s0, (l0..=l1).collect(), (e0..=e1).collect(), Loads::F32(loads));
     Some(trace.map(|t| vec![t]))
+}
+
+/// Whether a Parquet file of `bytes` bytes can hold `rows` rows of a dense trace.
+/// Real traces hold about 0.4–0.7 rows a byte (four columns; the loads hardly
+/// compress). The most regular file, constant loads in step, layer, expert order,
+/// held 271 rows a byte with zstd (20,000 × 12 × 128, pyarrow's defaults). 1,024 rows
+/// a byte is above any of these and far below a forged footer's claim of billions
+/// of rows in a small file; a file above it is still read, in the two passes.
+fn plausible_rows(rows: u128, bytes: u64) -> bool {
+    rows <= 1024 * bytes as u128
 }
 
 /// One decoding in parallel for the common file ([`read_parquet_once`]); else row
@@ -1066,6 +1088,21 @@ mod tests {
                 assert_eq!(t.load(s, l, e), want);
             }
         }
+    }
+
+    #[test]
+    fn a_footer_claiming_more_rows_than_the_bytes_hold_is_not_trusted() {
+        // the bound, by hand
+        assert!(plausible_rows(1024 * 1000, 1000));
+        assert!(!plausible_rows(1024 * 1000 + 1, 1000));
+        assert!(!plausible_rows(1 << 40, 1 << 20));
+        // and a real file's claim lies well inside it
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("one.parquet");
+        write_one(&path, &one_trace_rows(), true, true);
+        let bytes = std::fs::metadata(&path).unwrap().len();
+        assert!(plausible_rows(one_trace_rows().len() as u128, bytes));
+        assert!(!plausible_rows(1025 * bytes as u128, bytes));
     }
 
     #[test]
