@@ -530,3 +530,60 @@ fn placement_on_cuda_writes_the_cpu_runs_table() {
         assert!(policies.iter().any(|p| p == "oracle") && policies.iter().any(|p| p == "sw-avg:w=100"), "{policies:?}");
     }
 }
+
+/// Shares made on the device from a trace's loads there (`kernels/shares.cu`) have
+/// the host's bits: float64 step-major for the scoring kernels, float32 series-major
+/// for the window kernels. The GPU keeps a trace's loads while asked to and frees
+/// them on release; float64 loads stay on the host, and their statistics (the
+/// host-made shares' path) still match the CPU's.
+#[test]
+#[ignore = "needs a CUDA device"]
+fn shares_made_on_the_device_have_the_hosts_bits() {
+    use expertcast::trace::{Loads, Trace};
+    let g = gpu();
+    let stream = g.ctx.new_stream().unwrap();
+    for name in ["gpt12-e16-top2-s2", "gpt12-e64-top2-s1"] {
+        let tr = read_file(&common::bundled(name), &ReadOptions::default()).unwrap().remove(0);
+        let (nt, nl, ne) = (tr.steps(), tr.layers(), tr.experts());
+        let before = g.resident_bytes();
+        let r = g.keep(&tr).unwrap().expect("a bundled trace's loads are float32 and fit");
+        assert_eq!(g.resident_bytes(), before + 4 * nt * nl * ne + 8 * nt * nl, "{name}: the loads and totals are kept");
+        let mut out = stream.alloc_zeros::<f64>(nt * ne + 7).unwrap();
+        for l in 0..nl {
+            r.steps_f64(&g, &stream, l, &mut out).unwrap();
+            let got = stream.clone_dtoh(&out).unwrap();
+            let want = tr.layer_proportions(l);
+            assert!(got[..nt * ne].iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "{name} layer {l}: float64 shares");
+            assert!(got[nt * ne..].iter().all(|&v| v == 0.0), "{name} layer {l}: nothing written past the layer");
+        }
+        for (l0, n) in [(0, nl), (1, 2), (nl - 1, 1)] {
+            let mut out = stream.alloc_zeros::<f32>(n * ne * nt).unwrap();
+            r.series_f32(&g, &stream, l0, n, &mut out).unwrap();
+            let got = stream.clone_dtoh(&out).unwrap();
+            for gi in 0..n {
+                for e in 0..ne {
+                    for t in 0..nt {
+                        let want = tr.proportion(t, l0 + gi, e) as f32;
+                        let v = got[(gi * ne + e) * nt + t];
+                        assert_eq!(v.to_bits(), want.to_bits(), "{name} layers {l0}+{n}: layer {} expert {e} step {t}", l0 + gi);
+                    }
+                }
+            }
+        }
+        drop(r);
+        g.release(&tr);
+        assert_eq!(g.resident_bytes(), before, "{name}: released");
+        // A trace whose loads float32 does not hold stays on the host.
+        let loads: Vec<f64> = (0..nt * nl * ne).map(|i| tr.load(i / (nl * ne), i / ne % nl, i % ne) + 0.25).collect();
+        let wide = Trace::from_dense("wide".into(), std::path::Path::new("wide"), 0, tr.layer_ids.clone(), tr.expert_ids.clone(), Loads::F64(loads)).unwrap();
+        assert!(g.resident(&wide).unwrap().is_none(), "{name}: float64 loads are not put on the GPU");
+        let windows = [10, 100];
+        let (want, got) = (stats::layer_stats_cpu(&wide, &windows, None, || {}).unwrap(), cuda::layer_stats_cuda(&g, &wide, &windows, None, || {}).unwrap());
+        assert_eq!(want.len(), got.len());
+        for (a, b) in want.iter().zip(&got) {
+            for (x, y) in a.summary.var_mean.iter().zip(&b.summary.var_mean).chain(a.summary.range_max.iter().zip(&b.summary.range_max)) {
+                assert!((x - y).abs() < 1e-6, "{name} (float64 loads) layer {} W {}: {x} vs {y}", a.layer, a.window);
+            }
+        }
+    }
+}

@@ -1,5 +1,6 @@
 //! The rolling-origin protocol on the GPU (`kernels/score.cu`): a layer's shares go
-//! up once, as float64, and every forecaster that has a [`DeviceModel`] is scored
+//! up once, as float64 (or are made there from the trace's loads, kept on the GPU:
+//! [`Scorer::load_resident`]), and every forecaster that has a [`DeviceModel`] is scored
 //! there; only each origin's error sums at each horizon come back (a few kB), and
 //! [`super::scores_from_sums`] adds them on the host in origin order, as the CPU
 //! path does.
@@ -131,17 +132,33 @@ impl Scorer {
     /// for nothing of the other slot: the last layer's kernels go on meanwhile.
     pub fn load(&mut self, layer: &LayerView) -> anyhow::Result<usize> {
         let (nt, ne) = (layer.steps(), layer.experts());
-        let need = (nt * ne).max(1);
+        let slot = self.next_slot(nt, ne)?;
+        let p = slot.p.as_mut().unwrap();
+        slot.stream.memcpy_htod(layer.raw(), &mut p.slice_mut(..nt * ne)).context("copying the layer's shares to the GPU")?;
+        Ok(self.cur)
+    }
+
+    /// [`load`](Self::load) with the layer's shares made on the device from the
+    /// trace's loads there (the same bits as the host's shares), instead of copied up.
+    pub fn load_resident(&mut self, loads: &crate::gpu::resident::DeviceLoads, l: usize) -> anyhow::Result<usize> {
+        let gpu = self.gpu.clone();
+        let slot = self.next_slot(loads.steps, loads.experts)?;
+        loads.steps_f64(&gpu, &slot.stream, l, slot.p.as_mut().unwrap())?;
+        Ok(self.cur)
+    }
+
+    /// The other slot than the last layer's, made current, with a buffer of at least
+    /// a `steps × experts` layer, for that layer.
+    fn next_slot(&mut self, nt: usize, ne: usize) -> anyhow::Result<&mut Slot> {
         self.cur ^= 1;
         let slot = &mut self.slots[self.cur];
+        let need = (nt * ne).max(1);
         if slot.p.as_ref().is_none_or(|p| p.len() < need) {
             slot.p = None;
             slot.p = Some(slot.stream.alloc_zeros(need).context("allocating the layer's shares on the GPU")?);
         }
-        let p = slot.p.as_mut().unwrap();
-        slot.stream.memcpy_htod(layer.raw(), &mut p.slice_mut(..nt * ne)).context("copying the layer's shares to the GPU")?;
         slot.shape = (nt, ne);
-        Ok(self.cur)
+        Ok(slot)
     }
 
     /// Hands over the shares of the layer in `slot` on the device (`steps × experts`

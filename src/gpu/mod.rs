@@ -5,13 +5,14 @@
 //! is usable and otherwise says in one line why it fell back to the CPU.
 
 mod registry;
+pub mod resident;
 pub mod timeline;
 
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::CudaContext;
 
-pub use registry::{Gpu, LSTM, PLACEMENT, SCORE, ScoreKernels, Source, WINDOW_STATS, WindowKernels, kernel_cache_dir};
+pub use registry::{Gpu, LSTM, PLACEMENT, SCORE, SHARES, ScoreKernels, Source, WINDOW_STATS, WindowKernels, kernel_cache_dir};
 
 /// What the user asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]

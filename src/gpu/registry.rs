@@ -33,6 +33,10 @@ pub static LSTM: Source = Source { file: "lstm.cu", code: include_str!("../../ke
 /// `sw_avg_score`, `oracle_medians`).
 pub static SCORE: Source = Source { file: "score.cu", code: include_str!("../../kernels/score.cu") };
 
+/// A trace's shares made from its loads on the GPU (`shares_steps_f64`,
+/// `shares_series_f32`; see `gpu::resident`).
+pub static SHARES: Source = Source { file: "shares.cu", code: include_str!("../../kernels/shares.cu") };
+
 /// Expert placement's realized imbalance (`placement_imbalance`).
 pub static PLACEMENT: Source = Source { file: "placement.cu", code: include_str!("../../kernels/placement.cu") };
 
@@ -56,8 +60,8 @@ pub struct ScoreKernels {
 
 type ModuleKey = (&'static str, Vec<String>);
 
-/// One GPU: its context, the modules compiled for it and the statistics stage's
-/// pinned staging buffers.
+/// One GPU: its context, the modules compiled for it, the statistics stage's
+/// pinned staging buffers and the loads of the runs' traces.
 pub struct Gpu {
     pub ctx: Arc<CudaContext>,
     pub name: String,
@@ -65,11 +69,13 @@ pub struct Gpu {
     /// Pinned staging buffers of the statistics stage's input, kept for the next call
     /// (see `stats::cuda`): pinning costs about 0.5 ms a MB on the H200's host.
     pub(crate) staging: Mutex<Vec<PinnedHostSlice<f32>>>,
+    /// Loads of the traces of runs now, kept for their stages (see `gpu::resident`).
+    pub(crate) resident: Mutex<Vec<Arc<super::resident::DeviceLoads>>>,
 }
 
 impl Gpu {
     pub fn new(ctx: Arc<CudaContext>, name: String) -> Gpu {
-        Gpu { ctx, name, modules: Mutex::new(HashMap::new()), staging: Mutex::new(Vec::new()) }
+        Gpu { ctx, name, modules: Mutex::new(HashMap::new()), staging: Mutex::new(Vec::new()), resident: Mutex::new(Vec::new()) }
     }
 
     /// The device's ordinal.

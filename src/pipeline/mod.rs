@@ -159,7 +159,8 @@ pub fn tables(plan: &RunPlan) -> Vec<Table> {
 /// Window statistics of every trace (per trace, every layer and window of
 /// [`RunPlan::all_windows`]); layer summaries of the plan's windows and, with
 /// `--stats-detail expert`, every expert's statistics go to the sink. Returns the
-/// summaries and the device they were computed on.
+/// summaries and the device they were computed on. On a GPU, the traces' loads stay
+/// there for [`forecast`], which frees them (else [`crate::gpu::Gpu::release`]).
 pub fn statistics(
     plan: &RunPlan,
     traces: &[Trace],
@@ -189,6 +190,11 @@ pub fn statistics(
     // Each trace's per-expert detail is written as it comes, the layer summaries after.
     let mut layer_stats: Vec<Vec<LayerStats>> = Vec::with_capacity(traces.len());
     for tr in traces {
+        // The trace's loads go up once, for this stage and the forecast stage, which
+        // releases them.
+        if let Some(g) = &stats_gpu {
+            g.keep(tr).with_context(|| format!("keeping the loads of {} on {}", tr.name, device.describe()))?;
+        }
         let mut write_detail = |d: Vec<ExpertStats>| -> anyhow::Result<()> {
             for s in d.iter().filter(|s| windows.contains(&s.window)) {
                 sink.write(Table::WindowStats, &output::window_stats_batch(tr, s)?)?;
@@ -335,6 +341,12 @@ pub fn forecast(
             .iter()
             .map(|f| f.on_device().filter(|&m| scorer.is_some() && eval::cuda::fits(m, tr.steps(), tr.experts(), proto)))
             .collect();
+        // The trace's loads on the GPU (kept from the statistics stage): each layer's
+        // shares are made there instead of copied up.
+        let resident = match (&scorer, device) {
+            (Some(_), Device::Cuda(g)) if on_device.iter().any(Option::is_some) => g.resident(tr).context("keeping the trace's loads on the GPU")?,
+            _ => None,
+        };
         let leave_on_device = placing.is_some_and(|p| place::cuda::fits(tr.experts(), p.replicas.iter().copied().max().unwrap_or(0)));
         // The first placement interval's origins: placement's weights of a forecaster
         // scored on the GPU from its own predictions (`sw-avg`, `oracle-median`) are
@@ -417,7 +429,11 @@ pub fn forecast(
                     let l = layers[g];
                     let _span = crate::profile::span(|| format!("forecast: layer {l} to the GPU"));
                     let view = LayerView::new(&shares[g], tr.experts());
-                    scorer.load(&view).with_context(|| format!("forecasting {} layer {} on the GPU", tr.name, tr.layer_ids[l]))
+                    match &resident {
+                        Some(r) => scorer.load_resident(r, l),
+                        None => scorer.load(&view),
+                    }
+                    .with_context(|| format!("forecasting {} layer {} on the GPU", tr.name, tr.layer_ids[l]))
                 };
                 let (rows_first, own_first): (Vec<usize>, Vec<usize>) =
                     (0..forecasters.len()).filter(|&fi| on_device[fi].is_some()).partition(|&fi| on_device[fi] == Some(DeviceModel::HostRows));
@@ -547,10 +563,17 @@ pub fn forecast(
                 }
             }
         }
+        if let Device::Cuda(g) = device {
+            g.release(tr);
+        }
     }
     bar.finish_and_clear();
     if placing.is_some() {
         kept.buffers = buffers;
+    } else {
+        // Freeing a paper-scale run's two groups of shares (1 GB) takes tens of
+        // milliseconds: another thread does it while the run goes on.
+        std::thread::spawn(move || drop((buffers, ahead)));
     }
     let _span = crate::profile::span(|| "forecast: write metrics".into());
     sink.write(Table::Metrics, &output::metrics_batch(&metric_rows)?)?;
@@ -798,6 +821,8 @@ fn run_scoped<'s>(
         progress.line(n);
     }
     let traces = &traces?;
+    // Whatever happens next, the GPU keeps none of this run's loads after it.
+    let _release = Release(&device, traces);
     seconds.insert("read", t.elapsed().as_secs_f64());
     let n_layers: usize = traces.iter().map(|t| t.layers()).sum();
     progress.line(format!(
@@ -877,6 +902,20 @@ fn run_scoped<'s>(
     sink.finish(&manifest)?;
     drop(span);
     Ok(RunReport { specs: prep.specs, metrics: metric_rows, states: state_rows, placement: placement_rows, seconds })
+}
+
+/// Frees the loads a GPU keeps for a run's traces ([`crate::gpu::resident`]) when
+/// the run ends, however it ends.
+struct Release<'a>(&'a Device, &'a [Trace]);
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        if let Device::Cuda(g) = self.0 {
+            for t in self.1 {
+                g.release(t);
+            }
+        }
+    }
 }
 
 /// `manifest.json`: the version, command line, resolved config, inputs with sizes and

@@ -1,12 +1,15 @@
 //! Window statistics on the GPU: `kernels/window_stats.cu` through cudarc.
 //!
-//! The trace goes to the GPU as float32 shares, series-major, in groups of layers
-//! sized to fit the device's free memory. The shares are prepared a layer (at most
-//! 64 MiB) at a time into one of two pinned staging buffers and copied
-//! asynchronously, so that preparing a piece overlaps copying the last one; two
-//! CUDA streams alternate between groups, so that one group's preparation and
-//! copies overlap the kernels of the other. Layer summaries are reduced on the
-//! GPU; only they cross PCIe unless the per-expert detail is asked for.
+//! The window kernels read float32 shares, series-major, in groups of layers sized
+//! to fit the device's free memory. The trace's loads go up once
+//! ([`crate::gpu::resident`], kept for the forecast stage) and a kernel makes each
+//! group's shares from them. A trace whose loads are float64, or too big to keep,
+//! has its shares prepared on the host instead: a piece (at most 16 MiB) at a time
+//! into one of two pinned staging buffers, copied asynchronously, so that preparing
+//! a piece overlaps copying the last one. Two CUDA streams alternate between groups,
+//! so that one group's preparation and copies overlap the kernels of the other.
+//! Layer summaries are reduced on the GPU; only they cross PCIe unless the
+//! per-expert detail is asked for.
 
 use std::sync::Arc;
 
@@ -295,7 +298,7 @@ fn pinned_cached(gpu: &Gpu, len: usize) -> anyhow::Result<PinnedHostSlice<f32>> 
 /// Two pinned staging buffers of `len` floats: the ones the last call on `gpu` left
 /// when they have that length (a sweep's traces and the bench's passes usually do),
 /// else new ones; kept buffers of another length are freed.
-fn take_staging(gpu: &Gpu, len: usize) -> anyhow::Result<[PinnedHostSlice<f32>; 2]> {
+pub(crate) fn take_staging(gpu: &Gpu, len: usize) -> anyhow::Result<[PinnedHostSlice<f32>; 2]> {
     let mut kept = std::mem::take(&mut *gpu.staging.lock().unwrap_or_else(|e| e.into_inner()));
     kept.retain(|b| b.len() == len);
     let mut next = || kept.pop().map_or_else(|| pinned_cached(gpu, len), Ok);
@@ -304,7 +307,7 @@ fn take_staging(gpu: &Gpu, len: usize) -> anyhow::Result<[PinnedHostSlice<f32>; 
 
 /// Hands staging buffers back to `gpu` for its next call (at most two are kept: 32
 /// MiB of pinned memory a GPU at most, until the `Gpu` is dropped).
-fn keep_staging(gpu: &Gpu, bufs: [PinnedHostSlice<f32>; 2]) {
+pub(crate) fn keep_staging(gpu: &Gpu, bufs: [PinnedHostSlice<f32>; 2]) {
     let mut kept = gpu.staging.lock().unwrap_or_else(|e| e.into_inner());
     for b in bufs {
         if kept.len() < 2 {
@@ -319,7 +322,7 @@ const FILL_STEPS: usize = 2048;
 /// summaries on their way back). 16 MiB: a run pins them once, at about 0.5 ms a MB
 /// (64 MiB buffers cost the paper-scale run 40 ms), and the fill, not the copy,
 /// bounds the pieces' pace.
-const STAGE_BYTES: usize = 16 << 20;
+pub(crate) const STAGE_BYTES: usize = 16 << 20;
 
 /// One stream with its buffers for a group of layers.
 struct Slot {
@@ -363,6 +366,9 @@ pub fn layer_stats_cuda_grouped(
     let n_max = ns.iter().copied().max().unwrap_or(0);
     // Device bytes per layer: input, per-expert outputs (one window at a time), summaries.
     let per_layer = 4 * (ne * nt + (2 + keep as usize) * ne * n_max + 5 * ns.iter().sum::<usize>());
+    // The loads go up once (kept for the forecast stage), and each group's shares are
+    // made on the device; else (float64 loads, too little memory) on the host.
+    let resident = gpu.resident(trace)?;
     let (free, _) = gpu.ctx.mem_get_info().context("reading the GPU's free memory")?;
     let group = ((free / 4) / per_layer.max(1)).clamp(1, nl).min(max_group.unwrap_or(nl).max(1));
     let n_groups = nl.div_ceil(group);
@@ -402,7 +408,9 @@ pub fn layer_stats_cuda_grouped(
     // whole paper-scale input at once: 330 ms to pin and 95 ms to free, for an
     // 11 ms copy), so the buffers are kept on `gpu` for the next call.
     let stage_rows = (1..=ne).rev().find(|r| ne % r == 0 && r * nt * 4 <= STAGE_BYTES).unwrap_or(1);
-    let stage_len = stage_rows * nt;
+    // With the loads on the device the buffers only bring the summaries back: the
+    // upload's buffers, of STAGE_BYTES, serve.
+    let stage_len = if resident.is_some() { STAGE_BYTES / 4 } else { stage_rows * nt };
     // Cached (not write-combined): the fill writes many rows at once; each is
     // written in full from the trace before every copy to the device.
     let span = crate::profile::span(|| "stats: pinned staging".into());
@@ -499,8 +507,11 @@ pub fn layer_stats_cuda_grouped(
         // reading every step, spent most of their time on TLB misses: 117 ms for the
         // paper-scale input on 16 cores).
         let span = crate::profile::span(|| format!("stats: fill and copy {} layers", layers.len()));
+        if let Some(r) = &resident {
+            r.series_f32(gpu, &st, layers[0], layers.len(), &mut slot.d_in)?;
+        }
         let pieces = layers.iter().enumerate().flat_map(|(gi, &l)| (0..ne).step_by(stage_rows).map(move |e0| (gi, l, e0)));
-        for (gi, l, e0) in pieces.take_while(|_| stage_len > 0) {
+        for (gi, l, e0) in pieces.take_while(|_| stage_len > 0 && resident.is_none()) {
             let buf = &mut stage[staged % 2];
             staged += 1;
             let host = buf.as_mut_slice()?;

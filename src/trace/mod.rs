@@ -105,6 +105,9 @@ pub struct Trace {
     loads: Loads,
     /// `sum_e load[t, l, e]`, `[t][l]`, in f64.
     totals: Vec<f64>,
+    /// This trace's number in the process (a clone keeps it: the loads are the same),
+    /// by which a GPU keeps its loads for a run ([`crate::gpu::resident`]).
+    id: u64,
 }
 
 impl Trace {
@@ -183,7 +186,9 @@ impl Trace {
         if let Some(e) = problems.into_iter().flatten().next() {
             return Err(e);
         }
-        Ok(Trace { name, source: file.to_path_buf(), first_step, layer_ids, expert_ids, steps, loads, totals })
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(Trace { name, source: file.to_path_buf(), first_step, layer_ids, expert_ids, steps, loads, totals, id })
     }
 
     pub fn steps(&self) -> usize {
@@ -213,6 +218,21 @@ impl Trace {
     pub fn step_shares(&self, t: usize, l: usize, out: &mut [f64]) {
         let ne = self.experts().min(out.len());
         self.step_shares_from(t, l, 0, &mut out[..ne]);
+    }
+    /// This trace's number in the process, the same for its clones.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+    /// The dense loads, `[t][l][e]`, when they are float32.
+    pub fn loads_f32(&self) -> Option<&[f32]> {
+        match &self.loads {
+            Loads::F32(v) => Some(v),
+            Loads::F64(_) => None,
+        }
+    }
+    /// Each (step, layer)'s total load, `[t][l]`: the divisor of every share.
+    pub fn totals(&self) -> &[f64] {
+        &self.totals
     }
     /// The shares of experts `e0 .. e0 + out.len()` of layer `l` at step `t`.
     pub fn step_shares_from(&self, t: usize, l: usize, e0: usize, out: &mut [f64]) {
