@@ -235,3 +235,77 @@ extern "C" __global__ void oracle_medians(const double* __restrict__ p, int T, i
         if (lane == 0) med[((size_t)hi * n_origins + i) * E + e] = (h & 1) ? upper : 0.5 * (lower + upper);
     }
 }
+
+// The one row a flat forecast is, made where the layer's shares are (then scored by
+// score_flat), with the CPU's operations in the CPU's order, so the rows have its
+// bits before they are renormalised.
+//
+// `last` (kind 0) and `mean:w=W` (kind 1): block i makes origin i's row:
+// p[o − 1], or the sum of p[o − W .. o − 1] in step order divided by W.
+extern "C" __global__ void flat_rows(const double* __restrict__ p, int T, int E, const int* __restrict__ origins, int kind,
+                                     int W, double* __restrict__ rows) {
+    const int i = blockIdx.x;
+    const int o = origins[i];
+    for (int e = threadIdx.x; e < E; e += blockDim.x) {
+        double v;
+        if (kind == 0) {
+            v = p[(size_t)(o - 1) * E + e];
+        } else {
+            double s = 0.0;
+            for (int t = o - W; t < o; ++t) s += p[(size_t)t * E + e];
+            v = s / (double)W;
+        }
+        rows[(size_t)i * E + e] = v;
+    }
+}
+
+// Steps of ema_rows' loads issued together (one memory latency for all of them).
+#define EMA_BATCH 32
+
+// `ema:alpha=A`: thread e runs expert e's average through the steps in order
+// (p[0], then A·p + (1 − A)·average, rounded as the CPU rounds it: no fused
+// multiply-add) and writes it at each origin o (the average through step o − 1)
+// into rows[i * E + e]. Origins ascend.
+extern "C" __global__ void ema_rows(const double* __restrict__ p, int T, int E, const int* __restrict__ origins, int no,
+                                    double alpha, double* __restrict__ rows) {
+    const int e = blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= E) return;
+    const double beta = 1.0 - alpha;
+    double a = 0.0;
+    int t = 0;
+    for (int i = 0; i < no; ++i) {
+        const int o = origins[i];
+        if (t == 0 && o > 0) {
+            a = p[e];
+            t = 1;
+        }
+        for (; t + EMA_BATCH <= o; t += EMA_BATCH) {
+            double v[EMA_BATCH];
+#pragma unroll
+            for (int k = 0; k < EMA_BATCH; ++k) v[k] = p[(size_t)(t + k) * E + e];
+#pragma unroll
+            for (int k = 0; k < EMA_BATCH; ++k) a = __dadd_rn(__dmul_rn(alpha, v[k]), __dmul_rn(beta, a));
+        }
+        for (; t < o; ++t) a = __dadd_rn(__dmul_rn(alpha, p[(size_t)t * E + e]), __dmul_rn(beta, a));
+        rows[(size_t)i * E + e] = a;
+    }
+}
+
+// forecast::renormalize on the device: block i clips row i at 0 and scales it by
+// the reciprocal of its clipped sum (uniform 1/E when that sum is 0); the sum runs
+// in the block's order.
+extern "C" __global__ void renorm_rows(double* __restrict__ rows, int E) {
+    __shared__ double red[66];
+    double* r = rows + (size_t)blockIdx.x * E;
+    double c = 0.0, unused = 0.0;
+    for (int e = threadIdx.x; e < E; e += blockDim.x) {
+        const double v = r[e];
+        c += v >= 0.0 ? v : 0.0;
+    }
+    block_sum2(c, unused, red);
+    const double inv = 1.0 / c, uniform = 1.0 / (double)E;
+    for (int e = threadIdx.x; e < E; e += blockDim.x) {
+        const double v = r[e];
+        r[e] = c > 0.0 ? (v >= 0.0 ? v : 0.0) * inv : uniform;
+    }
+}

@@ -5,9 +5,13 @@
 //! [`super::scores_from_sums`] adds them on the host in origin order, as the CPU
 //! path does.
 //!
-//! - [`DeviceModel::HostRows`] (`last`, `mean`, `ema`, `median`): the one row each
-//!   origin's forecast is, made and renormalised on the host with the CPU path's
-//!   bits, then scored on the device (`score_flat`).
+//! - [`DeviceModel::Last`], [`DeviceModel::Mean`], [`DeviceModel::Ema`]: the one
+//!   row each origin's forecast is, made on the device with the CPU's operations in
+//!   its order (`flat_rows`, `ema_rows`: the CPU's bits), renormalised there
+//!   (`renorm_rows`: the sum in the block's order), then scored (`score_flat`).
+//! - [`DeviceModel::HostRows`] (`median`, and the others when placement keeps their
+//!   rows): the one row each origin's forecast is, made and renormalised on the host
+//!   with the CPU path's bits, then scored on the device (`score_flat`).
 //! - [`DeviceModel::SwAvg`]: predicted, renormalised and scored on the device
 //!   (`sw_avg_score`); the recursion has the CPU's bits, the renormalising sums run
 //!   in the block's order.
@@ -107,7 +111,7 @@ pub struct Pending {
 /// `proto` (else the forecaster runs on the CPU path).
 pub fn fits(model: DeviceModel, steps: usize, experts: usize, proto: &Protocol) -> bool {
     match model {
-        DeviceModel::HostRows => true,
+        DeviceModel::HostRows | DeviceModel::Last | DeviceModel::Mean { .. } | DeviceModel::Ema { .. } => true,
         DeviceModel::SwAvg { .. } => experts <= SW_MAX_EXPERTS,
         DeviceModel::OracleMedian => proto.max_horizon().min(steps).next_power_of_two() <= ORACLE_MAX_SPAN,
     }
@@ -201,16 +205,19 @@ impl Scorer {
         done: &(dyn Fn(u64) + Sync),
         rows: Option<HostRows>,
     ) -> anyhow::Result<Vec<Score>> {
-        let pending = self.enqueue(layer, f, model, proto, stable_from, ctx, done, rows)?;
+        let pending = self.enqueue((layer.steps(), layer.experts()), Some(layer), f, model, proto, stable_from, ctx, done, rows)?;
         self.finish(pending)
     }
 
     /// [`score`](Self::score)'s first half: the kernels go on the loaded layer's
-    /// stream and this returns at once.
+    /// stream and this returns at once. `shape` is the loaded layer's (steps,
+    /// experts); `layer`, its shares on the host, is needed only by a
+    /// [`DeviceModel::HostRows`] model whose `rows` are not given.
     #[allow(clippy::too_many_arguments)]
     pub fn enqueue(
         &mut self,
-        layer: &LayerView,
+        shape: (usize, usize),
+        layer: Option<&LayerView>,
         f: &dyn Forecaster,
         model: DeviceModel,
         proto: &Protocol,
@@ -219,7 +226,7 @@ impl Scorer {
         done: &(dyn Fn(u64) + Sync),
         rows: Option<HostRows>,
     ) -> anyhow::Result<Pending> {
-        let (nt, ne) = (layer.steps(), layer.experts());
+        let (nt, ne) = shape;
         let cur = self.cur;
         assert_eq!(self.slots[cur].shape, (nt, ne), "the layer scored is the layer loaded");
         let origins = proto.origins(nt);
@@ -249,9 +256,10 @@ impl Scorer {
         let (t, e, no, nhi) = (nt as i32, ne as i32, origins.len() as i32, nh as i32);
         match model {
             DeviceModel::HostRows => {
-                let (rows, fb) = match rows {
-                    Some(r) => r,
-                    None => host_rows(layer, f, proto, ctx, done)?,
+                let (rows, fb) = match (rows, layer) {
+                    (Some(r), _) => r,
+                    (None, Some(layer)) => host_rows(layer, f, proto, ctx, done)?,
+                    (None, None) => anyhow::bail!("{}: host rows without the layer's shares on the host", f.spec()),
                 };
                 pending.fbs = fb;
                 let d_rows = self.up.clone_htod(&rows)?;
@@ -260,6 +268,53 @@ impl Scorer {
                     self.launch_flat(&st, p, &d_origins, &d_rows, &d_horizons, &mut d_out, (t, e, no, nhi), 1, false)
                 })?;
                 pending._rows = Some(d_rows);
+            }
+            DeviceModel::Last | DeviceModel::Mean { .. } | DeviceModel::Ema { .. } => {
+                let mut d_rows: CudaSlice<f64> = st.alloc_zeros(origins.len() * ne)?;
+                let p = self.slots[cur].p.as_ref().expect("a layer is loaded");
+                let no = origins.len() as u32;
+                let block = block_for(ne, 1);
+                let label = f.spec();
+                crate::gpu::timeline::kernels(&st, || format!("{label}: rows"), || -> anyhow::Result<()> {
+                    match model {
+                        DeviceModel::Ema { alpha } => {
+                            let threads = (ne.clamp(32, 256).div_ceil(32) * 32) as u32;
+                            let cfg = LaunchConfig { grid_dim: (ne.div_ceil(threads as usize) as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+                            let mut b = st.launch_builder(&self.k.ema_rows);
+                            b.arg(p).arg(&t).arg(&e).arg(&d_origins).arg(&no).arg(&alpha).arg(&mut d_rows);
+                            // SAFETY: p holds T × E doubles, rows n_origins × E; origins
+                            // ascend and are at most T; one thread per expert.
+                            unsafe { b.launch(cfg) }.context("launching ema_rows")?;
+                        }
+                        _ => {
+                            let (kind, w) = match model {
+                                DeviceModel::Mean { w } => (1i32, w),
+                                _ => (0, 1),
+                            };
+                            anyhow::ensure!(origins[0] >= w, "{label} needs {w} steps before its first origin {}", origins[0]);
+                            let wi = w as i32;
+                            let cfg = LaunchConfig { grid_dim: (no, 1, 1), block_dim: (block, 1, 1), shared_mem_bytes: 0 };
+                            let mut b = st.launch_builder(&self.k.flat_rows);
+                            b.arg(p).arg(&t).arg(&e).arg(&d_origins).arg(&kind).arg(&wi).arg(&mut d_rows);
+                            // SAFETY: p holds T × E doubles, rows n_origins × E; every
+                            // origin is at least W (and 1) and below T.
+                            unsafe { b.launch(cfg) }.context("launching flat_rows")?;
+                        }
+                    }
+                    if real {
+                        let cfg = LaunchConfig { grid_dim: (no, 1, 1), block_dim: (block, 1, 1), shared_mem_bytes: 0 };
+                        let mut b = st.launch_builder(&self.k.renorm_rows);
+                        b.arg(&mut d_rows).arg(&e);
+                        // SAFETY: rows holds n_origins × E doubles; blocks are whole warps.
+                        unsafe { b.launch(cfg) }.context("launching renorm_rows")?;
+                    }
+                    Ok(())
+                })?;
+                crate::gpu::timeline::kernels(&st, || format!("{label}: score"), || {
+                    self.launch_flat(&st, p, &d_origins, &d_rows, &d_horizons, &mut d_out, (t, e, no as i32, nhi), 1, false)
+                })?;
+                pending._rows = Some(d_rows);
+                done((origins.len() * ne) as u64);
             }
             DeviceModel::SwAvg { w } => {
                 anyhow::ensure!(origins[0] >= w, "sw-avg:w={w} needs {w} steps before its first origin {}", origins[0]);

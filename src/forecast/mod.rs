@@ -215,6 +215,12 @@ pub enum DeviceModel {
     /// A [flat](Fitted::flat) model predicted on the host (one row an origin: a few
     /// kB), scored on the device.
     HostRows,
+    /// `last`, its rows made and scored on the device.
+    Last,
+    /// `mean:w=W`, its rows made and scored on the device.
+    Mean { w: usize },
+    /// `ema:alpha=A`, its rows made and scored on the device.
+    Ema { alpha: f64 },
     /// `sw-avg:w=W`, predicted and scored on the device.
     SwAvg { w: usize },
     /// `oracle-median`'s medians taken and scored on the device.

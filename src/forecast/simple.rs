@@ -61,7 +61,7 @@ pub struct Last;
 
 stateless!(Last, |_| 1, |_| "last".into();
     fn on_device(&self) -> Option<DeviceModel> {
-        Some(DeviceModel::HostRows)
+        Some(DeviceModel::Last)
     }
 );
 
@@ -89,7 +89,7 @@ windowed!(
     /// `mean:w=W`: the mean of `p[o-W .. o-1]` for every future step.
     MEAN, WindowMean, "mean", "mean of p[o-w .. o-1] for every future step";
     fn on_device(&self) -> Option<DeviceModel> {
-        Some(DeviceModel::HostRows)
+        Some(DeviceModel::Mean { w: self.w })
     }
 );
 
@@ -278,7 +278,7 @@ impl Ema {
 
 stateless!(Ema, |_| 1, |f| canonical("ema", &[("alpha", f.alpha.to_string())]);
     fn on_device(&self) -> Option<DeviceModel> {
-        Some(DeviceModel::HostRows)
+        Some(DeviceModel::Ema { alpha: self.alpha })
     }
 );
 

@@ -30,7 +30,8 @@ pub static WINDOW_STATS: Source = Source { file: "window_stats.cu", code: includ
 pub static LSTM: Source = Source { file: "lstm.cu", code: include_str!("../../kernels/lstm.cu") };
 
 /// The scoring kernels of the rolling-origin protocol (`score_flat`,
-/// `sw_avg_score`, `oracle_medians`).
+/// `sw_avg_score`, `oracle_medians`, and the flat rows: `flat_rows`, `ema_rows`,
+/// `renorm_rows`).
 pub static SCORE: Source = Source { file: "score.cu", code: include_str!("../../kernels/score.cu") };
 
 /// A trace's shares made from its loads on the GPU (`shares_steps_f64`,
@@ -56,6 +57,9 @@ pub struct ScoreKernels {
     pub score_flat: CudaFunction,
     pub sw_avg_score: CudaFunction,
     pub oracle_medians: CudaFunction,
+    pub flat_rows: CudaFunction,
+    pub ema_rows: CudaFunction,
+    pub renorm_rows: CudaFunction,
 }
 
 type ModuleKey = (&'static str, Vec<String>);
@@ -126,7 +130,14 @@ impl Gpu {
     /// The scoring kernels.
     pub fn score_kernels(&self) -> anyhow::Result<ScoreKernels> {
         let f = |name: &str| self.get_or_load_func(&SCORE, &[], name);
-        Ok(ScoreKernels { score_flat: f("score_flat")?, sw_avg_score: f("sw_avg_score")?, oracle_medians: f("oracle_medians")? })
+        Ok(ScoreKernels {
+            score_flat: f("score_flat")?,
+            sw_avg_score: f("sw_avg_score")?,
+            oracle_medians: f("oracle_medians")?,
+            flat_rows: f("flat_rows")?,
+            ema_rows: f("ema_rows")?,
+            renorm_rows: f("renorm_rows")?,
+        })
     }
 
     /// The window-statistics kernels.

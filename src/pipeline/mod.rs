@@ -268,10 +268,12 @@ fn layer_group(tr: &Trace) -> usize {
 
 /// Forecasts and scores every (trace, layer, forecaster): a group of layers at a time
 /// (as many as threads, within 512 MB of float64 shares), every (layer, forecaster)
-/// of a group in parallel. On a GPU, the next group's shares (in a second 512 MB at
-/// most) and host-made rows are made while the GPU scores a group, and each layer's
-/// copy up overlaps the kernels of the layer before. Metrics (and saved forecasts) go to the sink; what
-/// placement can reuse is returned.
+/// of a group in parallel. On a GPU, each layer's shares are made there from the
+/// trace's loads (else copied up, overlapping the kernels of the layer before); when
+/// every forecaster is predicted there too (the defaults), the host makes no shares
+/// at all. Otherwise the next group's shares (in a second 512 MB at most) and
+/// host-made rows are made while the GPU scores a group. Metrics (and saved
+/// forecasts) go to the sink; what placement can reuse is returned.
 #[allow(clippy::too_many_arguments)]
 pub fn forecast(
     plan: &RunPlan,
@@ -340,6 +342,12 @@ pub fn forecast(
         let on_device: Vec<Option<DeviceModel>> = forecasters
             .iter()
             .map(|f| f.on_device().filter(|&m| scorer.is_some() && eval::cuda::fits(m, tr.steps(), tr.experts(), proto)))
+            // Placement keeps the rows of the flat forecasters as their weights: they
+            // are made on the host then (see `Kept::means`).
+            .map(|m| match m {
+                Some(DeviceModel::Last | DeviceModel::Mean { .. } | DeviceModel::Ema { .. }) if placing.is_some() => Some(DeviceModel::HostRows),
+                m => m,
+            })
             .collect();
         // The trace's loads on the GPU (kept from the statistics stage): each layer's
         // shares are made there instead of copied up.
@@ -347,11 +355,17 @@ pub fn forecast(
             (Some(_), Device::Cuda(g)) if on_device.iter().any(Option::is_some) => g.resident(tr).context("keeping the trace's loads on the GPU")?,
             _ => None,
         };
+        // Whether the host needs the layers' shares: not when every forecaster is
+        // predicted on the GPU from shares made there (the default run's five).
+        let host_shares = resident.is_none() || placing.is_some() || on_device.iter().any(|m| m.is_none_or(|m| m == DeviceModel::HostRows));
         let leave_on_device = placing.is_some_and(|p| place::cuda::fits(tr.experts(), p.replicas.iter().copied().max().unwrap_or(0)));
         // The first placement interval's origins: placement's weights of a forecaster
         // scored on the GPU from its own predictions (`sw-avg`, `oracle-median`) are
         // made here, on the CPU, while the GPU scores.
         let placement_origins = placing.map(|p| (p.horizons[0], place::placement_origins(&proto.origins(tr.steps()), p.horizons[0], tr.steps())));
+        // With no shares on the host, one group: the GPU goes from layer to layer
+        // without waiting at a group's end.
+        let group = if host_shares { group } else { tr.layers() };
         let groups: Vec<Vec<usize>> = (0..tr.layers()).step_by(group).map(|f| (f..(f + group).min(tr.layers())).collect()).collect();
         // On a GPU, the next group's shares and host-made rows are made while the GPU
         // scores this group (in `ahead`, swapped in when the group comes).
@@ -360,8 +374,10 @@ pub fn forecast(
             let shares: &[Vec<f64>] = if rows_ahead.is_some() {
                 std::mem::swap(&mut buffers, &mut ahead);
                 &buffers[..layers.len()]
-            } else {
+            } else if host_shares {
                 group_shares(tr, layers, &mut buffers, "forecast")
+            } else {
+                &[]
             };
             let made_ahead = rows_ahead.take();
             let tasks: Vec<(usize, usize)> = (0..layers.len()).flat_map(|g| (0..forecasters.len()).map(move |f| (g, f))).collect();
@@ -409,7 +425,7 @@ pub fn forecast(
                 // Enqueues layer g's scorings by the forecasters `fis` (in slot `slot`).
                 let enqueue = |scorer: &mut eval::cuda::Scorer, made: &mut MadeRows, g: usize, fis: &[usize], pending: &mut Vec<Scoring>| -> anyhow::Result<()> {
                     let l = layers[g];
-                    let view = LayerView::new(&shares[g], tr.experts());
+                    let view = shares.get(g).map(|s| LayerView::new(s, tr.experts()));
                     for &fi in fis {
                         let m = on_device[fi].expect("a forecaster on the device");
                         let _span = crate::profile::span(|| format!("forecast: layer {l} {} enqueued", specs[fi]));
@@ -419,7 +435,7 @@ pub fn forecast(
                             _ => Vec::new(),
                         };
                         let p = scorer
-                            .enqueue(&view, forecasters[fi].as_ref(), m, proto, stable_from[ti][l], &ctx, &|n| bar.inc(n), rows)
+                            .enqueue((tr.steps(), tr.experts()), view.as_ref(), forecasters[fi].as_ref(), m, proto, stable_from[ti][l], &ctx, &|n| bar.inc(n), rows)
                             .with_context(|| what(g, fi))?;
                         pending.push((g, fi, p, means));
                     }
@@ -428,10 +444,9 @@ pub fn forecast(
                 let load = |scorer: &mut eval::cuda::Scorer, g: usize| -> anyhow::Result<usize> {
                     let l = layers[g];
                     let _span = crate::profile::span(|| format!("forecast: layer {l} to the GPU"));
-                    let view = LayerView::new(&shares[g], tr.experts());
                     match &resident {
                         Some(r) => scorer.load_resident(r, l),
-                        None => scorer.load(&view),
+                        None => scorer.load(&LayerView::new(&shares[g], tr.experts())),
                     }
                     .with_context(|| format!("forecasting {} layer {} on the GPU", tr.name, tr.layer_ids[l]))
                 };
@@ -521,7 +536,7 @@ pub fn forecast(
             };
             let next = groups.get(gn + 1);
             let prefetch = || {
-                let next = next?;
+                let next = next.filter(|_| host_shares)?;
                 let shares = group_shares(tr, next, &mut ahead, "forecast (ahead)");
                 Some(host_rows(next, shares))
             };
