@@ -89,6 +89,11 @@ impl Table {
 pub trait Sink {
     fn write(&mut self, table: Table, batch: &RecordBatch) -> anyhow::Result<()>;
     fn finish(&mut self, manifest: &serde_json::Value) -> anyhow::Result<()>;
+    /// No more rows of `table` will come: a sink may finish encoding it now, while
+    /// the run goes on. Writing `table` afterwards is an error.
+    fn end(&mut self, _table: Table) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 /// A run's output directory: one Parquet file per table, `manifest.json` last. The
@@ -159,6 +164,13 @@ impl Sink for RunDir {
     fn write(&mut self, table: Table, batch: &RecordBatch) -> anyhow::Result<()> {
         let (_, w) = self.files()?.iter_mut().find(|(t, _)| *t == table).with_context(|| format!("{} was not opened", table.file_name()))?;
         w.write(batch)
+    }
+
+    fn end(&mut self, table: Table) -> anyhow::Result<()> {
+        if let Some((_, w)) = self.files.as_mut().and_then(|f| f.iter_mut().find(|(t, _)| *t == table)) {
+            w.end();
+        }
+        Ok(())
     }
 
     fn finish(&mut self, manifest: &serde_json::Value) -> anyhow::Result<()> {
@@ -399,13 +411,19 @@ impl AtomicParquet {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        let tx = self.tx.as_ref().expect("not finished");
+        let tx = self.tx.as_ref().context("rows written after the table was ended")?;
         if tx.send(batch.clone()).is_err() {
             // The worker stopped: it failed, and says why when joined.
             self.tx = None;
             return Err(self.join().err().unwrap_or_else(|| anyhow::anyhow!("the writer stopped early")));
         }
         Ok(())
+    }
+
+    /// No more batches: the worker encodes the rest and closes the file now (an
+    /// error of its shows at [`finish`](Self::finish)).
+    pub fn end(&mut self) {
+        self.tx = None;
     }
 
     /// Waits for the worker and returns its outcome.

@@ -219,6 +219,10 @@ pub fn statistics(
             sink.write(Table::LayerStats, b)?;
         }
     }
+    // Encoded while the run goes on (a small run's summaries are one row group, which
+    // would otherwise wait for the end).
+    sink.end(Table::LayerStats)?;
+    sink.end(Table::WindowStats)?;
     Ok((layer_stats, stats_device))
 }
 
@@ -245,6 +249,7 @@ pub fn states(plan: &RunPlan, traces: &[Trace], layer_stats: &[Vec<LayerStats>],
         stable_from.push(per_layer);
     }
     sink.write(Table::States, &output::states_batch(&rows, plan.kappa)?)?;
+    sink.end(Table::States)?;
     Ok((rows, stable_from))
 }
 

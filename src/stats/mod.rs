@@ -48,9 +48,17 @@ pub struct LayerStats {
 
 impl LayerStats {
     fn zeros(layer: usize, window: usize, n: usize) -> LayerStats {
-        let start = |k: usize| if k == 1 || k == 3 { f64::NEG_INFINITY } else { 0.0 };
-        let summary = Summaries::from_fn(|k| vec![start(k); n]);
-        LayerStats { layer, window, summary }
+        let mut s = LayerStats { layer, window, summary: Summaries::from_fn(|_| vec![0.0; n]) };
+        s.reset(layer);
+        s
+    }
+    /// Back to [`zeros`](Self::zeros)'s values, for `layer`.
+    fn reset(&mut self, layer: usize) {
+        self.layer = layer;
+        let s = &mut self.summary;
+        for (k, v) in [&mut s.var_mean, &mut s.var_max, &mut s.range_mean, &mut s.range_max, &mut s.std_mean].into_iter().enumerate() {
+            v.fill(if k == 1 || k == 3 { f64::NEG_INFINITY } else { 0.0 });
+        }
     }
     fn add(&mut self, var: &[f64], range: &[f64]) {
         summaries_add(&mut self.summary, var, range);
@@ -125,41 +133,52 @@ pub fn layer_stats_cpu(
     let ne = trace.experts();
     let keep = detail.is_some();
     let mut out = Vec::new();
+    // Experts in a fixed number of blocks, each summed in expert order, the blocks
+    // then merged in block order: the same bits whatever the threads.
+    let block = ne.div_ceil(BLOCKS).max(1);
+    let n_blocks = ne.div_ceil(block);
+    // Buffers made once for the whole trace, not once a block and layer (that was
+    // most of the stage's time on small traces, in page faults): each block's
+    // partial summaries, and each worker thread's scratch and output series.
+    let mut accs: Vec<Vec<LayerStats>> = (0..n_blocks).map(|_| windows.iter().map(|&w| LayerStats::zeros(0, w, cpu::outputs(nt, w))).collect()).collect();
+    let workers: Vec<std::sync::Mutex<Worker>> = (0..rayon::current_num_threads().max(1)).map(|_| Default::default()).collect();
     for l in 0..trace.layers() {
         let series = trace.layer_series(l);
-        let init = || -> (Vec<LayerStats>, Vec<ExpertStats>) {
-            (windows.iter().map(|&w| LayerStats::zeros(l, w, cpu::outputs(nt, w))).collect(), Vec::new())
-        };
-        // Experts in a fixed number of blocks, each summed in expert order, the blocks
-        // then merged in block order: the same bits whatever the threads.
-        let block = ne.div_ceil(BLOCKS);
-        let parts: Vec<(Vec<LayerStats>, Vec<ExpertStats>)> = series
-            .par_chunks(nt * block)
+        // A task takes whole blocks, at least four experts, so that experts go four at
+        // a time (cpu::window_series4, the same bits as one at a time) even where a
+        // block is one expert; each expert is added to its own block's summaries, in
+        // expert order.
+        let per_task = 4usize.div_ceil(block);
+        let kept: Vec<Vec<ExpertStats>> = accs
+            .par_chunks_mut(per_task)
+            .zip(series.par_chunks(nt * block * per_task))
             .enumerate()
-            .map(|(b, xs)| {
-                let (mut acc, mut kept) = init();
-                let mut s = cpu::Scratch::default();
-                // Without the detail, one set of buffers per window for the whole block
-                // (window_series writes every value).
+            .map(|(t, (acc, xs))| {
+                acc.iter_mut().flatten().for_each(|a| a.reset(l));
+                let worker = rayon::current_thread_index().unwrap_or(0) % workers.len();
+                // Only this thread takes its worker's lock, so it never waits.
+                let mut guard = workers[worker].lock().unwrap_or_else(|e| e.into_inner());
+                let Worker { scratch: s, bufs } = &mut *guard;
                 let fresh = |n: usize| -> [[Vec<f64>; 3]; 4] { std::array::from_fn(|_| std::array::from_fn(|_| vec![0.0; n])) };
-                let mut bufs: Vec<[[Vec<f64>; 3]; 4]> = if keep { Vec::new() } else { windows.iter().map(|&w| fresh(cpu::outputs(nt, w))).collect() };
-                // Four experts at a time (cpu::window_series4), the rest one at a time;
-                // each expert is added to the summaries in expert order.
+                if !keep && bufs.len() != windows.len() {
+                    *bufs = windows.iter().map(|&w| fresh(cpu::outputs(nt, w))).collect();
+                }
+                let mut kept = Vec::new();
                 for (g, quad) in xs.chunks(4 * nt).enumerate() {
-                    let e0 = b * block + 4 * g;
-                    let k = quad.len() / nt;
+                    let (i0, k) = (4 * g, quad.len() / nt);
+                    let e0 = t * per_task * block + i0;
                     for (wi, &w) in windows.iter().enumerate() {
                         let mut out = if keep { fresh(cpu::outputs(nt, w)) } else { std::mem::take(&mut bufs[wi]) };
                         if k == 4 {
                             let x: [&[f64]; 4] = std::array::from_fn(|j| &quad[j * nt..(j + 1) * nt]);
-                            cpu::window_series4(x, w, &mut out, &mut s);
+                            cpu::window_series4(x, w, &mut out, s);
                         } else {
                             for (x, [m, v, r]) in quad.chunks(nt).zip(out.iter_mut()) {
-                                cpu::window_series(x, w, m, v, r, &mut s);
+                                cpu::window_series(x, w, m, v, r, s);
                             }
                         }
-                        for [_, v, r] in &out[..k] {
-                            acc[wi].add(v, r);
+                        for (j, [_, v, r]) in out[..k].iter().enumerate() {
+                            acc[(i0 + j) / block][wi].add(v, r);
                         }
                         if keep {
                             for (j, [m, v, r]) in out.into_iter().take(k).enumerate() {
@@ -170,24 +189,32 @@ pub fn layer_stats_cpu(
                         }
                     }
                 }
-                (acc, kept)
+                kept
             })
             .collect();
-        let mut parts = parts.into_iter();
-        let (mut acc, mut kept) = parts.next().unwrap_or_else(init);
-        for (a, k) in parts {
-            acc.iter_mut().zip(&a).for_each(|(x, y)| x.merge(y));
-            kept.extend(k);
+        let mut blocks = accs.iter();
+        let mut total = blocks.next().cloned().unwrap_or_else(|| windows.iter().map(|&w| LayerStats::zeros(l, w, cpu::outputs(nt, w))).collect());
+        for a in blocks {
+            total.iter_mut().zip(a).for_each(|(x, y)| x.merge(y));
         }
-        acc.iter_mut().for_each(|s| s.finish(ne));
+        total.iter_mut().for_each(|s| s.finish(ne));
         if let Some(d) = detail.as_mut() {
+            let mut kept: Vec<ExpertStats> = kept.into_iter().flatten().collect();
             kept.sort_by_key(|k| (k.expert, windows.iter().position(|&w| w == k.window)));
             d(kept)?;
         }
-        out.extend(acc);
+        out.extend(total);
         on_layer();
     }
     Ok(out)
+}
+
+/// One worker thread's buffers for [`layer_stats_cpu`].
+#[derive(Default)]
+struct Worker {
+    scratch: cpu::Scratch,
+    /// Per window, four experts' output series (mean, variance, range).
+    bufs: Vec<[[Vec<f64>; 3]; 4]>,
 }
 
 #[cfg(test)]
