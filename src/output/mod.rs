@@ -673,6 +673,35 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
+    /// A table ended early is encoded then, with the same bytes as one finished at
+    /// the end; rows after the end are refused; ended but dropped unfinished, it
+    /// still leaves nothing.
+    #[test]
+    fn an_ended_table_has_the_bytes_of_one_finished_at_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
+        let mut at_end = AtomicParquet::create(dir.path(), "a.parquet", schema.clone()).unwrap();
+        at_end.write(&ints(&schema, 0, 1000)).unwrap();
+        at_end.write(&ints(&schema, 1000, 234)).unwrap();
+        at_end.finish().unwrap();
+        let mut ended = AtomicParquet::create(dir.path(), "b.parquet", schema.clone()).unwrap();
+        ended.write(&ints(&schema, 0, 1000)).unwrap();
+        ended.write(&ints(&schema, 1000, 234)).unwrap();
+        ended.end();
+        let err = ended.write(&ints(&schema, 0, 1)).unwrap_err();
+        assert!(err.to_string().contains("after the table was ended"), "{err}");
+        ended.finish().unwrap();
+        let (a, b) = (std::fs::read(dir.path().join("a.parquet")).unwrap(), std::fs::read(dir.path().join("b.parquet")).unwrap());
+        assert!(a == b, "ending a table early changed its bytes");
+        let mut dropped = AtomicParquet::create(dir.path(), "c.parquet", schema.clone()).unwrap();
+        dropped.write(&ints(&schema, 0, 10)).unwrap();
+        dropped.end();
+        drop(dropped);
+        let mut names: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        assert_eq!(names, ["a.parquet", "b.parquet"]);
+    }
+
     /// The file tables of docs/reference.md and README.md list every column of every
     /// schema, in order, so the docs cannot drift from the files.
     #[test]

@@ -243,6 +243,58 @@ mod tests {
         }
     }
 
+    /// The summaries have the bits of the plainest code of their documented order:
+    /// one expert at a time (`cpu::window_series`), experts added in order within
+    /// blocks of ⌈E/16⌉, blocks merged in order; for expert counts that make blocks
+    /// of one (tasks of four blocks), of two, of four, of seven and a short last block.
+    #[test]
+    fn layer_summaries_have_the_bits_of_the_block_order() {
+        let mut state = 0x9e3779b97f4a7c15u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let windows = [1, 7, 50];
+        for ne in [1usize, 5, 16, 20, 64, 100] {
+            let (nt, nl) = (300, 2);
+            let loads: Vec<f32> = (0..nt * nl * ne).map(|_| (next() * 1000.0).floor() as f32 + 1.0).collect();
+            let t = Trace::from_dense("t".into(), Path::new("x"), 0, (0..nl as i64).collect(), (0..ne as i64).collect(), Loads::F32(loads)).unwrap();
+            let got = layer_stats_cpu(&t, &windows, None, || {}).unwrap();
+            let block = ne.div_ceil(BLOCKS);
+            let mut want = Vec::new();
+            for l in 0..nl {
+                let series = t.layer_series(l);
+                for &w in &windows {
+                    let n = cpu::outputs(nt, w);
+                    let mut total: Option<LayerStats> = None;
+                    for b in series.chunks(nt * block) {
+                        let mut acc = LayerStats::zeros(l, w, n);
+                        for x in b.chunks(nt) {
+                            let (mut m, mut v, mut r) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+                            cpu::window_series(x, w, &mut m, &mut v, &mut r, &mut cpu::Scratch::default());
+                            acc.add(&v, &r);
+                        }
+                        match total.as_mut() {
+                            None => total = Some(acc),
+                            Some(s) => s.merge(&acc),
+                        }
+                    }
+                    let mut total = total.unwrap();
+                    total.finish(ne);
+                    want.push(total);
+                }
+            }
+            assert_eq!(got.len(), want.len());
+            let bits = |s: &LayerStats| s.summary.all().map(|v| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+            for (a, b) in got.iter().zip(&want) {
+                assert_eq!((a.layer, a.window), (b.layer, b.window));
+                assert!(bits(a) == bits(b), "{ne} experts, layer {} window {}: other bits", a.layer, a.window);
+            }
+        }
+    }
+
     #[test]
     fn layer_summaries_average_and_max_over_experts() {
         // One layer, two experts, 3 steps. Shares: e0 = .5, .25, .75 ; e1 = .5, .75, .25
