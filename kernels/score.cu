@@ -259,35 +259,67 @@ extern "C" __global__ void flat_rows(const double* __restrict__ p, int T, int E,
     }
 }
 
-// Steps of ema_rows' loads issued together (one memory latency for all of them).
-#define EMA_BATCH 32
+// `ema:alpha=A` as a chunked scan: the average S(t) through step t (S(0) = p[0], then
+// S(t) = A·p[t] + (1 − A)·S(t − 1)) is, within a chunk of EMA_CHUNK steps starting at
+// t0, L(t) + (1 − A)^(t − t0 + 1)·S(t0 − 1), where L is the chunk's own average
+// started from 0. ema_chunk makes every chunk's L at once; ema_carry then walks the
+// chunks in order, one thread an expert. Not the CPU's sequential bits: the sums
+// differ in their roundings (about 1e-16 relative).
+#define EMA_CHUNK 256
 
-// `ema:alpha=A`: thread e runs expert e's average through the steps in order
-// (p[0], then A·p + (1 − A)·average, rounded as the CPU rounds it: no fused
-// multiply-add) and writes it at each origin o (the average through step o − 1)
-// into rows[i * E + e]. Origins ascend.
-extern "C" __global__ void ema_rows(const double* __restrict__ p, int T, int E, const int* __restrict__ origins, int no,
-                                    double alpha, double* __restrict__ rows) {
+// The first origin index i with origins[i] > t (origins ascend).
+__device__ __forceinline__ int first_origin_after(const int* origins, int no, int t) {
+    int lo = 0, hi = no;
+    while (lo < hi) {
+        const int mid = (lo + hi) / 2;
+        if (origins[mid] > t) hi = mid; else lo = mid + 1;
+    }
+    return lo;
+}
+
+// Thread (expert e, chunks blockIdx.y, + gridDim.y, ...): each chunk's own average L
+// through each step before an origin o in the chunk (t0 < o <= t1) into
+// rows[i * E + e], and through the chunk's last step into ends[c * E + e]. Steps run
+// to the last origin, `last`.
+extern "C" __global__ void ema_chunk(const double* __restrict__ p, int E, const int* __restrict__ origins, int no,
+                                     int last, double alpha, double* __restrict__ rows, double* __restrict__ ends) {
     const int e = blockIdx.x * blockDim.x + threadIdx.x;
     if (e >= E) return;
     const double beta = 1.0 - alpha;
-    double a = 0.0;
-    int t = 0;
-    for (int i = 0; i < no; ++i) {
-        const int o = origins[i];
-        if (t == 0 && o > 0) {
+    const int chunks = (last + EMA_CHUNK - 1) / EMA_CHUNK;
+    for (int c = blockIdx.y; c < chunks; c += gridDim.y) {
+        const int t0 = c * EMA_CHUNK;
+        const int t1 = min(t0 + EMA_CHUNK, last);
+        double a = 0.0;
+        int t = t0;
+        if (c == 0) {
             a = p[e];
             t = 1;
         }
-        for (; t + EMA_BATCH <= o; t += EMA_BATCH) {
-            double v[EMA_BATCH];
-#pragma unroll
-            for (int k = 0; k < EMA_BATCH; ++k) v[k] = p[(size_t)(t + k) * E + e];
-#pragma unroll
-            for (int k = 0; k < EMA_BATCH; ++k) a = __dadd_rn(__dmul_rn(alpha, v[k]), __dmul_rn(beta, a));
+        for (int i = first_origin_after(origins, no, t0); i < no && origins[i] <= t1; ++i) {
+            const int o = origins[i];
+            for (; t < o; ++t) a = __dadd_rn(__dmul_rn(alpha, p[(size_t)t * E + e]), __dmul_rn(beta, a));
+            rows[(size_t)i * E + e] = a;
         }
-        for (; t < o; ++t) a = __dadd_rn(__dmul_rn(alpha, p[(size_t)t * E + e]), __dmul_rn(beta, a));
-        rows[(size_t)i * E + e] = a;
+        for (; t < t1; ++t) a = __dadd_rn(__dmul_rn(alpha, p[(size_t)t * E + e]), __dmul_rn(beta, a));
+        ends[(size_t)c * E + e] = a;
+    }
+}
+
+// Thread e: carries S through the chunks in order, adding (1 − A)^k·S(t0 − 1) to the
+// rows of chunk c's origins (k = o − t0 steps of the chunk before origin o).
+extern "C" __global__ void ema_carry(int E, const int* __restrict__ origins, int no, int last, double alpha,
+                                     const double* __restrict__ ends, double* __restrict__ rows) {
+    const int e = blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= E) return;
+    const double beta = 1.0 - alpha;
+    const int chunks = (last + EMA_CHUNK - 1) / EMA_CHUNK;
+    double s = ends[e];
+    int i = first_origin_after(origins, no, min(EMA_CHUNK, last));
+    for (int c = 1; c < chunks; ++c) {
+        const int t0 = c * EMA_CHUNK, t1 = min(t0 + EMA_CHUNK, last);
+        for (; i < no && origins[i] <= t1; ++i) rows[(size_t)i * E + e] += pow(beta, (double)(origins[i] - t0)) * s;
+        s = ends[(size_t)c * E + e] + pow(beta, (double)(t1 - t0)) * s;
     }
 }
 

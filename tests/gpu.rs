@@ -409,7 +409,7 @@ fn device_scoring_matches_the_cpu_path() {
     let g = gpu();
     let mut sc = Scorer::new(&g).unwrap();
     let seed = seed();
-    let specs = ["last", "mean:w=7", "ema:alpha=0.3", "median:w=6", "sw-avg:w=5", "sw-avg:w=1", "oracle-median"];
+    let specs = ["last", "mean:w=7", "ema:alpha=0.3", "ema:alpha=0.01", "median:w=6", "sw-avg:w=5", "sw-avg:w=1", "oracle-median"];
     let mut checked = 0;
     for (ci, &(steps, experts)) in [(300, 1), (257, 5), (700, 33), (413, 300), (260, 1100)].iter().enumerate() {
         let p = random_layer(steps, experts, seed.wrapping_add(ci as u64));
@@ -428,7 +428,11 @@ fn device_scoring_matches_the_cpu_path() {
                     let what = format!("{spec} {steps}×{experts} renormalize={renormalize}: {w:?} vs {s:?}");
                     assert_eq!((w.horizon, w.regime, w.origins, w.fallbacks), (s.horizon, s.regime, s.origins, s.fallbacks), "{what}");
                     for (a, b) in [(w.mae_pp, s.mae_pp), (w.rmse_pp, s.rmse_pp), (w.tv_pct, s.tv_pct)] {
-                        assert!(close_rel(a, b, 1e-10), "{what}");
+                        // `ema`'s chunked scan is not the CPU's sequential roundings: where
+                        // the CPU's error is exactly 0 (one expert, not renormalised: the
+                        // average of 1s is 1), the device's is a rounding, under 1e-13 pp.
+                        let zero = spec.starts_with("ema") && a.zip(b).is_some_and(|(x, y)| x.abs().max(y.abs()) < 1e-13);
+                        assert!(close_rel(a, b, 1e-10) || zero, "{what}");
                     }
                     checked += 1;
                 }

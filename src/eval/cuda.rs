@@ -6,8 +6,9 @@
 //! path does.
 //!
 //! - [`DeviceModel::Last`], [`DeviceModel::Mean`], [`DeviceModel::Ema`]: the one
-//!   row each origin's forecast is, made on the device with the CPU's operations in
-//!   its order (`flat_rows`, `ema_rows`: the CPU's bits), renormalised there
+//!   row each origin's forecast is, made on the device (`flat_rows`: the CPU's
+//!   operations in its order, so its bits; `ema_chunk` and `ema_carry`: a chunked
+//!   scan, within about 1e-16 relative of the CPU's sequential average), renormalised there
 //!   (`renorm_rows`: the sum in the block's order), then scored (`score_flat`).
 //! - [`DeviceModel::HostRows`] (`median`, and the others when placement keeps their
 //!   rows): the one row each origin's forecast is, made and renormalised on the host
@@ -105,6 +106,8 @@ pub struct Pending {
     out: Option<CudaSlice<f64>>,
     _inputs: Vec<CudaSlice<i32>>,
     _rows: Option<CudaSlice<f64>>,
+    /// `ema`'s chunk ends (kept, as the rows are, until the stream is done with them).
+    _ends: Option<CudaSlice<f64>>,
 }
 
 /// Whether `model` can run on the device for a layer of `steps × experts` under
@@ -243,6 +246,7 @@ impl Scorer {
             out: None,
             _inputs: Vec::new(),
             _rows: None,
+            _ends: None,
         };
         let origins = &pending.origins;
         if origins.is_empty() {
@@ -275,16 +279,34 @@ impl Scorer {
                 let no = origins.len() as u32;
                 let block = block_for(ne, 1);
                 let label = f.spec();
+                // `ema` as a chunked scan (kernels/score.cu): every chunk's own average
+                // at once, then the chunks' carries in order.
+                const EMA_CHUNK: usize = 256;
+                let last = *origins.last().expect("origins");
+                let mut ends: Option<CudaSlice<f64>> = match model {
+                    DeviceModel::Ema { .. } if last > 0 => Some(st.alloc_zeros(last.div_ceil(EMA_CHUNK) * ne)?),
+                    _ => None,
+                };
                 crate::gpu::timeline::kernels(&st, || format!("{label}: rows"), || -> anyhow::Result<()> {
                     match model {
                         DeviceModel::Ema { alpha } => {
-                            let threads = (ne.clamp(32, 256).div_ceil(32) * 32) as u32;
-                            let cfg = LaunchConfig { grid_dim: (ne.div_ceil(threads as usize) as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
-                            let mut b = st.launch_builder(&self.k.ema_rows);
-                            b.arg(p).arg(&t).arg(&e).arg(&d_origins).arg(&no).arg(&alpha).arg(&mut d_rows);
-                            // SAFETY: p holds T × E doubles, rows n_origins × E; origins
-                            // ascend and are at most T; one thread per expert.
-                            unsafe { b.launch(cfg) }.context("launching ema_rows")?;
+                            if let Some(ends) = ends.as_mut() {
+                                let chunks = last.div_ceil(EMA_CHUNK);
+                                let threads = (ne.clamp(32, 128).div_ceil(32) * 32) as u32;
+                                let grid_x = ne.div_ceil(threads as usize) as u32;
+                                let li = last as i32;
+                                let cfg = LaunchConfig { grid_dim: (grid_x, chunks.min(65_535) as u32, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+                                let mut b = st.launch_builder(&self.k.ema_chunk);
+                                b.arg(p).arg(&e).arg(&d_origins).arg(&no).arg(&li).arg(&alpha).arg(&mut d_rows).arg(&mut *ends);
+                                // SAFETY: p holds T × E doubles and the last origin is at
+                                // most T; rows n_origins × E, ends chunks × E; origins ascend.
+                                unsafe { b.launch(cfg) }.context("launching ema_chunk")?;
+                                let cfg = LaunchConfig { grid_dim: (grid_x, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+                                let mut b = st.launch_builder(&self.k.ema_carry);
+                                b.arg(&e).arg(&d_origins).arg(&no).arg(&li).arg(&alpha).arg(&*ends).arg(&mut d_rows);
+                                // SAFETY: as above; one thread an expert.
+                                unsafe { b.launch(cfg) }.context("launching ema_carry")?;
+                            }
                         }
                         _ => {
                             let (kind, w) = match model {
@@ -314,6 +336,7 @@ impl Scorer {
                     self.launch_flat(&st, p, &d_origins, &d_rows, &d_horizons, &mut d_out, (t, e, no as i32, nhi), 1, false)
                 })?;
                 pending._rows = Some(d_rows);
+                pending._ends = ends;
                 done((origins.len() * ne) as u64);
             }
             DeviceModel::SwAvg { w } => {

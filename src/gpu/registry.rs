@@ -30,7 +30,7 @@ pub static WINDOW_STATS: Source = Source { file: "window_stats.cu", code: includ
 pub static LSTM: Source = Source { file: "lstm.cu", code: include_str!("../../kernels/lstm.cu") };
 
 /// The scoring kernels of the rolling-origin protocol (`score_flat`,
-/// `sw_avg_score`, `oracle_medians`, and the flat rows: `flat_rows`, `ema_rows`,
+/// `sw_avg_score`, `oracle_medians`, and the flat rows: `flat_rows`, `ema_chunk`, `ema_carry`,
 /// `renorm_rows`).
 pub static SCORE: Source = Source { file: "score.cu", code: include_str!("../../kernels/score.cu") };
 
@@ -58,7 +58,8 @@ pub struct ScoreKernels {
     pub sw_avg_score: CudaFunction,
     pub oracle_medians: CudaFunction,
     pub flat_rows: CudaFunction,
-    pub ema_rows: CudaFunction,
+    pub ema_chunk: CudaFunction,
+    pub ema_carry: CudaFunction,
     pub renorm_rows: CudaFunction,
 }
 
@@ -135,7 +136,8 @@ impl Gpu {
             sw_avg_score: f("sw_avg_score")?,
             oracle_medians: f("oracle_medians")?,
             flat_rows: f("flat_rows")?,
-            ema_rows: f("ema_rows")?,
+            ema_chunk: f("ema_chunk")?,
+            ema_carry: f("ema_carry")?,
             renorm_rows: f("renorm_rows")?,
         })
     }
