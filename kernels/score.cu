@@ -260,12 +260,12 @@ extern "C" __global__ void flat_rows(const double* __restrict__ p, int T, int E,
 }
 
 // `ema:alpha=A` as a chunked scan: the average S(t) through step t (S(0) = p[0], then
-// S(t) = A·p[t] + (1 − A)·S(t − 1)) is, within a chunk of EMA_CHUNK steps starting at
+// S(t) = A·p[t] + (1 − A)·S(t − 1)) is, within a chunk of `chunk` steps starting at
 // t0, L(t) + (1 − A)^(t − t0 + 1)·S(t0 − 1), where L is the chunk's own average
 // started from 0. ema_chunk makes every chunk's L at once; ema_carry then walks the
 // chunks in order, one thread an expert. Not the CPU's sequential bits: the sums
-// differ in their roundings (about 1e-16 relative).
-#define EMA_CHUNK 256
+// differ in their roundings (about 1e-16 relative). The chunk length `chunk` is given
+// by the host (src/eval/cuda.rs), the same to both kernels.
 
 // The first origin index i with origins[i] > t (origins ascend).
 __device__ __forceinline__ int first_origin_after(const int* origins, int no, int t) {
@@ -282,14 +282,14 @@ __device__ __forceinline__ int first_origin_after(const int* origins, int no, in
 // rows[i * E + e], and through the chunk's last step into ends[c * E + e]. Steps run
 // to the last origin, `last`.
 extern "C" __global__ void ema_chunk(const double* __restrict__ p, int E, const int* __restrict__ origins, int no,
-                                     int last, double alpha, double* __restrict__ rows, double* __restrict__ ends) {
+                                     int last, int chunk, double alpha, double* __restrict__ rows, double* __restrict__ ends) {
     const int e = blockIdx.x * blockDim.x + threadIdx.x;
     if (e >= E) return;
     const double beta = 1.0 - alpha;
-    const int chunks = (last + EMA_CHUNK - 1) / EMA_CHUNK;
+    const int chunks = (last + chunk - 1) / chunk;
     for (int c = blockIdx.y; c < chunks; c += gridDim.y) {
-        const int t0 = c * EMA_CHUNK;
-        const int t1 = min(t0 + EMA_CHUNK, last);
+        const int t0 = c * chunk;
+        const int t1 = min(t0 + chunk, last);
         double a = 0.0;
         int t = t0;
         if (c == 0) {
@@ -308,16 +308,16 @@ extern "C" __global__ void ema_chunk(const double* __restrict__ p, int E, const 
 
 // Thread e: carries S through the chunks in order, adding (1 − A)^k·S(t0 − 1) to the
 // rows of chunk c's origins (k = o − t0 steps of the chunk before origin o).
-extern "C" __global__ void ema_carry(int E, const int* __restrict__ origins, int no, int last, double alpha,
+extern "C" __global__ void ema_carry(int E, const int* __restrict__ origins, int no, int last, int chunk, double alpha,
                                      const double* __restrict__ ends, double* __restrict__ rows) {
     const int e = blockIdx.x * blockDim.x + threadIdx.x;
     if (e >= E) return;
     const double beta = 1.0 - alpha;
-    const int chunks = (last + EMA_CHUNK - 1) / EMA_CHUNK;
+    const int chunks = (last + chunk - 1) / chunk;
     double s = ends[e];
-    int i = first_origin_after(origins, no, min(EMA_CHUNK, last));
+    int i = first_origin_after(origins, no, min(chunk, last));
     for (int c = 1; c < chunks; ++c) {
-        const int t0 = c * EMA_CHUNK, t1 = min(t0 + EMA_CHUNK, last);
+        const int t0 = c * chunk, t1 = min(t0 + chunk, last);
         for (; i < no && origins[i] <= t1; ++i) rows[(size_t)i * E + e] += pow(beta, (double)(origins[i] - t0)) * s;
         s = ends[(size_t)c * E + e] + pow(beta, (double)(t1 - t0)) * s;
     }

@@ -280,7 +280,8 @@ impl Scorer {
                 let block = block_for(ne, 1);
                 let label = f.spec();
                 // `ema` as a chunked scan (kernels/score.cu): every chunk's own average
-                // at once, then the chunks' carries in order.
+                // at once, then the chunks' carries in order; both kernels are given
+                // this chunk length.
                 const EMA_CHUNK: usize = 256;
                 let last = *origins.last().expect("origins");
                 let mut ends: Option<CudaSlice<f64>> = match model {
@@ -294,16 +295,16 @@ impl Scorer {
                                 let chunks = last.div_ceil(EMA_CHUNK);
                                 let threads = (ne.clamp(32, 128).div_ceil(32) * 32) as u32;
                                 let grid_x = ne.div_ceil(threads as usize) as u32;
-                                let li = last as i32;
+                                let (li, ci) = (last as i32, EMA_CHUNK as i32);
                                 let cfg = LaunchConfig { grid_dim: (grid_x, chunks.min(65_535) as u32, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
                                 let mut b = st.launch_builder(&self.k.ema_chunk);
-                                b.arg(p).arg(&e).arg(&d_origins).arg(&no).arg(&li).arg(&alpha).arg(&mut d_rows).arg(&mut *ends);
+                                b.arg(p).arg(&e).arg(&d_origins).arg(&no).arg(&li).arg(&ci).arg(&alpha).arg(&mut d_rows).arg(&mut *ends);
                                 // SAFETY: p holds T × E doubles and the last origin is at
                                 // most T; rows n_origins × E, ends chunks × E; origins ascend.
                                 unsafe { b.launch(cfg) }.context("launching ema_chunk")?;
                                 let cfg = LaunchConfig { grid_dim: (grid_x, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
                                 let mut b = st.launch_builder(&self.k.ema_carry);
-                                b.arg(&e).arg(&d_origins).arg(&no).arg(&li).arg(&alpha).arg(&*ends).arg(&mut d_rows);
+                                b.arg(&e).arg(&d_origins).arg(&no).arg(&li).arg(&ci).arg(&alpha).arg(&*ends).arg(&mut d_rows);
                                 // SAFETY: as above; one thread an expert.
                                 unsafe { b.launch(cfg) }.context("launching ema_carry")?;
                             }
