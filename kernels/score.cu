@@ -168,69 +168,154 @@ extern "C" __global__ void sw_avg_score(const double* __restrict__ p, int T, int
     }
 }
 
-// `oracle-median`'s rows: for origin i and each horizon h it reaches, every
-// expert's median of p[o .. o + h - 1] (the mean of the two middle values when h is
-// even, as 0.5 * (lower + upper)), into med[(hi * n_origins + i) * E + e].
-//
-// One warp per (origin, expert): the n = min(max horizon, T − o) values and their
-// step offsets are sorted together in shared memory (bitonic, padded to `npow`, a
-// power of two, with +inf), and each horizon's two middle values are found by
-// walking the sorted order, counting only the offsets below h (a ballot per 32).
-// Dynamic shared memory: npow × 10 bytes per warp.
-extern "C" __global__ void oracle_medians(const double* __restrict__ p, int T, int E, const int* __restrict__ origins,
-                                          int n_origins, const int* __restrict__ horizons, int nh, int npow,
-                                          double* __restrict__ med) {
+// `oracle-median`'s rows: for origin i and each horizon h it reaches, every expert's
+// median of p[o .. o + h - 1] (the mean of the two middle values when h is even, as
+// 0.5 * (lower + upper)), into med[(hi * n_origins + i) * E + e]. The origins are the
+// protocol's grid, every `c` steps from `b`, so consecutive origins' spans share all
+// but `c` steps: oracle_chunk_sort sorts each expert's `c`-step chunks of the grid
+// once, and oracle_select finds each middle value by its rank among the sorted chunks
+// inside the span and the steps after the last whole one, bit by bit of its key. The
+// middle values are elements of the span, so the medians are the CPU's values.
+
+// Order-preserving u64 keys of doubles (and back).
+__device__ __forceinline__ unsigned long long dkey(double v) {
+    const unsigned long long u = (unsigned long long)__double_as_longlong(v);
+    return (u >> 63) ? ~u : (u | 0x8000000000000000ull);
+}
+__device__ __forceinline__ double dval(unsigned long long k) {
+    return __longlong_as_double((long long)((k >> 63) ? (k & 0x7fffffffffffffffull) : ~k));
+}
+
+// One warp per (chunk q = blockIdx.x, expert e): steps b + q·c .. min(b + (q + 1)·c,
+// T) − 1 sorted ascending into sorted[(q · E + e) · c ...]. Dynamic shared memory:
+// cpow doubles per warp (cpow: c rounded up to a power of two, at least 32).
+extern "C" __global__ void oracle_chunk_sort(const double* __restrict__ p, int T, int E, int b, int c, int cpow, int chunks,
+                                             double* __restrict__ sorted) {
     extern __shared__ double smem[];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    const int i = blockIdx.y;
-    const int e = blockIdx.x * warps + warp;
-    if (e >= E) return;  // whole warps only: the warp's work is its own
-    double* v = smem + (size_t)warp * npow;
-    unsigned short* idx = (unsigned short*)(smem + (size_t)warps * npow) + (size_t)warp * npow;
-    const int o = origins[i];
-    const int n = min(horizons[nh - 1], T - o);
-    for (int k = lane; k < npow; k += 32) {
-        v[k] = k < n ? p[(size_t)(o + k) * E + e] : __longlong_as_double(0x7ff0000000000000LL);
-        idx[k] = (unsigned short)(k < n ? k : 0xffff);
-    }
+    const int q = blockIdx.x;
+    const int e = blockIdx.y * warps + warp;
+    if (e >= E || q >= chunks) return;
+    double* v = smem + (size_t)warp * cpow;
+    const int t0 = b + q * c;
+    const int len = min(c, T - t0);
+    for (int k = lane; k < cpow; k += 32)
+        v[k] = k < len ? p[(size_t)(t0 + k) * E + e] : __longlong_as_double(0x7ff0000000000000LL);
     __syncwarp();
-    for (int size = 2; size <= npow; size <<= 1) {
+    for (int size = 2; size <= cpow; size <<= 1) {
         for (int stride = size >> 1; stride > 0; stride >>= 1) {
-            for (int t = lane; t < (npow >> 1); t += 32) {
+            for (int t = lane; t < (cpow >> 1); t += 32) {
                 const int lo = ((t & ~(stride - 1)) << 1) | (t & (stride - 1));
                 const int hi = lo + stride;
-                const bool asc = (lo & size) == 0;
                 const double x = v[lo], y = v[hi];
-                const unsigned short ix = idx[lo], iy = idx[hi];
-                // Ties ordered by offset, so the order is one and the same every run.
-                const bool greater = x > y || (x == y && ix > iy);
-                if (greater == asc) {
+                if ((x > y) == ((lo & size) == 0)) {
                     v[lo] = y;
                     v[hi] = x;
-                    idx[lo] = iy;
-                    idx[hi] = ix;
                 }
             }
             __syncwarp();
         }
     }
-    const unsigned lt = (1u << lane) - 1u;
+    double* out = sorted + ((size_t)q * E + e) * c;
+    for (int k = lane; k < len; k += 32) out[k] = v[k];
+}
+
+// The first index in [a, z) of the sorted chunk s whose key is above y (z if none).
+__device__ __forceinline__ int above(const double* __restrict__ s, int a, int z, unsigned long long y) {
+    while (a < z) {
+        const int mid = (a + z) >> 1;
+        if (dkey(s[mid]) <= y) a = mid + 1; else z = mid;
+    }
+    return a;
+}
+
+// How many of the span's values have keys <= x: each lane binary-searches its whole
+// chunks (m = lane, lane + 32, ...; chunk i + m of expert e) and counts its share of
+// the r steps after them (from p); summed over the warp.
+__device__ __forceinline__ int count_le(const double* __restrict__ p, const double* __restrict__ sorted, int E, int e, int c,
+                                        int i, int full, int t_tail, int r, unsigned long long x, int lane) {
+    int n = 0;
+    for (int m = lane; m < full; m += 32) {
+        n += above(sorted + ((size_t)(i + m) * E + e) * c, 0, c, x);
+    }
+    for (int t = lane; t < r; t += 32) n += dkey(p[(size_t)(t_tail + t) * E + e]) <= x;
+    for (int o = 16; o > 0; o >>= 1) n += __shfl_xor_sync(FULL, n, o);
+    return n;
+}
+
+// Chunks a lane's search narrows (lane, lane + 32, ...; more are searched whole).
+#define NR 4
+
+// One warp per (origin i = blockIdx.x, expert e); origin i is b + i·c, so the whole
+// chunks of its span are chunks i, i + 1, ... For each horizon h it reaches, the value
+// of rank (h − 1) / 2 (the largest key x with fewer than rank + 1 values below x,
+// found bit by bit), and for even h the next value up, into
+// med[(hi * n_origins + i) * E + e].
+extern "C" __global__ void oracle_select(const double* __restrict__ p, const double* __restrict__ sorted, int T, int E, int b,
+                                         int c, int n_origins, const int* __restrict__ horizons, int nh,
+                                         double* __restrict__ med) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    const int i = blockIdx.x;
+    const int e = blockIdx.y * warps + warp;
+    if (e >= E || i >= n_origins) return;
+    const int o = b + i * c;
+    const int n = min(horizons[nh - 1], T - o);
     for (int hi = 0; hi < nh; ++hi) {
         const int h = horizons[hi];
         if (h > n) break;
-        const int k1 = (h - 1) / 2, k2 = h / 2;  // ranks of the middle values
-        double lower = 0.0, upper = 0.0;
-        int seen = 0;
-        for (int base = 0; base < npow && seen <= k2; base += 32) {
-            const int pos = base + lane;
-            const bool in = idx[pos] < h;
-            const unsigned mask = __ballot_sync(FULL, in);
-            const int rank = seen + __popc(mask & lt);
-            const bool is1 = in && rank == k1, is2 = in && rank == k2;
-            const unsigned m1 = __ballot_sync(FULL, is1), m2 = __ballot_sync(FULL, is2);
-            if (m1) lower = __shfl_sync(FULL, v[pos], __ffs(m1) - 1);
-            if (m2) upper = __shfl_sync(FULL, v[pos], __ffs(m2) - 1);
-            seen += __popc(mask);
+        const int full = h / c, r = h % c, t_tail = o + full * c;
+        const int k1 = (h - 1) / 2, k2 = h / 2;
+        // x's bits from the top: x becomes cand when at most k1 values lie below
+        // cand. The values of a lane's first NR chunks whose keys can still be
+        // counted either way lie in [from, to) of the chunk (those before `from` are
+        // below x, those from `to` on above every cand to come), so each search narrows.
+        int from[NR], to[NR], pos[NR];
+#pragma unroll
+        for (int q = 0; q < NR; ++q) {
+            from[q] = 0;
+            to[q] = c;
+            pos[q] = 0;
+        }
+        unsigned long long x = 0;
+        for (int bit = 63; bit >= 0; --bit) {
+            const unsigned long long cand = x | (1ull << bit), y = cand - 1;
+            int below = 0;
+#pragma unroll
+            for (int q = 0; q < NR; ++q) {
+                const int m = lane + 32 * q;
+                if (m < full) {
+                    pos[q] = above(sorted + ((size_t)(i + m) * E + e) * c, from[q], to[q], y);
+                    below += pos[q];
+                }
+            }
+            for (int m = lane + 32 * NR; m < full; m += 32) below += above(sorted + ((size_t)(i + m) * E + e) * c, 0, c, y);
+            for (int t = lane; t < r; t += 32) below += dkey(p[(size_t)(t_tail + t) * E + e]) <= y;
+            for (int o = 16; o > 0; o >>= 1) below += __shfl_xor_sync(FULL, below, o);
+            if (below <= k1) {
+                x = cand;
+#pragma unroll
+                for (int q = 0; q < NR; ++q) from[q] = pos[q];
+            } else {
+#pragma unroll
+                for (int q = 0; q < NR; ++q) to[q] = pos[q];
+            }
+        }
+        double upper = dval(x);
+        const double lower = upper;
+        if (k2 != k1 && count_le(p, sorted, E, e, c, i, full, t_tail, r, x, lane) <= k2) {
+            // The next value up: the smallest key above x.
+            unsigned long long y = ~0ull;
+            for (int m = lane; m < full; m += 32) {
+                const double* s = sorted + ((size_t)(i + m) * E + e) * c;
+                const int a = above(s, 0, c, x);
+                if (a < c) y = min(y, dkey(s[a]));
+            }
+            for (int t = lane; t < r; t += 32) {
+                const unsigned long long k = dkey(p[(size_t)(t_tail + t) * E + e]);
+                if (k > x) y = min(y, k);
+            }
+            for (int s = 16; s > 0; s >>= 1) y = min(y, (unsigned long long)__shfl_xor_sync(FULL, y, s));
+            upper = dval(y);
         }
         if (lane == 0) med[((size_t)hi * n_origins + i) * E + e] = (h & 1) ? upper : 0.5 * (lower + upper);
     }

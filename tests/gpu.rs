@@ -445,6 +445,45 @@ fn device_scoring_matches_the_cpu_path() {
     eprintln!("{checked} scores match");
 }
 
+/// `oracle-median` on the GPU sorts the steps between two origins once and finds each
+/// median by rank: against the CPU path for origin strides from 1 to more than the
+/// horizons, first origins on and off any chunk boundary, horizons that are and are not
+/// multiples of the stride, spans cut by the trace's end, many ties. `rmse` moves with
+/// any change of a median (`mae` does not, between the two middle values).
+#[test]
+#[ignore = "needs a CUDA device"]
+fn oracle_medians_match_the_cpu_for_any_stride() {
+    use expertcast::eval::{Protocol, cuda::Scorer, evaluate_layer};
+    use expertcast::forecast::{FitContext, LayerView, parse_spec};
+    let g = gpu();
+    let mut sc = Scorer::new(&g).unwrap();
+    let seed = seed();
+    let f = parse_spec("oracle-median").unwrap();
+    let model = f.on_device().expect("a device model");
+    let mut checked = 0;
+    for (ci, &(steps, experts)) in [(300, 1), (1000, 5), (2100, 33), (501, 130)].iter().enumerate() {
+        let p = random_layer(steps, experts, seed.wrapping_add(100 + ci as u64));
+        let view = LayerView::new(&p, experts);
+        sc.load(&view).unwrap();
+        for (stride, start) in [(1, 1), (2, 3), (7, 7), (10, 1), (32, 40), (100, 100), (333, 5), (4096, 2)] {
+            let proto = Protocol { horizons: vec![1, 2, 9, 10, 64, 99, 100, 255, 400, 1000, 2000], stride, start, renormalize: true };
+            let stable = Some(steps / 3);
+            let want = evaluate_layer(&view, f.as_ref(), &proto, stable, None).unwrap();
+            let got = sc.score(&view, f.as_ref(), model, &proto, stable, &FitContext::cpu(), &|_| {}, None).unwrap();
+            assert_eq!(want.len(), got.len());
+            for (w, s) in want.iter().zip(&got) {
+                let what = format!("{steps}×{experts} stride {stride} start {start}: {w:?} vs {s:?}");
+                assert_eq!((w.horizon, w.regime, w.origins, w.fallbacks), (s.horizon, s.regime, s.origins, s.fallbacks), "{what}");
+                for (a, b) in [(w.mae_pp, s.mae_pp), (w.rmse_pp, s.rmse_pp), (w.tv_pct, s.tv_pct)] {
+                    assert!(close_rel(a, b, 1e-10), "{what}");
+                }
+                checked += 1;
+            }
+        }
+    }
+    eprintln!("{checked} oracle scores match");
+}
+
 /// The whole default run (every default forecaster) on the bundled traces, on the
 /// GPU and on the CPU: statistics within 1e-6, states identical, metrics within
 /// 1e-6 relative; and the GPU run gives the same bits twice.

@@ -17,7 +17,9 @@
 //!   (`sw_avg_score`); the recursion has the CPU's bits, the renormalising sums run
 //!   in the block's order.
 //! - [`DeviceModel::OracleMedian`]: the medians are taken on the device
-//!   (`oracle_medians`, the CPU's values exactly) and scored there.
+//!   (`oracle_chunk_sort` sorts each expert's chunks between origins once,
+//!   `oracle_select` finds each median's values by rank among them: the CPU's values
+//!   exactly) and scored there.
 //!
 //! The sums differ from the CPU path's only in the order of their additions
 //! (float64 throughout): metrics agree to about 1e-13 relative (SPEC: 1e-6). Each
@@ -26,7 +28,6 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::{CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
 
 use super::{Protocol, Score, scores_from_sums};
@@ -35,9 +36,10 @@ use crate::gpu::{Gpu, ScoreKernels};
 
 /// Most experts `sw_avg_score` holds (4 per thread, 1024 threads a block).
 const SW_MAX_EXPERTS: usize = 4 * 1024;
-/// The longest sorted span of `oracle_medians` (10 bytes a step in one warp's
-/// shared memory; the H200 allows 227 kB a block).
-const ORACLE_MAX_SPAN: usize = 16384;
+/// The longest origin stride `oracle_chunk_sort` sorts (a chunk is the steps between
+/// two origins, sorted in one warp's shared memory: 8 bytes a step, rounded up to a
+/// power of two, within the 48 kB a block has without opting in).
+const ORACLE_MAX_STRIDE: usize = 4096;
 
 /// A flat model's row for each origin (`origins × experts`, renormalised if the
 /// forecast is real) and each origin's fallbacks at each horizon (`origins × nh`).
@@ -91,6 +93,8 @@ struct Slot {
     /// Shape of the layer in `p`.
     shape: (usize, usize),
     scratch: Option<CudaSlice<f64>>,
+    /// `oracle-median`'s sorted chunks (a layer's size).
+    sorted: Option<CudaSlice<f64>>,
 }
 
 /// A forecaster's scoring, enqueued on its layer's stream: what
@@ -112,11 +116,11 @@ pub struct Pending {
 
 /// Whether `model` can run on the device for a layer of `steps × experts` under
 /// `proto` (else the forecaster runs on the CPU path).
-pub fn fits(model: DeviceModel, steps: usize, experts: usize, proto: &Protocol) -> bool {
+pub fn fits(model: DeviceModel, _steps: usize, experts: usize, proto: &Protocol) -> bool {
     match model {
         DeviceModel::HostRows | DeviceModel::Last | DeviceModel::Mean { .. } | DeviceModel::Ema { .. } => true,
         DeviceModel::SwAvg { .. } => experts <= SW_MAX_EXPERTS,
-        DeviceModel::OracleMedian => proto.max_horizon().min(steps).next_power_of_two() <= ORACLE_MAX_SPAN,
+        DeviceModel::OracleMedian => proto.stride <= ORACLE_MAX_STRIDE,
     }
 }
 
@@ -128,7 +132,7 @@ impl Scorer {
     pub fn new(gpu: &Arc<Gpu>) -> anyhow::Result<Scorer> {
         let k = gpu.score_kernels()?;
         let slot = || -> anyhow::Result<Slot> {
-            Ok(Slot { stream: gpu.ctx.new_stream().context("creating a CUDA stream")?, p: None, shape: (0, 0), scratch: None })
+            Ok(Slot { stream: gpu.ctx.new_stream().context("creating a CUDA stream")?, p: None, shape: (0, 0), scratch: None, sorted: None })
         };
         let up = gpu.ctx.new_stream().context("creating a CUDA stream")?;
         Ok(Scorer { gpu: gpu.clone(), k, slots: [slot()?, slot()?], cur: 1, up })
@@ -358,34 +362,44 @@ impl Scorer {
                 done((origins.len() * ne) as u64);
             }
             DeviceModel::OracleMedian => {
-                let span = proto.max_horizon().min(nt - origins[0]);
-                let npow = span.next_power_of_two();
-                anyhow::ensure!(npow <= ORACLE_MAX_SPAN, "oracle-median's span {span} is longer than the GPU kernel takes");
-                let per_warp = npow * 10;
-                let warps = (48 * 1024 / per_warp).clamp(1, 8);
-                let smem = warps * per_warp;
-                let f_med = self.k.oracle_medians.clone();
-                f_med
-                    .set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
-                    .context("setting the shared memory of oracle_medians")?;
+                // The origins are the protocol's grid: b, b + c, ...
+                let (b, c) = (origins[0], proto.stride);
+                anyhow::ensure!(c <= ORACLE_MAX_STRIDE, "oracle-median's origin stride {c} is longer than the GPU kernel takes");
+                debug_assert!(origins.iter().enumerate().all(|(i, &o)| o == b + i * c));
+                let chunks = (nt - b) / c;
+                let cpow = c.next_power_of_two().max(32);
+                let warps = (48 * 1024 / (8 * cpow)).clamp(1, 8);
                 self.scratch(nh * origins.len() * ne)?;
                 let slot = &mut self.slots[cur];
-                let med = slot.scratch.as_mut().unwrap();
-                let p = slot.p.as_ref().expect("a layer is loaded");
-                let npi = npow as i32;
-                let cfg = LaunchConfig {
-                    grid_dim: (ne.div_ceil(warps) as u32, origins.len() as u32, 1),
-                    block_dim: (32 * warps as u32, 1, 1),
-                    shared_mem_bytes: smem as u32,
-                };
-                let mut b = st.launch_builder(&f_med);
-                b.arg(p).arg(&t).arg(&e).arg(&d_origins).arg(&no).arg(&d_horizons).arg(&nhi).arg(&npi).arg(&mut *med);
-                // SAFETY: p holds T × E doubles, med nh × n_origins × E; npow is a power
-                // of two at least every origin's span (origins ascend, so the first has
-                // the longest) and below 65535, so offsets fit the kernel's u16; shared
-                // memory is warps × npow × 10 bytes, set as the kernel's maximum above.
-                crate::gpu::timeline::kernels(&st, || format!("{}: medians", f.spec()), || unsafe { b.launch(cfg) })
-                    .context("launching oracle_medians")?;
+                if slot.sorted.as_ref().is_none_or(|s| s.len() < (nt * ne).max(1)) {
+                    slot.sorted = None;
+                    slot.sorted = Some(slot.stream.alloc_zeros((nt * ne).max(1)).context("allocating oracle-median's sorted chunks on the GPU")?);
+                }
+                let (bi, ci, cpi, chi) = (b as i32, c as i32, cpow as i32, chunks as i32);
+                if chunks > 0 {
+                    let cfg = LaunchConfig {
+                        grid_dim: (chunks as u32, ne.div_ceil(warps) as u32, 1),
+                        block_dim: (32 * warps as u32, 1, 1),
+                        shared_mem_bytes: (8 * cpow * warps) as u32,
+                    };
+                    let p = slot.p.as_ref().expect("a layer is loaded");
+                    let mut k = st.launch_builder(&self.k.oracle_chunk_sort);
+                    k.arg(p).arg(&t).arg(&e).arg(&bi).arg(&ci).arg(&cpi).arg(&chi).arg(slot.sorted.as_mut().unwrap());
+                    // SAFETY: p holds T × E doubles; chunk q < chunks covers steps b + q·c ..
+                    // b + (q + 1)·c <= T; sorted holds T × E >= chunks × E × c doubles;
+                    // shared memory is warps × cpow doubles (<= 48 kB: c <= 4096).
+                    crate::gpu::timeline::kernels(&st, || format!("{}: sort chunks", f.spec()), || unsafe { k.launch(cfg) })
+                        .context("launching oracle_chunk_sort")?;
+                }
+                let (p, sorted, med) = (slot.p.as_ref().unwrap(), slot.sorted.as_ref().unwrap(), slot.scratch.as_mut().unwrap());
+                let cfg = LaunchConfig { grid_dim: (origins.len() as u32, ne.div_ceil(8) as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+                let mut k = st.launch_builder(&self.k.oracle_select);
+                k.arg(p).arg(sorted).arg(&t).arg(&e).arg(&bi).arg(&ci).arg(&no).arg(&d_horizons).arg(&nhi).arg(&mut *med);
+                // SAFETY: origin i is b + i·c (the protocol's grid); its horizon h is
+                // taken only when o + h <= T, so its whole chunks i .. i + h / c − 1 are
+                // below `chunks` and its last steps below T; med holds nh × n_origins × E.
+                crate::gpu::timeline::kernels(&st, || format!("{}: medians", f.spec()), || unsafe { k.launch(cfg) })
+                    .context("launching oracle_select")?;
                 let slot = &self.slots[cur];
                 let (med, p) = (slot.scratch.as_ref().unwrap(), slot.p.as_ref().unwrap());
                 crate::gpu::timeline::kernels(&st, || format!("{}: score", f.spec()), || {

@@ -30,7 +30,7 @@ pub static WINDOW_STATS: Source = Source { file: "window_stats.cu", code: includ
 pub static LSTM: Source = Source { file: "lstm.cu", code: include_str!("../../kernels/lstm.cu") };
 
 /// The scoring kernels of the rolling-origin protocol (`score_flat`,
-/// `sw_avg_score`, `oracle_medians`, and the flat rows: `flat_rows`, `ema_chunk`, `ema_carry`,
+/// `sw_avg_score`, `oracle_chunk_sort` and `oracle_select`, and the flat rows: `flat_rows`, `ema_chunk`, `ema_carry`,
 /// `renorm_rows`).
 pub static SCORE: Source = Source { file: "score.cu", code: include_str!("../../kernels/score.cu") };
 
@@ -56,7 +56,8 @@ pub struct WindowKernels {
 pub struct ScoreKernels {
     pub score_flat: CudaFunction,
     pub sw_avg_score: CudaFunction,
-    pub oracle_medians: CudaFunction,
+    pub oracle_chunk_sort: CudaFunction,
+    pub oracle_select: CudaFunction,
     pub flat_rows: CudaFunction,
     pub ema_chunk: CudaFunction,
     pub ema_carry: CudaFunction,
@@ -134,7 +135,8 @@ impl Gpu {
         Ok(ScoreKernels {
             score_flat: f("score_flat")?,
             sw_avg_score: f("sw_avg_score")?,
-            oracle_medians: f("oracle_medians")?,
+            oracle_chunk_sort: f("oracle_chunk_sort")?,
+            oracle_select: f("oracle_select")?,
             flat_rows: f("flat_rows")?,
             ema_chunk: f("ema_chunk")?,
             ema_carry: f("ema_carry")?,
