@@ -457,8 +457,8 @@ impl Input {
         let mut h = Sha256::new();
         let n = match self {
             Input::File(p) => {
-                let mut f = std::fs::File::open(p).map_err(|source| TraceError::Io { file: p.clone(), source })?;
-                std::io::copy(&mut f, &mut h).map_err(|source| TraceError::Io { file: p.clone(), source })?
+                let f = std::fs::File::open(p).map_err(|source| TraceError::Io { file: p.clone(), source })?;
+                hash_all(f, &mut h, HASH_READ).map_err(|source| TraceError::Io { file: p.clone(), source })?
             }
             Input::Bundled(b) => {
                 h.update(b.bytes);
@@ -466,6 +466,30 @@ impl Input {
             }
         };
         Ok((n, format!("{:x}", h.finalize())))
+    }
+}
+
+/// Bytes a read of [`Input::size_and_sha256`] asks for: few enough calls that the
+/// hash, not the reading, sets the pace (dev-2c, a 614 MB file from the page cache:
+/// 1.45 GB/s against 1.37 GB/s with `std::io::copy`'s 8 kB reads; on the H200 host
+/// about 1.15 GB/s either way).
+const HASH_READ: usize = 4 << 20;
+
+/// Feeds all of `r` to `h`, `chunk` bytes a read; the bytes read.
+fn hash_all(mut r: impl std::io::Read, h: &mut sha2::Sha256, chunk: usize) -> std::io::Result<u64> {
+    use sha2::Digest;
+    let mut buf = vec![0u8; chunk];
+    let mut n = 0u64;
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => return Ok(n),
+            Ok(k) => {
+                h.update(&buf[..k]);
+                n += k as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -477,6 +501,32 @@ pub(crate) fn stem_name(path: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// FIPS 180-2's third SHA-256 example (a million 'a'), read in pieces that do not
+    /// divide it, in pieces larger than it, and short reads of a reader that gives
+    /// at most 1000 bytes a call.
+    #[test]
+    fn hashing_in_pieces_gives_the_fips_digest() {
+        use sha2::Digest;
+        struct Trickle<'a>(&'a [u8]);
+        impl std::io::Read for Trickle<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let k = buf.len().min(self.0.len()).min(1000);
+                buf[..k].copy_from_slice(&self.0[..k]);
+                self.0 = &self.0[k..];
+                Ok(k)
+            }
+        }
+        let a = vec![b'a'; 1_000_000];
+        for chunk in [4096, 7777, 1 << 21] {
+            for trickle in [false, true] {
+                let mut h = sha2::Sha256::new();
+                let n = if trickle { hash_all(Trickle(&a), &mut h, chunk) } else { hash_all(&a[..], &mut h, chunk) }.unwrap();
+                assert_eq!(n, 1_000_000);
+                assert_eq!(format!("{:x}", h.finalize()), "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+            }
+        }
+    }
 
     fn tiny() -> Trace {
         // 2 steps, 2 layers, 2 experts
