@@ -8,6 +8,8 @@
 #   LINEAR="--lookback 20"  flags of `linear train` (default: its defaults)
 #   TRACES="a.parquet b.parquet c.parquet"  (default: the three bundled traces)
 #   NO_LSTM=1  the linear model only
+#   IN_SAMPLE=1  train on the held-out trace itself instead (a ceiling, not a result:
+#                what these models reach on windows they were fitted to)
 set -euo pipefail
 BIN=${1:-target/release/expertcast}
 OUT=${2:-.bench-out/loto}
@@ -17,7 +19,11 @@ mkdir -p "$OUT"
 for held in $TRACES; do
   name=$(basename "$held" .parquet)
   train=()
-  for t in $TRACES; do [ "$t" = "$held" ] || train+=("$t"); done
+  if [ -n "${IN_SAMPLE:-}" ]; then
+    train=("$held")
+  else
+    for t in $TRACES; do [ "$t" = "$held" ] || train+=("$t"); done
+  fi
   rm -rf "$OUT/$name"
   lstm=()
   if [ -z "${NO_LSTM:-}" ]; then
