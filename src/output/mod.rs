@@ -327,8 +327,11 @@ fn temp_file(dir: &Path, name: &str) -> anyhow::Result<(File, tempfile::TempPath
 
 /// Rows of a row group (as the one-writer path had them).
 const ROW_GROUP: usize = 1 << 20;
-/// Row groups gathered before they are encoded together, when the rows arrive
-/// faster than they are encoded.
+/// Row groups gathered before they are encoded together (every (group, column) on
+/// its own thread). A table that arrives in one burst, as the layer summaries do, is
+/// then encoded in one round instead of one group (one thread a column) at a time:
+/// at paper scale (3.6 M rows) the table was done about 400 ms after it arrived,
+/// the longest part of a GPU run after the input's hash.
 const GROUPS_AT_ONCE: usize = 4;
 
 /// A Parquet file that appears under its final name only once [`finish`](Self::finish)
@@ -390,7 +393,7 @@ impl AtomicParquet {
                     if stop.load(Ordering::Relaxed) {
                         return Ok(());
                     }
-                    if enc.pending_rows >= ROW_GROUP {
+                    if enc.pending_rows >= GROUPS_AT_ONCE * ROW_GROUP {
                         enc.flush(false)?;
                     }
                 }
