@@ -398,6 +398,21 @@ fn close_rel(a: Option<f64>, b: Option<f64>, tol: f64) -> bool {
     }
 }
 
+/// The GPU's scores `got` against the CPU path's `want`: the same rows, counts and
+/// fallbacks, and each metric within 1e-10 relative (or both `zero(cpu, gpu)`);
+/// returns the rows checked.
+fn assert_scores_match(want: &[expertcast::eval::Score], got: &[expertcast::eval::Score], what: &str, zero: impl Fn(f64, f64) -> bool) -> usize {
+    assert_eq!(want.len(), got.len(), "{what}");
+    for (w, s) in want.iter().zip(got) {
+        let what = format!("{what}: {w:?} vs {s:?}");
+        assert_eq!((w.horizon, w.regime, w.origins, w.fallbacks), (s.horizon, s.regime, s.origins, s.fallbacks), "{what}");
+        for (a, b) in [(w.mae_pp, s.mae_pp), (w.rmse_pp, s.rmse_pp), (w.tv_pct, s.tv_pct)] {
+            assert!(close_rel(a, b, 1e-10) || a.zip(b).is_some_and(|(x, y)| zero(x, y)), "{what}");
+        }
+    }
+    want.len()
+}
+
 /// Every forecaster with a device model, scored on the GPU, against the CPU path:
 /// awkward expert counts (fewer than a warp, not a multiple of 32, more than a
 /// block's threads), horizons past the end of the trace, renormalised or not.
@@ -423,19 +438,11 @@ fn device_scoring_matches_the_cpu_path() {
                 let stable = Some(steps / 3);
                 let want = evaluate_layer(&view, f.as_ref(), &proto, stable, None).unwrap();
                 let got = sc.score(&view, f.as_ref(), model, &proto, stable, &FitContext::cpu(), &|_| {}, None).unwrap();
-                assert_eq!(want.len(), got.len());
-                for (w, s) in want.iter().zip(&got) {
-                    let what = format!("{spec} {steps}×{experts} renormalize={renormalize}: {w:?} vs {s:?}");
-                    assert_eq!((w.horizon, w.regime, w.origins, w.fallbacks), (s.horizon, s.regime, s.origins, s.fallbacks), "{what}");
-                    for (a, b) in [(w.mae_pp, s.mae_pp), (w.rmse_pp, s.rmse_pp), (w.tv_pct, s.tv_pct)] {
-                        // `ema`'s chunked scan is not the CPU's sequential roundings: where
-                        // the CPU's error is exactly 0 (one expert, not renormalised: the
-                        // average of 1s is 1), the device's is a rounding, under 1e-13 pp.
-                        let zero = spec.starts_with("ema") && a.zip(b).is_some_and(|(x, y)| x.abs().max(y.abs()) < 1e-13);
-                        assert!(close_rel(a, b, 1e-10) || zero, "{what}");
-                    }
-                    checked += 1;
-                }
+                // `ema`'s chunked scan is not the CPU's sequential roundings: where the
+                // CPU's error is exactly 0 (one expert, not renormalised: the average of
+                // 1s is 1), the device's is a rounding, under 1e-13 pp.
+                let zero = |x: f64, y: f64| spec.starts_with("ema") && x.abs().max(y.abs()) < 1e-13;
+                checked += assert_scores_match(&want, &got, &format!("{spec} {steps}×{experts} renormalize={renormalize}"), zero);
                 // The same call twice: the same bits.
                 let again = sc.score(&view, f.as_ref(), model, &proto, stable, &FitContext::cpu(), &|_| {}, None).unwrap();
                 assert_eq!(got, again, "{spec}: a second run differs");
@@ -470,15 +477,7 @@ fn oracle_medians_match_the_cpu_for_any_stride() {
             let stable = Some(steps / 3);
             let want = evaluate_layer(&view, f.as_ref(), &proto, stable, None).unwrap();
             let got = sc.score(&view, f.as_ref(), model, &proto, stable, &FitContext::cpu(), &|_| {}, None).unwrap();
-            assert_eq!(want.len(), got.len());
-            for (w, s) in want.iter().zip(&got) {
-                let what = format!("{steps}×{experts} stride {stride} start {start}: {w:?} vs {s:?}");
-                assert_eq!((w.horizon, w.regime, w.origins, w.fallbacks), (s.horizon, s.regime, s.origins, s.fallbacks), "{what}");
-                for (a, b) in [(w.mae_pp, s.mae_pp), (w.rmse_pp, s.rmse_pp), (w.tv_pct, s.tv_pct)] {
-                    assert!(close_rel(a, b, 1e-10), "{what}");
-                }
-                checked += 1;
-            }
+            checked += assert_scores_match(&want, &got, &format!("{steps}×{experts} stride {stride} start {start}"), |_, _| false);
         }
     }
     eprintln!("{checked} oracle scores match");

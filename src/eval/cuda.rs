@@ -114,14 +114,24 @@ pub struct Pending {
     _ends: Option<CudaSlice<f64>>,
 }
 
-/// Whether `model` can run on the device for a layer of `steps × experts` under
+/// Whether `model` can run on the device for a layer of `experts` experts under
 /// `proto` (else the forecaster runs on the CPU path).
-pub fn fits(model: DeviceModel, _steps: usize, experts: usize, proto: &Protocol) -> bool {
+pub fn fits(model: DeviceModel, experts: usize, proto: &Protocol) -> bool {
     match model {
         DeviceModel::HostRows | DeviceModel::Last | DeviceModel::Mean { .. } | DeviceModel::Ema { .. } => true,
         DeviceModel::SwAvg { .. } => experts <= SW_MAX_EXPERTS,
         DeviceModel::OracleMedian => proto.stride <= ORACLE_MAX_STRIDE,
     }
+}
+
+/// Makes `buf` hold at least `len` doubles (at least one), reusing it while it is big
+/// enough; the old buffer is freed before a new one is allocated.
+fn hold(stream: &Arc<CudaStream>, buf: &mut Option<CudaSlice<f64>>, len: usize, what: &str) -> anyhow::Result<()> {
+    if buf.as_ref().is_none_or(|b| b.len() < len.max(1)) {
+        *buf = None;
+        *buf = Some(stream.alloc_zeros(len.max(1)).with_context(|| format!("allocating {what} on the GPU"))?);
+    }
+    Ok(())
 }
 
 fn block_for(experts: usize, per_thread: usize) -> u32 {
@@ -163,11 +173,7 @@ impl Scorer {
     fn next_slot(&mut self, nt: usize, ne: usize) -> anyhow::Result<&mut Slot> {
         self.cur ^= 1;
         let slot = &mut self.slots[self.cur];
-        let need = (nt * ne).max(1);
-        if slot.p.as_ref().is_none_or(|p| p.len() < need) {
-            slot.p = None;
-            slot.p = Some(slot.stream.alloc_zeros(need).context("allocating the layer's shares on the GPU")?);
-        }
+        hold(&slot.stream, &mut slot.p, nt * ne, "the layer's shares")?;
         slot.shape = (nt, ne);
         Ok(slot)
     }
@@ -189,11 +195,7 @@ impl Scorer {
 
     fn scratch(&mut self, len: usize) -> anyhow::Result<()> {
         let slot = &mut self.slots[self.cur];
-        if slot.scratch.as_ref().is_none_or(|s| s.len() < len.max(1)) {
-            slot.scratch = None;
-            slot.scratch = Some(slot.stream.alloc_zeros(len.max(1)).context("allocating scoring scratch on the GPU")?);
-        }
-        Ok(())
+        hold(&slot.stream, &mut slot.scratch, len, "scoring scratch")
     }
 
     /// Scores `f` (whose device model is `model`) on the layer loaded last, `layer`
@@ -371,10 +373,7 @@ impl Scorer {
                 let warps = (48 * 1024 / (8 * cpow)).clamp(1, 8);
                 self.scratch(nh * origins.len() * ne)?;
                 let slot = &mut self.slots[cur];
-                if slot.sorted.as_ref().is_none_or(|s| s.len() < (nt * ne).max(1)) {
-                    slot.sorted = None;
-                    slot.sorted = Some(slot.stream.alloc_zeros((nt * ne).max(1)).context("allocating oracle-median's sorted chunks on the GPU")?);
-                }
+                hold(&slot.stream, &mut slot.sorted, nt * ne, "oracle-median's sorted chunks")?;
                 let (bi, ci, cpi, chi) = (b as i32, c as i32, cpow as i32, chunks as i32);
                 if chunks > 0 {
                     let cfg = LaunchConfig {

@@ -346,7 +346,7 @@ pub fn forecast(
         let group = layer_group(tr);
         let on_device: Vec<Option<DeviceModel>> = forecasters
             .iter()
-            .map(|f| f.on_device().filter(|&m| scorer.is_some() && eval::cuda::fits(m, tr.steps(), tr.experts(), proto)))
+            .map(|f| f.on_device().filter(|&m| scorer.is_some() && eval::cuda::fits(m, tr.experts(), proto)))
             // Placement keeps the rows of the flat forecasters as their weights: they
             // are made on the host then (see `Kept::means`).
             .map(|m| match m {

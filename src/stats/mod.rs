@@ -36,6 +36,10 @@ impl<V> Summaries<V> {
     pub fn all(&self) -> [&V; 5] {
         [&self.var_mean, &self.var_max, &self.range_mean, &self.range_max, &self.std_mean]
     }
+    /// [`all`](Self::all), to change.
+    pub fn all_mut(&mut self) -> [&mut V; 5] {
+        [&mut self.var_mean, &mut self.var_max, &mut self.range_mean, &mut self.range_max, &mut self.std_mean]
+    }
 }
 
 /// Layer summaries for one (layer, window): index `i` is step index `t = window - 1 + i`.
@@ -55,8 +59,8 @@ impl LayerStats {
     /// Back to [`zeros`](Self::zeros)'s values, for `layer`.
     fn reset(&mut self, layer: usize) {
         self.layer = layer;
-        let s = &mut self.summary;
-        for (k, v) in [&mut s.var_mean, &mut s.var_max, &mut s.range_mean, &mut s.range_max, &mut s.std_mean].into_iter().enumerate() {
+        // The maxima (var_max, range_max) start at −∞, the sums at 0.
+        for (k, v) in self.summary.all_mut().into_iter().enumerate() {
             v.fill(if k == 1 || k == 3 { f64::NEG_INFINITY } else { 0.0 });
         }
     }
