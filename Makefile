@@ -7,7 +7,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 CARGO ?= cargo
 
-.PHONY: build run test chromium test-slurm bench-report venv venv-peers bench bench-window bench-peers bench-read bench-run bench-e2e bench-gpu bench-arima-peers bench-arima-scaling bench-sweep-scale bench-sweep-full bench-lstm bench-lstm-accuracy bench-lstm-cpu bench-learned clean
+.PHONY: build run test chromium test-slurm bench-report venv venv-peers bench bench-window bench-peers bench-read bench-run bench-e2e bench-first-run bench-gpu bench-arima-peers bench-arima-scaling bench-sweep-scale bench-sweep-full bench-lstm bench-lstm-accuracy bench-lstm-cpu bench-learned clean
 
 build:
 	$(CARGO) build --release
@@ -87,6 +87,11 @@ bench-run: build
 # python3 with torch, numpy and pyarrow).
 bench-e2e: build
 	benches/e2e.sh ./target/release/expertcast .bench-out/e2e python3
+
+# A GPU run with nothing cached (our kernels and the driver's JIT cache empty), then
+# warm, on the bundled traces and the paper-scale trace (needs a CUDA GPU).
+bench-first-run: build
+	benches/first_run.sh .bench-out/first-run ./target/release/expertcast
 
 # GPU kernels against the copy ceiling and PyTorch's unfold (needs a CUDA GPU and
 # a python3 with torch, numpy and pyarrow).

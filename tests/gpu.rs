@@ -629,3 +629,70 @@ fn shares_made_on_the_device_have_the_hosts_bits() {
         }
     }
 }
+
+/// NVRTC's output is the device's machine code (CUBIN), kept on disk and loaded by the
+/// next registry without a compile; threads asking for one module at once get one
+/// module; a damaged cache file is compiled again and replaced; a kernel that does
+/// not compile says why, with NVRTC's log, and leaves nothing in the cache.
+#[test]
+#[ignore = "needs a CUDA device"]
+fn kernels_are_compiled_once_to_cubin_and_kept_on_disk() {
+    use expertcast::gpu::{Gpu, PLACEMENT, SCORE, SHARES, Source, WINDOW_STATS};
+    use std::sync::Arc;
+    let shared = gpu();
+    let dir = tempfile::tempdir().unwrap();
+    let fresh = || Arc::new(Gpu::with_kernel_cache(shared.ctx.clone(), shared.name.clone(), Some(dir.path().to_path_buf())));
+    let files = || {
+        let mut v: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).collect();
+        v.sort();
+        v
+    };
+    let is_cubin = |p: &std::path::Path| p.extension().is_some_and(|x| x == "cubin") && std::fs::read(p).unwrap().starts_with(b"\x7fELF");
+
+    let a = fresh();
+    a.prefetch(&[&SHARES, &WINDOW_STATS, &SCORE]);
+    // Eight threads asking for one module at once get the same module.
+    let placement: Vec<_> = std::thread::scope(|s| {
+        let asks: Vec<_> = (0..8).map(|_| s.spawn(|| a.module(&PLACEMENT, &[]).unwrap())).collect();
+        asks.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(placement.iter().all(|m| Arc::ptr_eq(m, &placement[0])), "one module for every thread");
+    a.window_kernels().unwrap();
+    a.score_kernels().unwrap();
+    a.module(&SHARES, &[]).unwrap();
+    let made = files();
+    assert_eq!(made.len(), 4, "one file a module: {made:?}");
+    assert!(made.iter().all(|p| is_cubin(p)), "CUBIN (ELF) files: {made:?}");
+    let stamps: Vec<_> = made.iter().map(|p| std::fs::metadata(p).unwrap().modified().unwrap()).collect();
+
+    // A new registry loads them, and its kernels compute what the first's do.
+    let b = fresh();
+    let x = random_series(37, 1000, seed());
+    let first = cuda::window_stats_host_planned(&a, &x, 1000, 100, 37).unwrap();
+    let second = cuda::window_stats_host_planned(&b, &x, 1000, 100, 37).unwrap();
+    for (p, q) in [(&first.0, &second.0), (&first.1, &second.1), (&first.2, &second.2)] {
+        assert!(p.len() == q.len() && p.iter().zip(q).all(|(u, v)| u.to_bits() == v.to_bits()), "the cached module's results");
+    }
+    b.score_kernels().unwrap();
+    b.module(&SHARES, &[]).unwrap();
+    b.module(&PLACEMENT, &[]).unwrap();
+    assert_eq!(files(), made, "nothing new");
+    let again: Vec<_> = made.iter().map(|p| std::fs::metadata(p).unwrap().modified().unwrap()).collect();
+    assert_eq!(again, stamps, "loaded, not written again");
+
+    // A damaged file is compiled again and replaced.
+    let score = made.iter().find(|p| p.file_name().unwrap().to_string_lossy().starts_with("score-")).unwrap();
+    std::fs::write(score, b"not a cubin").unwrap();
+    fresh().score_kernels().unwrap();
+    assert!(is_cubin(score), "replaced by a good one");
+
+    // A kernel that does not compile: NVRTC's log in the error, every time it is
+    // asked for, and nothing kept.
+    static BAD: Source = Source { file: "bad.cu", code: "extern \"C\" __global__ void k(float *x) { x[0] = undeclared_name; }\n" };
+    let c = fresh();
+    for _ in 0..2 {
+        let e = format!("{:#}", c.module(&BAD, &[]).unwrap_err());
+        assert!(e.contains("NVRTC could not compile kernels/bad.cu") && e.contains("undeclared_name"), "{e}");
+    }
+    assert_eq!(files(), made, "nothing kept for a failed compile");
+}

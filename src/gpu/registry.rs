@@ -3,17 +3,20 @@
 //! time one of its functions is asked for (once per set of compile options), and
 //! kept loaded, the way candle's `get_or_load_func` serves its kernels.
 //!
-//! The compiled PTX is also kept on disk ([`kernel_cache_dir`]), keyed by the
-//! source, the compile options, the GPU's architecture and the versions of NVRTC
-//! and the driver, so a new process loads it instead of paying NVRTC's compile
-//! (about 0.3 s a module) again.
+//! NVRTC compiles straight to the device's machine code (CUBIN), so loading a module
+//! costs no further compile in the driver. The CUBIN is also kept on disk
+//! ([`kernel_cache_dir`]), keyed by the source, the compile options, the GPU's
+//! architecture and the versions of NVRTC and the driver, so a new process loads it
+//! instead of paying NVRTC's compile again. A run asks for the modules it will use as
+//! soon as the GPU is open ([`Gpu::prefetch`]), each on a thread of its own, so a
+//! fresh machine compiles them at once and while the input is read.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::Context;
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, PinnedHostSlice};
-use cudarc::nvrtc::{CompileOptions, Ptx, compile_ptx_with_opts};
+use cudarc::nvrtc::Ptx;
 
 /// A CUDA source file of `kernels/`, embedded in the binary.
 #[derive(Debug)]
@@ -66,12 +69,18 @@ pub struct ScoreKernels {
 
 type ModuleKey = (&'static str, Vec<String>);
 
+/// A module being made or made: the first thread to ask for it compiles it (or loads
+/// it from the disk cache) and any other thread asking meanwhile waits for that.
+type ModuleCell = Arc<OnceLock<Result<Arc<CudaModule>, String>>>;
+
 /// One GPU: its context, the modules compiled for it, the statistics stage's
 /// pinned staging buffers and the loads of the runs' traces.
 pub struct Gpu {
     pub ctx: Arc<CudaContext>,
     pub name: String,
-    modules: Mutex<HashMap<ModuleKey, Arc<CudaModule>>>,
+    modules: Mutex<HashMap<ModuleKey, ModuleCell>>,
+    /// Where compiled modules are kept between processes ([`kernel_cache_dir`]).
+    cache: Option<std::path::PathBuf>,
     /// Pinned staging buffers of the statistics stage's input, kept for the next call
     /// (see `stats::cuda`): pinning costs about 0.5 ms a MB on the H200's host.
     pub(crate) staging: Mutex<Vec<PinnedHostSlice<f32>>>,
@@ -81,7 +90,20 @@ pub struct Gpu {
 
 impl Gpu {
     pub fn new(ctx: Arc<CudaContext>, name: String) -> Gpu {
-        Gpu { ctx, name, modules: Mutex::new(HashMap::new()), staging: Mutex::new(Vec::new()), resident: Mutex::new(Vec::new()) }
+        Gpu::with_kernel_cache(ctx, name, kernel_cache_dir())
+    }
+
+    /// [`Gpu::new`] keeping compiled modules in `cache` (`None`: nowhere) instead of
+    /// [`kernel_cache_dir`]; a registry of its own over the same context.
+    pub fn with_kernel_cache(ctx: Arc<CudaContext>, name: String, cache: Option<std::path::PathBuf>) -> Gpu {
+        Gpu {
+            ctx,
+            name,
+            modules: Mutex::new(HashMap::new()),
+            cache,
+            staging: Mutex::new(Vec::new()),
+            resident: Mutex::new(Vec::new()),
+        }
     }
 
     /// The device's ordinal.
@@ -95,38 +117,64 @@ impl Gpu {
     /// opens each GPU once and may use it from any thread, and some driver calls (a
     /// kernel's attributes and occupancy) do not bind the context themselves.
     pub fn get_or_load_func(&self, src: &'static Source, options: &[String], func: &str) -> anyhow::Result<CudaFunction> {
-        self.ctx.bind_to_thread().context("making the GPU's context current on this thread")?;
-        let key = (src.file, options.to_vec());
-        let cached = self.modules.lock().unwrap_or_else(|e| e.into_inner()).get(&key).cloned();
-        let module = match cached {
-            Some(m) => m,
-            None => {
-                // Compiled without the lock, so other kernels stay available meanwhile;
-                // if two threads compile one module, the first to finish is kept.
-                let m = self.compile(src, options)?;
-                self.modules.lock().unwrap_or_else(|e| e.into_inner()).entry(key).or_insert(m).clone()
-            }
-        };
+        let module = self.module(src, options)?;
         module.load_function(func).with_context(|| format!("loading kernel {func} of kernels/{}", src.file))
     }
 
-    fn compile(&self, src: &'static Source, options: &[String]) -> anyhow::Result<Arc<CudaModule>> {
+    /// The module of `src` compiled with `options`: from the registry, else from the
+    /// disk cache, else compiled by NVRTC. Two threads asking for one module at once
+    /// make it once. A module that could not be made is not remembered, so the next
+    /// call tries again (and reports the error again).
+    pub fn module(&self, src: &'static Source, options: &[String]) -> anyhow::Result<Arc<CudaModule>> {
+        self.ctx.bind_to_thread().context("making the GPU's context current on this thread")?;
+        let key: ModuleKey = (src.file, options.to_vec());
+        let cell = self.modules.lock().unwrap_or_else(|e| e.into_inner()).entry(key.clone()).or_default().clone();
+        match cell.get_or_init(|| self.make(src, options).map_err(|e| format!("{e:#}"))) {
+            Ok(m) => Ok(m.clone()),
+            Err(why) => {
+                let mut modules = self.modules.lock().unwrap_or_else(|e| e.into_inner());
+                if modules.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                    modules.remove(&key);
+                }
+                Err(anyhow::anyhow!("{why}"))
+            }
+        }
+    }
+
+    /// Starts making the modules of `sources` (default options) on threads of their
+    /// own and returns at once; the kernels' first users then find them made, or wait
+    /// for the one thread making theirs. Errors are left for those users to meet.
+    pub fn prefetch(self: &Arc<Self>, sources: &[&'static Source]) {
+        for &src in sources {
+            let gpu = Arc::clone(self);
+            let spawned = std::thread::Builder::new().name(format!("kernels {}", src.file)).spawn(move || {
+                let _ = gpu.module(src, &[]);
+            });
+            // Without a thread the first user makes the module itself.
+            drop(spawned);
+        }
+    }
+
+    fn make(&self, src: &'static Source, options: &[String]) -> anyhow::Result<Arc<CudaModule>> {
         let (major, minor) = self.ctx.compute_capability().context("reading the GPU's compute capability")?;
-        let arch: &'static str = Box::leak(format!("sm_{major}{minor}").into_boxed_str());
-        let cached = kernel_cache_dir().map(|d| d.join(format!("{}-{}.ptx", src.file.trim_end_matches(".cu"), cache_key(src, options, arch))));
+        let arch = format!("sm_{major}{minor}");
+        let stem = src.file.trim_end_matches(".cu");
+        let cached = self.cache.as_ref().map(|d| d.join(format!("{stem}-{}.cubin", cache_key(src, options, &arch))));
         if let Some(path) = &cached
-            && let Ok(text) = std::fs::read_to_string(path)
-            && let Ok(m) = self.ctx.load_module(Ptx::from_src(text))
+            && let Ok(image) = std::fs::read(path)
+            && let Ok(m) = self.ctx.load_module(Ptx::from_binary(image))
         {
             return Ok(m);
         }
-        let opts = CompileOptions { arch: Some(arch), name: Some(src.file.into()), options: options.to_vec(), ..Default::default() };
-        let ptx = compile_ptx_with_opts(src.code, opts)
-            .with_context(|| format!("compiling kernels/{} ({}) with NVRTC", src.file, options.join(" ")))?;
+        let image = {
+            let _span = crate::profile::span(|| format!("kernels: {} compiled by NVRTC", src.file));
+            nvrtc_cubin(src, options, &arch)?
+        };
         if let Some(path) = &cached {
-            store_ptx(path, &ptx.to_src());
+            store(path, &image);
         }
-        self.ctx.load_module(ptx).with_context(|| format!("loading kernels/{}", src.file))
+        let _span = crate::profile::span(|| format!("kernels: {} loaded", src.file));
+        self.ctx.load_module(Ptx::from_binary(image)).with_context(|| format!("loading kernels/{}", src.file))
     }
 
     /// The scoring kernels.
@@ -190,16 +238,55 @@ fn cache_key(src: &Source, options: &[String], arch: &str) -> String {
     h.finalize().iter().take(12).map(|b| format!("{b:02x}")).collect()
 }
 
-/// Writes `text` to `path` through a temporary file renamed into place, so that a
+/// Compiles `src` with NVRTC for the real architecture `arch` (`sm_90`) and returns
+/// the CUBIN: the device's machine code, which the driver loads without compiling.
+/// A compile error carries NVRTC's log.
+fn nvrtc_cubin(src: &Source, options: &[String], arch: &str) -> anyhow::Result<Vec<u8>> {
+    use cudarc::nvrtc::{result, sys};
+    use std::ffi::{CStr, CString};
+
+    /// Destroys the program however the compile ends.
+    struct Program(sys::nvrtcProgram);
+    impl Drop for Program {
+        fn drop(&mut self) {
+            // SAFETY: made by create_program and destroyed only here.
+            let _ = unsafe { result::destroy_program(self.0) };
+        }
+    }
+
+    let what = || format!("kernels/{} ({})", src.file, options.join(" "));
+    let code = CString::new(src.code).with_context(|| format!("{} holds a NUL byte", what()))?;
+    let name = CString::new(src.file).with_context(|| format!("{} holds a NUL byte", what()))?;
+    let prog = Program(result::create_program(&code, Some(&name)).map_err(|e| anyhow::anyhow!("NVRTC could not take {}: {e:?}", what()))?);
+    let mut opts = vec![format!("--gpu-architecture={arch}")];
+    opts.extend(options.iter().cloned());
+    // SAFETY: `prog` is a live program; `code` and `name` outlive it.
+    if let Err(e) = unsafe { result::compile_program(prog.0, &opts) } {
+        // SAFETY: as above; the log is a NUL-terminated string.
+        let log = unsafe { result::get_program_log(prog.0) }
+            .map(|l| unsafe { CStr::from_ptr(l.as_ptr()) }.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        anyhow::bail!("NVRTC could not compile {} for {arch}: {e:?}\n{}", what(), log.trim_end());
+    }
+    let mut size = 0usize;
+    // SAFETY: the program compiled; the buffer has the size NVRTC gave.
+    unsafe { sys::nvrtcGetCUBINSize(prog.0, &mut size) }.result().map_err(|e| anyhow::anyhow!("NVRTC gave no CUBIN for {}: {e:?}", what()))?;
+    anyhow::ensure!(size > 0, "NVRTC gave an empty CUBIN for {} ({arch})", what());
+    let mut image = vec![0u8; size];
+    unsafe { sys::nvrtcGetCUBIN(prog.0, image.as_mut_ptr().cast()) }.result().map_err(|e| anyhow::anyhow!("NVRTC gave no CUBIN for {}: {e:?}", what()))?;
+    Ok(image)
+}
+
+/// Writes `bytes` to `path` through a temporary file renamed into place, so that a
 /// reader never sees half a file; errors are ignored (the next process compiles).
-fn store_ptx(path: &std::path::Path, text: &str) {
+fn store(path: &std::path::Path, bytes: &[u8]) {
     let Some(dir) = path.parent() else { return };
     if std::fs::create_dir_all(dir).is_err() {
         return;
     }
     if let Ok(mut tmp) = tempfile::NamedTempFile::new_in(dir) {
         use std::io::Write;
-        if tmp.write_all(text.as_bytes()).is_ok() {
+        if tmp.write_all(bytes).is_ok() {
             let _ = tmp.persist(path);
         }
     }

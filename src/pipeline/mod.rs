@@ -827,7 +827,16 @@ fn run_scoped<'s>(
     let hashing = scope.spawn(|| hash_inputs(plan));
     let opening = scope.spawn(|| {
         let _span = crate::profile::span(|| "open the device".into());
-        gpu::choose_at(plan.device, plan.gpu)
+        let opened = gpu::choose_at(plan.device, plan.gpu);
+        if let Ok((Device::Cuda(g), _)) = &opened {
+            // Every GPU run makes shares, statistics and scores there.
+            let mut used = vec![&gpu::SHARES, &gpu::WINDOW_STATS, &gpu::SCORE];
+            if plan.work.placement.is_some() {
+                used.push(&gpu::PLACEMENT);
+            }
+            g.prefetch(&used);
+        }
+        opened
     });
     let mut seconds: BTreeMap<&'static str, f64> = BTreeMap::new();
 
