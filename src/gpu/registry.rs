@@ -146,6 +146,10 @@ impl Gpu {
     /// for the one thread making theirs. Errors are left for those users to meet.
     pub fn prefetch(self: &Arc<Self>, sources: &[&'static Source]) {
         for &src in sources {
+            // Made or being made already (a sweep's later units): nothing to start.
+            if self.modules.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&(src.file, Vec::new())) {
+                continue;
+            }
             let gpu = Arc::clone(self);
             let spawned = std::thread::Builder::new().name(format!("kernels {}", src.file)).spawn(move || {
                 let _ = gpu.module(src, &[]);
