@@ -22,11 +22,14 @@ fn main() -> ExitCode {
         Command::Linear(args) => expertcast::cli::linear::linear(args),
         Command::Report(args) => expertcast::report::report(args),
     };
-    match result {
+    let code = match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(expertcast::exit_code(&e))
         }
-    }
+    };
+    // A run that failed while its GPU kernels compiled exits after the compiles.
+    expertcast::gpu::finish_prefetches();
+    code
 }

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use cudarc::driver::CudaContext;
 
-pub use registry::{Gpu, LSTM, PLACEMENT, SCORE, SHARES, ScoreKernels, Source, WINDOW_STATS, WindowKernels, kernel_cache_dir};
+pub use registry::{Gpu, LSTM, PLACEMENT, SCORE, SHARES, ScoreKernels, Source, WINDOW_STATS, WindowKernels, finish_prefetches, kernel_cache_dir};
 
 /// What the user asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]

@@ -155,7 +155,9 @@ impl Gpu {
                 let _ = gpu.module(src, &[]);
             });
             // Without a thread the first user makes the module itself.
-            drop(spawned);
+            if let Ok(handle) = spawned {
+                PREFETCHING.lock().unwrap_or_else(|e| e.into_inner()).push(handle);
+            }
         }
     }
 
@@ -205,6 +207,20 @@ impl Gpu {
             window_stats_long: f("window_stats_long")?,
             layer_summary: f("layer_summary")?,
         })
+    }
+}
+
+/// The threads [`Gpu::prefetch`] started, until [`finish_prefetches`] joins them.
+static PREFETCHING: Mutex<Vec<std::thread::JoinHandle<()>>> = Mutex::new(Vec::new());
+
+/// Waits for every module [`Gpu::prefetch`] started to be made. A process calls it
+/// before it exits, also after an error (a bad input found while the kernels
+/// compile): exiting tears down NVRTC's library state, which a compile still running
+/// on another thread may be using.
+pub fn finish_prefetches() {
+    let started = std::mem::take(&mut *PREFETCHING.lock().unwrap_or_else(|e| e.into_inner()));
+    for handle in started {
+        let _ = handle.join();
     }
 }
 
