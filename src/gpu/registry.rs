@@ -8,8 +8,8 @@
 //! ([`kernel_cache_dir`]), keyed by the source, the compile options, the GPU's
 //! architecture and the versions of NVRTC and the driver, so a new process loads it
 //! instead of paying NVRTC's compile again. A run asks for the modules it will use as
-//! soon as the GPU is open ([`Gpu::prefetch`]), each on a thread of its own, so a
-//! fresh machine compiles them at once and while the input is read.
+//! soon as its input is read and the GPU open ([`Gpu::prefetch`]), each on a thread of
+//! its own, so a fresh machine compiles them side by side.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};

@@ -827,16 +827,7 @@ fn run_scoped<'s>(
     let hashing = scope.spawn(|| hash_inputs(plan));
     let opening = scope.spawn(|| {
         let _span = crate::profile::span(|| "open the device".into());
-        let opened = gpu::choose_at(plan.device, plan.gpu);
-        if let Ok((Device::Cuda(g), _)) = &opened {
-            // Every GPU run makes shares, statistics and scores there.
-            let mut used = vec![&gpu::SHARES, &gpu::WINDOW_STATS, &gpu::SCORE];
-            if plan.work.placement.is_some() {
-                used.push(&gpu::PLACEMENT);
-            }
-            g.prefetch(&used);
-        }
-        opened
+        gpu::choose_at(plan.device, plan.gpu)
     });
     let mut seconds: BTreeMap<&'static str, f64> = BTreeMap::new();
 
@@ -850,6 +841,15 @@ fn run_scoped<'s>(
         progress.line(n);
     }
     let traces = &traces?;
+    if let Device::Cuda(g) = &device {
+        // Every GPU run makes shares, statistics and scores there: their kernels
+        // compile side by side from now (a bad input stops before, compiling nothing).
+        let mut used = vec![&gpu::SHARES, &gpu::WINDOW_STATS, &gpu::SCORE];
+        if plan.work.placement.is_some() {
+            used.push(&gpu::PLACEMENT);
+        }
+        g.prefetch(&used);
+    }
     // Whatever happens next, the GPU keeps none of this run's loads after it.
     let _release = Release(&device, traces);
     seconds.insert("read", t.elapsed().as_secs_f64());
