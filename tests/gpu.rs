@@ -630,14 +630,17 @@ fn shares_made_on_the_device_have_the_hosts_bits() {
     }
 }
 
-/// NVRTC's output is the device's machine code (CUBIN), kept on disk and loaded by the
-/// next registry without a compile; threads asking for one module at once get one
-/// module; a damaged cache file is compiled again and replaced; a kernel that does
-/// not compile says why, with NVRTC's log, and leaves nothing in the cache.
+/// NVRTC's output is the device's machine code (CUBIN), kept on disk with its SHA-256
+/// and loaded by the next registry without a compile; threads asking for one module
+/// at once make it once; an empty, cut-short or altered cache file is never given to
+/// the driver (it reads past a short image's end) but compiled again and replaced; a
+/// kernel that does not compile says why, with NVRTC's log, every time it is asked
+/// for, and leaves nothing in the cache.
 #[test]
 #[ignore = "needs a CUDA device"]
 fn kernels_are_compiled_once_to_cubin_and_kept_on_disk() {
     use expertcast::gpu::{Gpu, PLACEMENT, SCORE, SHARES, Source, WINDOW_STATS};
+    use sha2::{Digest, Sha256};
     use std::sync::Arc;
     let shared = gpu();
     let dir = tempfile::tempdir().unwrap();
@@ -647,11 +650,18 @@ fn kernels_are_compiled_once_to_cubin_and_kept_on_disk() {
         v.sort();
         v
     };
-    let is_cubin = |p: &std::path::Path| p.extension().is_some_and(|x| x == "cubin") && std::fs::read(p).unwrap().starts_with(b"\x7fELF");
+    let contents = |v: &[std::path::PathBuf]| v.iter().map(|p| std::fs::read(p).unwrap()).collect::<Vec<_>>();
+    // A whole cache file: an ELF image, then the image's SHA-256.
+    let whole = |p: &std::path::Path| {
+        let b = std::fs::read(p).unwrap();
+        let (image, digest) = b.split_at(b.len().saturating_sub(32));
+        p.extension().is_some_and(|x| x == "cubin") && image.starts_with(b"\x7fELF") && Sha256::digest(image).as_slice() == digest
+    };
+    let named = |v: &[std::path::PathBuf], stem: &str| v.iter().find(|p| p.file_name().unwrap().to_string_lossy().starts_with(&format!("{stem}-"))).unwrap().clone();
 
     let a = fresh();
     a.prefetch(&[&SHARES, &WINDOW_STATS, &SCORE]);
-    // Eight threads asking for one module at once get the same module.
+    // Eight threads asking for one module at once, while the prefetches run.
     let placement: Vec<_> = std::thread::scope(|s| {
         let asks: Vec<_> = (0..8).map(|_| s.spawn(|| a.module(&PLACEMENT, &[]).unwrap())).collect();
         asks.into_iter().map(|h| h.join().unwrap()).collect()
@@ -660,12 +670,14 @@ fn kernels_are_compiled_once_to_cubin_and_kept_on_disk() {
     a.window_kernels().unwrap();
     a.score_kernels().unwrap();
     a.module(&SHARES, &[]).unwrap();
+    assert_eq!(a.compiles(), 4, "each module compiled once");
     let made = files();
     assert_eq!(made.len(), 4, "one file a module: {made:?}");
-    assert!(made.iter().all(|p| is_cubin(p)), "CUBIN (ELF) files: {made:?}");
-    let stamps: Vec<_> = made.iter().map(|p| std::fs::metadata(p).unwrap().modified().unwrap()).collect();
+    assert!(made.iter().all(|p| whole(p)), "CUBIN (ELF) files with their digest: {made:?}");
+    let bytes = contents(&made);
 
-    // A new registry loads them, and its kernels compute what the first's do.
+    // A new registry loads them without compiling, and its kernels compute what the
+    // first's do.
     let b = fresh();
     let x = random_series(37, 1000, seed());
     let first = cuda::window_stats_host_planned(&a, &x, 1000, 100, 37).unwrap();
@@ -676,23 +688,34 @@ fn kernels_are_compiled_once_to_cubin_and_kept_on_disk() {
     b.score_kernels().unwrap();
     b.module(&SHARES, &[]).unwrap();
     b.module(&PLACEMENT, &[]).unwrap();
+    assert_eq!(b.compiles(), 0, "everything from the disk cache");
     assert_eq!(files(), made, "nothing new");
-    let again: Vec<_> = made.iter().map(|p| std::fs::metadata(p).unwrap().modified().unwrap()).collect();
-    assert_eq!(again, stamps, "loaded, not written again");
+    assert_eq!(contents(&made), bytes, "nothing written again");
 
-    // A damaged file is compiled again and replaced.
-    let score = made.iter().find(|p| p.file_name().unwrap().to_string_lossy().starts_with("score-")).unwrap();
-    std::fs::write(score, b"not a cubin").unwrap();
-    fresh().score_kernels().unwrap();
-    assert!(is_cubin(score), "replaced by a good one");
-
-    // A kernel that does not compile: NVRTC's log in the error, every time it is
-    // asked for, and nothing kept.
-    static BAD: Source = Source { file: "bad.cu", code: "extern \"C\" __global__ void k(float *x) { x[0] = undeclared_name; }\n" };
+    // Damaged files: cut short, empty, one byte of the image changed. Each is
+    // compiled again and replaced by a whole one.
+    let (score, shares, stats) = (named(&made, "score"), named(&made, "shares"), named(&made, "window_stats"));
+    let good = std::fs::read(&score).unwrap();
+    std::fs::write(&score, &good[..good.len() / 2]).unwrap();
+    std::fs::write(&shares, b"").unwrap();
+    let mut altered = std::fs::read(&stats).unwrap();
+    altered[100] ^= 1;
+    std::fs::write(&stats, &altered).unwrap();
     let c = fresh();
-    for _ in 0..2 {
+    c.score_kernels().unwrap();
+    c.module(&SHARES, &[]).unwrap();
+    c.window_kernels().unwrap();
+    c.module(&PLACEMENT, &[]).unwrap();
+    assert_eq!(c.compiles(), 3, "the three damaged modules compiled again, the whole one loaded");
+    assert!([&score, &shares, &stats].iter().all(|p| whole(p)), "replaced by whole files");
+
+    // A kernel that does not compile: NVRTC's log in the error, compiled again each
+    // time it is asked for, and nothing kept.
+    static BAD: Source = Source { file: "bad.cu", code: "extern \"C\" __global__ void k(float *x) { x[0] = undeclared_name; }\n" };
+    for n in 1..=2 {
         let e = format!("{:#}", c.module(&BAD, &[]).unwrap_err());
         assert!(e.contains("NVRTC could not compile kernels/bad.cu") && e.contains("undeclared_name"), "{e}");
+        assert_eq!(c.compiles(), 3 + n, "a failed module is not remembered");
     }
     assert_eq!(files(), made, "nothing kept for a failed compile");
 }

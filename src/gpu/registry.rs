@@ -4,8 +4,8 @@
 //! kept loaded, the way candle's `get_or_load_func` serves its kernels.
 //!
 //! NVRTC compiles straight to the device's machine code (CUBIN), so loading a module
-//! costs no further compile in the driver. The CUBIN is also kept on disk
-//! ([`kernel_cache_dir`]), keyed by the source, the compile options, the GPU's
+//! costs no further compile in the driver. The CUBIN is also kept on disk, checked by
+//! its SHA-256 when read back ([`kernel_cache_dir`]), keyed by the source, the compile options, the GPU's
 //! architecture and the versions of NVRTC and the driver, so a new process loads it
 //! instead of paying NVRTC's compile again. A run asks for the modules it will use as
 //! soon as its input is read and the GPU open ([`Gpu::prefetch`]), each on a thread of
@@ -81,6 +81,8 @@ pub struct Gpu {
     modules: Mutex<HashMap<ModuleKey, ModuleCell>>,
     /// Where compiled modules are kept between processes ([`kernel_cache_dir`]).
     cache: Option<std::path::PathBuf>,
+    /// How many modules NVRTC compiled for this registry ([`Gpu::compiles`]).
+    compiles: std::sync::atomic::AtomicUsize,
     /// Pinned staging buffers of the statistics stage's input, kept for the next call
     /// (see `stats::cuda`): pinning costs about 0.5 ms a MB on the H200's host.
     pub(crate) staging: Mutex<Vec<PinnedHostSlice<f32>>>,
@@ -101,6 +103,7 @@ impl Gpu {
             name,
             modules: Mutex::new(HashMap::new()),
             cache,
+            compiles: std::sync::atomic::AtomicUsize::new(0),
             staging: Mutex::new(Vec::new()),
             resident: Mutex::new(Vec::new()),
         }
@@ -167,13 +170,14 @@ impl Gpu {
         let stem = src.file.trim_end_matches(".cu");
         let cached = self.cache.as_ref().map(|d| d.join(format!("{stem}-{}.cubin", cache_key(src, options, &arch))));
         if let Some(path) = &cached
-            && let Ok(image) = std::fs::read(path)
+            && let Some(image) = load_cached(path)
             && let Ok(m) = self.ctx.load_module(Ptx::from_binary(image))
         {
             return Ok(m);
         }
         let image = {
             let _span = crate::profile::span(|| format!("kernels: {} compiled by NVRTC", src.file));
+            self.compiles.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             nvrtc_cubin(src, options, &arch)?
         };
         if let Some(path) = &cached {
@@ -181,6 +185,12 @@ impl Gpu {
         }
         let _span = crate::profile::span(|| format!("kernels: {} loaded", src.file));
         self.ctx.load_module(Ptx::from_binary(image)).with_context(|| format!("loading kernels/{}", src.file))
+    }
+
+    /// How many modules NVRTC has compiled for this registry (the rest came from the
+    /// disk cache or were made already).
+    pub fn compiles(&self) -> usize {
+        self.compiles.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The scoring kernels.
@@ -240,7 +250,7 @@ pub fn kernel_cache_dir() -> Option<std::path::PathBuf> {
     Some(base.join("expertcast").join("kernels"))
 }
 
-/// The cache key of a module: SHA-256 of everything its PTX depends on.
+/// The cache key of a module: SHA-256 of everything its CUBIN depends on.
 fn cache_key(src: &Source, options: &[String], arch: &str) -> String {
     use sha2::{Digest, Sha256};
     let (mut driver, mut major, mut minor) = (0i32, 0i32, 0i32);
@@ -282,32 +292,59 @@ fn nvrtc_cubin(src: &Source, options: &[String], arch: &str) -> anyhow::Result<V
     opts.extend(options.iter().cloned());
     // SAFETY: `prog` is a live program; `code` and `name` outlive it.
     if let Err(e) = unsafe { result::compile_program(prog.0, &opts) } {
-        // SAFETY: as above; the log is a NUL-terminated string.
+        // SAFETY: as above.
         let log = unsafe { result::get_program_log(prog.0) }
-            .map(|l| unsafe { CStr::from_ptr(l.as_ptr()) }.to_string_lossy().into_owned())
+            .map(|l| {
+                let bytes: Vec<u8> = l.iter().map(|&c| c as u8).collect();
+                CStr::from_bytes_until_nul(&bytes).map_or_else(|_| String::from_utf8_lossy(&bytes).into_owned(), |c| c.to_string_lossy().into_owned())
+            })
             .unwrap_or_default();
         anyhow::bail!("NVRTC could not compile {} for {arch}: {e:?}\n{}", what(), log.trim_end());
     }
     let mut size = 0usize;
-    // SAFETY: the program compiled; the buffer has the size NVRTC gave.
+    // SAFETY: the program compiled; NVRTC writes one usize.
     unsafe { sys::nvrtcGetCUBINSize(prog.0, &mut size) }.result().map_err(|e| anyhow::anyhow!("NVRTC gave no CUBIN for {}: {e:?}", what()))?;
     anyhow::ensure!(size > 0, "NVRTC gave an empty CUBIN for {} ({arch})", what());
     let mut image = vec![0u8; size];
+    // SAFETY: the program compiled; NVRTC writes `size` bytes into a buffer of that size.
     unsafe { sys::nvrtcGetCUBIN(prog.0, image.as_mut_ptr().cast()) }.result().map_err(|e| anyhow::anyhow!("NVRTC gave no CUBIN for {}: {e:?}", what()))?;
     Ok(image)
 }
 
-/// Writes `bytes` to `path` through a temporary file renamed into place, so that a
-/// reader never sees half a file; errors are ignored (the next process compiles).
-fn store(path: &std::path::Path, bytes: &[u8]) {
+/// A cache file is the CUBIN followed by its SHA-256 ([`store`]).
+const DIGEST: usize = 32;
+
+/// The CUBIN kept at `path`, if the file is whole: an ELF image whose SHA-256 is the
+/// one stored after it. The driver is given only the image's address, not its length,
+/// and reads past the end of a cut-short image (the H200's driver crashed or hung on
+/// one), so an empty, cut-short or altered file is never handed to it; the module is
+/// compiled again and the file replaced.
+fn load_cached(path: &std::path::Path) -> Option<Vec<u8>> {
+    use sha2::{Digest, Sha256};
+    let mut bytes = std::fs::read(path).ok()?;
+    // An ELF64 header is 64 bytes.
+    if bytes.len() < 64 + DIGEST {
+        return None;
+    }
+    let digest = bytes.split_off(bytes.len() - DIGEST);
+    (bytes.starts_with(b"\x7fELF") && Sha256::digest(&bytes).as_slice() == digest.as_slice()).then_some(bytes)
+}
+
+/// Writes the CUBIN `image` and its SHA-256 to `path` through a temporary file,
+/// synced and then renamed into place, so that a reader never sees half a file;
+/// errors are ignored (the next process compiles).
+fn store(path: &std::path::Path, image: &[u8]) {
+    use sha2::{Digest, Sha256};
+    use std::io::Write;
     let Some(dir) = path.parent() else { return };
     if std::fs::create_dir_all(dir).is_err() {
         return;
     }
-    if let Ok(mut tmp) = tempfile::NamedTempFile::new_in(dir) {
-        use std::io::Write;
-        if tmp.write_all(bytes).is_ok() {
-            let _ = tmp.persist(path);
-        }
+    if let Ok(mut tmp) = tempfile::NamedTempFile::new_in(dir)
+        && tmp.write_all(image).is_ok()
+        && tmp.write_all(&Sha256::digest(image)).is_ok()
+        && tmp.as_file().sync_all().is_ok()
+    {
+        let _ = tmp.persist(path);
     }
 }

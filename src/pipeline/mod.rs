@@ -325,7 +325,7 @@ pub fn forecast(
     // model is scored on the device, one layer at a time on one thread, while the
     // others run on the CPU's threads.
     let mut scorer = match device {
-        Device::Cuda(g) if !plan.save_forecasts && forecasters.iter().any(|f| f.on_device().is_some()) => {
+        Device::Cuda(g) if scores_on_device(plan, prep) => {
             Some(eval::cuda::Scorer::new(g).context("preparing the GPU's scoring kernels")?)
         }
         _ => None,
@@ -805,6 +805,12 @@ pub fn group_digits(n: u64) -> String {
     out
 }
 
+/// Whether a GPU run scores forecasts there: unless forecasts are saved, every
+/// forecaster with a device model is (see [`forecast`]).
+fn scores_on_device(plan: &RunPlan, prep: &Prepared) -> bool {
+    !plan.save_forecasts && prep.forecasters.iter().any(|f| f.on_device().is_some())
+}
+
 /// The whole run: every stage in order, then the manifest to the sink.
 pub fn run(plan: &RunPlan, sink: &mut dyn Sink, progress: &dyn Progress) -> anyhow::Result<RunReport> {
     run_prepared(plan, prepare(plan)?, sink, progress)
@@ -842,9 +848,13 @@ fn run_scoped<'s>(
     }
     let traces = &traces?;
     if let Device::Cuda(g) = &device {
-        // Every GPU run makes shares, statistics and scores there: their kernels
-        // compile side by side from now (a bad input stops before, compiling nothing).
-        let mut used = vec![&gpu::SHARES, &gpu::WINDOW_STATS, &gpu::SCORE];
+        // The kernels this run will use compile side by side from now (a bad input
+        // stopped before, compiling nothing): shares and statistics on every GPU run,
+        // scoring when forecasts are scored there, placement when asked for.
+        let mut used = vec![&gpu::SHARES, &gpu::WINDOW_STATS];
+        if scores_on_device(plan, &prep) {
+            used.push(&gpu::SCORE);
+        }
         if plan.work.placement.is_some() {
             used.push(&gpu::PLACEMENT);
         }
