@@ -282,21 +282,38 @@ impl Trace {
         }
         out
     }
-    /// Blocks of 8 experts in parallel, each block's series written step by step side
-    /// by side; each value is `step_shares`'s one division.
+    /// Tiles of consecutive steps in parallel: a tile reads its steps' rows of the
+    /// layer whole (a row is contiguous in the loads) and writes each expert's run of
+    /// the tile's steps into that expert's series; each value is `step_shares`'s one
+    /// division. (Blocks of a few experts reading every step's row, as before, read a
+    /// paper-scale layer's loads with a 6 kB stride: a TLB miss and half a cache line
+    /// wasted per value read, a fifth of a CPU run's statistics stage.)
     fn series_of(&self, l: usize, out: &mut Vec<f64>, load: impl Fn(usize) -> f64 + Sync) {
         use rayon::prelude::*;
-        const BLOCK: usize = 8;
+        /// `out`'s buffer, written by the tiles at disjoint places.
+        struct Series(*mut f64);
+        // SAFETY: the tiles write disjoint elements (below), and `out` outlives them.
+        unsafe impl Sync for Series {}
+        impl Series {
+            fn at(&self, i: usize) -> *mut f64 {
+                // SAFETY: callers pass indices below `out`'s length.
+                unsafe { self.0.add(i) }
+            }
+        }
         let (nl, ne, nt) = (self.layers(), self.experts(), self.steps);
         out.resize(nt * ne, 0.0);
-        out.par_chunks_mut(BLOCK * nt.max(1)).enumerate().for_each(|(b, series)| {
-            let e0 = b * BLOCK;
-            let k = series.len() / nt.max(1);
-            for t in 0..nt {
+        // About 32 k values a tile: its rows (256 kB at most) stay in cache.
+        let tile = (32768 / ne.max(1)).clamp(8, 1024);
+        let dst = Series(out.as_mut_ptr());
+        let dst = &dst;
+        (0..nt.div_ceil(tile)).into_par_iter().for_each(|c| {
+            for t in c * tile..((c + 1) * tile).min(nt) {
                 let total = self.totals[t * nl + l];
-                let base = (t * nl + l) * ne + e0;
-                for j in 0..k {
-                    series[j * nt + t] = load(base + j) / total;
+                let base = (t * nl + l) * ne;
+                for e in 0..ne {
+                    // SAFETY: e < ne and t < nt, so e * nt + t < out.len(); step t
+                    // belongs to tile c alone, so no other task writes this element.
+                    unsafe { *dst.at(e * nt + t) = load(base + e) / total };
                 }
             }
         });
@@ -551,18 +568,23 @@ mod tests {
 
     #[test]
     fn layer_series_of_many_experts_in_blocks_are_the_shares() {
-        // 19 experts (two blocks of 8 and three over), 7 steps, 2 layers; loads from
+        // 19 experts over 7 steps (one tile), and 128 experts over 1,000 steps (tiles
+        // of 256 steps, the last one short), 2 layers; float32 and float64 loads from
         // their indices, so each share is a known quotient.
-        let (nt, nl, ne) = (7, 2, 19);
-        let loads: Vec<f32> = (0..nt * nl * ne).map(|i| (i % 23 + 1) as f32).collect();
-        let t = Trace::from_dense("t".into(), Path::new("x"), 0, vec![0, 1], (0..ne as i64).collect(), Loads::F32(loads)).unwrap();
-        for l in 0..nl {
-            let s = t.layer_series(l);
-            assert_eq!(s.len(), nt * ne);
-            for (step, e) in (0..nt).flat_map(|t| (0..ne).map(move |e| (t, e))) {
-                let total: f64 = (0..ne).map(|j| ((step * nl + l) * ne + j) % 23 + 1).sum::<usize>() as f64;
-                let want = (((step * nl + l) * ne + e) % 23 + 1) as f64 / total;
-                assert_eq!(s[e * nt + step].to_bits(), want.to_bits(), "step {step}, layer {l}, expert {e}");
+        for (nt, ne) in [(7, 19), (1000, 128)] {
+            let nl = 2;
+            let raw = |i: usize| (i % 23 + 1) as f64;
+            for loads in [Loads::F32((0..nt * nl * ne).map(|i| raw(i) as f32).collect()), Loads::F64((0..nt * nl * ne).map(raw).collect())] {
+                let t = Trace::from_dense("t".into(), Path::new("x"), 0, vec![0, 1], (0..ne as i64).collect(), loads).unwrap();
+                for l in 0..nl {
+                    let s = t.layer_series(l);
+                    assert_eq!(s.len(), nt * ne);
+                    for (step, e) in (0..nt).flat_map(|t| (0..ne).map(move |e| (t, e))) {
+                        let total: f64 = (0..ne).map(|j| raw((step * nl + l) * ne + j)).sum();
+                        let want = raw((step * nl + l) * ne + e) / total;
+                        assert_eq!(s[e * nt + step].to_bits(), want.to_bits(), "T {nt} E {ne}: step {step}, layer {l}, expert {e}");
+                    }
+                }
             }
         }
     }
