@@ -49,7 +49,8 @@ pub fn window_series(x: &[f64], w: usize, mean: &mut [f64], var: &mut [f64], ran
     }
     let (x1, _) = x.as_chunks::<1>();
     mean_var_lanes(x1, [x], w, [mean], [var]);
-    extremes_lanes(x1, w, [range], [&mut s.pre_max, &mut s.suf_max, &mut s.pre_min, &mut s.suf_min]);
+    let buf = [&mut s.pre_max, &mut s.suf_max, &mut s.pre_min, &mut s.suf_min];
+    range_in_blocks(x1, w, [range], buf, |x, r, b| extremes_lanes(x, w, r, b));
 }
 
 /// [`window_series`] of four series of equal length at once, into `out[j] = [mean,
@@ -74,15 +75,13 @@ pub fn window_series4(x: [&[f64]; 4], w: usize, out: &mut [[Vec<f64>; 3]; 4], s:
     let buf = [&mut s.pre_max4, &mut s.suf_max4, &mut s.pre_min4, &mut s.suf_min4];
     #[cfg(target_arch = "x86_64")]
     if crate::simd::has_avx2() {
-        // SAFETY: the CPU has AVX2 (checked just above).
-        unsafe {
-            avx2::mean_var4(&s.quad, x, w, mean, var);
-            avx2::extremes4(&s.quad, w, range, buf);
-        }
+        // SAFETY (both): the CPU has AVX2 (checked just above).
+        unsafe { avx2::mean_var4(&s.quad, x, w, mean, var) };
+        range_in_blocks(&s.quad, w, range, buf, |x, r, b| unsafe { avx2::extremes4(x, w, r, b) });
         return;
     }
     mean_var_lanes(&s.quad, x, w, mean, var);
-    extremes_lanes(&s.quad, w, range, buf);
+    range_in_blocks(&s.quad, w, range, buf, |x, r, b| extremes_lanes(x, w, r, b));
 }
 
 /// The larger of two values as AVX2's `max` takes it (`b` unless `a > b`), so that one
@@ -157,21 +156,8 @@ mod avx2 {
         }
     }
 
-    /// [`extremes4_span`] a block of outputs at a time ([`super::extremes_block`]).
     #[target_feature(enable = "avx2")]
-    pub(super) fn extremes4(x: &[[f64; 4]], w: usize, mut range: [&mut [f64]; 4], mut buf: [&mut Vec<[f64; 4]>; 4]) {
-        let n = x.len() - w + 1;
-        let block = super::extremes_block(w);
-        let mut s = 0;
-        while s < n {
-            let m = block.min(n - s);
-            extremes4_span(&x[s..s + m + w - 1], w, range.each_mut().map(|r| &mut r[s..s + m]), buf.each_mut().map(|b| &mut **b));
-            s += m;
-        }
-    }
-
-    #[target_feature(enable = "avx2")]
-    fn extremes4_span(x: &[[f64; 4]], w: usize, range: [&mut [f64]; 4], buf: [&mut Vec<[f64; 4]>; 4]) {
+    pub(super) fn extremes4(x: &[[f64; 4]], w: usize, range: [&mut [f64]; 4], buf: [&mut Vec<[f64; 4]>; 4]) {
         let t = x.len();
         let [pmax, smax, pmin, smin] = buf.map(|b| {
             b.resize(t, [0.0; 4]);
@@ -249,33 +235,34 @@ fn mean_var_lanes<const L: usize>(q: &[[f64; L]], x: [&[f64]; L], w: usize, mean
     }
 }
 
-/// The range of every window of `L` step-interleaved series (`x[t][j]`: series `j`
-/// at step `t`) into `range[j]`, the same comparisons per series whatever `L`, with
-/// `buf` as prefix/suffix maxima and minima.
-#[inline(always)]
-/// Outputs of the range taken a block at a time: a block of `B` outputs reads
-/// `B + W - 1` steps and its prefix and suffix extrema, about 2,000 steps (256 kB for
-/// four series), which stay in cache; one span over a paper-scale series (100,000
-/// steps, 13 MB of buffers for four series) went to memory for every value. Max and
-/// min are exact, so the blocks give the bits of one span.
-fn extremes_block(w: usize) -> usize {
-    (2048 / w).max(1) * w
-}
-
-/// [`extremes_span`] a block of outputs at a time ([`extremes_block`]).
-fn extremes_lanes<const L: usize>(x: &[[f64; L]], w: usize, mut range: [&mut [f64]; L], mut buf: [&mut Vec<[f64; L]>; 4]) {
+/// The range of window `w` over `x`, `extremes` (one of the functions below) taken a
+/// block of outputs at a time: a block of `B` outputs reads `B + W - 1` steps and
+/// fills its prefix and suffix extrema, about 2,000 steps (256 kB for four series),
+/// which stay in cache; one span over a paper-scale series (100,000 steps, 13 MB of
+/// buffers for four series) went to memory for every value. Max and min are exact,
+/// so the blocks give the bits of one span.
+fn range_in_blocks<const L: usize>(
+    x: &[[f64; L]],
+    w: usize,
+    mut range: [&mut [f64]; L],
+    mut buf: [&mut Vec<[f64; L]>; 4],
+    mut extremes: impl FnMut(&[[f64; L]], [&mut [f64]; L], [&mut Vec<[f64; L]>; 4]),
+) {
     let n = x.len() - w + 1;
-    let block = extremes_block(w);
+    let block = (2048 / w).max(1) * w;
     let mut s = 0;
     while s < n {
         let m = block.min(n - s);
-        extremes_span(&x[s..s + m + w - 1], w, range.each_mut().map(|r| &mut r[s..s + m]), buf.each_mut().map(|b| &mut **b));
+        extremes(&x[s..s + m + w - 1], range.each_mut().map(|r| &mut r[s..s + m]), buf.each_mut().map(|b| &mut **b));
         s += m;
     }
 }
 
-/// Range of every window of `x` by van Herk/Gil-Werman, blocks of `W` from `x[0]`.
-fn extremes_span<const L: usize>(x: &[[f64; L]], w: usize, range: [&mut [f64]; L], buf: [&mut Vec<[f64; L]>; 4]) {
+/// The range of every window of `L` step-interleaved series (`x[t][j]`: series `j`
+/// at step `t`) into `range[j]`, the same comparisons per series whatever `L`, with
+/// `buf` as prefix/suffix maxima and minima.
+#[inline(always)]
+fn extremes_lanes<const L: usize>(x: &[[f64; L]], w: usize, range: [&mut [f64]; L], buf: [&mut Vec<[f64; L]>; 4]) {
     let t = x.len();
     let [pmax, smax, pmin, smin] = buf.map(|b| {
         b.resize(t, [0.0; L]);
@@ -403,7 +390,8 @@ mod tests {
     #[test]
     fn four_series_at_once_have_the_bits_of_one_at_a_time() {
         // Long enough to re-anchor (every 4096 outputs at these windows) and for the
-        // range's blocks of outputs (2,048 / W whole windows, at least one).
+        // range's blocks of outputs (2,048 / W whole windows, at least one:
+        // range_in_blocks).
         let t = 9000;
         let xs: Vec<Vec<f64>> = (0..4).map(|k| crate::lcg_noise(100 + k, t).iter().map(|u| 0.05 + u * 0.04).collect()).collect();
         for w in [1, 3, 100, 200, 2049] {
