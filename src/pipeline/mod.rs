@@ -265,14 +265,15 @@ fn group_shares<'b>(tr: &Trace, layers: &[usize], buffers: &'b mut Vec<Vec<f64>>
 }
 
 /// Layers of `tr` worked on at once: as many as threads, within 512 MB of their
-/// float64 shares.
+/// float64 shares, and more where they are small (up to 64 MB in all): a small
+/// layer's tasks are short and uneven, and a group's end waits for its longest.
 fn layer_group(tr: &Trace) -> usize {
     let layer_bytes = 8 * tr.steps() * tr.experts();
-    rayon::current_num_threads().min((512 << 20) / layer_bytes.max(1)).max(1)
+    rayon::current_num_threads().max((64 << 20) / layer_bytes.max(1)).min((512 << 20) / layer_bytes.max(1)).max(1)
 }
 
 /// Forecasts and scores every (trace, layer, forecaster): a group of layers at a time
-/// (as many as threads, within 512 MB of float64 shares), every (layer, forecaster)
+/// ([`layer_group`]), every (layer, forecaster)
 /// of a group in parallel. On a GPU, each layer's shares are made there from the
 /// trace's loads (else copied up, overlapping the kernels of the layer before); when
 /// every forecaster is predicted there too (the defaults), the host makes no shares
@@ -662,8 +663,8 @@ pub fn placement(
         for (hi, &horizon) in cfg.horizons.iter().enumerate() {
             let ne = tr.experts();
             let origins = place::placement_origins(&proto.origins(tr.steps()), horizon, tr.steps());
-            // A group of layers at a time (as many as threads, within 512 MB of float64
-            // shares), the layers of a group through each phase together.
+            // A group of layers at a time ([`layer_group`]), the layers of a group
+            // through each phase together.
             let group = layer_group(tr);
             for first in (0..tr.layers()).step_by(group) {
                 let layers: Vec<usize> = (first..(first + group).min(tr.layers())).collect();

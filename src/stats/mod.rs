@@ -123,30 +123,138 @@ pub struct ExpertStats {
 /// not depend on the number of threads or their scheduling).
 const BLOCKS: usize = 16;
 
-/// Computes the layer summaries of every (layer, window) on the CPU, layer by
-/// layer with the experts of a layer in parallel. When `detail` is given it
-/// receives each layer's per-expert statistics (in expert, then window order)
+/// Bytes the layers worked on side by side may take together (each its series, its
+/// output series and one block's partial summaries): a paper-scale layer (100,000
+/// steps, 128 experts) takes about 115 MB, so on a machine of more than four threads
+/// such layers go one at a time, each over every thread.
+const SIDE_BY_SIDE_BYTES: usize = 512 << 20;
+
+/// Computes the layer summaries of every (layer, window) on the CPU: a layer at a time
+/// with its experts in parallel or, when the trace has a layer for every thread and
+/// they fit in [`SIDE_BY_SIDE_BYTES`] together, layers side by side, a thread each
+/// (the same bits either way). When `detail` is given, layers go one at a time and
+/// it receives each layer's per-expert statistics (in expert, then window order)
 /// before the next layer starts, so the detail never has to be held whole.
+/// `on_layer` is called once a layer is done, from any thread.
 pub fn layer_stats_cpu(
     trace: &Trace,
     windows: &[usize],
     mut detail: Option<&mut dyn FnMut(Vec<ExpertStats>) -> anyhow::Result<()>>,
-    mut on_layer: impl FnMut(),
+    on_layer: impl Fn() + Sync,
 ) -> anyhow::Result<Vec<LayerStats>> {
-    let nt = trace.steps();
-    let ne = trace.experts();
-    let keep = detail.is_some();
-    let mut out = Vec::new();
+    let (nt, ne, nl) = (trace.steps(), trace.experts(), trace.layers());
     // Experts in a fixed number of blocks, each summed in expert order, the blocks
     // then merged in block order: the same bits whatever the threads.
     let block = ne.div_ceil(BLOCKS).max(1);
     let n_blocks = ne.div_ceil(block);
-    // Buffers made once for the whole trace, not once a block and layer (that was
-    // most of the stage's time on small traces, in page faults): each block's
-    // partial summaries, and each worker thread's scratch and output series.
-    let mut accs: Vec<Vec<LayerStats>> = (0..n_blocks).map(|_| windows.iter().map(|&w| LayerStats::zeros(0, w, cpu::outputs(nt, w))).collect()).collect();
-    let workers: Vec<std::sync::Mutex<Worker>> = (0..rayon::current_num_threads().max(1)).map(|_| Default::default()).collect();
-    for l in 0..trace.layers() {
+    let threads = rayon::current_num_threads().max(1);
+    // Layers side by side, one thread each, when there are enough of them to keep
+    // every thread busy and they are small: a small layer has too few experts to
+    // share among the threads, and its blocks' merge is one thread's work.
+    let alone_bytes = 8 * (nt * ne + windows.iter().map(|&w| 6 * cpu::outputs(nt, w)).sum::<usize>());
+    let side_by_side = detail.is_none() && threads > 1 && nl >= threads && threads * alone_bytes <= SIDE_BY_SIDE_BYTES;
+    let job = LayerJob { trace, windows, block, n_blocks, keep: detail.is_some(), workers: (0..threads).map(|_| Default::default()).collect() };
+    if side_by_side {
+        let done: Vec<Vec<LayerStats>> = (0..nl)
+            .into_par_iter()
+            .map(|l| {
+                // The series first: its making runs on rayon, which may start another
+                // layer on this thread meanwhile; the worker's lock is taken after.
+                let series = trace.layer_series(l);
+                let worker = rayon::current_thread_index().unwrap_or(0) % job.workers.len();
+                let mut guard = job.workers[worker].lock().unwrap_or_else(|e| e.into_inner());
+                let total = job.layer_alone(l, &series, &mut guard);
+                drop(guard);
+                on_layer();
+                total
+            })
+            .collect();
+        return Ok(done.into_iter().flatten().collect());
+    }
+    // Else a layer at a time, its experts in parallel. Buffers made once for the whole
+    // trace, not once a block and layer (that was most of the stage's time on small
+    // traces, in page faults): each block's partial summaries, and each worker
+    // thread's scratch and output series.
+    let mut accs = job.partials();
+    let mut out = Vec::with_capacity(nl * windows.len());
+    for l in 0..nl {
+        let (total, mut kept) = job.layer(l, &mut accs);
+        if let Some(d) = detail.as_mut() {
+            kept.sort_by_key(|k| (k.expert, windows.iter().position(|&w| w == k.window)));
+            d(kept)?;
+        }
+        out.extend(total);
+        on_layer();
+    }
+    Ok(out)
+}
+
+/// What [`layer_stats_cpu`]'s layers share.
+struct LayerJob<'a> {
+    trace: &'a Trace,
+    windows: &'a [usize],
+    /// Experts in a block, and blocks in a layer.
+    block: usize,
+    n_blocks: usize,
+    /// Whether each expert's statistics are kept (`--stats-detail expert`).
+    keep: bool,
+    /// One per worker thread, taken by that thread only.
+    workers: Vec<std::sync::Mutex<Worker>>,
+}
+
+impl LayerJob<'_> {
+    /// [`layer`](Self::layer) on this thread alone, for a layer's `series`: the same
+    /// operations in the same order (each block's experts summed in order from zero,
+    /// the blocks merged in order), with one block's partial summaries at a time.
+    fn layer_alone(&self, l: usize, series: &[f64], w: &mut Worker) -> Vec<LayerStats> {
+        let (windows, block) = (self.windows, self.block);
+        let (nt, ne) = (self.trace.steps(), self.trace.experts());
+        let Worker { scratch: s, bufs, acc } = w;
+        if bufs.len() != windows.len() {
+            *bufs = windows.iter().map(|&w| std::array::from_fn(|_| std::array::from_fn(|_| vec![0.0; cpu::outputs(nt, w)]))).collect();
+        }
+        if acc.len() != windows.len() {
+            *acc = windows.iter().map(|&w| LayerStats::zeros(l, w, cpu::outputs(nt, w))).collect();
+        }
+        acc.iter_mut().for_each(|a| a.reset(l));
+        let mut total: Vec<LayerStats> = windows.iter().map(|&w| LayerStats::zeros(l, w, cpu::outputs(nt, w))).collect();
+        for (g, quad) in series.chunks(4 * nt).enumerate() {
+            let k = quad.len() / nt;
+            for (wi, &w) in windows.iter().enumerate() {
+                let out = &mut bufs[wi];
+                quad_stats(quad, nt, w, out, s);
+                for (j, [_, v, r]) in out[..k].iter().enumerate() {
+                    let e = 4 * g + j;
+                    acc[wi].add(v, r);
+                    if (e + 1) % block == 0 || e + 1 == ne {
+                        // The block is whole: the first is taken as it is, the others merged.
+                        if e < block {
+                            for (t, a) in total[wi].summary.all_mut().into_iter().zip(acc[wi].summary.all()) {
+                                t.copy_from_slice(a);
+                            }
+                        } else {
+                            total[wi].merge(&acc[wi]);
+                        }
+                        acc[wi].reset(l);
+                    }
+                }
+            }
+        }
+        total.iter_mut().for_each(|s| s.finish(ne));
+        total
+    }
+
+    /// Each block's partial summaries of one layer, per window.
+    fn partials(&self) -> Vec<Vec<LayerStats>> {
+        let nt = self.trace.steps();
+        (0..self.n_blocks).map(|_| self.windows.iter().map(|&w| LayerStats::zeros(0, w, cpu::outputs(nt, w))).collect()).collect()
+    }
+
+    /// Layer `l`'s summaries (one per window) and, if kept, its experts' statistics;
+    /// `accs` are its blocks' partial summaries ([`partials`](Self::partials)).
+    fn layer(&self, l: usize, accs: &mut [Vec<LayerStats>]) -> (Vec<LayerStats>, Vec<ExpertStats>) {
+        let (trace, windows, block, keep) = (self.trace, self.windows, self.block, self.keep);
+        let (nt, ne) = (trace.steps(), trace.experts());
         let series = trace.layer_series(l);
         // A task takes whole blocks, at least four experts, so that experts go four at
         // a time (cpu::window_series4, the same bits as one at a time) even where a
@@ -159,10 +267,11 @@ pub fn layer_stats_cpu(
             .enumerate()
             .map(|(t, (acc, xs))| {
                 acc.iter_mut().flatten().for_each(|a| a.reset(l));
-                let worker = rayon::current_thread_index().unwrap_or(0) % workers.len();
-                // Only this thread takes its worker's lock, so it never waits.
-                let mut guard = workers[worker].lock().unwrap_or_else(|e| e.into_inner());
-                let Worker { scratch: s, bufs } = &mut *guard;
+                let worker = rayon::current_thread_index().unwrap_or(0) % self.workers.len();
+                // Only this thread takes its worker's lock, and it runs no other rayon
+                // task while it holds it (nothing below waits on rayon), so it never waits.
+                let mut guard = self.workers[worker].lock().unwrap_or_else(|e| e.into_inner());
+                let Worker { scratch: s, bufs, .. } = &mut *guard;
                 let fresh = |n: usize| -> [[Vec<f64>; 3]; 4] { std::array::from_fn(|_| std::array::from_fn(|_| vec![0.0; n])) };
                 if !keep && bufs.len() != windows.len() {
                     *bufs = windows.iter().map(|&w| fresh(cpu::outputs(nt, w))).collect();
@@ -173,14 +282,7 @@ pub fn layer_stats_cpu(
                     let e0 = t * per_task * block + i0;
                     for (wi, &w) in windows.iter().enumerate() {
                         let mut out = if keep { fresh(cpu::outputs(nt, w)) } else { std::mem::take(&mut bufs[wi]) };
-                        if k == 4 {
-                            let x: [&[f64]; 4] = std::array::from_fn(|j| &quad[j * nt..(j + 1) * nt]);
-                            cpu::window_series4(x, w, &mut out, s);
-                        } else {
-                            for (x, [m, v, r]) in quad.chunks(nt).zip(out.iter_mut()) {
-                                cpu::window_series(x, w, m, v, r, s);
-                            }
-                        }
+                        quad_stats(quad, nt, w, &mut out, s);
                         for (j, [_, v, r]) in out[..k].iter().enumerate() {
                             acc[(i0 + j) / block][wi].add(v, r);
                         }
@@ -202,15 +304,22 @@ pub fn layer_stats_cpu(
             total.iter_mut().zip(a).for_each(|(x, y)| x.merge(y));
         }
         total.iter_mut().for_each(|s| s.finish(ne));
-        if let Some(d) = detail.as_mut() {
-            let mut kept: Vec<ExpertStats> = kept.into_iter().flatten().collect();
-            kept.sort_by_key(|k| (k.expert, windows.iter().position(|&w| w == k.window)));
-            d(kept)?;
-        }
-        out.extend(total);
-        on_layer();
+        (total, kept.into_iter().flatten().collect())
     }
-    Ok(out)
+}
+
+/// The window statistics of up to four experts' series (`quad`, each `nt` steps)
+/// into the first of `out`: four at a time where there are four
+/// ([`cpu::window_series4`], the same bits as one at a time).
+fn quad_stats(quad: &[f64], nt: usize, w: usize, out: &mut [[Vec<f64>; 3]; 4], s: &mut cpu::Scratch) {
+    if quad.len() == 4 * nt {
+        let x: [&[f64]; 4] = std::array::from_fn(|j| &quad[j * nt..(j + 1) * nt]);
+        cpu::window_series4(x, w, out, s);
+    } else {
+        for (x, [m, v, r]) in quad.chunks(nt).zip(out.iter_mut()) {
+            cpu::window_series(x, w, m, v, r, s);
+        }
+    }
 }
 
 /// One worker thread's buffers for [`layer_stats_cpu`].
@@ -219,6 +328,8 @@ struct Worker {
     scratch: cpu::Scratch,
     /// Per window, four experts' output series (mean, variance, range).
     bufs: Vec<[[Vec<f64>; 3]; 4]>,
+    /// Per window, one block's partial summaries ([`LayerJob::layer_alone`]).
+    acc: Vec<LayerStats>,
 }
 
 #[cfg(test)]
@@ -250,7 +361,8 @@ mod tests {
     /// The summaries have the bits of the plainest code of their documented order:
     /// one expert at a time (`cpu::window_series`), experts added in order within
     /// blocks of ⌈E/16⌉, blocks merged in order; for expert counts that make blocks
-    /// of one (tasks of four blocks), of two, of four, of seven and a short last block.
+    /// of one (tasks of four blocks), of two, of four, of seven and a short last block,
+    /// a layer at a time (one thread) and layers side by side (two).
     #[test]
     fn layer_summaries_have_the_bits_of_the_block_order() {
         let mut state = 0x9e3779b97f4a7c15u64;
@@ -265,7 +377,14 @@ mod tests {
             let (nt, nl) = (300, 2);
             let loads: Vec<f32> = (0..nt * nl * ne).map(|_| (next() * 1000.0).floor() as f32 + 1.0).collect();
             let t = Trace::from_dense("t".into(), Path::new("x"), 0, (0..nl as i64).collect(), (0..ne as i64).collect(), Loads::F32(loads)).unwrap();
-            let got = layer_stats_cpu(&t, &windows, None, || {}).unwrap();
+            // One thread: a layer at a time, its experts in parallel; two: the two
+            // layers side by side, a thread each.
+            let got: Vec<Vec<LayerStats>> = [1, 2]
+                .map(|threads| {
+                    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                    pool.install(|| layer_stats_cpu(&t, &windows, None, || {}).unwrap())
+                })
+                .into();
             let block = ne.div_ceil(BLOCKS);
             let mut want = Vec::new();
             for l in 0..nl {
@@ -290,11 +409,13 @@ mod tests {
                     want.push(total);
                 }
             }
-            assert_eq!(got.len(), want.len());
             let bits = |s: &LayerStats| s.summary.all().map(|v| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
-            for (a, b) in got.iter().zip(&want) {
-                assert_eq!((a.layer, a.window), (b.layer, b.window));
-                assert!(bits(a) == bits(b), "{ne} experts, layer {} window {}: other bits", a.layer, a.window);
+            for (threads, got) in [1, 2].iter().zip(&got) {
+                assert_eq!(got.len(), want.len());
+                for (a, b) in got.iter().zip(&want) {
+                    assert_eq!((a.layer, a.window), (b.layer, b.window));
+                    assert!(bits(a) == bits(b), "{ne} experts, {threads} threads, layer {} window {}: other bits", a.layer, a.window);
+                }
             }
         }
     }

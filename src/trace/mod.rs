@@ -402,14 +402,21 @@ pub fn read_all(paths: &[PathBuf], opts: &ReadOptions) -> Result<Vec<Trace>> {
 
 /// Reads every input of a run, files or bundled traces; trace names must be unique.
 pub fn read_inputs(inputs: &[Input], opts: &ReadOptions) -> Result<Vec<Trace>> {
+    use rayon::prelude::*;
+    // The files side by side (a small file is decoded on one thread), the errors and
+    // name clashes then taken in the inputs' order, as if read one after the other.
+    let read: Vec<Result<Vec<Trace>>> = inputs
+        .par_iter()
+        .with_max_len(1)
+        .map(|input| match input {
+            Input::File(p) => read_file(p, opts),
+            Input::Bundled(b) => guarded(&input.path(), || columnar::read_parquet_bytes(&input.path(), b.bytes, &opts.columns)),
+        })
+        .collect();
     let mut out: Vec<Trace> = Vec::new();
-    for input in inputs {
+    for (input, traces) in inputs.iter().zip(read) {
         let p = input.path();
-        let traces = match input {
-            Input::File(p) => read_file(p, opts)?,
-            Input::Bundled(b) => guarded(&p, || columnar::read_parquet_bytes(&p, b.bytes, &opts.columns))?,
-        };
-        for t in traces {
+        for t in traces? {
             if let Some(prev) = out.iter().find(|o| o.name == t.name) {
                 return Err(invalid(
                     &p,
@@ -621,6 +628,43 @@ mod tests {
             assert_eq!(a.layer_proportions(0), b.layer_proportions(0));
         }
         assert_eq!(from_binary[0].source, Path::new("<bundled>/gpt12-e16-top2-s1.parquet"));
+    }
+
+    /// The files are read side by side, but a run fails as if they were read one
+    /// after the other: on the first bad file (or repeated trace name) in the
+    /// inputs' order, whichever decoder finishes first; good reads keep that order.
+    #[test]
+    fn inputs_read_side_by_side_fail_in_the_inputs_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let grid = |v: &str| format!("step,layer,expert,tokens\n0,0,0,1\n0,0,1,3\n1,0,0,{v}\n1,0,1,2\n");
+        let good = file("good.csv", &grid("2"));
+        let other = file("other.csv", &grid("5"));
+        let again = file("again/good.csv", &grid("2"));
+        let negative = file("negative.csv", &grid("-1"));
+        let empty = file("empty.csv", "");
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(4).build().unwrap();
+        let read = |paths: &[&PathBuf]| {
+            let paths: Vec<PathBuf> = paths.iter().map(|p| p.to_path_buf()).collect();
+            pool.install(|| read_all(&paths, &ReadOptions::default()))
+        };
+        let fails_on = |paths: &[&PathBuf], want: &str| {
+            let err = read(paths).unwrap_err().to_string();
+            assert!(err.contains(want), "{paths:?}: {err}");
+        };
+        fails_on(&[&good, &negative, &empty], "negative.csv");
+        fails_on(&[&good, &empty, &negative], "empty.csv");
+        fails_on(&[&empty, &good, &negative], "empty.csv");
+        fails_on(&[&good, &again, &negative], "is also used by");
+        fails_on(&[&negative, &good, &again], "negative.csv");
+        let ok = read(&[&other, &good]).unwrap();
+        assert_eq!(ok.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["other", "good"]);
+        assert_eq!(ok[0].proportion(1, 0, 0), 5.0 / 7.0);
     }
 
     #[test]
