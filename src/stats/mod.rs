@@ -130,9 +130,9 @@ const BLOCKS: usize = 16;
 const SIDE_BY_SIDE_BYTES: usize = 512 << 20;
 
 /// Computes the layer summaries of every (layer, window) on the CPU: a layer at a time
-/// with its experts in parallel or, when the trace has a layer for every thread and
-/// they fit in [`SIDE_BY_SIDE_BYTES`] together, layers side by side, a thread each
-/// (the same bits either way). When `detail` is given, layers go one at a time and
+/// with its experts in parallel or, when the trace has as many layers as the threads
+/// a layer's experts would keep busy and they fit in [`SIDE_BY_SIDE_BYTES`]
+/// together, layers side by side, a thread each (the same bits either way). When `detail` is given, layers go one at a time and
 /// it receives each layer's per-expert statistics (in expert, then window order)
 /// before the next layer starts, so the detail never has to be held whole.
 /// `on_layer` is called once a layer is done, from any thread.
@@ -148,11 +148,14 @@ pub fn layer_stats_cpu(
     let block = ne.div_ceil(BLOCKS).max(1);
     let n_blocks = ne.div_ceil(block);
     let threads = rayon::current_num_threads().max(1);
-    // Layers side by side, one thread each, when there are enough of them to keep
-    // every thread busy and they are small: a small layer has too few experts to
-    // share among the threads, and its blocks' merge is one thread's work.
+    // Layers side by side, one thread each, when that keeps at least as many threads
+    // busy as a layer's own tasks do (a task takes at least four experts, so a small
+    // layer has few) and they fit: a layer alone also leaves its blocks' merge to one
+    // thread, and its blocks' partial summaries to the caches.
+    let layer_tasks = n_blocks.div_ceil(4usize.div_ceil(block));
     let alone_bytes = 8 * (nt * ne + windows.iter().map(|&w| 6 * cpu::outputs(nt, w)).sum::<usize>());
-    let side_by_side = detail.is_none() && threads > 1 && nl >= threads && threads * alone_bytes <= SIDE_BY_SIDE_BYTES;
+    let side_by_side =
+        detail.is_none() && threads > 1 && nl >= threads.min(layer_tasks) && threads.min(nl) * alone_bytes <= SIDE_BY_SIDE_BYTES;
     let job = LayerJob { trace, windows, block, n_blocks, keep: detail.is_some(), workers: (0..threads).map(|_| Default::default()).collect() };
     if side_by_side {
         let done: Vec<Vec<LayerStats>> = (0..nl)
