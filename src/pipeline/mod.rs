@@ -265,11 +265,15 @@ fn group_shares<'b>(tr: &Trace, layers: &[usize], buffers: &'b mut Vec<Vec<f64>>
 }
 
 /// Layers of `tr` worked on at once: as many as threads, within 512 MB of their
-/// float64 shares, and more where they are small (up to 64 MB in all): a small
-/// layer's tasks are short and uneven, and a group's end waits for its longest.
-fn layer_group(tr: &Trace) -> usize {
+/// float64 shares, and more where they are small (up to 64 MB in all), unless
+/// `saving` forecasts (a group's saved forecasts are held until its end, and they are
+/// 10-20 times its shares): a small layer's tasks are short and uneven, and a group's
+/// end waits for its longest.
+fn layer_group(tr: &Trace, saving: bool) -> usize {
     let layer_bytes = 8 * tr.steps() * tr.experts();
-    rayon::current_num_threads().max((64 << 20) / layer_bytes.max(1)).min((512 << 20) / layer_bytes.max(1)).max(1)
+    let threads = rayon::current_num_threads();
+    let at_least = if saving { threads } else { threads.max((64 << 20) / layer_bytes.max(1)) };
+    at_least.min((512 << 20) / layer_bytes.max(1)).max(1)
 }
 
 /// Forecasts and scores every (trace, layer, forecaster): a group of layers at a time
@@ -344,7 +348,7 @@ pub fn forecast(
     let mut buffers: Vec<Vec<f64>> = Vec::new();
     let mut ahead: Vec<Vec<f64>> = Vec::new();
     for (ti, tr) in traces.iter().enumerate() {
-        let group = layer_group(tr);
+        let group = layer_group(tr, plan.save_forecasts);
         let on_device: Vec<Option<DeviceModel>> = forecasters
             .iter()
             .map(|f| f.on_device().filter(|&m| scorer.is_some() && eval::cuda::fits(m, tr.experts(), proto)))
@@ -665,7 +669,7 @@ pub fn placement(
             let origins = place::placement_origins(&proto.origins(tr.steps()), horizon, tr.steps());
             // A group of layers at a time ([`layer_group`]), the layers of a group
             // through each phase together.
-            let group = layer_group(tr);
+            let group = layer_group(tr, false);
             for first in (0..tr.layers()).step_by(group) {
                 let layers: Vec<usize> = (first..(first + group).min(tr.layers())).collect();
                 let _span = crate::profile::span(|| format!("placement: {} layers", layers.len()));

@@ -124,15 +124,15 @@ pub struct ExpertStats {
 const BLOCKS: usize = 16;
 
 /// Bytes the layers worked on side by side may take together (each its series, its
-/// output series and one block's partial summaries): a paper-scale layer (100,000
-/// steps, 128 experts) takes about 115 MB, so on a machine of more than four threads
-/// such layers go one at a time, each over every thread.
+/// output series, one block's partial summaries and the total): a paper-scale layer
+/// (100,000 steps, 128 experts) takes about 156 MB, so on a machine of more than
+/// three threads such layers go one at a time, each over every thread.
 const SIDE_BY_SIDE_BYTES: usize = 512 << 20;
 
 /// Computes the layer summaries of every (layer, window) on the CPU: a layer at a time
-/// with its experts in parallel or, when the trace has as many layers as the threads
-/// a layer's experts would keep busy and they fit in [`SIDE_BY_SIDE_BYTES`]
-/// together, layers side by side, a thread each (the same bits either way). When `detail` is given, layers go one at a time and
+/// with its experts in parallel or, when that keeps the threads as busy and they fit
+/// in [`SIDE_BY_SIDE_BYTES`] together, layers side by side, a thread each (the same
+/// bits either way). When `detail` is given, layers go one at a time and
 /// it receives each layer's per-expert statistics (in expert, then window order)
 /// before the next layer starts, so the detail never has to be held whole.
 /// `on_layer` is called once a layer is done, from any thread.
@@ -148,22 +148,29 @@ pub fn layer_stats_cpu(
     let block = ne.div_ceil(BLOCKS).max(1);
     let n_blocks = ne.div_ceil(block);
     let threads = rayon::current_num_threads().max(1);
-    // Layers side by side, one thread each, when that keeps at least as many threads
-    // busy as a layer's own tasks do (a task takes at least four experts, so a small
-    // layer has few) and they fit: a layer alone also leaves its blocks' merge to one
-    // thread, and its blocks' partial summaries to the caches.
+    // Layers side by side, one thread each, when that takes no more rounds of layer
+    // work than a layer at a time over its own tasks does (a task takes at least four
+    // experts, so a small layer has few: side by side, ⌈L / threads⌉ rounds of a
+    // layer's work; a layer at a time, L · ⌈tasks / threads⌉ / tasks), and the layers
+    // fit: a layer at a time also leaves its blocks' merge to one thread, and its
+    // blocks' partial summaries to the caches. A layer alone holds its series, its
+    // thread's scratch (four interleaved series) and per window twelve output series
+    // (four experts'), one block's partial summaries and the total (five each).
     let layer_tasks = n_blocks.div_ceil(4usize.div_ceil(block));
-    let alone_bytes = 8 * (nt * ne + windows.iter().map(|&w| 6 * cpu::outputs(nt, w)).sum::<usize>());
-    let side_by_side =
-        detail.is_none() && threads > 1 && nl >= threads.min(layer_tasks) && threads.min(nl) * alone_bytes <= SIDE_BY_SIDE_BYTES;
+    let alone_bytes = 8 * (nt * ne + 4 * nt + windows.iter().map(|&w| 22 * cpu::outputs(nt, w)).sum::<usize>());
+    let side_by_side = detail.is_none()
+        && threads > 1
+        && nl.div_ceil(threads) * layer_tasks <= nl * layer_tasks.div_ceil(threads)
+        && threads.min(nl) * alone_bytes <= SIDE_BY_SIDE_BYTES;
     let job = LayerJob { trace, windows, block, n_blocks, keep: detail.is_some(), workers: (0..threads).map(|_| Default::default()).collect() };
     if side_by_side {
         let done: Vec<Vec<LayerStats>> = (0..nl)
             .into_par_iter()
             .map(|l| {
-                // The series first: its making runs on rayon, which may start another
-                // layer on this thread meanwhile; the worker's lock is taken after.
-                let series = trace.layer_series(l);
+                // The series on this thread alone (on rayon, waiting for its tiles
+                // could start another layer here and hold two series), then the
+                // worker's lock: nothing below runs rayon while it is held.
+                let series = trace.layer_series_here(l);
                 let worker = rayon::current_thread_index().unwrap_or(0) % job.workers.len();
                 let mut guard = job.workers[worker].lock().unwrap_or_else(|e| e.into_inner());
                 let total = job.layer_alone(l, &series, &mut guard);
@@ -365,7 +372,8 @@ mod tests {
     /// one expert at a time (`cpu::window_series`), experts added in order within
     /// blocks of ⌈E/16⌉, blocks merged in order; for expert counts that make blocks
     /// of one (tasks of four blocks), of two, of four, of seven and a short last block,
-    /// a layer at a time (one thread) and layers side by side (two).
+    /// a layer at a time (one thread) and layers side by side (two); windows of 1, 7
+    /// and 50 steps and one longer than the trace (no outputs).
     #[test]
     fn layer_summaries_have_the_bits_of_the_block_order() {
         let mut state = 0x9e3779b97f4a7c15u64;
@@ -375,7 +383,7 @@ mod tests {
             state ^= state << 17;
             (state >> 11) as f64 / (1u64 << 53) as f64
         };
-        let windows = [1, 7, 50];
+        let windows = [1, 7, 50, 301];
         for ne in [1usize, 5, 16, 20, 64, 100] {
             let (nt, nl) = (300, 2);
             let loads: Vec<f32> = (0..nt * nl * ne).map(|_| (next() * 1000.0).floor() as f32 + 1.0).collect();

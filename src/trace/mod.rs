@@ -272,13 +272,22 @@ impl Trace {
     }
     /// Proportions of layer `l`, series-major: `out[e * T + t]`.
     pub fn layer_series(&self, l: usize) -> Vec<f64> {
+        self.layer_series_on(l, true)
+    }
+    /// [`layer_series`](Self::layer_series) on the calling thread alone, for callers
+    /// that already give each layer a thread (on rayon, a thread waiting for its
+    /// tiles could start another layer meanwhile, and hold two layers' series).
+    pub fn layer_series_here(&self, l: usize) -> Vec<f64> {
+        self.layer_series_on(l, false)
+    }
+    fn layer_series_on(&self, l: usize, parallel: bool) -> Vec<f64> {
         // A new vector each time: kept from layer to layer, it made the statistics
         // stage twice as slow (glibc then maps and unmaps the stage's smaller buffers
         // afresh, page faults and all).
         let mut out = Vec::new();
         match &self.loads {
-            Loads::F32(v) => self.series_of(l, &mut out, |i| v[i] as f64),
-            Loads::F64(v) => self.series_of(l, &mut out, |i| v[i]),
+            Loads::F32(v) => self.series_of(l, &mut out, parallel, |i| v[i] as f64),
+            Loads::F64(v) => self.series_of(l, &mut out, parallel, |i| v[i]),
         }
         out
     }
@@ -288,7 +297,7 @@ impl Trace {
     /// division. (Blocks of a few experts reading every step's row, as before, read a
     /// paper-scale layer's loads with a 6 kB stride: a TLB miss and half a cache line
     /// wasted per value read, a fifth of a CPU run's statistics stage.)
-    fn series_of(&self, l: usize, out: &mut Vec<f64>, load: impl Fn(usize) -> f64 + Sync) {
+    fn series_of(&self, l: usize, out: &mut Vec<f64>, parallel: bool, load: impl Fn(usize) -> f64 + Sync) {
         use rayon::prelude::*;
         /// `out`'s buffer, written by the tiles at disjoint places.
         struct Series(*mut f64);
@@ -306,7 +315,7 @@ impl Trace {
         let tile = (32768 / ne.max(1)).clamp(8, 1024);
         let dst = Series(out.as_mut_ptr());
         let dst = &dst;
-        (0..nt.div_ceil(tile)).into_par_iter().for_each(|c| {
+        let fill = |c: usize| {
             for t in c * tile..((c + 1) * tile).min(nt) {
                 let total = self.totals[t * nl + l];
                 let base = (t * nl + l) * ne;
@@ -316,7 +325,12 @@ impl Trace {
                     unsafe { *dst.at(e * nt + t) = load(base + e) / total };
                 }
             }
-        });
+        };
+        if parallel {
+            (0..nt.div_ceil(tile)).into_par_iter().for_each(fill);
+        } else {
+            (0..nt.div_ceil(tile)).for_each(fill);
+        }
     }
     /// Bytes held by the dense loads.
     pub fn dense_bytes(&self) -> usize {
@@ -400,22 +414,44 @@ pub fn read_all(paths: &[PathBuf], opts: &ReadOptions) -> Result<Vec<Trace>> {
     read_inputs(&inputs, opts)
 }
 
+/// Inputs of at most this many bytes together are read side by side.
+const SIDE_BY_SIDE_INPUT_BYTES: u64 = 256 << 20;
+
 /// Reads every input of a run, files or bundled traces; trace names must be unique.
 pub fn read_inputs(inputs: &[Input], opts: &ReadOptions) -> Result<Vec<Trace>> {
     use rayon::prelude::*;
-    // The files side by side (a small file is decoded on one thread), the errors and
-    // name clashes then taken in the inputs' order, as if read one after the other.
-    let read: Vec<Result<Vec<Trace>>> = inputs
-        .par_iter()
-        .with_max_len(1)
-        .map(|input| match input {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // Small inputs side by side (a small file is decoded on one thread; a big one's
+    // row groups or chunks are already read in parallel, and several at once would
+    // each hold their decoding buffers). The errors and name clashes are then taken in
+    // the inputs' order, as if read one after the other; inputs after one that failed
+    // are not read.
+    let bytes: u64 = inputs.iter().map(|i| i.size_hint()).sum();
+    let failed = AtomicUsize::new(usize::MAX);
+    let read_one = |(k, input): (usize, &Input)| -> Option<Result<Vec<Trace>>> {
+        if k > failed.load(Ordering::Relaxed) {
+            return None;
+        }
+        let r = match input {
             Input::File(p) => read_file(p, opts),
             Input::Bundled(b) => guarded(&input.path(), || columnar::read_parquet_bytes(&input.path(), b.bytes, &opts.columns)),
-        })
-        .collect();
+        };
+        if r.is_err() {
+            failed.fetch_min(k, Ordering::Relaxed);
+        }
+        Some(r)
+    };
+    let read: Vec<Option<Result<Vec<Trace>>>> = if bytes <= SIDE_BY_SIDE_INPUT_BYTES {
+        inputs.par_iter().enumerate().with_max_len(1).map(read_one).collect()
+    } else {
+        inputs.iter().enumerate().map(read_one).collect()
+    };
     let mut out: Vec<Trace> = Vec::new();
+    // Every input before the first that failed was read, so the loop returns on that
+    // one (or on an earlier name clash) before it reaches one that was not.
     for (input, traces) in inputs.iter().zip(read) {
         let p = input.path();
+        let Some(traces) = traces else { unreachable!("{} was not read, yet no input before it failed", p.display()) };
         for t in traces? {
             if let Some(prev) = out.iter().find(|o| o.name == t.name) {
                 return Err(invalid(
@@ -473,6 +509,14 @@ impl Input {
         match self {
             Input::File(p) => p.clone(),
             Input::Bundled(b) => Path::new(BUNDLED_PREFIX).join(b.file),
+        }
+    }
+    /// The input's size in bytes as far as its metadata says (0 when it cannot be
+    /// read: reading the file then says why).
+    fn size_hint(&self) -> u64 {
+        match self {
+            Input::File(p) => std::fs::metadata(p).map(|m| m.len()).unwrap_or(0),
+            Input::Bundled(b) => b.bytes.len() as u64,
         }
     }
     /// The input's bytes on disk (or in the binary) and their SHA-256, read now.
