@@ -221,7 +221,7 @@ impl LayerJob<'_> {
         let (nt, ne) = (self.trace.steps(), self.trace.experts());
         let Worker { scratch: s, bufs, acc } = w;
         if bufs.len() != windows.len() {
-            *bufs = windows.iter().map(|&w| std::array::from_fn(|_| std::array::from_fn(|_| vec![0.0; cpu::outputs(nt, w)]))).collect();
+            *bufs = windows.iter().map(|&w| four_outputs(cpu::outputs(nt, w))).collect();
         }
         if acc.len() != windows.len() {
             *acc = windows.iter().map(|&w| LayerStats::zeros(l, w, cpu::outputs(nt, w))).collect();
@@ -282,16 +282,15 @@ impl LayerJob<'_> {
                 // task while it holds it (nothing below waits on rayon), so it never waits.
                 let mut guard = self.workers[worker].lock().unwrap_or_else(|e| e.into_inner());
                 let Worker { scratch: s, bufs, .. } = &mut *guard;
-                let fresh = |n: usize| -> [[Vec<f64>; 3]; 4] { std::array::from_fn(|_| std::array::from_fn(|_| vec![0.0; n])) };
                 if !keep && bufs.len() != windows.len() {
-                    *bufs = windows.iter().map(|&w| fresh(cpu::outputs(nt, w))).collect();
+                    *bufs = windows.iter().map(|&w| four_outputs(cpu::outputs(nt, w))).collect();
                 }
                 let mut kept = Vec::new();
                 for (g, quad) in xs.chunks(4 * nt).enumerate() {
                     let (i0, k) = (4 * g, quad.len() / nt);
                     let e0 = t * per_task * block + i0;
                     for (wi, &w) in windows.iter().enumerate() {
-                        let mut out = if keep { fresh(cpu::outputs(nt, w)) } else { std::mem::take(&mut bufs[wi]) };
+                        let mut out = if keep { four_outputs(cpu::outputs(nt, w)) } else { std::mem::take(&mut bufs[wi]) };
                         quad_stats(quad, nt, w, &mut out, s);
                         for (j, [_, v, r]) in out[..k].iter().enumerate() {
                             acc[(i0 + j) / block][wi].add(v, r);
@@ -316,6 +315,11 @@ impl LayerJob<'_> {
         total.iter_mut().for_each(|s| s.finish(ne));
         (total, kept.into_iter().flatten().collect())
     }
+}
+
+/// Four experts' output series (mean, variance, range) of `n` values each.
+fn four_outputs(n: usize) -> [[Vec<f64>; 3]; 4] {
+    std::array::from_fn(|_| std::array::from_fn(|_| vec![0.0; n]))
 }
 
 /// The window statistics of up to four experts' series (`quad`, each `nt` steps)
