@@ -217,146 +217,187 @@ pub fn mean_of_rows(pred: &[f64], experts: usize, steps: usize) -> Vec<f64> {
     m
 }
 
-/// `Σ_e |p̂ − p|` and `Σ_e (p̂ − p)²` of one step, each summed in the fixed lane
-/// order of [`crate::simd`] (the same bits whatever the threads or the CPU).
+/// Running error sums kept in the eight lanes of [`crate::simd`]: element `i` of every
+/// step's row adds `|p̂ − p|` to `abs[i mod 8]` and `(p̂ − p)²` to `sq[i mod 8]`, step
+/// after step, and the lanes are added pairwise only when a total is read off
+/// ([`ErrLanes::sums`]). The same bits whatever the threads or the CPU.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ErrLanes {
+    abs: [f64; crate::simd::LANES],
+    sq: [f64; crate::simd::LANES],
+}
+
+impl ErrLanes {
+    /// `(Σ |err|, Σ err²)` of every step added so far.
+    #[inline(always)]
+    pub(crate) fn sums(&self) -> (f64, f64) {
+        use crate::simd::fold_lanes;
+        (fold_lanes(self.abs), fold_lanes(self.sq))
+    }
+}
+
+/// Adds one step's errors (`pred` against `actual`, cut to the shorter) to `acc`.
 #[inline(always)]
-pub fn step_error(pred: &[f64], actual: &[f64]) -> (f64, f64) {
+pub(crate) fn add_step_error(pred: &[f64], actual: &[f64], acc: &mut ErrLanes) {
     #[cfg(target_arch = "x86_64")]
     if crate::simd::has_avx2() {
         // SAFETY: the CPU has AVX2 (checked just above).
-        return unsafe { step_error_avx2(pred, actual) };
+        return unsafe { add_step_error_avx2(pred, actual, acc) };
     }
-    step_error_lanes(pred, actual)
+    add_step_error_lanes(pred, actual, acc)
 }
 
-/// [`step_error`] as plain Rust.
+/// [`add_step_error`] as plain Rust.
 #[inline(always)]
-fn step_error_lanes(pred: &[f64], actual: &[f64]) -> (f64, f64) {
-    use crate::simd::{LANES as L, fold_lanes};
+fn add_step_error_lanes(pred: &[f64], actual: &[f64], acc: &mut ErrLanes) {
+    use crate::simd::LANES as L;
     let n = pred.len().min(actual.len());
     let (pred, actual) = (&pred[..n], &actual[..n]);
-    let (mut a, mut s) = ([0.0f64; L], [0.0f64; L]);
     let full = n / L * L;
     for i in (0..full).step_by(L) {
         let p: &[f64; L] = pred[i..i + L].try_into().unwrap();
         let y: &[f64; L] = actual[i..i + L].try_into().unwrap();
         for j in 0..L {
             let d = p[j] - y[j];
-            a[j] += d.abs();
-            s[j] += d * d;
+            acc.abs[j] += d.abs();
+            acc.sq[j] += d * d;
         }
     }
     for (j, (p, y)) in pred[full..].iter().zip(&actual[full..]).enumerate() {
         let d = p - y;
-        a[j] += d.abs();
-        s[j] += d * d;
+        acc.abs[j] += d.abs();
+        acc.sq[j] += d * d;
     }
-    (fold_lanes(a), fold_lanes(s))
 }
 
-/// [`step_error`] with the eight lanes in two AVX2 registers, the same operations on
-/// each lane in the same order (so the same bits), written out because the compiler's
-/// own vectorisation of it reversed lanes and reloaded constants inside the loop.
+/// A row's last `n mod 8` values padded with zeros to eight: a padded lane adds
+/// `|0 − 0| = 0` and `0²`, which leaves it as it was.
+#[inline(always)]
+fn padded_tail(row: &[f64], full: usize, n: usize) -> [f64; 8] {
+    let mut t = [0.0; 8];
+    t[..n - full].copy_from_slice(&row[full..n]);
+    t
+}
+
+/// [`add_step_error`] with the eight lanes in two AVX2 registers each, the same
+/// operations on each lane in the same order (so the same bits), written out because
+/// the compiler's own vectorisation of it reversed lanes and reloaded constants
+/// inside the loop.
 ///
 /// # Safety
 /// The CPU must have AVX2. Called from code compiled for AVX2 (an
 /// [`avx2_twin`](crate::simd::avx2_twin)), into which it is inlined.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn step_error_avx2(pred: &[f64], actual: &[f64]) -> (f64, f64) {
-    // SAFETY: the caller's (AVX2); the loads and stores are in bounds (below).
+unsafe fn add_step_error_avx2(pred: &[f64], actual: &[f64], acc: &mut ErrLanes) {
+    let n = pred.len().min(actual.len());
+    let full = n / 8 * 8;
+    // SAFETY: the caller's (AVX2); the loads are at i + 8 <= full <= n of both rows,
+    // or of eight-value arrays, the stores of four f64 into an [f64; 8] at 0 or 4.
     unsafe {
-        use crate::simd::fold_lanes;
         use std::arch::x86_64::*;
         const { assert!(crate::simd::LANES == 8) };
-        let n = pred.len().min(actual.len());
-        let (pred, actual) = (&pred[..n], &actual[..n]);
-        let full = n / 8 * 8;
         let abs = _mm256_castsi256_pd(_mm256_set1_epi64x(i64::MAX));
-        let (mut a0, mut a1, mut s0, mut s1) = (_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd());
+        let (pa, ps) = (acc.abs.as_mut_ptr(), acc.sq.as_mut_ptr());
+        let (mut a0, mut a1, mut s0, mut s1) = (_mm256_loadu_pd(pa), _mm256_loadu_pd(pa.add(4)), _mm256_loadu_pd(ps), _mm256_loadu_pd(ps.add(4)));
+        // A macro, not a closure: a closure is a function of its own, not compiled for
+        // AVX2, and its intrinsics would be calls.
+        macro_rules! eight {
+            ($p:expr, $y:expr) => {{
+                let (p, y): (*const f64, *const f64) = ($p, $y);
+                let (d0, d1) = (_mm256_sub_pd(_mm256_loadu_pd(p), _mm256_loadu_pd(y)), _mm256_sub_pd(_mm256_loadu_pd(p.add(4)), _mm256_loadu_pd(y.add(4))));
+                a0 = _mm256_add_pd(a0, _mm256_and_pd(d0, abs));
+                a1 = _mm256_add_pd(a1, _mm256_and_pd(d1, abs));
+                s0 = _mm256_add_pd(s0, _mm256_mul_pd(d0, d0));
+                s1 = _mm256_add_pd(s1, _mm256_mul_pd(d1, d1));
+            }};
+        }
         let (p, y) = (pred.as_ptr(), actual.as_ptr());
         for i in (0..full).step_by(8) {
-            // i + 8 <= full <= n, the length of both slices.
-            let (p0, p1, y0, y1) = (_mm256_loadu_pd(p.add(i)), _mm256_loadu_pd(p.add(i + 4)), _mm256_loadu_pd(y.add(i)), _mm256_loadu_pd(y.add(i + 4)));
-            let (d0, d1) = (_mm256_sub_pd(p0, y0), _mm256_sub_pd(p1, y1));
-            a0 = _mm256_add_pd(a0, _mm256_and_pd(d0, abs));
-            a1 = _mm256_add_pd(a1, _mm256_and_pd(d1, abs));
-            s0 = _mm256_add_pd(s0, _mm256_mul_pd(d0, d0));
-            s1 = _mm256_add_pd(s1, _mm256_mul_pd(d1, d1));
+            eight!(p.add(i), y.add(i));
         }
-        let (mut a, mut s) = ([0.0f64; 8], [0.0f64; 8]);
-        // Each store is of four f64 into an [f64; 8] at 0 or 4.
-        _mm256_storeu_pd(a.as_mut_ptr(), a0);
-        _mm256_storeu_pd(a.as_mut_ptr().add(4), a1);
-        _mm256_storeu_pd(s.as_mut_ptr(), s0);
-        _mm256_storeu_pd(s.as_mut_ptr().add(4), s1);
-        for (j, (p, y)) in pred[full..].iter().zip(&actual[full..]).enumerate() {
-            let d = p - y;
-            a[j] += d.abs();
-            s[j] += d * d;
+        if full < n {
+            let (tp, ty) = (padded_tail(pred, full, n), padded_tail(actual, full, n));
+            eight!(tp.as_ptr(), ty.as_ptr());
         }
-        (fold_lanes(a), fold_lanes(s))
+        _mm256_storeu_pd(pa, a0);
+        _mm256_storeu_pd(pa.add(4), a1);
+        _mm256_storeu_pd(ps, s0);
+        _mm256_storeu_pd(ps.add(4), s1);
     }
 }
 
-/// [`step_error`] of two (prediction, actual) pairs of rows of one length, their
-/// sums run side by side: each pair's operations those of [`step_error`] (so its
-/// bits), two independent chains of additions instead of one.
+/// [`add_step_error`] of two (prediction, actual) pairs of rows of one length, each
+/// into its own lanes, their additions run side by side: two independent chains
+/// instead of one, each pair's bits those of [`add_step_error`].
 #[inline(always)]
-fn step_error2(p0: &[f64], y0: &[f64], p1: &[f64], y1: &[f64]) -> [(f64, f64); 2] {
+fn add_step_error2(p0: &[f64], y0: &[f64], p1: &[f64], y1: &[f64], acc: [&mut ErrLanes; 2]) {
     #[cfg(target_arch = "x86_64")]
     if crate::simd::has_avx2() && p0.len() == y0.len() && p1.len() == y1.len() && p0.len() == p1.len() {
         // SAFETY: the CPU has AVX2 (checked just above).
-        return unsafe { step_error2_avx2(p0, y0, p1, y1) };
+        return unsafe { add_step_error2_avx2(p0, y0, p1, y1, acc) };
     }
-    [step_error_lanes(p0, y0), step_error_lanes(p1, y1)]
+    let [a0, a1] = acc;
+    add_step_error_lanes(p0, y0, a0);
+    add_step_error_lanes(p1, y1, a1);
 }
 
-/// [`step_error2`] in AVX2 registers: [`step_error_avx2`]'s loop for two pairs at once.
+/// [`add_step_error2`] in AVX2 registers: [`add_step_error_avx2`]'s loop for two
+/// pairs at once.
 ///
 /// # Safety
-/// As [`step_error_avx2`]; the four rows have one length.
+/// As [`add_step_error_avx2`]; the four rows have one length.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn step_error2_avx2(p0: &[f64], y0: &[f64], p1: &[f64], y1: &[f64]) -> [(f64, f64); 2] {
-    use crate::simd::fold_lanes;
-    use std::arch::x86_64::*;
+unsafe fn add_step_error2_avx2(p0: &[f64], y0: &[f64], p1: &[f64], y1: &[f64], acc: [&mut ErrLanes; 2]) {
     let n = p0.len();
     assert!(y0.len() == n && p1.len() == n && y1.len() == n);
     let full = n / 8 * 8;
-    // SAFETY: the caller's (AVX2); the loads are at i + 8 <= full <= n, the stores of
-    // four f64 into an [f64; 8] at 0 or 4.
+    // SAFETY: as in add_step_error_avx2, for both pairs.
     unsafe {
+        use std::arch::x86_64::*;
         let abs = _mm256_castsi256_pd(_mm256_set1_epi64x(i64::MAX));
-        let z = _mm256_setzero_pd();
-        let (mut a, mut s, mut b, mut t) = ([z; 2], [z; 2], [z; 2], [z; 2]);
+        let [c0, c1] = acc;
+        // Macros, not closures (see add_step_error_avx2).
+        macro_rules! load {
+            ($v:expr) => {{
+                let v: &[f64; 8] = $v;
+                [_mm256_loadu_pd(v.as_ptr()), _mm256_loadu_pd(v.as_ptr().add(4))]
+            }};
+        }
+        let (mut a, mut s, mut b, mut t) = (load!(&c0.abs), load!(&c0.sq), load!(&c1.abs), load!(&c1.sq));
+        macro_rules! eight {
+            ($pp:expr, $py:expr, $qp:expr, $qy:expr) => {{
+                let (pp, py, qp, qy): (*const f64, *const f64, *const f64, *const f64) = ($pp, $py, $qp, $qy);
+                for h in 0..2 {
+                    let d = _mm256_sub_pd(_mm256_loadu_pd(pp.add(4 * h)), _mm256_loadu_pd(py.add(4 * h)));
+                    let e = _mm256_sub_pd(_mm256_loadu_pd(qp.add(4 * h)), _mm256_loadu_pd(qy.add(4 * h)));
+                    a[h] = _mm256_add_pd(a[h], _mm256_and_pd(d, abs));
+                    b[h] = _mm256_add_pd(b[h], _mm256_and_pd(e, abs));
+                    s[h] = _mm256_add_pd(s[h], _mm256_mul_pd(d, d));
+                    t[h] = _mm256_add_pd(t[h], _mm256_mul_pd(e, e));
+                }
+            }};
+        }
         let (pp, py, qp, qy) = (p0.as_ptr(), y0.as_ptr(), p1.as_ptr(), y1.as_ptr());
         for i in (0..full).step_by(8) {
-            for h in 0..2 {
-                let j = i + 4 * h;
-                let d = _mm256_sub_pd(_mm256_loadu_pd(pp.add(j)), _mm256_loadu_pd(py.add(j)));
-                let e = _mm256_sub_pd(_mm256_loadu_pd(qp.add(j)), _mm256_loadu_pd(qy.add(j)));
-                a[h] = _mm256_add_pd(a[h], _mm256_and_pd(d, abs));
-                b[h] = _mm256_add_pd(b[h], _mm256_and_pd(e, abs));
-                s[h] = _mm256_add_pd(s[h], _mm256_mul_pd(d, d));
-                t[h] = _mm256_add_pd(t[h], _mm256_mul_pd(e, e));
-            }
+            eight!(pp.add(i), py.add(i), qp.add(i), qy.add(i));
         }
-        let lanes = |v: [__m256d; 2]| {
-            let mut out = [0.0f64; 8];
-            _mm256_storeu_pd(out.as_mut_ptr(), v[0]);
-            _mm256_storeu_pd(out.as_mut_ptr().add(4), v[1]);
-            out
-        };
-        let (mut a, mut s, mut b, mut t) = (lanes(a), lanes(s), lanes(b), lanes(t));
-        for j in 0..n - full {
-            let (d, e) = (p0[full + j] - y0[full + j], p1[full + j] - y1[full + j]);
-            a[j] += d.abs();
-            s[j] += d * d;
-            b[j] += e.abs();
-            t[j] += e * e;
+        if full < n {
+            let tails = [padded_tail(p0, full, n), padded_tail(y0, full, n), padded_tail(p1, full, n), padded_tail(y1, full, n)];
+            eight!(tails[0].as_ptr(), tails[1].as_ptr(), tails[2].as_ptr(), tails[3].as_ptr());
         }
-        [(fold_lanes(a), fold_lanes(s)), (fold_lanes(b), fold_lanes(t))]
+        macro_rules! store {
+            ($v:expr, $out:expr) => {{
+                let (v, out): ([__m256d; 2], &mut [f64; 8]) = ($v, $out);
+                _mm256_storeu_pd(out.as_mut_ptr(), v[0]);
+                _mm256_storeu_pd(out.as_mut_ptr().add(4), v[1]);
+            }};
+        }
+        store!(a, &mut c0.abs);
+        store!(s, &mut c0.sq);
+        store!(b, &mut c1.abs);
+        store!(t, &mut c1.sq);
     }
 }
 
@@ -373,13 +414,12 @@ crate::simd::avx2_twin!(
 pub(crate) struct Running<'a> {
     horizons: &'a [usize],
     next: usize,
-    abs: f64,
-    sq: f64,
+    acc: ErrLanes,
 }
 
 impl<'a> Running<'a> {
     pub(crate) fn new(horizons: &'a [usize]) -> Self {
-        Running { horizons, next: 0, abs: 0.0, sq: 0.0 }
+        Running { horizons, next: 0, acc: ErrLanes::default() }
     }
     /// Whether every horizon has been read off.
     pub(crate) fn done(&self) -> bool {
@@ -388,16 +428,20 @@ impl<'a> Running<'a> {
     /// Adds step `k`'s prediction `row` against the actual `row` of the layer.
     #[inline(always)]
     pub(crate) fn add(&mut self, k: usize, pred: &[f64], actual: &[f64], out: &mut [(f64, f64)]) {
-        self.add_sums(k, step_error(pred, actual), out);
+        add_step_error(pred, actual, &mut self.acc);
+        self.read_off(k, out);
     }
-    /// Adds step `k`'s error sums `(a, s)` ([`step_error`]'s).
+    /// Reads the sums off into `out` at each horizon that ends with step `k`.
     #[inline(always)]
-    fn add_sums(&mut self, k: usize, (a, s): (f64, f64), out: &mut [(f64, f64)]) {
-        self.abs += a;
-        self.sq += s;
-        while self.next < self.horizons.len() && self.horizons[self.next] == k + 1 {
-            out[self.next] = (self.abs, self.sq);
-            self.next += 1;
+    fn read_off(&mut self, k: usize, out: &mut [(f64, f64)]) {
+        // The lanes added up only under the test (written as a loop's condition, the
+        // compiler hoisted the adding above it, into every step).
+        if self.horizons.get(self.next) == Some(&(k + 1)) {
+            let sums = self.acc.sums();
+            while self.horizons.get(self.next) == Some(&(k + 1)) {
+                out[self.next] = sums;
+                self.next += 1;
+            }
         }
     }
 }
@@ -419,7 +463,7 @@ fn origin_sums_inner(layer: &LayerView, origin: usize, horizons: &[usize], steps
 crate::simd::avx2_twin!(
     /// [`origin_sums`] of two origins' flat predictions at once (`o[i]`, `steps[i]`,
     /// `pred[i]`, `out[i]`): the two origins' steps side by side while both have steps
-    /// and horizons left ([`step_error2`]), then each alone; each origin's sums are
+    /// and horizons left ([`add_step_error2`]), then each alone; each origin's sums are
     /// those of [`origin_sums`], bit for bit.
     fn origin_sums_pair(layer: &LayerView, o: [usize; 2], horizons: &[usize], steps: [usize; 2], pred: [&[f64]; 2], out: [&mut [(f64, f64)]; 2]) => origin_sums_pair_inner
 );
@@ -433,9 +477,9 @@ fn origin_sums_pair_inner(layer: &LayerView, o: [usize; 2], horizons: &[usize], 
     let both = steps[0].min(steps[1]);
     let mut k = 0;
     while k < both && !r0.done() && !r1.done() {
-        let [e0, e1] = step_error2(pred[0], layer.row(o[0] + k), pred[1], layer.row(o[1] + k));
-        r0.add_sums(k, e0, out0);
-        r1.add_sums(k, e1, out1);
+        add_step_error2(pred[0], layer.row(o[0] + k), pred[1], layer.row(o[1] + k), [&mut r0.acc, &mut r1.acc]);
+        r0.read_off(k, out0);
+        r1.read_off(k, out1);
         k += 1;
     }
     for (run, j, out) in [(r0, 0, out0), (r1, 1, out1)] {
@@ -703,10 +747,7 @@ mod tests {
     }
 
     #[test]
-    fn step_errors_in_avx2_registers_have_the_bits_of_the_lanes() {
-        if !crate::simd::has_avx2() {
-            return; // the AVX2 path is not taken here, nor can it run
-        }
+    fn step_errors_in_lanes_have_their_bits_on_every_path() {
         let mut rng = 0x2545f4914f6cdd1du64;
         let mut next = || {
             rng ^= rng << 13;
@@ -714,19 +755,44 @@ mod tests {
             rng ^= rng << 17;
             (rng >> 11) as f64 / (1u64 << 53) as f64 * if rng & 1 == 0 { 1.0 } else { 1e-7 }
         };
+        let bits = |acc: &ErrLanes| (acc.abs.map(f64::to_bits), acc.sq.map(f64::to_bits));
         for n in [0, 1, 7, 8, 9, 16, 64, 127, 128, 131] {
-            let (p, y): (Vec<f64>, Vec<f64>) = (0..n).map(|_| (next(), next())).unzip();
-            // SAFETY: the CPU has AVX2 (checked above).
-            let (a, s) = unsafe { super::step_error_avx2(&p, &y) };
-            let (want_a, want_s) = super::step_error_lanes(&p, &y);
-            assert_eq!((a.to_bits(), s.to_bits()), (want_a.to_bits(), want_s.to_bits()), "n = {n}");
-            // and against float64 sums in plain order, closely
-            let plain_a: f64 = p.iter().zip(&y).map(|(p, y)| (p - y).abs()).sum();
-            assert!((a - plain_a).abs() <= 1e-12 * plain_a.max(1e-300), "n = {n}");
+            // five steps' rows of two (prediction, actual) pairs
+            let rows: Vec<[Vec<f64>; 4]> = (0..5).map(|_| std::array::from_fn(|_| (0..n).map(|_| next()).collect())).collect();
+            // independently: element i of each step into lane i mod 8, step after step
+            let mut want = [ErrLanes::default(), ErrLanes::default()];
+            for r in &rows {
+                for (j, w) in want.iter_mut().enumerate() {
+                    for i in 0..n {
+                        let d = r[2 * j][i] - r[2 * j + 1][i];
+                        w.abs[i % 8] += d.abs();
+                        w.sq[i % 8] += d * d;
+                    }
+                }
+            }
+            let (mut one, mut lanes, mut pair) = ([ErrLanes::default(); 2], [ErrLanes::default(); 2], [ErrLanes::default(); 2]);
+            for r in &rows {
+                add_step_error(&r[0], &r[1], &mut one[0]);
+                add_step_error(&r[2], &r[3], &mut one[1]);
+                add_step_error_lanes(&r[0], &r[1], &mut lanes[0]);
+                add_step_error_lanes(&r[2], &r[3], &mut lanes[1]);
+                let [p0, p1] = &mut pair;
+                add_step_error2(&r[0], &r[1], &r[2], &r[3], [p0, p1]);
+            }
+            for j in 0..2 {
+                assert_eq!(bits(&one[j]), bits(&want[j]), "n = {n}");
+                assert_eq!(bits(&lanes[j]), bits(&want[j]), "n = {n}");
+                assert_eq!(bits(&pair[j]), bits(&want[j]), "n = {n}");
+                // and the totals against float64 sums in plain order, closely
+                let plain_a: f64 = rows.iter().flat_map(|r| r[2 * j].iter().zip(&r[2 * j + 1]).map(|(p, y)| (p - y).abs())).sum();
+                let (a, _) = one[j].sums();
+                assert!((a - plain_a).abs() <= 1e-12 * plain_a.max(1e-300), "n = {n}");
+            }
         }
         // a longer prediction than actual row is cut to the shorter
-        let (a, s) = unsafe { super::step_error_avx2(&[0.5; 12], &[0.25; 9]) };
-        assert_eq!((a, s), (9.0 * 0.25, 9.0 * 0.0625));
+        let mut acc = ErrLanes::default();
+        add_step_error(&[0.5; 12], &[0.25; 9], &mut acc);
+        assert_eq!(acc.sums(), (9.0 * 0.25, 9.0 * 0.0625));
     }
 
     #[test]
