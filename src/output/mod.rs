@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use arrow::array::{ArrayRef, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray};
+use arrow::array::{Array, ArrayRef, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_writer::ArrowRowGroupWriterFactory;
@@ -333,6 +333,9 @@ const ROW_GROUP: usize = 1 << 20;
 /// at paper scale (3.6 M rows) the table was done about 400 ms after it arrived,
 /// the longest part of a GPU run after the input's hash.
 const GROUPS_AT_ONCE: usize = 4;
+/// Rows the column writers encode at a time (parquet's default), the unit in which a
+/// row group's pieces are cut ([`aligned_pieces`]).
+const WRITE_BATCH: usize = 1024;
 
 /// A Parquet file that appears under its final name only once [`finish`](Self::finish)
 /// succeeds; dropped unfinished, it leaves nothing behind.
@@ -372,6 +375,7 @@ impl AtomicParquet {
         let mut props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
             .set_max_row_group_size(ROW_GROUP)
+            .set_write_batch_size(WRITE_BATCH)
             .set_dictionary_enabled(false);
         for f in schema.fields().iter().filter(|f| f.data_type() == &DataType::Utf8) {
             props = props.set_column_dictionary_enabled(parquet::schema::types::ColumnPath::from(f.name().as_str()), true);
@@ -467,29 +471,42 @@ impl Encoder {
     }
 
     /// Encodes the gathered rows' whole row groups (up to [`GROUPS_AT_ONCE`] at a
-    /// time) and, when `all`, the rest.
+    /// time) and, when `all`, the rest. A row group is a list of slices of the
+    /// batches as they came: nothing is copied before the encoding.
     fn flush(&mut self, all: bool) -> anyhow::Result<()> {
         if self.pending_rows == 0 {
             return Ok(());
         }
-        let rows = arrow::compute::concat_batches(&self.schema, &self.pending)?;
-        self.pending.clear();
-        let whole = rows.num_rows() / ROW_GROUP * ROW_GROUP;
-        let cut = if all { rows.num_rows() } else { whole };
-        let groups: Vec<RecordBatch> = (0..cut).step_by(ROW_GROUP).map(|at| rows.slice(at, ROW_GROUP.min(cut - at))).collect();
-        if cut < rows.num_rows() {
-            self.pending.push(rows.slice(cut, rows.num_rows() - cut));
+        let cut = if all { self.pending_rows } else { self.pending_rows / ROW_GROUP * ROW_GROUP };
+        let (mut groups, mut group, mut group_rows, mut taken) = (Vec::new(), Vec::new(), 0, 0);
+        let mut rest = Vec::new();
+        for batch in self.pending.drain(..) {
+            let mut at = 0;
+            while at < batch.num_rows() {
+                if taken == cut {
+                    rest.push(batch.slice(at, batch.num_rows() - at));
+                    break;
+                }
+                let n = (batch.num_rows() - at).min(ROW_GROUP - group_rows).min(cut - taken);
+                group.push(batch.slice(at, n));
+                (at, group_rows, taken) = (at + n, group_rows + n, taken + n);
+                if group_rows == ROW_GROUP || taken == cut {
+                    groups.push(std::mem::take(&mut group));
+                    group_rows = 0;
+                }
+            }
         }
-        self.pending_rows = rows.num_rows() - cut;
+        self.pending = rest;
+        self.pending_rows -= cut;
         for some in groups.chunks(GROUPS_AT_ONCE) {
             self.encode(some)?;
         }
         Ok(())
     }
 
-    /// Encodes `groups` (each one row group), every (row group, column) on its own
-    /// thread, and appends them in order.
-    fn encode(&mut self, groups: &[RecordBatch]) -> anyhow::Result<()> {
+    /// Encodes `groups` (each one row group, in slices), every (row group, column) on
+    /// its own thread, and appends them in order.
+    fn encode(&mut self, groups: &[Vec<RecordBatch>]) -> anyhow::Result<()> {
         use parquet::arrow::arrow_writer::compute_leaves;
         use rayon::prelude::*;
         let writer = &mut self.writer;
@@ -507,8 +524,10 @@ impl Encoder {
             .zip(writers.par_iter_mut())
             .map(|(&(g, c), w)| {
                 let mut w = w.take().expect("one task per writer");
-                for leaf in compute_leaves(&fields[c], groups[g].column(c))? {
-                    w.write(&leaf)?;
+                for piece in aligned_pieces(&groups[g], c)? {
+                    for leaf in compute_leaves(&fields[c], &piece)? {
+                        w.write(&leaf)?;
+                    }
                 }
                 w.close()
             })
@@ -523,6 +542,49 @@ impl Encoder {
         }
         Ok(())
     }
+}
+
+/// Column `c` of a row group's `slices`, cut into pieces that each start a whole
+/// number of [`WRITE_BATCH`]es from the group's start: the column writer encodes a
+/// piece [`WRITE_BATCH`] rows at a time from its start and checks its page limits
+/// after each, so these pieces make the pages (and the bytes) of the group written
+/// as one array. A piece is a slice of one batch where it can be, and only the rows
+/// that straddle two batches (fewer than [`WRITE_BATCH`]) are copied.
+fn aligned_pieces(slices: &[RecordBatch], c: usize) -> Result<Vec<ArrayRef>, arrow::error::ArrowError> {
+    let join = |parts: &mut Vec<ArrayRef>| -> Result<ArrayRef, arrow::error::ArrowError> {
+        let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
+        let joined = if refs.len() == 1 { parts[0].clone() } else { arrow::compute::concat(&refs)? };
+        parts.clear();
+        Ok(joined)
+    };
+    let (mut out, mut carry, mut carried) = (Vec::new(), Vec::new(), 0);
+    for col in slices.iter().map(|s| s.column(c)) {
+        let (n, mut at) = (col.len(), 0);
+        if carried > 0 {
+            at = (WRITE_BATCH - carried).min(n);
+            carry.push(col.slice(0, at));
+            carried += at;
+            if carried == WRITE_BATCH {
+                out.push(join(&mut carry)?);
+                carried = 0;
+            }
+        }
+        if at < n {
+            let whole = (n - at) / WRITE_BATCH * WRITE_BATCH;
+            if whole > 0 {
+                out.push(col.slice(at, whole));
+                at += whole;
+            }
+            if at < n {
+                carry.push(col.slice(at, n - at));
+                carried = n - at;
+            }
+        }
+    }
+    if carried > 0 {
+        out.push(join(&mut carry)?);
+    }
+    Ok(out)
 }
 
 /// Writes `bytes` to `dir/name` atomically, through a temporary file of its own.
@@ -611,8 +673,19 @@ pub fn batch(schema: &SchemaRef, cols: Vec<ArrayRef>) -> anyhow::Result<RecordBa
 mod tests {
     use super::*;
 
+    /// Rows `from .. from + n` of `schema`'s columns: `v` the row, `t` a text and
+    /// `x` a float made from it.
     fn ints(schema: &SchemaRef, from: i64, n: usize) -> RecordBatch {
-        RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from_iter_values(from..from + n as i64))]).unwrap()
+        let v = from..from + n as i64;
+        let cols: Vec<ArrayRef> = (schema.fields().iter())
+            .map(|f| match f.name().as_str() {
+                "v" => Arc::new(Int64Array::from_iter_values(v.clone())) as ArrayRef,
+                "t" => strs(v.clone().map(|i| format!("trace-{}", i / 5000))),
+                "x" => f64s(v.clone().map(|i| (i as f64 * 0.37).sin())),
+                other => unreachable!("no test column {other}"),
+            })
+            .collect();
+        RecordBatch::try_new(schema.clone(), cols).unwrap()
     }
 
     /// The worker cuts row groups at the same rows whatever the batches and their
@@ -623,7 +696,7 @@ mod tests {
     fn row_groups_do_not_depend_on_the_pace_of_writes() {
         use parquet::file::reader::FileReader;
         let dir = tempfile::tempdir().unwrap();
-        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false), Field::new("t", DataType::Utf8, false), Field::new("x", DataType::Float64, false)]));
         let total = 2 * ROW_GROUP + 12_345;
         let mut one = AtomicParquet::create(dir.path(), "one.parquet", schema.clone()).unwrap();
         one.write(&ints(&schema, 0, total)).unwrap();
