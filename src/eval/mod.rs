@@ -401,6 +401,106 @@ unsafe fn add_step_error2_avx2(p0: &[f64], y0: &[f64], p1: &[f64], y1: &[f64], a
     }
 }
 
+/// How a row is turned into the prediction that is scored ([`Running::add_scaled`]):
+/// as it was made, clipped at 0 and multiplied by a row's `1 / Σ` (renormalised, as
+/// [`renormalize`] does it), or one value for every expert (a row that summed to 0).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Scale {
+    AsMade,
+    By(f64),
+    Uniform(f64),
+}
+
+impl Scale {
+    #[inline(always)]
+    fn apply(self, v: f64) -> f64 {
+        match self {
+            Scale::AsMade => v,
+            Scale::By(inv) => (if v >= 0.0 { v } else { 0.0 }) * inv,
+            Scale::Uniform(u) => u,
+        }
+    }
+}
+
+/// [`add_step_error`] of `scale` applied to each of `pred`'s values.
+#[inline(always)]
+fn add_scaled_step_error(pred: &[f64], scale: Scale, actual: &[f64], acc: &mut ErrLanes) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::has_avx2() {
+        // SAFETY: the CPU has AVX2 (checked just above).
+        return unsafe { add_scaled_step_error_avx2(pred, scale, actual, acc) };
+    }
+    add_scaled_step_error_lanes(pred, scale, actual, acc)
+}
+
+/// [`add_scaled_step_error`] as plain Rust.
+#[inline(always)]
+fn add_scaled_step_error_lanes(pred: &[f64], scale: Scale, actual: &[f64], acc: &mut ErrLanes) {
+    use crate::simd::LANES as L;
+    let n = pred.len().min(actual.len());
+    for (i, (&p, &y)) in pred[..n].iter().zip(&actual[..n]).enumerate() {
+        let d = scale.apply(p) - y;
+        acc.abs[i % L] += d.abs();
+        acc.sq[i % L] += d * d;
+    }
+}
+
+/// [`add_scaled_step_error`] in AVX2 registers, each lane's operations those of
+/// [`add_scaled_step_error_lanes`] in the same order; the last `n mod 8` values (if
+/// any) as there, one by one.
+///
+/// # Safety
+/// As [`add_step_error_avx2`].
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn add_scaled_step_error_avx2(pred: &[f64], scale: Scale, actual: &[f64], acc: &mut ErrLanes) {
+    let n = pred.len().min(actual.len());
+    let full = n / 8 * 8;
+    // SAFETY: as in add_step_error_avx2.
+    unsafe {
+        use std::arch::x86_64::*;
+        let abs = _mm256_castsi256_pd(_mm256_set1_epi64x(i64::MAX));
+        let zero = _mm256_setzero_pd();
+        let (inv, uniform) = match scale {
+            Scale::By(x) => (_mm256_set1_pd(x), zero),
+            Scale::Uniform(u) => (zero, _mm256_set1_pd(u)),
+            Scale::AsMade => (zero, zero),
+        };
+        let (pa, ps) = (acc.abs.as_mut_ptr(), acc.sq.as_mut_ptr());
+        let (mut a0, mut a1, mut s0, mut s1) = (_mm256_loadu_pd(pa), _mm256_loadu_pd(pa.add(4)), _mm256_loadu_pd(ps), _mm256_loadu_pd(ps.add(4)));
+        // A macro, not a closure (see add_step_error_avx2).
+        macro_rules! four {
+            ($p:expr, $y:expr) => {{
+                let p = _mm256_loadu_pd($p);
+                let v = match scale {
+                    Scale::AsMade => p,
+                    // p >= 0 (ordered: NaN is not) keeps p, else +0.0: clip(p)
+                    Scale::By(_) => _mm256_mul_pd(_mm256_and_pd(p, _mm256_cmp_pd::<_CMP_GE_OQ>(p, zero)), inv),
+                    Scale::Uniform(_) => uniform,
+                };
+                _mm256_sub_pd(v, _mm256_loadu_pd($y))
+            }};
+        }
+        let (p, y) = (pred.as_ptr(), actual.as_ptr());
+        for i in (0..full).step_by(8) {
+            let (d0, d1) = (four!(p.add(i), y.add(i)), four!(p.add(i + 4), y.add(i + 4)));
+            a0 = _mm256_add_pd(a0, _mm256_and_pd(d0, abs));
+            a1 = _mm256_add_pd(a1, _mm256_and_pd(d1, abs));
+            s0 = _mm256_add_pd(s0, _mm256_mul_pd(d0, d0));
+            s1 = _mm256_add_pd(s1, _mm256_mul_pd(d1, d1));
+        }
+        _mm256_storeu_pd(pa, a0);
+        _mm256_storeu_pd(pa.add(4), a1);
+        _mm256_storeu_pd(ps, s0);
+        _mm256_storeu_pd(ps.add(4), s1);
+    }
+    for j in 0..n - full {
+        let d = scale.apply(pred[full + j]) - actual[full + j];
+        acc.abs[j] += d.abs();
+        acc.sq[j] += d * d;
+    }
+}
+
 crate::simd::avx2_twin!(
     /// One origin's error sums `(Σ |err|, Σ err²)` over its first `h` steps, for each
     /// horizon `h` in `horizons` (ascending) that its `steps` reach: running sums over
@@ -429,6 +529,13 @@ impl<'a> Running<'a> {
     #[inline(always)]
     pub(crate) fn add(&mut self, k: usize, pred: &[f64], actual: &[f64], out: &mut [(f64, f64)]) {
         add_step_error(pred, actual, &mut self.acc);
+        self.read_off(k, out);
+    }
+    /// Adds step `k`'s prediction, `scale` applied to `pred`'s values, against the
+    /// actual `row` of the layer.
+    #[inline(always)]
+    pub(crate) fn add_scaled(&mut self, k: usize, pred: &[f64], scale: Scale, actual: &[f64], out: &mut [(f64, f64)]) {
+        add_scaled_step_error(pred, scale, actual, &mut self.acc);
         self.read_off(k, out);
     }
     /// Reads the sums off into `out` at each horizon that ends with step `k`.
@@ -845,7 +952,9 @@ mod tests {
     fn rows_scored_as_made_have_the_bits_of_rows_kept() {
         // Saving the forecasts makes sw-avg predict every origin's rows and score them
         // afterwards; without, each row is scored as it is made.
-        let (nt, ne) = (400, 5);
+        // Experts: fewer than a lane group, two groups, two and three over.
+        for ne in [5, 16, 19] {
+        let nt = 400;
         let mut p: Vec<f64> = crate::lcg_noise(0x5EED, nt * ne).iter().map(|u| 0.6 + u).collect();
         for row in p.chunks_mut(ne) {
             let t: f64 = row.iter().sum();
@@ -861,10 +970,46 @@ mod tests {
                 let kept = evaluate_layer(&v, f.as_ref(), &pr, Some(200), Some(&mut saved)).unwrap();
                 assert!(!saved.is_empty());
                 let bits = |s: &[Score]| s.iter().map(|x| (x.origins, x.mae_pp.map(f64::to_bits), x.rmse_pp.map(f64::to_bits), x.tv_pct.map(f64::to_bits))).collect::<Vec<_>>();
-                assert_eq!(bits(&fused), bits(&kept), "{spec} renormalize {renormalize}");
+                assert_eq!(bits(&fused), bits(&kept), "{spec} renormalize {renormalize}, {ne} experts");
                 assert!(fused.iter().any(|x| x.mae_pp.is_some()) && fused.iter().any(|x| x.mae_pp.is_none()));
             }
         }
+        }
+    }
+
+    #[test]
+    fn scaled_step_errors_have_the_bits_of_scaling_then_scoring() {
+        // Values of both signs, a -0.0 and a NaN among them (clipped to 0 when
+        // renormalised); every scale; rows of every tail length.
+        for n in [0, 1, 7, 8, 9, 16, 23, 64, 131] {
+            let mut pred: Vec<f64> = crate::lcg_noise(n as u64, n).iter().map(|u| u - 0.3).collect();
+            let actual: Vec<f64> = crate::lcg_noise(1000 + n as u64, n).iter().map(|u| u - 0.3).collect();
+            if n > 9 {
+                (pred[3], pred[9]) = (-0.0, f64::NAN);
+            }
+            for scale in [Scale::AsMade, Scale::By(1.7), Scale::Uniform(0.25)] {
+                // independently: the scaled row made first, then scored as any row
+                let row: Vec<f64> = pred.iter().map(|&v| scale.apply(v)).collect();
+                let (mut want, mut avx, mut lanes) = (ErrLanes::default(), ErrLanes::default(), ErrLanes::default());
+                for _ in 0..3 {
+                    add_step_error_lanes(&row, &actual, &mut want);
+                    add_scaled_step_error(&pred, scale, &actual, &mut avx);
+                    add_scaled_step_error_lanes(&pred, scale, &actual, &mut lanes);
+                }
+                let bits = |a: &ErrLanes| (a.abs.map(f64::to_bits), a.sq.map(f64::to_bits));
+                if matches!(scale, Scale::AsMade) && n > 9 {
+                    assert!(want.sums().0.is_nan()); // the NaN is scored as made
+                    continue;
+                }
+                assert_eq!(bits(&avx), bits(&want), "n = {n}, {scale:?}");
+                assert_eq!(bits(&lanes), bits(&want), "n = {n}, {scale:?}");
+            }
+        }
+        // By: the clip as renormalize has it
+        let mut r = vec![-0.5, 0.25, f64::NAN, 0.75];
+        crate::forecast::renormalize(&mut r, 4);
+        let scaled: Vec<f64> = [-0.5, 0.25, f64::NAN, 0.75].iter().map(|&v| Scale::By(1.0).apply(v)).collect();
+        assert_eq!(r, scaled);
     }
 
     #[test]

@@ -157,7 +157,7 @@ impl Fitted for SlidingWindowAverage {
         use rayon::prelude::*;
         let (ne, nt, w, nh) = (layer.experts(), layer.steps(), self.w, horizons.len());
         let max_h = *horizons.last()?;
-        let scratch = || SwAvgRows { ring: vec![0.0; w * ne], sum: vec![0.0; ne], row: vec![0.0; ne] };
+        let scratch = || SwAvgRows { ring: vec![0.0; w * ne], sum: vec![0.0; ne] };
         sums.par_chunks_mut(nh).zip(origins).for_each_init(scratch, |s, (out, &o)| {
             self.window(layer, o, &mut s.ring, &mut s.sum);
             sw_avg_scored(layer, o, horizons, max_h.min(nt - o), real, s, out);
@@ -184,16 +184,14 @@ impl SlidingWindowAverage {
     }
 }
 
-/// One origin's window (`ring`, `sum`: see `SlidingWindowAverage::window`) and the row
-/// being made.
+/// One origin's window (`ring`, `sum`: see `SlidingWindowAverage::window`).
 struct SwAvgRows {
     ring: Vec<f64>,
     sum: Vec<f64>,
-    row: Vec<f64>,
 }
 
 crate::simd::avx2_twin!(
-    /// [`sw_avg_run`] for `steps` rows, each row (in `s.row`) renormalised if `real` and
+    /// [`sw_avg_run`] for `steps` rows, each row renormalised if `real` and
     /// scored against the layer from `origin` on as soon as it is made: the same
     /// operations in the same order as predicting every row, renormalising them and
     /// scoring them ([`crate::eval`]'s `origin_sums_rows`), so the same bits.
@@ -210,7 +208,8 @@ crate::simd::avx2_twin!(
 
 #[inline(always)]
 fn sw_avg_scored_inner(layer: &LayerView, origin: usize, horizons: &[usize], steps: usize, real: bool, s: &mut SwAvgRows, out: &mut [(f64, f64)]) {
-    let (ring, sum, row) = (&mut s.ring[..], &mut s.sum[..], &mut s.row[..]);
+    use crate::eval::Scale;
+    let (ring, sum) = (&mut s.ring[..], &mut s.sum[..]);
     let ne = layer.experts();
     let w = ring.len() / ne;
     let mut run = crate::eval::Running::new(horizons);
@@ -219,11 +218,20 @@ fn sw_avg_scored_inner(layer: &LayerView, origin: usize, horizons: &[usize], ste
         if run.done() {
             break;
         }
-        sw_avg_step(ring, sum, &mut head, w, row);
-        if real {
-            super::renormalize(row, ne);
-        }
-        run.add(k, row, layer.row(origin + k), out);
+        // The step's row goes into the window (unnormalised, as sw_avg_step makes it)
+        // and its clipped sum is taken as it is made; then the row is read back from
+        // the window, renormalised and scored in one pass.
+        let slot = &mut ring[head * ne..(head + 1) * ne];
+        let clipped = sw_avg_step_summed(sum, w, slot);
+        let scale = if !real {
+            Scale::AsMade
+        } else if clipped > 0.0 {
+            Scale::By(1.0 / clipped)
+        } else {
+            Scale::Uniform(1.0 / ne as f64)
+        };
+        run.add_scaled(k, slot, scale, layer.row(origin + k), out);
+        head = if head + 1 == w { 0 } else { head + 1 };
     }
 }
 
@@ -255,6 +263,91 @@ fn sw_avg_step(ring: &mut [f64], sum: &mut [f64], head: &mut usize, w: usize, ro
         slot[e] = pred;
     }
     *head = if *head + 1 == w { 0 } else { *head + 1 };
+}
+
+/// [`sw_avg_step`] with the row made in the window's oldest row `slot` itself (the
+/// window's new value): returns the row's sum of values clipped at 0, in the lanes
+/// and order of [`crate::simd::lane_sum_by`] (so [`super::renormalize`]'s sum, bit for
+/// bit).
+#[inline(always)]
+fn sw_avg_step_summed(sum: &mut [f64], w: usize, slot: &mut [f64]) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::has_avx2() {
+        // SAFETY: the CPU has AVX2 (checked just above).
+        return unsafe { sw_avg_step_summed_avx2(sum, w, slot) };
+    }
+    sw_avg_step_summed_lanes(sum, w, slot)
+}
+
+/// [`sw_avg_step_summed`] as plain Rust.
+#[inline(always)]
+fn sw_avg_step_summed_lanes(sum: &mut [f64], w: usize, slot: &mut [f64]) -> f64 {
+    use crate::simd::{LANES as L, fold_lanes};
+    let ne = slot.len();
+    let inv = 1.0 / w as f64;
+    let clip = |v: f64| if v >= 0.0 { v } else { 0.0 };
+    let mut c = [0.0f64; L];
+    let full = ne / L * L;
+    for i in (0..full).step_by(L) {
+        let (s, o): (&mut [f64; L], &mut [f64; L]) = ((&mut sum[i..i + L]).try_into().unwrap(), (&mut slot[i..i + L]).try_into().unwrap());
+        for j in 0..L {
+            let pred = s[j] * inv;
+            s[j] += pred - o[j];
+            o[j] = pred;
+            c[j] += clip(pred);
+        }
+    }
+    for j in 0..ne - full {
+        let pred = sum[full + j] * inv;
+        sum[full + j] += pred - slot[full + j];
+        slot[full + j] = pred;
+        c[j] += clip(pred);
+    }
+    fold_lanes(c)
+}
+
+/// [`sw_avg_step_summed`] with the eight lanes in two AVX2 registers, each lane's
+/// operations those of [`sw_avg_step_summed_lanes`] in the same order (the
+/// compiler left that loop scalar); the last `ne mod 8` experts one by one, as there.
+///
+/// # Safety
+/// The CPU must have AVX2; called from code compiled for it, into which it is inlined.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn sw_avg_step_summed_avx2(sum: &mut [f64], w: usize, slot: &mut [f64]) -> f64 {
+    use crate::simd::{LANES as L, fold_lanes};
+    let ne = slot.len();
+    assert_eq!(sum.len(), ne, "a sum per expert");
+    let full = ne / L * L;
+    let inv = 1.0 / w as f64;
+    let mut c = [0.0f64; L];
+    // SAFETY: the caller's (AVX2); loads and stores at i + 8 <= full <= ne of both
+    // rows, and of four f64 into c at 0 or 4.
+    unsafe {
+        use std::arch::x86_64::*;
+        let (vinv, zero) = (_mm256_set1_pd(inv), _mm256_setzero_pd());
+        let mut lanes = [zero; 2];
+        let (ps, po) = (sum.as_mut_ptr(), slot.as_mut_ptr());
+        for i in (0..full).step_by(L) {
+            for (h, lane) in lanes.iter_mut().enumerate() {
+                let (s, o) = (_mm256_loadu_pd(ps.add(i + 4 * h)), _mm256_loadu_pd(po.add(i + 4 * h)));
+                let pred = _mm256_mul_pd(s, vinv);
+                _mm256_storeu_pd(ps.add(i + 4 * h), _mm256_add_pd(s, _mm256_sub_pd(pred, o)));
+                _mm256_storeu_pd(po.add(i + 4 * h), pred);
+                // pred >= 0 (ordered: NaN is not) keeps pred, else +0.0: clip(pred)
+                *lane = _mm256_add_pd(*lane, _mm256_and_pd(pred, _mm256_cmp_pd::<_CMP_GE_OQ>(pred, zero)));
+            }
+        }
+        _mm256_storeu_pd(c.as_mut_ptr(), lanes[0]);
+        _mm256_storeu_pd(c.as_mut_ptr().add(4), lanes[1]);
+    }
+    for j in 0..ne - full {
+        let pred = sum[full + j] * inv;
+        sum[full + j] += pred - slot[full + j];
+        slot[full + j] = pred;
+        c[j] += if pred >= 0.0 { pred } else { 0.0 };
+    }
+    fold_lanes(c)
 }
 
 /// `ema:alpha=A`: `e(0) = p(0)`, `e(t) = A p(t) + (1 - A) e(t-1)`; predicts `e(o-1)`.
@@ -309,6 +402,28 @@ impl Fitted for Ema {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_window_step_in_avx2_registers_has_the_bits_of_the_lanes() {
+        for ne in [0, 1, 7, 8, 13, 16, 67] {
+            let sum: Vec<f64> = crate::lcg_noise(3 + ne as u64, ne).iter().map(|u| u * 40.0 - 5.0).collect();
+            let slot: Vec<f64> = crate::lcg_noise(11 + ne as u64, ne).iter().map(|u| u - 0.2).collect();
+            let (mut s1, mut o1, mut s2, mut o2) = (sum.clone(), slot.clone(), sum.clone(), slot.clone());
+            let a = sw_avg_step_summed(&mut s1, 37, &mut o1);
+            let b = sw_avg_step_summed_lanes(&mut s2, 37, &mut o2);
+            let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!((a.to_bits(), bits(&s1), bits(&o1)), (b.to_bits(), bits(&s2), bits(&o2)), "{ne} experts");
+            // independently: the step as sw_avg_step makes it, and renormalize's sum
+            let (mut s3, mut o3, mut row) = (sum.clone(), slot.clone(), vec![0.0; ne]);
+            let mut head = 0;
+            sw_avg_step(&mut o3, &mut s3, &mut head, 1, &mut row);
+            let (mut s4, mut o4) = (sum.clone(), slot.clone());
+            sw_avg_step_summed_lanes(&mut s4, 1, &mut o4);
+            assert_eq!((bits(&s4), bits(&o4)), (bits(&s3), bits(&row)), "{ne} experts");
+            let want = crate::simd::lane_sum_by(&row, |v| if v >= 0.0 { v } else { 0.0 });
+            assert_eq!(sw_avg_step_summed(&mut sum.clone(), 1, &mut slot.clone()).to_bits(), want.to_bits(), "{ne} experts");
+        }
+    }
 
     // Two experts, 4 steps: e0 = .5, .2, .4, .1 ; e1 = 1 - e0
     const P: [f64; 8] = [0.5, 0.5, 0.2, 0.8, 0.4, 0.6, 0.1, 0.9];
