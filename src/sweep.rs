@@ -171,7 +171,7 @@ fn content_hashes(files: &[PathBuf], out: &Path) -> crate::trace::Result<BTreeMa
     use std::os::unix::fs::MetadataExt;
     let cache = read_hash_cache(out);
     let hash = |f: &PathBuf| -> crate::trace::Result<Hashed> {
-        let io = |source| crate::trace::TraceError::Io { file: f.clone(), source };
+        let io = |source| crate::trace::TraceError::Io { file: f.clone(), error: source };
         let m = std::fs::metadata(f).map_err(io)?;
         let (bytes, mtime_ns, inode) = (m.len(), m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128, m.ino());
         let key = f.canonicalize().map_err(io)?;

@@ -319,3 +319,16 @@ fn many_tiny_sparse_traces_cannot_add_up() {
     write_parquet_batch(&p, &RecordBatch::try_new(schema, cols).unwrap());
     assert_rejected(&p, &[], &["experts from 0 to 1000", "steps or experts are missing"]);
 }
+
+/// A file that is not there, of each format: the OS's reason said once (the message
+/// printed with its chain had said it twice).
+#[test]
+fn missing_file() {
+    let d = tempfile::tempdir().unwrap();
+    for name in ["gone.parquet", "gone.npy", "gone.csv"] {
+        let p = d.path().join(name);
+        assert_rejected(&p, &[], &["cannot read", "No such file or directory"]);
+        let o = expertcast(&["run", p.to_str().unwrap(), "--out", d.path().join("out").to_str().unwrap(), "--quiet"]);
+        assert_eq!(stderr(&o).matches("No such file or directory").count(), 1, "{}", stderr(&o));
+    }
+}

@@ -627,7 +627,7 @@ impl ParquetSource<'_> {
         invalid(self.file, format!("not a readable Parquet file (truncated or corrupt?): {e}"))
     }
     fn file(&self) -> Result<File> {
-        File::open(self.file).map_err(|source| TraceError::Io { file: self.file.to_path_buf(), source })
+        File::open(self.file).map_err(|source| TraceError::Io { file: self.file.to_path_buf(), error: source })
     }
     /// The file's footer, read once for [`open_group`](Self::open_group).
     fn metadata(&self) -> Result<ArrowReaderMetadata> {
@@ -878,7 +878,7 @@ impl BatchSource for CsvSource<'_> {
         1
     }
     fn open(&self) -> Result<(Layout, Box<dyn Iterator<Item = std::result::Result<RecordBatch, arrow::error::ArrowError>>>)> {
-        let f = File::open(self.file).map_err(|source| TraceError::Io { file: self.file.to_path_buf(), source })?;
+        let f = File::open(self.file).map_err(|source| TraceError::Io { file: self.file.to_path_buf(), error: source })?;
         let lay = Layout::resolve(self.file, &self.schema, self.names)?;
         let reader = arrow::csv::ReaderBuilder::new(self.schema.clone())
             .with_header(true)
@@ -905,7 +905,7 @@ impl BatchSource for CsvSource<'_> {
 }
 
 pub(super) fn read_csv(file: &Path, names: &ColumnNames) -> Result<Vec<Trace>> {
-    let f = File::open(file).map_err(|source| TraceError::Io { file: file.to_path_buf(), source })?;
+    let f = File::open(file).map_err(|source| TraceError::Io { file: file.to_path_buf(), error: source })?;
     let (inferred, _) = arrow::csv::reader::Format::default()
         .with_header(true)
         .infer_schema(f, Some(1000))

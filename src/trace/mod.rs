@@ -18,12 +18,10 @@ pub use columnar::ColumnNames;
 pub enum TraceError {
     #[error("{file}: {msg}")]
     Invalid { file: PathBuf, msg: String },
-    #[error("{file}: cannot read: {source}")]
-    Io {
-        file: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The OS error is in the message and not also the error's source, so that a
+    /// chain printed whole (`{:#}`) does not say it twice.
+    #[error("{file}: cannot read: {error}")]
+    Io { file: PathBuf, error: std::io::Error },
 }
 
 pub type Result<T> = std::result::Result<T, TraceError>;
@@ -365,7 +363,7 @@ pub fn read_file(path: &Path, opts: &ReadOptions) -> Result<Vec<Trace>> {
         Some(f) => f,
         None => Format::from_path(path)?,
     };
-    let meta = std::fs::metadata(path).map_err(|source| TraceError::Io { file: path.to_path_buf(), source })?;
+    let meta = std::fs::metadata(path).map_err(|source| TraceError::Io { file: path.to_path_buf(), error: source })?;
     if meta.is_dir() {
         return Err(invalid(path, "is a directory, not a trace file"));
     }
@@ -525,8 +523,8 @@ impl Input {
         let mut h = Sha256::new();
         let n = match self {
             Input::File(p) => {
-                let f = std::fs::File::open(p).map_err(|source| TraceError::Io { file: p.clone(), source })?;
-                hash_all(f, &mut h, HASH_READ).map_err(|source| TraceError::Io { file: p.clone(), source })?
+                let f = std::fs::File::open(p).map_err(|source| TraceError::Io { file: p.clone(), error: source })?;
+                hash_all(f, &mut h, HASH_READ).map_err(|source| TraceError::Io { file: p.clone(), error: source })?
             }
             Input::Bundled(b) => {
                 h.update(b.bytes);

@@ -25,7 +25,7 @@ macro_rules! load_type {
 load_type!(i8, i16, i32, i64, u8, u16, u32, u64, f32, f64);
 
 fn open(file: &Path) -> Result<NpyFile<BufReader<File>>> {
-    let f = File::open(file).map_err(|source| TraceError::Io { file: file.to_path_buf(), source })?;
+    let f = File::open(file).map_err(|source| TraceError::Io { file: file.to_path_buf(), error: source })?;
     NpyFile::new(BufReader::with_capacity(1 << 20, f)).map_err(|e| invalid(file, format!("not a readable .npy file: {e}")))
 }
 
@@ -80,13 +80,13 @@ fn read_loads_parallel<T: Load>(file: &Path, n: usize, offset: u64) -> Result<Lo
     use std::os::unix::fs::FileExt;
     use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
     const CHUNK: usize = 1 << 20; // values a task
-    let f = File::open(file).map_err(|source| TraceError::Io { file: file.to_path_buf(), source })?;
+    let f = File::open(file).map_err(|source| TraceError::Io { file: file.to_path_buf(), error: source })?;
     // Reads values `first .. first + len` and hands each to `put`.
     fn fill<T: Load>(f: &File, offset: u64, first: usize, len: usize, mut put: impl FnMut(usize, T), file: &Path) -> Result<()> {
         let mut buf = vec![0u8; len * T::SIZE];
         f.read_exact_at(&mut buf, offset + (first * T::SIZE) as u64).map_err(|e| match e.kind() {
             std::io::ErrorKind::UnexpectedEof => invalid(file, "the array data is truncated"),
-            _ => TraceError::Io { file: file.to_path_buf(), source: e },
+            _ => TraceError::Io { file: file.to_path_buf(), error: e },
         })?;
         buf.chunks_exact(T::SIZE).enumerate().for_each(|(i, b)| put(i, T::from_le(b)));
         Ok(())
@@ -144,7 +144,7 @@ pub(super) fn read_npy(file: &Path) -> Result<Trace> {
     drop(npy);
     // The header's shape is checked against the file's length before anything is
     // allocated: a 128-byte file cannot claim a terabyte of loads.
-    let len = std::fs::metadata(file).map_err(|source| TraceError::Io { file: file.to_path_buf(), source })?.len();
+    let len = std::fs::metadata(file).map_err(|source| TraceError::Io { file: file.to_path_buf(), error: source })?.len();
     let bytes = shape.iter().try_fold(ts.num_bytes().unwrap_or(1) as u64, |a, &d| a.checked_mul(d));
     if bytes.is_none_or(|b| b > len) {
         return Err(invalid(
