@@ -677,30 +677,37 @@ pub fn evaluate_layer_progress(
     if let Some(fitted) = fitted.as_deref() {
         let flat = fitted.flat();
         if f.horizon_dependent() {
-            // Asked once per horizon with exactly h steps; origins with o + h <= T
-            // are a prefix of the ascending origins.
-            for (hi, &h) in horizons.iter().enumerate() {
-                let os: Vec<usize> = origins.iter().copied().take_while(|&o| o + h <= nt).collect();
-                let lens = vec![h; os.len()];
-                let mut rows = Vec::with_capacity(if flat { os.len() * ne } else { 0 });
-                fitted.predict_origins(layer, &os, &lens, &mut |i, pred, _, fb| {
-                    if hi == 0 {
-                        done(ne as u64);
-                    }
-                    fbs[i * nh + hi] = fb;
-                    if flat {
-                        rows.extend_from_slice(pred);
-                        return;
-                    }
-                    let mut one = [(0.0, 0.0)];
-                    origin_sums_rows(layer, os[i], &[h], pred, real, &mut one);
-                    sums[i * nh + hi] = one[0];
-                })?;
+            // Asked once for every horizon: each horizon's origins (those with
+            // o + h <= T, a prefix of the ascending origins) with exactly h steps,
+            // one horizon after another, so the oracle buckets each expert once.
+            let counts: Vec<usize> = horizons.iter().map(|&h| origins.iter().take_while(|&&o| o + h <= nt).count()).collect();
+            let starts: Vec<usize> = counts.iter().scan(0, |at, &c| Some(std::mem::replace(at, *at + c))).collect();
+            let os: Vec<usize> = counts.iter().flat_map(|&c| origins[..c].iter().copied()).collect();
+            let lens: Vec<usize> = counts.iter().zip(horizons).flat_map(|(&c, &h)| std::iter::repeat_n(h, c)).collect();
+            let mut rows = Vec::with_capacity(if flat { os.len() * ne } else { 0 });
+            fitted.predict_origins(layer, &os, &lens, &mut |k, pred, _, fb| {
+                // Window k's horizon: the last to start at or before it (one with no
+                // origins starts where the next does).
+                let hi = starts.partition_point(|&at| at <= k) - 1;
+                let i = k - starts[hi];
+                if hi == 0 {
+                    done(ne as u64);
+                }
+                fbs[i * nh + hi] = fb;
                 if flat {
-                    if real {
-                        renormalize(&mut rows, ne);
-                    }
-                    score_flat(&rows, &os, &[h], hi, &mut sums[..os.len() * nh]);
+                    rows.extend_from_slice(pred);
+                    return;
+                }
+                let mut one = [(0.0, 0.0)];
+                origin_sums_rows(layer, os[k], &[lens[k]], pred, real, &mut one);
+                sums[i * nh + hi] = one[0];
+            })?;
+            if flat {
+                if real {
+                    renormalize(&mut rows, ne);
+                }
+                for (hi, (&h, (&c, &at))) in horizons.iter().zip(counts.iter().zip(&starts)).enumerate() {
+                    score_flat(&rows[at * ne..(at + c) * ne], &os[at..at + c], &[h], hi, &mut sums[..c * nh]);
                 }
             }
             if let Some(s) = save.as_deref_mut() {
@@ -1017,6 +1024,85 @@ mod tests {
         // origin 1, h = 3: e0 future .2 .4 .1 -> median .2, errors 0 .2 .1 -> mean .1
         let s = evaluate_layer(&v, &OracleMedian, &proto(&[3], 1, 10), None, None).unwrap();
         assert!((s[0].mae_pp.unwrap() - 10.0).abs() < 1e-9);
+    }
+
+    /// `oracle-median` as a run takes it (every horizon's windows in one call:
+    /// shared buckets, one-step windows from their row, short ones sorted) scores
+    /// bit for bit as each window's own sorted medians do, for horizons of one step to
+    /// more than a stride and than the buckets' count, strides from 1 to more than
+    /// the horizons, and origins with too few steps left for the longest horizons.
+    #[test]
+    fn oracle_horizons_taken_together_score_as_each_window_sorted() {
+        use crate::forecast::{Emit, FitContext, Fitted, Forecaster, column_medians};
+        /// The oracle with each window's medians taken by sorting it alone.
+        #[derive(Clone, Copy)]
+        struct Sorted;
+        impl Forecaster for Sorted {
+            fn spec(&self) -> String {
+                "sorted".into()
+            }
+            fn history(&self) -> usize {
+                0
+            }
+            fn is_real(&self) -> bool {
+                false
+            }
+            fn horizon_dependent(&self) -> bool {
+                true
+            }
+            fn fit(&self, _: &LayerView, _: &FitContext) -> anyhow::Result<Box<dyn Fitted + '_>> {
+                Ok(Box::new(Sorted))
+            }
+        }
+        impl Fitted for Sorted {
+            fn predict(&self, _: &LayerView, _: usize, _: &mut [f64]) -> usize {
+                unreachable!("predict_origins is overridden")
+            }
+            fn flat(&self) -> bool {
+                true
+            }
+            fn predict_origins(&self, layer: &LayerView, origins: &[usize], lens: &[usize], emit: &mut Emit<'_>) -> anyhow::Result<()> {
+                for (i, (&o, &l)) in origins.iter().zip(lens).enumerate() {
+                    emit(i, &mut column_medians(layer, o, o + l), None, 0);
+                }
+                Ok(())
+            }
+        }
+        // Shares with ties, a transient start and a slow drift (medians that move
+        // down as well as up from window to window).
+        let (nt, ne) = (9000, 5);
+        let mut s = 7u64;
+        let p: Vec<f64> = (0..nt * ne)
+            .map(|i| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                let (t, e) = (i / ne, i % ne);
+                let drift = 0.2 * (1.0 + (t as f64 / 700.0 + e as f64).sin());
+                if i % 11 == 0 { 0.25 } else if t < 500 { (s % 1000) as f64 / 1000.0 } else { drift + (s % 100) as f64 * 1e-4 }
+            })
+            .collect();
+        let v = LayerView::new(&p, ne);
+        // (The second set shares no buckets: every window is sorted alone.)
+        for (horizons, (stride, start)) in [vec![1, 2, 10, 64, 65, 100, 101, 1000, 2000, 5000], vec![1, 2, 10, 64]]
+            .into_iter()
+            .flat_map(|h| [(1, 8900), (7, 3), (100, 100), (250, 40), (3000, 5)].map(|s| (h.clone(), s)))
+        {
+            let proto = Protocol { horizons: horizons.clone(), stride, start, renormalize: true };
+            let got = evaluate_layer(&v, &OracleMedian, &proto, Some(nt / 3), None).unwrap();
+            let want = evaluate_layer(&v, &Sorted, &proto, Some(nt / 3), None).unwrap();
+            assert_eq!(got.len(), 2 * horizons.len());
+            for (g, w) in got.iter().zip(&want) {
+                let bits = |x: Option<f64>| x.map(f64::to_bits);
+                assert!(
+                    (g.horizon, g.origins) == (w.horizon, w.origins)
+                        && bits(g.mae_pp) == bits(w.mae_pp)
+                        && bits(g.rmse_pp) == bits(w.rmse_pp)
+                        && bits(g.tv_pct) == bits(w.tv_pct),
+                    "stride {stride}, start {start}: {g:?} vs {w:?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -168,8 +168,9 @@ pub trait Forecaster: Send + Sync {
     }
 
     /// Whether the prediction for a step depends on the horizon being scored
-    /// (the oracle's median over `h` steps). Such a forecaster is asked once per
-    /// horizon with exactly `h` steps.
+    /// (the oracle's median over `h` steps). Such a forecaster is asked once for
+    /// every horizon: [`Fitted::predict_origins`] gets each horizon's origins
+    /// (ascending) with exactly `h` steps, one horizon after another.
     fn horizon_dependent(&self) -> bool {
         false
     }
@@ -243,7 +244,9 @@ pub trait Fitted {
         false
     }
 
-    /// Predicts every origin of `layer` (ascending), calling `emit(i, prediction,
+    /// Predicts every origin of `layer` (ascending; for a
+    /// [`horizon_dependent`](Forecaster::horizon_dependent) forecaster, ascending within
+    /// each horizon's run), calling `emit(i, prediction,
     /// stderr, fallbacks)` for origin `i` with `lens[i]` steps (one row if the model
     /// is [`flat`](Self::flat)). `stderr` (laid out like the prediction) comes from
     /// forecasters with a predictive distribution (ARIMA). The default cuts the layer
