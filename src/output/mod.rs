@@ -37,7 +37,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_writer::ArrowRowGroupWriterFactory;
 use parquet::file::writer::SerializedFileWriter;
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
 pub use rows::*;
@@ -380,8 +380,20 @@ impl AtomicParquet {
             .set_max_row_group_size(ROW_GROUP)
             .set_write_batch_size(WRITE_BATCH)
             .set_dictionary_enabled(false);
-        for f in schema.fields().iter().filter(|f| f.data_type() == &DataType::Utf8) {
-            props = props.set_column_dictionary_enabled(parquet::schema::types::ColumnPath::from(f.name().as_str()), true);
+        for f in schema.fields().iter() {
+            let path = || parquet::schema::types::ColumnPath::from(f.name().as_str());
+            props = match f.data_type() {
+                DataType::Utf8 => props.set_column_dictionary_enabled(path(), true),
+                // Steps, origins and horizons ascend in runs: as deltas they take
+                // almost nothing (the bundled layer summaries' steps: 3 kB instead of
+                // 308 kB).
+                DataType::Int32 | DataType::Int64 => props.set_column_encoding(path(), Encoding::DELTA_BINARY_PACKED),
+                // Each float's bytes apart (signs and exponents together) compress
+                // where whole floats did not: the bundled layer summaries' variances
+                // 13 % smaller, and zstd is faster on them.
+                DataType::Float64 => props.set_column_encoding(path(), Encoding::BYTE_STREAM_SPLIT),
+                _ => props,
+            };
         }
         let (writer, factory) = ArrowWriter::try_new(f, schema.clone(), Some(props.build()))?.into_serialized_writer()?;
         let mut enc = Encoder { writer, factory, schema, pending: Vec::new(), pending_rows: 0 };

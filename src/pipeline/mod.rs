@@ -318,10 +318,10 @@ pub fn forecast(
         // traces it is 189 M rows, and writing them dominates the run.
         let rows: u64 =
             traces.iter().map(|t| t.layers() as u64 * forecasters.len() as u64 * eval::saved_rows(proto, t.steps(), t.experts())).sum();
-        let bytes = rows as f64 * 2.3;
+        let bytes = rows as f64 * 2.0;
         let size = if bytes < 1e6 { format!("{:.0} kB", bytes / 1e3) } else { format!("{:.0} MB", bytes / 1e6) };
         progress.line(format!(
-            "--save-forecasts: forecasts.parquet gets {} rows (about {size} at the ~2.3 bytes a row measured on the \
+            "--save-forecasts: forecasts.parquet gets {} rows (about {size} at the ~2.0 bytes a row measured on the \
              bundled traces); encoding them takes most of this stage",
             group_digits(rows)
         ));

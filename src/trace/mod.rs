@@ -536,10 +536,11 @@ impl Input {
 }
 
 /// Bytes a read of [`Input::size_and_sha256`] asks for: few enough calls that the
-/// hash, not the reading, sets the pace (dev-2c, a 614 MB file from the page cache:
-/// 1.45 GB/s against 1.37 GB/s with `std::io::copy`'s 8 kB reads; on the H200 host
-/// about 1.15 GB/s either way).
-const HASH_READ: usize = 4 << 20;
+/// hash, not the reading, sets the pace, and few enough pages that a small file's
+/// hash is not mostly the buffer's page faults (dev-2c, a 614 MB file from the page
+/// cache, hashed beside the run's reading: 550-640 ms with 256 kB reads and with
+/// 4 MB; a 4 MB buffer took a sixth of the bundled run's page faults).
+const HASH_READ: usize = 256 << 10;
 
 /// Feeds all of `r` to `h`, `chunk` bytes a read; the bytes read.
 fn hash_all(mut r: impl std::io::Read, h: &mut sha2::Sha256, chunk: usize) -> std::io::Result<u64> {
