@@ -166,5 +166,5 @@ fn saved_forecasts_are_announced_with_their_row_count() {
     // origins 100, 200, 300 with 50 steps ahead each, 3 experts, 5 forecasters
     assert_eq!(rows, 3 * 50 * 3 * 5);
     assert_eq!(rows, 2250);
-    assert!(stderr(&o).contains("forecasts.parquet gets 2,250 rows (about 5 kB"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("forecasts.parquet gets 2,250 rows (about 4 kB"), "{}", stderr(&o));
 }
