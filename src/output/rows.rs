@@ -1,6 +1,6 @@
 //! The rows of each table and the record batches they are written as.
 
-use arrow::array::RecordBatch;
+use arrow::array::{ArrayRef, RecordBatch};
 
 use super::{batch, f64s, i32s, i64s, opt_f64s, opt_i64s, strs, Table};
 use crate::eval::{SavedForecasts, SavedRow, Score};
@@ -57,27 +57,45 @@ pub struct StateRow {
     pub final_std: Option<f64>,
 }
 
+/// The key columns that every window-statistics batch of a trace takes a slice of,
+/// made once per trace instead of once per batch: the trace's name and its steps,
+/// one row per step (window `w`'s rows start at step index `w - 1`). Made per batch,
+/// they were half the bytes built for the bundled run's layer summaries.
+pub struct TraceKeys<'a> {
+    tr: &'a Trace,
+    names: ArrayRef,
+    steps: ArrayRef,
+}
+
+impl<'a> TraceKeys<'a> {
+    pub fn new(tr: &'a Trace) -> Self {
+        let names = strs(std::iter::repeat_n(&tr.name, tr.steps()));
+        let steps = i64s((0..tr.steps()).map(|i| tr.step_at(i)));
+        TraceKeys { tr, names, steps }
+    }
+}
+
 /// The rows of one (layer[, expert], window) of a trace's window statistics: the key
 /// columns `trace`, `layer`[, `expert`], `window`, `step` (index `i` is step index
 /// `window - 1 + i`), then one column per slice of `values`, in the table's order.
-fn window_batch(table: Table, tr: &Trace, layer: usize, expert: Option<usize>, window: usize, values: &[&[f64]]) -> anyhow::Result<RecordBatch> {
-    let n = values[0].len();
-    let mut columns = vec![strs(std::iter::repeat_n(&tr.name, n)), i32s(std::iter::repeat_n(tr.layer_ids[layer], n))];
+fn window_batch(table: Table, keys: &TraceKeys, layer: usize, expert: Option<usize>, window: usize, values: &[&[f64]]) -> anyhow::Result<RecordBatch> {
+    let (tr, n) = (keys.tr, values[0].len());
+    let mut columns = vec![keys.names.slice(0, n), i32s(std::iter::repeat_n(tr.layer_ids[layer], n))];
     columns.extend(expert.map(|e| i32s(std::iter::repeat_n(tr.expert_ids[e], n))));
     columns.push(i32s(std::iter::repeat_n(window as i64, n)));
-    columns.push(i64s((0..n).map(|i| tr.step_at(window - 1 + i))));
+    columns.push(keys.steps.slice(window - 1, n));
     columns.extend(values.iter().map(|v| f64s(v.iter().copied())));
     batch(&table.schema(), columns)
 }
 
 /// The `layer_stats.parquet` rows of one (layer, window) of a trace.
-pub fn layer_stats_batch(tr: &Trace, s: &LayerStats) -> anyhow::Result<RecordBatch> {
-    window_batch(Table::LayerStats, tr, s.layer, None, s.window, &[&s.summary.var_mean, &s.summary.var_max, &s.summary.range_mean, &s.summary.range_max])
+pub fn layer_stats_batch(keys: &TraceKeys, s: &LayerStats) -> anyhow::Result<RecordBatch> {
+    window_batch(Table::LayerStats, keys, s.layer, None, s.window, &[&s.summary.var_mean, &s.summary.var_max, &s.summary.range_mean, &s.summary.range_max])
 }
 
 /// The `window_stats.parquet` rows of one (layer, expert, window) of a trace.
-pub fn window_stats_batch(tr: &Trace, s: &ExpertStats) -> anyhow::Result<RecordBatch> {
-    window_batch(Table::WindowStats, tr, s.layer, Some(s.expert), s.window, &[&s.mean, &s.var, &s.range])
+pub fn window_stats_batch(keys: &TraceKeys, s: &ExpertStats) -> anyhow::Result<RecordBatch> {
+    window_batch(Table::WindowStats, keys, s.layer, Some(s.expert), s.window, &[&s.mean, &s.var, &s.range])
 }
 
 /// `states.parquet`.

@@ -195,9 +195,11 @@ pub fn statistics(
         if let Some(g) = &stats_gpu {
             g.keep(tr).with_context(|| format!("keeping the loads of {} on {}", tr.name, device.describe()))?;
         }
+        let keys = expert_detail.then(|| output::TraceKeys::new(tr));
         let mut write_detail = |d: Vec<ExpertStats>| -> anyhow::Result<()> {
+            let keys = keys.as_ref().expect("keys made for the detail");
             for s in d.iter().filter(|s| windows.contains(&s.window)) {
-                sink.write(Table::WindowStats, &output::window_stats_batch(tr, s)?)?;
+                sink.write(Table::WindowStats, &output::window_stats_batch(keys, s)?)?;
             }
             Ok(())
         };
@@ -214,7 +216,8 @@ pub fn statistics(
     // Batches made in parallel, handed over in order (the sink encodes them on).
     for (tr, ls) in traces.iter().zip(&layer_stats) {
         let chosen: Vec<&LayerStats> = ls.iter().filter(|s| windows.contains(&s.window)).collect();
-        let batches: Vec<arrow::array::RecordBatch> = chosen.par_iter().map(|s| output::layer_stats_batch(tr, s)).collect::<anyhow::Result<_>>()?;
+        let keys = output::TraceKeys::new(tr);
+        let batches: Vec<arrow::array::RecordBatch> = chosen.par_iter().map(|s| output::layer_stats_batch(&keys, s)).collect::<anyhow::Result<_>>()?;
         for b in &batches {
             sink.write(Table::LayerStats, b)?;
         }
