@@ -168,3 +168,22 @@ fn saved_forecasts_are_announced_with_their_row_count() {
     assert_eq!(rows, 2250);
     assert!(stderr(&o).contains("forecasts.parquet gets 2,250 rows (about 4 kB"), "{}", stderr(&o));
 }
+
+/// A window longer than the trace is allowed: it has no rows in the statistics
+/// tables, and the other windows' rows start where they should.
+#[test]
+fn a_window_longer_than_the_trace_has_no_rows() {
+    let (_d, out, o) = run_small(&["-w", "10", "-w", "100", "-w", "600", "--stats-detail", "expert", "-f", "last"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for (table, per_window) in [("layer_stats.parquet", 1), ("window_stats.parquet", 3)] {
+        let b = read_all(&out.join(table));
+        let (windows, steps) = (col_i64(&b, "window_size"), col_i64(&b, "step"));
+        for (w, rows) in [(10, 391), (100, 301), (600, 0)] {
+            let mine: Vec<i64> = windows.iter().zip(&steps).filter(|&(&x, _)| x == w).map(|(_, &s)| s).collect();
+            assert_eq!(mine.len(), rows * per_window, "{table} window {w}");
+            // 400 steps labelled 0..399: a window's first row is its step w - 1.
+            assert!(mine.iter().all(|&s| s >= w - 1 && s < 400), "{table} window {w}");
+            assert_eq!(mine.iter().min().copied(), (rows > 0).then_some(w - 1), "{table} window {w}");
+        }
+    }
+}

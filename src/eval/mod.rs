@@ -1062,8 +1062,10 @@ mod tests {
                 true
             }
             fn predict_origins(&self, layer: &LayerView, origins: &[usize], lens: &[usize], emit: &mut Emit<'_>) -> anyhow::Result<()> {
+                // Its fallbacks say which window a row was (origin + horizon), so
+                // that the scores show where each window's row was filed.
                 for (i, (&o, &l)) in origins.iter().zip(lens).enumerate() {
-                    emit(i, &mut column_medians(layer, o, o + l), None, 0);
+                    emit(i, &mut column_medians(layer, o, o + l), None, o + l);
                 }
                 Ok(())
             }
@@ -1101,6 +1103,13 @@ mod tests {
                         && bits(g.tv_pct) == bits(w.tv_pct),
                     "stride {stride}, start {start}: {g:?} vs {w:?}"
                 );
+                let filed: u64 = proto
+                    .origins(nt)
+                    .iter()
+                    .filter(|&&o| o + w.horizon <= nt && (w.regime == Regime::All || o >= nt / 3))
+                    .map(|&o| (o + w.horizon) as u64)
+                    .sum();
+                assert_eq!(w.fallbacks, filed, "stride {stride}, start {start}: {w:?}");
             }
         }
     }

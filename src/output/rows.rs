@@ -83,7 +83,8 @@ fn window_batch(table: Table, keys: &TraceKeys, layer: usize, expert: Option<usi
     let mut columns = vec![keys.names.slice(0, n), i32s(std::iter::repeat_n(tr.layer_ids[layer], n))];
     columns.extend(expert.map(|e| i32s(std::iter::repeat_n(tr.expert_ids[e], n))));
     columns.push(i32s(std::iter::repeat_n(window as i64, n)));
-    columns.push(keys.steps.slice(window - 1, n));
+    // (A window longer than the trace has no rows, and starts at the end.)
+    columns.push(keys.steps.slice((window - 1).min(tr.steps()), n));
     columns.extend(values.iter().map(|v| f64s(v.iter().copied())));
     batch(&table.schema(), columns)
 }
