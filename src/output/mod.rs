@@ -372,9 +372,10 @@ impl AtomicParquet {
         let (f, tmp) = temp_file(dir, name)?;
         // Dictionaries only for text columns (trace and forecaster names repeat);
         // numbers rarely repeat, and trying a dictionary on them first costs time.
-        // zstd at level 1: the float columns hardly compress at any level (the
-        // bundled run's layer summaries: 5.31 MB at level 1, 5.11 MB at 3; at paper
-        // scale 64.5 MB against 65.6 MB), and level 3 took about 1.5 times as long.
+        // zstd at level 1: whole floats hardly compressed at any level (the bundled
+        // run's layer summaries, before byte-stream split: 5.31 MB at level 1, 5.11
+        // MB at 3; at paper scale 64.5 MB against 65.6 MB), and level 3 took about 1.5
+        // times as long.
         let mut props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
             .set_max_row_group_size(ROW_GROUP)

@@ -189,17 +189,18 @@ pub fn statistics(
     let expert_detail = plan.stats_detail == StatsDetail::Expert;
     // Each trace's per-expert detail is written as it comes, the layer summaries after.
     let mut layer_stats: Vec<Vec<LayerStats>> = Vec::with_capacity(traces.len());
+    // Each trace's key columns, made once for its detail and its summaries.
+    let mut trace_keys = Vec::with_capacity(traces.len());
     for tr in traces {
         // The trace's loads go up once, for this stage and the forecast stage, which
         // releases them.
         if let Some(g) = &stats_gpu {
             g.keep(tr).with_context(|| format!("keeping the loads of {} on {}", tr.name, device.describe()))?;
         }
-        let keys = expert_detail.then(|| output::TraceKeys::new(tr));
+        let keys = output::TraceKeys::new(tr);
         let mut write_detail = |d: Vec<ExpertStats>| -> anyhow::Result<()> {
-            let keys = keys.as_ref().expect("keys made for the detail");
             for s in d.iter().filter(|s| windows.contains(&s.window)) {
-                sink.write(Table::WindowStats, &output::window_stats_batch(keys, s)?)?;
+                sink.write(Table::WindowStats, &output::window_stats_batch(&keys, s)?)?;
             }
             Ok(())
         };
@@ -210,14 +211,14 @@ pub fn statistics(
                 .with_context(|| format!("window statistics of {} on {}", tr.name, device.describe()))?,
             None => stats::layer_stats_cpu(tr, &all_windows, detail, || bar.inc(1))?,
         });
+        trace_keys.push(keys);
     }
     bar.finish_and_clear();
     let _span = crate::profile::span(|| "stats: write layer summaries".into());
     // Batches made in parallel, handed over in order (the sink encodes them on).
-    for (tr, ls) in traces.iter().zip(&layer_stats) {
+    for (keys, ls) in trace_keys.iter().zip(&layer_stats) {
         let chosen: Vec<&LayerStats> = ls.iter().filter(|s| windows.contains(&s.window)).collect();
-        let keys = output::TraceKeys::new(tr);
-        let batches: Vec<arrow::array::RecordBatch> = chosen.par_iter().map(|s| output::layer_stats_batch(&keys, s)).collect::<anyhow::Result<_>>()?;
+        let batches: Vec<arrow::array::RecordBatch> = chosen.par_iter().map(|s| output::layer_stats_batch(keys, s)).collect::<anyhow::Result<_>>()?;
         for b in &batches {
             sink.write(Table::LayerStats, b)?;
         }
