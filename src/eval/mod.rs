@@ -236,18 +236,8 @@ impl ErrLanes {
     }
 }
 
-/// Adds one step's errors (`pred` against `actual`, cut to the shorter) to `acc`.
-#[inline(always)]
-pub(crate) fn add_step_error(pred: &[f64], actual: &[f64], acc: &mut ErrLanes) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::simd::has_avx2() {
-        // SAFETY: the CPU has AVX2 (checked just above).
-        return unsafe { add_step_error_avx2(pred, actual, acc) };
-    }
-    add_step_error_lanes(pred, actual, acc)
-}
-
-/// [`add_step_error`] as plain Rust.
+/// Adds one step's errors (`pred` against `actual`, cut to the shorter) to `acc`, in
+/// plain Rust: the reference every faster path has the bits of.
 #[inline(always)]
 fn add_step_error_lanes(pred: &[f64], actual: &[f64], acc: &mut ErrLanes) {
     use crate::simd::LANES as L;
@@ -279,21 +269,41 @@ fn padded_tail(row: &[f64], full: usize, n: usize) -> [f64; 8] {
     t
 }
 
-/// [`add_step_error`] with the eight lanes in two AVX2 registers each, the same
+/// Adds the errors of `steps` steps one after another: step `k`'s prediction
+/// `pred[k * pstride..][..n]` (`pstride` 0: one flat row for every step) against
+/// `actual[k * n..][..n]`. The same operations in the same order as
+/// [`add_step_error_lanes`] step after step, so the same bits; the lanes stay in registers
+/// for the whole span instead of going to memory and back at every step (which,
+/// with a layer of 16 experts, took more than the step's own arithmetic).
+#[inline(always)]
+pub(crate) fn add_span_error(pred: &[f64], pstride: usize, actual: &[f64], n: usize, steps: usize, acc: &mut ErrLanes) {
+    assert!(actual.len() >= steps * n && (steps == 0 || pred.len() >= (steps - 1) * pstride + n), "a span's rows");
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::has_avx2() {
+        // SAFETY: the CPU has AVX2 (checked just above); the rows are in bounds (asserted).
+        return unsafe { add_span_error_avx2(pred, pstride, actual, n, steps, acc) };
+    }
+    for k in 0..steps {
+        add_step_error_lanes(&pred[k * pstride..k * pstride + n], &actual[k * n..(k + 1) * n], acc);
+    }
+}
+
+/// [`add_span_error`] with the eight lanes in two AVX2 registers each, the same
 /// operations on each lane in the same order (so the same bits), written out because
-/// the compiler's own vectorisation of it reversed lanes and reloaded constants
-/// inside the loop.
+/// the compiler's own vectorisation reversed lanes and reloaded constants inside the
+/// loop. The lanes are loaded before the first step and stored after the last.
 ///
 /// # Safety
-/// The CPU must have AVX2. Called from code compiled for AVX2 (an
-/// [`avx2_twin`](crate::simd::avx2_twin)), into which it is inlined.
+/// The CPU must have AVX2, and the function is called from code compiled for AVX2
+/// (an [`avx2_twin`](crate::simd::avx2_twin)), into which it is inlined; `actual`
+/// holds `steps` rows of `n` and `pred` its last row at `(steps - 1) * pstride`.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn add_step_error_avx2(pred: &[f64], actual: &[f64], acc: &mut ErrLanes) {
-    let n = pred.len().min(actual.len());
+unsafe fn add_span_error_avx2(pred: &[f64], pstride: usize, actual: &[f64], n: usize, steps: usize, acc: &mut ErrLanes) {
     let full = n / 8 * 8;
-    // SAFETY: the caller's (AVX2); the loads are at i + 8 <= full <= n of both rows,
-    // or of eight-value arrays, the stores of four f64 into an [f64; 8] at 0 or 4.
+    // SAFETY: the caller's (AVX2, the rows in bounds); the loads are at i + 8 <= full
+    // <= n of a row, or of eight-value arrays, the stores of four f64 into an [f64; 8]
+    // at 0 or 4.
     unsafe {
         use std::arch::x86_64::*;
         const { assert!(crate::simd::LANES == 8) };
@@ -312,13 +322,16 @@ unsafe fn add_step_error_avx2(pred: &[f64], actual: &[f64], acc: &mut ErrLanes) 
                 s1 = _mm256_add_pd(s1, _mm256_mul_pd(d1, d1));
             }};
         }
-        let (p, y) = (pred.as_ptr(), actual.as_ptr());
-        for i in (0..full).step_by(8) {
-            eight!(p.add(i), y.add(i));
-        }
-        if full < n {
-            let (tp, ty) = (padded_tail(pred, full, n), padded_tail(actual, full, n));
-            eight!(tp.as_ptr(), ty.as_ptr());
+        for k in 0..steps {
+            let (prow, yrow) = (&pred[k * pstride..k * pstride + n], &actual[k * n..(k + 1) * n]);
+            let (p, y) = (prow.as_ptr(), yrow.as_ptr());
+            for i in (0..full).step_by(8) {
+                eight!(p.add(i), y.add(i));
+            }
+            if full < n {
+                let (tp, ty) = (padded_tail(prow, full, n), padded_tail(yrow, full, n));
+                eight!(tp.as_ptr(), ty.as_ptr());
+            }
         }
         _mm256_storeu_pd(pa, a0);
         _mm256_storeu_pd(pa.add(4), a1);
@@ -327,38 +340,40 @@ unsafe fn add_step_error_avx2(pred: &[f64], actual: &[f64], acc: &mut ErrLanes) 
     }
 }
 
-/// [`add_step_error`] of two (prediction, actual) pairs of rows of one length, each
-/// into its own lanes, their additions run side by side: two independent chains
-/// instead of one, each pair's bits those of [`add_step_error`].
+/// [`add_span_error`] of two flat predictions at once, each against its own `steps`
+/// rows of `n`: their additions side by side, step after step (two independent
+/// chains instead of one), the lanes in registers for the whole span; each pair's
+/// bits those of [`add_step_error_lanes`].
 #[inline(always)]
-fn add_step_error2(p0: &[f64], y0: &[f64], p1: &[f64], y1: &[f64], acc: [&mut ErrLanes; 2]) {
+fn add_span_error2(p0: &[f64], y0: &[f64], p1: &[f64], y1: &[f64], n: usize, steps: usize, acc: [&mut ErrLanes; 2]) {
+    assert!(p0.len() == n && p1.len() == n && y0.len() >= steps * n && y1.len() >= steps * n, "two flat rows and their spans");
     #[cfg(target_arch = "x86_64")]
-    if crate::simd::has_avx2() && p0.len() == y0.len() && p1.len() == y1.len() && p0.len() == p1.len() {
-        // SAFETY: the CPU has AVX2 (checked just above).
-        return unsafe { add_step_error2_avx2(p0, y0, p1, y1, acc) };
+    if crate::simd::has_avx2() {
+        // SAFETY: the CPU has AVX2 (checked just above); the rows are in bounds (asserted).
+        return unsafe { add_span_error2_avx2(p0, y0, p1, y1, n, steps, acc) };
     }
     let [a0, a1] = acc;
-    add_step_error_lanes(p0, y0, a0);
-    add_step_error_lanes(p1, y1, a1);
+    for k in 0..steps {
+        add_step_error_lanes(p0, &y0[k * n..(k + 1) * n], a0);
+        add_step_error_lanes(p1, &y1[k * n..(k + 1) * n], a1);
+    }
 }
 
-/// [`add_step_error2`] in AVX2 registers: [`add_step_error_avx2`]'s loop for two
+/// [`add_span_error2`] in AVX2 registers: [`add_span_error_avx2`]'s loop for two
 /// pairs at once.
 ///
 /// # Safety
-/// As [`add_step_error_avx2`]; the four rows have one length.
+/// As [`add_span_error_avx2`]; `p0` and `p1` hold `n` values, `y0` and `y1` `steps`
+/// rows of `n`.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn add_step_error2_avx2(p0: &[f64], y0: &[f64], p1: &[f64], y1: &[f64], acc: [&mut ErrLanes; 2]) {
-    let n = p0.len();
-    assert!(y0.len() == n && p1.len() == n && y1.len() == n);
+unsafe fn add_span_error2_avx2(p0: &[f64], y0: &[f64], p1: &[f64], y1: &[f64], n: usize, steps: usize, acc: [&mut ErrLanes; 2]) {
     let full = n / 8 * 8;
-    // SAFETY: as in add_step_error_avx2, for both pairs.
+    // SAFETY: as in add_span_error_avx2, for both pairs.
     unsafe {
         use std::arch::x86_64::*;
         let abs = _mm256_castsi256_pd(_mm256_set1_epi64x(i64::MAX));
         let [c0, c1] = acc;
-        // Macros, not closures (see add_step_error_avx2).
         macro_rules! load {
             ($v:expr) => {{
                 let v: &[f64; 8] = $v;
@@ -379,13 +394,18 @@ unsafe fn add_step_error2_avx2(p0: &[f64], y0: &[f64], p1: &[f64], y1: &[f64], a
                 }
             }};
         }
-        let (pp, py, qp, qy) = (p0.as_ptr(), y0.as_ptr(), p1.as_ptr(), y1.as_ptr());
-        for i in (0..full).step_by(8) {
-            eight!(pp.add(i), py.add(i), qp.add(i), qy.add(i));
-        }
-        if full < n {
-            let tails = [padded_tail(p0, full, n), padded_tail(y0, full, n), padded_tail(p1, full, n), padded_tail(y1, full, n)];
-            eight!(tails[0].as_ptr(), tails[1].as_ptr(), tails[2].as_ptr(), tails[3].as_ptr());
+        let (pp, qp) = (p0.as_ptr(), p1.as_ptr());
+        let tails = (full < n).then(|| (padded_tail(p0, full, n), padded_tail(p1, full, n)));
+        for k in 0..steps {
+            let (r0, r1) = (&y0[k * n..(k + 1) * n], &y1[k * n..(k + 1) * n]);
+            let (py, qy) = (r0.as_ptr(), r1.as_ptr());
+            for i in (0..full).step_by(8) {
+                eight!(pp.add(i), py.add(i), qp.add(i), qy.add(i));
+            }
+            if let Some((tp, tq)) = &tails {
+                let (ty, tz) = (padded_tail(r0, full, n), padded_tail(r1, full, n));
+                eight!(tp.as_ptr(), ty.as_ptr(), tq.as_ptr(), tz.as_ptr());
+            }
         }
         macro_rules! store {
             ($v:expr, $out:expr) => {{
@@ -422,7 +442,7 @@ impl Scale {
     }
 }
 
-/// [`add_step_error`] of `scale` applied to each of `pred`'s values.
+/// [`add_step_error_lanes`] of `scale` applied to each of `pred`'s values.
 #[inline(always)]
 fn add_scaled_step_error(pred: &[f64], scale: Scale, actual: &[f64], acc: &mut ErrLanes) {
     #[cfg(target_arch = "x86_64")]
@@ -450,13 +470,13 @@ fn add_scaled_step_error_lanes(pred: &[f64], scale: Scale, actual: &[f64], acc: 
 /// any) as there, one by one.
 ///
 /// # Safety
-/// As [`add_step_error_avx2`].
+/// As [`add_span_error_avx2`].
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn add_scaled_step_error_avx2(pred: &[f64], scale: Scale, actual: &[f64], acc: &mut ErrLanes) {
     let n = pred.len().min(actual.len());
     let full = n / 8 * 8;
-    // SAFETY: as in add_step_error_avx2.
+    // SAFETY: as in add_span_error_avx2.
     unsafe {
         use std::arch::x86_64::*;
         let abs = _mm256_castsi256_pd(_mm256_set1_epi64x(i64::MAX));
@@ -468,7 +488,7 @@ unsafe fn add_scaled_step_error_avx2(pred: &[f64], scale: Scale, actual: &[f64],
         };
         let (pa, ps) = (acc.abs.as_mut_ptr(), acc.sq.as_mut_ptr());
         let (mut a0, mut a1, mut s0, mut s1) = (_mm256_loadu_pd(pa), _mm256_loadu_pd(pa.add(4)), _mm256_loadu_pd(ps), _mm256_loadu_pd(ps.add(4)));
-        // A macro, not a closure (see add_step_error_avx2).
+        // A macro, not a closure (see add_span_error_avx2).
         macro_rules! four {
             ($p:expr, $y:expr) => {{
                 let p = _mm256_loadu_pd($p);
@@ -525,18 +545,18 @@ impl<'a> Running<'a> {
     pub(crate) fn done(&self) -> bool {
         self.next == self.horizons.len()
     }
-    /// Adds step `k`'s prediction `row` against the actual `row` of the layer.
-    #[inline(always)]
-    pub(crate) fn add(&mut self, k: usize, pred: &[f64], actual: &[f64], out: &mut [(f64, f64)]) {
-        add_step_error(pred, actual, &mut self.acc);
-        self.read_off(k, out);
-    }
     /// Adds step `k`'s prediction, `scale` applied to `pred`'s values, against the
     /// actual `row` of the layer.
     #[inline(always)]
     pub(crate) fn add_scaled(&mut self, k: usize, pred: &[f64], scale: Scale, actual: &[f64], out: &mut [(f64, f64)]) {
         add_scaled_step_error(pred, scale, actual, &mut self.acc);
         self.read_off(k, out);
+    }
+    /// Steps (from 0) that end at the next horizon to read off: a span of steps
+    /// up to there can be added without looking ([`add_span_error`]).
+    #[inline(always)]
+    fn next_end(&self) -> usize {
+        self.horizons.get(self.next).copied().unwrap_or(usize::MAX)
     }
     /// Reads the sums off into `out` at each horizon that ends with step `k`.
     #[inline(always)]
@@ -558,19 +578,22 @@ fn origin_sums_inner(layer: &LayerView, origin: usize, horizons: &[usize], steps
     let ne = layer.experts();
     let flat = pred.len() == ne;
     let mut run = Running::new(horizons);
-    for k in 0..steps {
-        if run.done() {
-            break;
-        }
-        let row = if flat { pred } else { &pred[k * ne..(k + 1) * ne] };
-        run.add(k, row, layer.row(origin + k), out);
+    // From horizon to horizon, a span of steps at a time (the same additions in the
+    // same order as step by step).
+    let mut k = 0;
+    while k < steps && !run.done() {
+        let end = run.next_end().min(steps);
+        let (p, stride) = if flat { (pred, 0) } else { (&pred[k * ne..end * ne], ne) };
+        add_span_error(p, stride, &layer.raw()[(origin + k) * ne..(origin + end) * ne], ne, end - k, &mut run.acc);
+        k = end;
+        run.read_off(k - 1, out);
     }
 }
 
 crate::simd::avx2_twin!(
     /// [`origin_sums`] of two origins' flat predictions at once (`o[i]`, `steps[i]`,
     /// `pred[i]`, `out[i]`): the two origins' steps side by side while both have steps
-    /// and horizons left ([`add_step_error2`]), then each alone; each origin's sums are
+    /// and horizons left ([`add_span_error2`]), then each alone; each origin's sums are
     /// those of [`origin_sums`], bit for bit.
     fn origin_sums_pair(layer: &LayerView, o: [usize; 2], horizons: &[usize], steps: [usize; 2], pred: [&[f64]; 2], out: [&mut [(f64, f64)]; 2]) => origin_sums_pair_inner
 );
@@ -582,20 +605,24 @@ fn origin_sums_pair_inner(layer: &LayerView, o: [usize; 2], horizons: &[usize], 
     let [out0, out1] = out;
     let (mut r0, mut r1) = (Running::new(horizons), Running::new(horizons));
     let both = steps[0].min(steps[1]);
+    let rows = |o: usize, k: usize, end: usize| &layer.raw()[(o + k) * ne..(o + end) * ne];
+    // From horizon to horizon (of either origin), a span of steps at a time.
     let mut k = 0;
     while k < both && !r0.done() && !r1.done() {
-        add_step_error2(pred[0], layer.row(o[0] + k), pred[1], layer.row(o[1] + k), [&mut r0.acc, &mut r1.acc]);
-        r0.read_off(k, out0);
-        r1.read_off(k, out1);
-        k += 1;
+        let end = r0.next_end().min(r1.next_end()).min(both);
+        add_span_error2(pred[0], rows(o[0], k, end), pred[1], rows(o[1], k, end), ne, end - k, [&mut r0.acc, &mut r1.acc]);
+        k = end;
+        r0.read_off(k - 1, out0);
+        r1.read_off(k - 1, out1);
     }
     for (run, j, out) in [(r0, 0, out0), (r1, 1, out1)] {
         let mut run = run;
-        for k in k..steps[j] {
-            if run.done() {
-                break;
-            }
-            run.add(k, pred[j], layer.row(o[j] + k), out);
+        let mut k = k;
+        while k < steps[j] && !run.done() {
+            let end = run.next_end().min(steps[j]);
+            add_span_error(pred[j], 0, rows(o[j], k, end), ne, end - k, &mut run.acc);
+            k = end;
+            run.read_off(k - 1, out);
         }
     }
 }
@@ -610,16 +637,23 @@ crate::simd::avx2_twin!(
 #[inline(always)]
 fn origin_sums_rows_inner(layer: &LayerView, origin: usize, horizons: &[usize], pred: &mut [f64], real: bool, out: &mut [(f64, f64)]) {
     let ne = layer.experts();
+    let steps = pred.len() / ne;
     let mut run = Running::new(horizons);
-    for (k, row) in pred.chunks_mut(ne).enumerate() {
+    // From horizon to horizon, a span of rows at a time: renormalised, then added
+    // (the same additions in the same order as row by row).
+    let mut k = 0;
+    while k < steps && !run.done() {
+        let end = run.next_end().min(steps);
+        let span = &mut pred[k * ne..end * ne];
         if real {
-            renormalize(row, ne);
-        } else if run.done() {
-            break;
+            renormalize(span, ne);
         }
-        if !run.done() {
-            run.add(k, row, layer.row(origin + k), out);
-        }
+        add_span_error(span, ne, &layer.raw()[(origin + k) * ne..(origin + end) * ne], ne, end - k, &mut run.acc);
+        k = end;
+        run.read_off(k - 1, out);
+    }
+    if real {
+        renormalize(&mut pred[k * ne..steps * ne], ne);
     }
 }
 
@@ -884,28 +918,59 @@ mod tests {
                     }
                 }
             }
-            let (mut one, mut lanes, mut pair) = ([ErrLanes::default(); 2], [ErrLanes::default(); 2], [ErrLanes::default(); 2]);
+            let (mut one, mut lanes, mut span) = ([ErrLanes::default(); 2], [ErrLanes::default(); 2], [ErrLanes::default(); 2]);
             for r in &rows {
-                add_step_error(&r[0], &r[1], &mut one[0]);
-                add_step_error(&r[2], &r[3], &mut one[1]);
+                add_span_error(&r[0], 0, &r[1], n, 1, &mut one[0]);
+                add_span_error(&r[2], 0, &r[3], n, 1, &mut one[1]);
                 add_step_error_lanes(&r[0], &r[1], &mut lanes[0]);
                 add_step_error_lanes(&r[2], &r[3], &mut lanes[1]);
-                let [p0, p1] = &mut pair;
-                add_step_error2(&r[0], &r[1], &r[2], &r[3], [p0, p1]);
+            }
+            // the same steps as spans of rows (steps 0-1, then 2-4)
+            let cat = |c: usize| -> Vec<f64> { rows.iter().flat_map(|r| r[c].iter().copied()).collect() };
+            for j in 0..2 {
+                let (p, y) = (cat(2 * j), cat(2 * j + 1));
+                add_span_error(&p, n, &y, n, 2, &mut span[j]);
+                add_span_error(&p[2 * n..], n, &y[2 * n..], n, 3, &mut span[j]);
             }
             for j in 0..2 {
                 assert_eq!(bits(&one[j]), bits(&want[j]), "n = {n}");
                 assert_eq!(bits(&lanes[j]), bits(&want[j]), "n = {n}");
-                assert_eq!(bits(&pair[j]), bits(&want[j]), "n = {n}");
+                assert_eq!(bits(&span[j]), bits(&want[j]), "n = {n}");
                 // and the totals against float64 sums in plain order, closely
                 let plain_a: f64 = rows.iter().flat_map(|r| r[2 * j].iter().zip(&r[2 * j + 1]).map(|(p, y)| (p - y).abs())).sum();
                 let (a, _) = one[j].sums();
                 assert!((a - plain_a).abs() <= 1e-12 * plain_a.max(1e-300), "n = {n}");
             }
         }
+        // Flat predictions (one row for every step) as spans, one origin alone and
+        // two side by side: the bits of each step added in turn, from independent sums.
+        for n in [1, 7, 8, 9, 16, 64, 131] {
+            let flat: [Vec<f64>; 2] = std::array::from_fn(|_| (0..n).map(|_| next()).collect());
+            let ys: [Vec<f64>; 2] = std::array::from_fn(|_| (0..6 * n).map(|_| next()).collect());
+            let mut want = [ErrLanes::default(), ErrLanes::default()];
+            for (j, w) in want.iter_mut().enumerate() {
+                for (i, y) in ys[j].iter().enumerate() {
+                    let d = flat[j][i % n] - y;
+                    w.abs[i % n % 8] += d.abs();
+                    w.sq[i % n % 8] += d * d;
+                }
+            }
+            let (mut alone, mut pair) = ([ErrLanes::default(); 2], [ErrLanes::default(); 2]);
+            for j in 0..2 {
+                add_span_error(&flat[j], 0, &ys[j], n, 4, &mut alone[j]);
+                add_span_error(&flat[j], 0, &ys[j][4 * n..], n, 2, &mut alone[j]);
+            }
+            let [p0, p1] = &mut pair;
+            add_span_error2(&flat[0], &ys[0], &flat[1], &ys[1], n, 1, [&mut *p0, &mut *p1]);
+            add_span_error2(&flat[0], &ys[0][n..], &flat[1], &ys[1][n..], n, 5, [p0, p1]);
+            for j in 0..2 {
+                assert_eq!(bits(&alone[j]), bits(&want[j]), "flat, n = {n}");
+                assert_eq!(bits(&pair[j]), bits(&want[j]), "flat pair, n = {n}");
+            }
+        }
         // a longer prediction than actual row is cut to the shorter
         let mut acc = ErrLanes::default();
-        add_step_error(&[0.5; 12], &[0.25; 9], &mut acc);
+        add_step_error_lanes(&[0.5; 12], &[0.25; 9], &mut acc);
         assert_eq!(acc.sums(), (9.0 * 0.25, 9.0 * 0.0625));
     }
 
