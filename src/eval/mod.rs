@@ -283,6 +283,12 @@ pub(crate) fn add_span_error(pred: &[f64], pstride: usize, actual: &[f64], n: us
         // SAFETY: the CPU has AVX2 (checked just above); the rows are in bounds (asserted).
         return unsafe { add_span_error_avx2(pred, pstride, actual, n, steps, acc) };
     }
+    add_span_error_lanes(pred, pstride, actual, n, steps, acc)
+}
+
+/// [`add_span_error`] as plain Rust: [`add_step_error_lanes`] step after step.
+#[inline(always)]
+fn add_span_error_lanes(pred: &[f64], pstride: usize, actual: &[f64], n: usize, steps: usize, acc: &mut ErrLanes) {
     for k in 0..steps {
         add_step_error_lanes(&pred[k * pstride..k * pstride + n], &actual[k * n..(k + 1) * n], acc);
     }
@@ -352,6 +358,13 @@ fn add_span_error2(p0: &[f64], y0: &[f64], p1: &[f64], y1: &[f64], n: usize, ste
         // SAFETY: the CPU has AVX2 (checked just above); the rows are in bounds (asserted).
         return unsafe { add_span_error2_avx2(p0, y0, p1, y1, n, steps, acc) };
     }
+    add_span_error2_lanes(p0, y0, p1, y1, n, steps, acc)
+}
+
+/// [`add_span_error2`] as plain Rust: [`add_step_error_lanes`] of each pair, step
+/// after step.
+#[inline(always)]
+fn add_span_error2_lanes(p0: &[f64], y0: &[f64], p1: &[f64], y1: &[f64], n: usize, steps: usize, acc: [&mut ErrLanes; 2]) {
     let [a0, a1] = acc;
     for k in 0..steps {
         add_step_error_lanes(p0, &y0[k * n..(k + 1) * n], a0);
@@ -470,7 +483,8 @@ fn add_scaled_step_error_lanes(pred: &[f64], scale: Scale, actual: &[f64], acc: 
 /// any) as there, one by one.
 ///
 /// # Safety
-/// As [`add_span_error_avx2`].
+/// The CPU must have AVX2. Called from code compiled for AVX2 (an
+/// [`avx2_twin`](crate::simd::avx2_twin)), into which it is inlined.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn add_scaled_step_error_avx2(pred: &[f64], scale: Scale, actual: &[f64], acc: &mut ErrLanes) {
@@ -539,6 +553,7 @@ pub(crate) struct Running<'a> {
 
 impl<'a> Running<'a> {
     pub(crate) fn new(horizons: &'a [usize]) -> Self {
+        debug_assert!(horizons.first().is_none_or(|&h| h >= 1) && horizons.is_sorted_by(|a, b| a < b), "horizons from 1, ascending");
         Running { horizons, next: 0, acc: ErrLanes::default() }
     }
     /// Whether every horizon has been read off.
@@ -552,8 +567,8 @@ impl<'a> Running<'a> {
         add_scaled_step_error(pred, scale, actual, &mut self.acc);
         self.read_off(k, out);
     }
-    /// Steps (from 0) that end at the next horizon to read off: a span of steps
-    /// up to there can be added without looking ([`add_span_error`]).
+    /// The next horizon to read off (`usize::MAX` once all are): the steps before
+    /// it can be added as one span without looking ([`add_span_error`]).
     #[inline(always)]
     fn next_end(&self) -> usize {
         self.horizons.get(self.next).copied().unwrap_or(usize::MAX)
@@ -639,11 +654,13 @@ fn origin_sums_rows_inner(layer: &LayerView, origin: usize, horizons: &[usize], 
     let ne = layer.experts();
     let steps = pred.len() / ne;
     let mut run = Running::new(horizons);
-    // From horizon to horizon, a span of rows at a time: renormalised, then added
-    // (the same additions in the same order as row by row).
+    // Toward the next horizon, up to ROWS_AT_ONCE rows at a time (still in cache
+    // when they are added): renormalised, then added, the same additions in the same
+    // order as row by row (a read-off where no horizon ends reads nothing).
+    const ROWS_AT_ONCE: usize = 64;
     let mut k = 0;
     while k < steps && !run.done() {
-        let end = run.next_end().min(steps);
+        let end = run.next_end().min(steps).min(k + ROWS_AT_ONCE);
         let span = &mut pred[k * ne..end * ne];
         if real {
             renormalize(span, ne);
@@ -927,15 +944,20 @@ mod tests {
             }
             // the same steps as spans of rows (steps 0-1, then 2-4)
             let cat = |c: usize| -> Vec<f64> { rows.iter().flat_map(|r| r[c].iter().copied()).collect() };
+            let mut plain = [ErrLanes::default(); 2];
             for j in 0..2 {
                 let (p, y) = (cat(2 * j), cat(2 * j + 1));
                 add_span_error(&p, n, &y, n, 2, &mut span[j]);
                 add_span_error(&p[2 * n..], n, &y[2 * n..], n, 3, &mut span[j]);
+                add_span_error(&p, n, &y, n, 0, &mut span[j]);
+                add_span_error_lanes(&p, n, &y, n, 1, &mut plain[j]);
+                add_span_error_lanes(&p[n..], n, &y[n..], n, 4, &mut plain[j]);
             }
             for j in 0..2 {
                 assert_eq!(bits(&one[j]), bits(&want[j]), "n = {n}");
                 assert_eq!(bits(&lanes[j]), bits(&want[j]), "n = {n}");
                 assert_eq!(bits(&span[j]), bits(&want[j]), "n = {n}");
+                assert_eq!(bits(&plain[j]), bits(&want[j]), "n = {n}");
                 // and the totals against float64 sums in plain order, closely
                 let plain_a: f64 = rows.iter().flat_map(|r| r[2 * j].iter().zip(&r[2 * j + 1]).map(|(p, y)| (p - y).abs())).sum();
                 let (a, _) = one[j].sums();
@@ -962,10 +984,19 @@ mod tests {
             }
             let [p0, p1] = &mut pair;
             add_span_error2(&flat[0], &ys[0], &flat[1], &ys[1], n, 1, [&mut *p0, &mut *p1]);
-            add_span_error2(&flat[0], &ys[0][n..], &flat[1], &ys[1][n..], n, 5, [p0, p1]);
+            add_span_error2(&flat[0], &ys[0][n..], &flat[1], &ys[1][n..], n, 5, [&mut *p0, &mut *p1]);
+            add_span_error2(&flat[0], &ys[0], &flat[1], &ys[1], n, 0, [p0, p1]);
+            let (mut alone_plain, mut pair_plain) = ([ErrLanes::default(); 2], [ErrLanes::default(); 2]);
+            for j in 0..2 {
+                add_span_error_lanes(&flat[j], 0, &ys[j], n, 6, &mut alone_plain[j]);
+            }
+            let [q0, q1] = &mut pair_plain;
+            add_span_error2_lanes(&flat[0], &ys[0], &flat[1], &ys[1], n, 6, [q0, q1]);
             for j in 0..2 {
                 assert_eq!(bits(&alone[j]), bits(&want[j]), "flat, n = {n}");
                 assert_eq!(bits(&pair[j]), bits(&want[j]), "flat pair, n = {n}");
+                assert_eq!(bits(&alone_plain[j]), bits(&want[j]), "flat, plain, n = {n}");
+                assert_eq!(bits(&pair_plain[j]), bits(&want[j]), "flat pair, plain, n = {n}");
             }
         }
         // a longer prediction than actual row is cut to the shorter
