@@ -573,6 +573,22 @@ impl<'a> Running<'a> {
     fn next_end(&self) -> usize {
         self.horizons.get(self.next).copied().unwrap_or(usize::MAX)
     }
+    /// Adds `origin`'s steps `k..steps` (of `pred`: one flat row, or a row for each
+    /// step from 0) against the layer's rows from `origin + k`, a span from horizon to
+    /// horizon ([`add_span_error`]: the same additions in the same order as step by
+    /// step), reading the sums off at each.
+    #[inline(always)]
+    fn add_until(&mut self, layer: &LayerView, origin: usize, mut k: usize, steps: usize, pred: &[f64], out: &mut [(f64, f64)]) {
+        let ne = layer.experts();
+        let flat = pred.len() == ne;
+        while k < steps && !self.done() {
+            let end = self.next_end().min(steps);
+            let (p, stride) = if flat { (pred, 0) } else { (&pred[k * ne..end * ne], ne) };
+            add_span_error(p, stride, &layer.raw()[(origin + k) * ne..(origin + end) * ne], ne, end - k, &mut self.acc);
+            k = end;
+            self.read_off(k - 1, out);
+        }
+    }
     /// Reads the sums off into `out` at each horizon that ends with step `k`.
     #[inline(always)]
     fn read_off(&mut self, k: usize, out: &mut [(f64, f64)]) {
@@ -590,19 +606,7 @@ impl<'a> Running<'a> {
 
 #[inline(always)]
 fn origin_sums_inner(layer: &LayerView, origin: usize, horizons: &[usize], steps: usize, pred: &[f64], out: &mut [(f64, f64)]) {
-    let ne = layer.experts();
-    let flat = pred.len() == ne;
-    let mut run = Running::new(horizons);
-    // From horizon to horizon, a span of steps at a time (the same additions in the
-    // same order as step by step).
-    let mut k = 0;
-    while k < steps && !run.done() {
-        let end = run.next_end().min(steps);
-        let (p, stride) = if flat { (pred, 0) } else { (&pred[k * ne..end * ne], ne) };
-        add_span_error(p, stride, &layer.raw()[(origin + k) * ne..(origin + end) * ne], ne, end - k, &mut run.acc);
-        k = end;
-        run.read_off(k - 1, out);
-    }
+    Running::new(horizons).add_until(layer, origin, 0, steps, pred, out);
 }
 
 crate::simd::avx2_twin!(
@@ -630,16 +634,8 @@ fn origin_sums_pair_inner(layer: &LayerView, o: [usize; 2], horizons: &[usize], 
         r0.read_off(k - 1, out0);
         r1.read_off(k - 1, out1);
     }
-    for (run, j, out) in [(r0, 0, out0), (r1, 1, out1)] {
-        let mut run = run;
-        let mut k = k;
-        while k < steps[j] && !run.done() {
-            let end = run.next_end().min(steps[j]);
-            add_span_error(pred[j], 0, rows(o[j], k, end), ne, end - k, &mut run.acc);
-            k = end;
-            run.read_off(k - 1, out);
-        }
-    }
+    r0.add_until(layer, o[0], k, steps[0], pred[0], out0);
+    r1.add_until(layer, o[1], k, steps[1], pred[1], out1);
 }
 
 crate::simd::avx2_twin!(
