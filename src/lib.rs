@@ -22,6 +22,7 @@ pub mod cli;
 pub mod eval;
 pub mod forecast;
 pub mod gpu;
+pub mod memory;
 pub mod output;
 pub mod pipeline;
 pub mod placement;

@@ -3,7 +3,13 @@ use std::process::ExitCode;
 use clap::Parser;
 use expertcast::cli::{Cli, Command};
 
+/// The C library's allocator, with huge pages under large blocks
+/// ([`expertcast::memory`]).
+#[global_allocator]
+static ALLOCATOR: expertcast::memory::Allocator = expertcast::memory::Allocator;
+
 fn main() -> ExitCode {
+    expertcast::memory::tune();
     // Die quietly on a closed pipe (`expertcast sweep --dry-run | head`), as other
     // command-line tools do, instead of panicking in println!.
     // SAFETY: called before any thread starts; SIG_DFL is a valid disposition.
