@@ -41,6 +41,19 @@ fn tables(dir: &Path) -> BTreeMap<String, arrow::array::RecordBatch> {
     out
 }
 
+/// A config named by its bare file name, from its own folder, finds its traces there
+/// (its parent is the empty path, which once made them relative to "/").
+#[test]
+fn a_config_named_from_its_own_folder_finds_its_traces() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::copy(bundled("gpt12-e16-top2-s2"), d.path().join("t.parquet")).unwrap();
+    std::fs::write(d.path().join("s.toml"), "traces = [\"t.parquet\"]\nout = \"o\"\n").unwrap();
+    let o = std::process::Command::new(bin()).args(["sweep", "s.toml", "--dry-run"]).current_dir(d.path()).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let plan = String::from_utf8_lossy(&o.stdout);
+    assert!(plan.contains("1 unit(s) (1 trace file(s))"), "{plan}");
+}
+
 fn sweep(args: &[&str]) -> std::process::Output {
     expertcast(&[&["sweep"], args].concat())
 }
