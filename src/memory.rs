@@ -3,28 +3,41 @@
 //!
 //! A run allocates and frees many blocks of kilobytes to megabytes: decoded Parquet
 //! pages, the dense loads, a layer's shares, window statistics, output columns. By
-//! default glibc gives every block above 128 KB a mapping of its own and unmaps it
-//! when it is freed, so the next such block is faulted in and zeroed again, 4 KB at a
-//! time. On the bundled traces that was about 20,000 page faults and a sixth of the
-//! run's CPU time (BENCHMARKS.md, twenty-fourth session). [`tune`] serves blocks from
-//! the heaps and keeps freed memory for the next block; [`Allocator`] asks the kernel
-//! for 2 MB pages under the heaps, so the memory a heap grows by is faulted in 512
-//! times fewer pieces. This is what glibc's own `glibc.malloc.hugetlb=1` tunable
-//! does, which can only be set in the environment before a process starts.
+//! default glibc gives a block above its mapping threshold (128 KB at first, rising
+//! to the largest block freed so far, up to 32 MB) a mapping of its own and unmaps it
+//! when it is freed, and gives a heap's free top back above 128 KB, so memory is
+//! faulted in and zeroed again and again, 4 KB at a time. On the bundled traces that
+//! was about 20,000 page faults and a sixth of the run's CPU time (BENCHMARKS.md,
+//! twenty-fourth session). [`tune`] serves blocks up to 32 MB from the heaps and
+//! keeps freed memory for the next block; [`Allocator`] asks the kernel for 2 MB
+//! pages under the heaps, so the memory a heap grows by is faulted in 512 times
+//! fewer pieces. This is what glibc's own `glibc.malloc.hugetlb=1` tunable does,
+//! which can only be set in the environment before a process starts.
 //!
 //! Neither changes what any computation gives: the advice only says how memory is
 //! backed, and where the kernel has transparent huge pages off (or on a system
-//! without `madvise`) it is refused or absent and nothing changes.
+//! without `madvise`) it is refused or absent and nothing changes. The cost is
+//! memory kept: each heap keeps up to [`KEEP`] of free memory for reuse instead of
+//! returning it (a tenth more peak memory in a CPU sweep of ten units, measured).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 
+/// Blocks from this size up get a mapping of their own, returned when freed (glibc's
+/// largest mapping threshold, which every glibc accepts); they are advised whole.
+pub const ALONE: usize = 32 << 20;
+
+/// Free memory a heap keeps at its top instead of returning it to the system.
+pub const KEEP: usize = 512 << 20;
+
 /// The system allocator ([`System`]), which after [`tune`] also advises the memory
 /// it hands out for transparent huge pages (`madvise(MADV_HUGEPAGE)`): the main
-/// heap as it grows, and each 64 MB window a block comes from, once.
+/// heap as it grows, the heap of every other arena (a 64 MB mapping) when a thread
+/// first gets a block from it (a thread remembers its last eight), and blocks of
+/// [`ALONE`] bytes or more whole.
 pub struct Allocator;
 
 // SAFETY: every call is passed to `System` unchanged; `huge::after` only adds advice
-// about how memory is backed, which changes no byte of it.
+// about how memory is backed, which changes no byte of it, and allocates nothing.
 unsafe impl GlobalAlloc for Allocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: the caller's contract, passed on.
@@ -53,24 +66,28 @@ unsafe impl GlobalAlloc for Allocator {
     }
 }
 
-/// Tells glibc to serve blocks up to 1 GB from its heaps instead of a mapping each,
-/// never to give a heap's free top back while the process runs, and to grow a heap
-/// 64 MB at a time; then switches on [`Allocator`]'s advice. A block freed and
-/// allocated again is then not faulted in again; the memory goes back to the system
-/// when the process ends. Call it first thing in `main`, before any thread starts.
-/// Elsewhere than Linux with glibc it does nothing.
-pub fn tune() {
+/// Tells glibc to serve blocks under [`ALONE`] from its heaps instead of a mapping
+/// each, to keep up to [`KEEP`] free at a heap's top, and to grow a heap 64 MB at a
+/// time; then switches on [`Allocator`]'s advice. A block freed and allocated again
+/// is then not faulted in again. Returns whether glibc took the settings (where it
+/// refuses the first, none is set and nothing changes). Call it first thing in
+/// `main`, before any thread starts. Elsewhere than Linux with glibc it does nothing.
+pub fn tune() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
-        // SAFETY: mallopt only sets the allocator's parameters, before any other
-        // thread exists to allocate.
-        unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
-            libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
-            libc::mallopt(libc::M_TOP_PAD, 64 << 20);
+        // SAFETY: mallopt only sets the allocator's parameters (under its lock).
+        let taken = unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, ALONE as i32) == 1
+                && libc::mallopt(libc::M_TRIM_THRESHOLD, KEEP as i32) == 1
+                && libc::mallopt(libc::M_TOP_PAD, 64 << 20) == 1
+        };
+        if taken {
+            huge::start();
         }
-        huge::start();
+        taken
     }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    false
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -81,22 +98,31 @@ mod huge {
     /// A transparent huge page on x86-64 (and most aarch64 kernels).
     const PAGE: usize = 2 << 20;
     /// glibc's heaps other than the main one are mappings of this size, aligned to
-    /// it (`HEAP_MAX_SIZE` on 64-bit systems); a window of this size is advised whole.
-    const WINDOW: usize = 64 << 20;
+    /// it (`HEAP_MAX_SIZE` on 64-bit systems): a block's heap is the window of this
+    /// size around it.
+    pub(super) const WINDOW: usize = 64 << 20;
 
     /// How far the main heap (the program break) has been advised; 0 until [`start`].
     static BREAK_DONE: AtomicUsize = AtomicUsize::new(0);
-    /// Windows advised so far; when all are taken, later windows go unadvised.
-    static WINDOWS: [AtomicUsize; 256] = [const { AtomicUsize::new(0) }; 256];
+    /// Below the break at [`start`] by a window: blocks from here to the break are
+    /// in the main heap (the heap holds the few blocks made before `main`; other
+    /// heaps and mappings lie far above it).
+    static MAIN_FROM: AtomicUsize = AtomicUsize::new(0);
+
+    /// How many heaps a thread remembers having advised.
+    const REMEMBERED: usize = 8;
 
     thread_local! {
-        /// The window this thread's last block came from (its arena's heap).
-        static LAST: Cell<usize> = const { Cell::new(0) };
+        /// The windows of the last [`REMEMBERED`] heaps other than the main one this
+        /// thread advised (a thread gets blocks from its arena's heap, and from
+        /// others' where it grows a block made elsewhere), and how many it advised.
+        static SEEN: Cell<([usize; REMEMBERED], usize)> = const { Cell::new(([usize::MAX; REMEMBERED], 0)) };
     }
 
     pub(super) fn start() {
         // SAFETY: sbrk(0) only reads the current break.
         let brk = unsafe { libc::sbrk(0) } as usize;
+        MAIN_FROM.store(brk.saturating_sub(WINDOW), Relaxed);
         BREAK_DONE.store(brk.max(1), Relaxed);
     }
 
@@ -106,22 +132,24 @@ mod huge {
         (end > start).then_some((start, end))
     }
 
-    /// Advises the whole huge pages in `[from, to)`.
-    fn advise(from: usize, to: usize) {
+    /// Advises the whole huge pages in `[from, to)`, leaving `errno` as it was.
+    pub(super) fn advise(from: usize, to: usize) {
         if let Some((start, end)) = whole_pages(from, to) {
             // SAFETY: MADV_HUGEPAGE changes how the pages are backed, never their
-            // content; on a range not (wholly) mapped it fails and changes nothing
-            // there, which is ignored, as is a kernel that refuses it.
+            // content, and allocates nothing; a refusal (transparent huge pages
+            // compiled out) is ignored. errno is a thread-local int, restored.
             unsafe {
+                let errno = *libc::__errno_location();
                 libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
+                *libc::__errno_location() = errno;
             }
         }
     }
 
     /// After glibc hands out `size` bytes at `p`: advises the main heap's growth
-    /// since the last call, and `p`'s window if no block came from it before, or the
-    /// block itself if it is larger than a window (glibc maps such a block alone
-    /// when it does not fit a heap other than the main one).
+    /// since the last call; then a block of [`super::ALONE`] bytes or more whole
+    /// (glibc maps it alone), or the heap of a block from another arena if it is not
+    /// one this thread remembers advising.
     pub(super) fn after(p: *mut u8, size: usize) {
         let done = BREAK_DONE.load(Relaxed);
         if done == 0 || p.is_null() {
@@ -132,21 +160,22 @@ mod huge {
         if brk > done && BREAK_DONE.compare_exchange(done, brk, Relaxed, Relaxed).is_ok() {
             advise(done, brk);
         }
-        if size > WINDOW {
-            advise(p as usize, p as usize + size);
-        }
-        let window = p as usize & !(WINDOW - 1);
-        if LAST.try_with(|l| l.replace(window)) == Ok(window) {
-            return;
-        }
-        for slot in &WINDOWS {
-            match slot.compare_exchange(0, window, Relaxed, Relaxed) {
-                Ok(_) => {
-                    advise(window, window + WINDOW);
-                    return;
+        let at = p as usize;
+        if size >= super::ALONE {
+            advise(at, at + size);
+        } else if !(MAIN_FROM.load(Relaxed)..brk.max(done)).contains(&at) {
+            let window = at & !(WINDOW - 1);
+            let fresh = SEEN.try_with(|seen| {
+                let (mut windows, n) = seen.get();
+                let fresh = !windows.contains(&window);
+                if fresh {
+                    windows[n % REMEMBERED] = window;
+                    seen.set((windows, n + 1));
                 }
-                Err(w) if w == window => return,
-                Err(_) => {}
+                fresh
+            });
+            if fresh == Ok(true) {
+                advise(window, window + WINDOW);
             }
         }
     }
@@ -225,43 +254,98 @@ mod tests {
         panic!("no mapping holds {addr:#x}");
     }
 
-    /// A block handed out after [`tune`] lies in memory advised for huge pages (the
-    /// kernel's `hg` flag on its mapping), where the kernel takes the advice at all.
+    /// Whether the mapping that holds `addr` is advised for huge pages (`hg`).
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    fn advised(addr: usize) -> bool {
+        vm_flags_at(addr).split_whitespace().any(|f| f == "hg")
+    }
+
+    /// A private anonymous mapping of `len` bytes (unmapped by the caller).
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    fn map(len: usize) -> usize {
+        // SAFETY: a fresh private anonymous mapping.
+        let m = unsafe {
+            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+        };
+        assert_ne!(m, libc::MAP_FAILED);
+        m as usize
+    }
+
+    /// Does this kernel take the advice at all (transparent huge pages compiled in)?
+    /// Asked of a mapping of the test's own. Where it does not, nothing is advised.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    fn kernel_takes_advice() -> bool {
+        let len = 4 << 20;
+        let m = map(len);
+        // SAFETY: our own mapping, advised, then unmapped.
+        unsafe {
+            let r = libc::madvise(m as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
+            libc::munmap(m as *mut libc::c_void, len);
+            r == 0
+        }
+    }
+
+    /// A block of [`ALONE`] bytes or more is advised whole, wherever glibc put it.
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     #[test]
-    fn a_block_is_advised_for_huge_pages() {
-        tune();
-        // Does this kernel take the advice? Asked of a mapping of our own.
-        // SAFETY: a fresh private anonymous mapping, advised, then unmapped.
-        let takes = unsafe {
-            let len = 4 << 20;
-            let m = libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0);
-            assert_ne!(m, libc::MAP_FAILED);
-            let r = libc::madvise(m, len, libc::MADV_HUGEPAGE);
-            libc::munmap(m, len);
-            r == 0
-        };
-        let size = 8 << 20;
-        let layout = Layout::from_size_align(size, 8).unwrap();
-        // A block with a whole huge page inside the window it starts in (kept until
-        // the end, so that the next try is another block).
-        let mut blocks = Vec::new();
-        let page = loop {
-            // SAFETY: a valid layout, freed with it below.
-            let p = unsafe { Allocator.alloc(layout) } as usize;
-            assert_ne!(p, 0);
-            blocks.push(p);
-            let window_end = (p & !((64 << 20) - 1)) + (64 << 20);
-            if let Some((page, _)) = huge::whole_pages(p, (p + size).min(window_end)) {
-                break page;
-            }
-            assert!(blocks.len() < 4, "no 8 MB block with a whole huge page in its window");
-        };
-        let flags = vm_flags_at(page);
-        for p in blocks {
-            // SAFETY: as allocated.
-            unsafe { Allocator.dealloc(p as *mut u8, layout) };
+    fn a_large_block_is_advised_whole() {
+        assert!(tune(), "glibc refused the settings");
+        let takes = kernel_takes_advice();
+        let layout = Layout::from_size_align(ALONE + (8 << 20), 8).unwrap();
+        // SAFETY: a valid layout, freed with it.
+        let p = unsafe { Allocator.alloc(layout) } as usize;
+        assert_ne!(p, 0);
+        let (first, end) = huge::whole_pages(p, p + layout.size()).unwrap();
+        let seen = (advised(first), advised(end - 1));
+        // SAFETY: as allocated.
+        unsafe { Allocator.dealloc(p as *mut u8, layout) };
+        assert_eq!(seen, (takes, takes), "first and last whole huge page of the block at {p:#x}");
+    }
+
+    /// A block from another arena's heap (a 64 MB-aligned mapping of 64 MB, as glibc
+    /// makes them; here one of the test's own) gets the whole heap advised, the first
+    /// time a thread gets a block from it.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn another_arenas_heap_is_advised() {
+        assert!(tune(), "glibc refused the settings");
+        let takes = kernel_takes_advice();
+        let len = 2 * huge::WINDOW;
+        let m = map(len);
+        let heap = m.next_multiple_of(huge::WINDOW);
+        assert!(!advised(heap + (8 << 20)));
+        // A thread of its own, whose last heap is none yet.
+        std::thread::spawn(move || huge::after((heap + 4096) as *mut u8, 1000)).join().unwrap();
+        let seen = (advised(heap + (8 << 20)), advised(heap + huge::WINDOW - 1), advised(heap + huge::WINDOW));
+        // SAFETY: our own mapping.
+        unsafe { libc::munmap(m as *mut libc::c_void, len) };
+        assert_eq!(seen, (takes, takes, false), "inside the heap, its last byte, the byte after it");
+    }
+
+    /// The main heap's growth is advised: the break moved by 8 MB, then any block.
+    /// Run in a child process of this test binary (this test alone, one thread), so
+    /// that moving the break races with no other thread's allocations.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn the_main_heaps_growth_is_advised() {
+        const CHILD: &str = "EXPERTCAST_MEMORY_TEST_CHILD";
+        if std::env::var_os(CHILD).is_some() {
+            assert!(tune(), "glibc refused the settings");
+            // SAFETY: only this thread allocates now; glibc takes a break moved by
+            // someone else in its stride (it starts its next growth from there).
+            let before = unsafe { libc::sbrk(8 << 20) } as usize;
+            assert_ne!(before, usize::MAX, "sbrk failed");
+            huge::after((before - 16) as *mut u8, 16);
+            let (first, end) = huge::whole_pages(before, before + (8 << 20)).unwrap();
+            assert_eq!((advised(first), advised(end - 1)), (kernel_takes_advice(), kernel_takes_advice()));
+            return;
         }
-        assert_eq!(flags.split_whitespace().any(|f| f == "hg"), takes, "VmFlags of {page:#x}:{flags}");
+        let o = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "memory::tests::the_main_heaps_growth_is_advised", "--test-threads", "1", "--nocapture"])
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success() && out.contains("1 passed"), "{out}{}", String::from_utf8_lossy(&o.stderr));
     }
 }
