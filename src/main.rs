@@ -3,8 +3,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use expertcast::cli::{Cli, Command};
 
-/// The C library's allocator, with huge pages under large blocks
-/// ([`expertcast::memory`]).
+/// The C library's allocator, keeping freed memory and advising its heaps for huge
+/// pages ([`expertcast::memory`]).
 #[global_allocator]
 static ALLOCATOR: expertcast::memory::Allocator = expertcast::memory::Allocator;
 

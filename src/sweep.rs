@@ -266,8 +266,7 @@ fn usage(path: &Path, msg: impl std::fmt::Display) -> anyhow::Error {
 pub fn plan(config: &Path) -> anyhow::Result<Plan> {
     let text = std::fs::read_to_string(config).map_err(|e| usage(config, format!("cannot read: {e}")))?;
     let cfg: SweepConfig = toml::from_str(&text).map_err(|e| usage(config, e.to_string().trim_end()))?;
-    // A bare file name's parent is "", which would put its traces under "/".
-    let base = config.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let base = crate::output::folder_of(config);
     let mut files = Vec::new();
     for pat in &cfg.traces {
         // The config's folder is taken literally (a `[` in it is no pattern).

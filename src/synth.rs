@@ -118,7 +118,7 @@ pub fn write_parquet(cfg: &SynthConfig, path: &std::path::Path) -> anyhow::Resul
         ],
         meta,
     ));
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let dir = crate::output::folder_of(path);
     let name = path.file_name().and_then(|n| n.to_str()).ok_or_else(|| anyhow::anyhow!("{}: not a file name", path.display()))?;
     let mut w = crate::output::AtomicParquet::create(dir, name, schema.clone())?;
     let per_step = nl * ne;
@@ -165,7 +165,7 @@ pub fn write_npy(cfg: &SynthConfig, path: &std::path::Path) -> anyhow::Result<()
     for &c in &loads {
         bytes.extend_from_slice(&(c as i32).to_le_bytes());
     }
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let dir = crate::output::folder_of(path);
     let name = path.file_name().and_then(|n| n.to_str()).ok_or_else(|| anyhow::anyhow!("{}: not a file name", path.display()))?;
     crate::output::write_atomic(dir, name, &bytes)
 }

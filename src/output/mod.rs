@@ -128,8 +128,8 @@ impl RunDir {
         let Ok(dir) = self.dir.canonicalize() else { return Ok(()) };
         let names: Vec<&str> = Table::ALL.iter().map(|t| t.file_name()).chain([MANIFEST, LOCK_FILE]).collect();
         for input in inputs {
-            let (Some(parent), Some(name)) = (input.parent(), input.file_name()) else { continue };
-            let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
+            let Some(name) = input.file_name() else { continue };
+            let parent = folder_of(input);
             let same_dir = parent.canonicalize().is_ok_and(|p| p == dir);
             if same_dir && names.iter().any(|n| name == *n) {
                 return Err(crate::UsageError(format!(
@@ -601,6 +601,12 @@ fn aligned_pieces(slices: &[RecordBatch], c: usize) -> Result<Vec<ArrayRef>, arr
         out.push(join(&mut carry)?);
     }
     Ok(out)
+}
+
+/// The folder that holds `path`: its parent, or "." for a bare file name (whose
+/// parent is the empty path, which joined to a name would mean "/name").
+pub fn folder_of(path: &Path) -> &Path {
+    path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
 }
 
 /// Writes `bytes` to `dir/name` atomically, through a temporary file of its own.

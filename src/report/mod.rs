@@ -119,13 +119,10 @@ pub fn write(r: &Report, out: &Path, png: Option<&Path>, svg: Option<&Path>) -> 
             crate::output::write_atomic(d, &format!("{id}.png"), &bytes)?;
         }
     }
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    crate::output::create_out_dir(&parent)?;
+    let parent = crate::output::folder_of(out);
+    crate::output::create_out_dir(parent)?;
     let name = out.file_name().ok_or_else(|| UsageError(format!("--out {}: not a file name", out.display())))?;
-    crate::output::write_atomic(&parent, &name.to_string_lossy(), r.html.as_bytes())
+    crate::output::write_atomic(parent, &name.to_string_lossy(), r.html.as_bytes())
 }
 
 fn is_oracle(spec: &str) -> bool {
