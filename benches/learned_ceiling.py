@@ -19,7 +19,19 @@ sum to 1. This prints, for each trace, `mae_pp` relative to the oracle of:
 Origins every 100 steps from step 100 (the learned forecasters' default start), the
 stable regime from the states (window 100) of RUN, a run over the same traces.
 
-usage: benches/learned_ceiling.py RUN TRACE... [--horizon H]   (numpy, pyarrow)
+With --h1, the other target instead (h = 1, at least 20 % below `sw-avg:w=100`): how
+far below `sw-avg:w=100` at h = 1 forecasts get that no causal forecaster can beat
+or that cheat, all clipped and renormalised, same origins and regime:
+
+  AR(p) pooled         one linear autoregression of order p per layer on the shares'
+                       deviations from their trailing 100-step mean, fitted by least
+                       squares on every stable step of this very trace (in sample)
+  AR(p) per series     the same, one per expert series: fitted on the steps it is
+                       scored on, a bound on what a linear forecaster can reach
+  two-sided mean +-k   the mean of the k steps before and the k steps after the
+                       scored one: it sees the future
+
+usage: benches/learned_ceiling.py RUN TRACE... [--horizon H | --h1]   (numpy, pyarrow)
 """
 import argparse
 import os
@@ -68,13 +80,59 @@ def renorm(p):
     return p / p.sum()
 
 
+def h1_bounds(P, tr, orders=(10, 30, 60)):
+    """mae at h = 1 over the stable origins of each bound above, and `sw-avg:w=100`'s."""
+    L, T, E = P.shape
+    C = np.concatenate([np.zeros((L, 1, E)), np.cumsum(P, 1)], 1)
+    err = {}
+
+    def add(k, p, want):
+        p = np.maximum(p, 0)
+        err[k] = err.get(k, 0.0) + np.abs(p / p.sum(-1, keepdims=True) - want).mean(-1).sum()
+
+    for l in range(L):
+        if tr.get(l) is None:
+            continue
+        ts = np.arange(max(tr[l], 200), T)  # every stable step with 100 + 60 steps before it
+        level = (C[l, ts] - C[l, ts - 100]) / 100
+        at = ts % 100 == 0  # the scored origins
+        want = P[l, ts[at]]
+        add("sw-avg:w=100", level[at], want)
+        for p in orders:
+            X = np.stack([P[l, ts - k] - level for k in range(1, p + 1)], -1)
+            y = P[l, ts] - level
+            one = lambda X, y: np.linalg.lstsq(np.hstack([X, np.ones((len(X), 1))]), y, rcond=None)[0]
+            b = one(X.reshape(-1, p), y.reshape(-1))
+            add(f"AR({p}) pooled", (level + X @ b[:p] + b[p])[at], want)
+            own = np.stack([X[:, e] @ c[:p] + c[p] for e, c in enumerate(one(X[:, e], y[:, e]) for e in range(E))], 1)
+            add(f"AR({p}) per series", (level + own)[at], want)
+        for k in (5, 10, 50):
+            o = ts[at]
+            o = o[o + k + 1 <= T]
+            two = (C[l, o + k + 1] - C[l, o + 1] + C[l, o] - C[l, o - k]) / (2 * k)
+            add(f"two-sided mean +-{k}", two, P[l, o])
+            if k == 5:  # sw-avg on the same origins, for this row only
+                add("sw-avg:w=100 (two-sided origins)", (C[l, o] - C[l, o - 100]) / 100, P[l, o])
+    return err
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("run")
     ap.add_argument("traces", nargs="+")
     ap.add_argument("--horizon", type=int, default=1000)
+    ap.add_argument("--h1", action="store_true", help="bounds at h = 1 against sw-avg:w=100 instead")
     a = ap.parse_args()
     states = pq.read_table(os.path.join(a.run, "states.parquet")).to_pylist()
+    if a.h1:
+        print("h = 1, stable regime, pooled over layers; mae_pp relative to sw-avg:w=100")
+        for path in a.traces:
+            name = os.path.basename(path).removesuffix(".parquet")
+            tr = {r["layer"]: r["transition_step"] for r in states if r["trace"] == name and r["window_size"] == 100}
+            err = h1_bounds(shares(path), tr)
+            rel = lambda k: 100 * (err[k] / err["sw-avg:w=100" if "two-sided" not in k else "sw-avg:w=100 (two-sided origins)"] - 1)
+            print(f"{name}: " + "  ".join(f"{k} {rel(k):+.2f} %" for k in err if not k.startswith("sw-avg")))
+        return
     H = a.horizon
     print(f"h = {H}, stable regime, pooled over layers; mae_pp relative to oracle-median")
     for path in a.traces:
