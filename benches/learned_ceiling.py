@@ -20,16 +20,25 @@ Origins every 100 steps from step 100 (the learned forecasters' default start), 
 stable regime from the states (window 100) of RUN, a run over the same traces.
 
 With --h1, the other target instead (h = 1, at least 20 % below `sw-avg:w=100`): how
-far below `sw-avg:w=100` at h = 1 forecasts get that no causal forecaster can beat
-or that cheat, all clipped and renormalised, same origins and regime:
+far below `sw-avg:w=100` at h = 1 linear models get when fitted on the trace they are
+scored on (in sample: they see the steps they predict), and a forecast that sees the
+future; all clipped and renormalised, the stable origins every 100 steps that have
+200 steps before them:
 
   AR(p) pooled         one linear autoregression of order p per layer on the shares'
                        deviations from their trailing 100-step mean, fitted by least
                        squares on every stable step of this very trace (in sample)
   AR(p) per series     the same, one per expert series: fitted on the steps it is
-                       scored on, a bound on what a linear forecaster can reach
+                       scored on, a bound on what a linear forecaster of an expert's
+                       own history can reach
+  VAR(p) per layer     every expert's last p deviations predict each expert's next
+                       one, per layer (E * p + 1 coefficients for each expert)
   two-sided mean +-k   the mean of the k steps before and the k steps after the
                        scored one: it sees the future
+
+and then the same models (not the two-sided mean) fitted on the first half of each
+layer's stable steps (with a ridge penalty, --ridge) and scored at the second half's
+origins against `sw-avg:w=100` there: what in-sample fitting adds.
 
 usage: benches/learned_ceiling.py RUN TRACE... [--horizon H | --h1]   (numpy, pyarrow)
 """
@@ -80,8 +89,13 @@ def renorm(p):
     return p / p.sum()
 
 
-def h1_bounds(P, tr, orders=(10, 30, 60)):
-    """mae at h = 1 over the stable origins of each bound above, and `sw-avg:w=100`'s."""
+def h1_bounds(P, tr, halves=False, ridge=0.0):
+    """mae at h = 1 over the stable origins of each model above, and `sw-avg:w=100`'s.
+
+    In sample (the default) every model is fitted on every stable step of its layer
+    and scored at all its stable origins. With `halves`, fitted on the first half of
+    the layer's stable steps and scored at the origins of the second half only.
+    `ridge` adds ridge * rows to the Gram matrix's diagonal (not the intercept's)."""
     L, T, E = P.shape
     C = np.concatenate([np.zeros((L, 1, E)), np.cumsum(P, 1)], 1)
     err = {}
@@ -94,18 +108,36 @@ def h1_bounds(P, tr, orders=(10, 30, 60)):
         if tr.get(l) is None:
             continue
         ts = np.arange(max(tr[l], 200), T)  # every stable step with 100 + 60 steps before it
+        fit = ts < ts[0] + (T - ts[0]) // 2 if halves else np.ones(len(ts), bool)
+        at = (ts % 100 == 0) & (~fit if halves else True)  # the scored origins
         level = (C[l, ts] - C[l, ts - 100]) / 100
-        at = ts % 100 == 0  # the scored origins
         want = P[l, ts[at]]
         add("sw-avg:w=100", level[at], want)
-        for p in orders:
-            X = np.stack([P[l, ts - k] - level for k in range(1, p + 1)], -1)
-            y = P[l, ts] - level
-            one = lambda X, y: np.linalg.lstsq(np.hstack([X, np.ones((len(X), 1))]), y, rcond=None)[0]
-            b = one(X.reshape(-1, p), y.reshape(-1))
-            add(f"AR({p}) pooled", (level + X @ b[:p] + b[p])[at], want)
-            own = np.stack([X[:, e] @ c[:p] + c[p] for e, c in enumerate(one(X[:, e], y[:, e]) for e in range(E))], 1)
-            add(f"AR({p}) per series", (level + own)[at], want)
+
+        def solve(X, y):  # least squares with an intercept, fitted on the fit rows; predictions at `at`
+            Xa = np.hstack([X, np.ones((len(X), 1))])
+            G = Xa[fit].T @ Xa[fit]
+            G[:-1, :-1] += ridge * fit.sum() * np.eye(X.shape[1])
+            return Xa[at] @ np.linalg.solve(G, Xa[fit].T @ y[fit])
+
+        y = P[l, ts] - level
+        dev = lambda p: np.stack([P[l, ts - k] - level for k in range(1, p + 1)], -1)  # (steps, E, p)
+        for p in (10, 30, 60):
+            X = dev(p)
+            # one model for the layer: its rows are (step, expert), fitted and scored per step
+            Xp, yp = X.reshape(-1, p), y.reshape(-1)
+            Xa = np.hstack([Xp, np.ones((len(Xp), 1))])
+            fit_e, at_e = np.repeat(fit, E), np.repeat(at, E)
+            G = Xa[fit_e].T @ Xa[fit_e]
+            G[:-1, :-1] += ridge * fit_e.sum() * np.eye(p)
+            b = np.linalg.solve(G, Xa[fit_e].T @ yp[fit_e])
+            add(f"AR({p}) pooled", level[at] + (Xa[at_e] @ b).reshape(-1, E), want)
+            add(f"AR({p}) per series", level[at] + np.stack([solve(X[:, e], y[:, e]) for e in range(E)], 1), want)
+        for p in (5, 10, 20):
+            # every expert's last p deviations predict each expert's next one
+            add(f"VAR({p}) per layer", level[at] + solve(dev(p).reshape(len(ts), -1), y), want)
+        if halves:
+            continue
         for k in (5, 10, 50):
             o = ts[at]
             o = o[o + k + 1 <= T]
@@ -122,6 +154,7 @@ def main():
     ap.add_argument("traces", nargs="+")
     ap.add_argument("--horizon", type=int, default=1000)
     ap.add_argument("--h1", action="store_true", help="bounds at h = 1 against sw-avg:w=100 instead")
+    ap.add_argument("--ridge", type=float, default=1e-5, help="ridge penalty (times rows) of --h1's first-half fits")
     a = ap.parse_args()
     states = pq.read_table(os.path.join(a.run, "states.parquet")).to_pylist()
     if a.h1:
@@ -129,9 +162,10 @@ def main():
         for path in a.traces:
             name = os.path.basename(path).removesuffix(".parquet")
             tr = {r["layer"]: r["transition_step"] for r in states if r["trace"] == name and r["window_size"] == 100}
-            err = h1_bounds(shares(path), tr)
-            rel = lambda k: 100 * (err[k] / err["sw-avg:w=100" if "two-sided" not in k else "sw-avg:w=100 (two-sided origins)"] - 1)
-            print(f"{name}: " + "  ".join(f"{k} {rel(k):+.2f} %" for k in err if not k.startswith("sw-avg")))
+            P = shares(path)
+            for how, err in (("in sample", h1_bounds(P, tr)), ("first half -> second half", h1_bounds(P, tr, True, a.ridge))):
+                rel = lambda k: 100 * (err[k] / err["sw-avg:w=100" if "two-sided" not in k else "sw-avg:w=100 (two-sided origins)"] - 1)
+                print(f"{name}, {how}: " + "  ".join(f"{k} {rel(k):+.2f} %" for k in err if not k.startswith("sw-avg")))
         return
     H = a.horizon
     print(f"h = {H}, stable regime, pooled over layers; mae_pp relative to oracle-median")
