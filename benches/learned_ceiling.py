@@ -38,7 +38,9 @@ future; all clipped and renormalised, the stable origins every 100 steps that ha
 
 and then the same models (not the two-sided mean) fitted on the first half of each
 layer's stable steps (with a ridge penalty, --ridge) and scored at the second half's
-origins against `sw-avg:w=100` there: what in-sample fitting adds.
+origins against `sw-avg:w=100` there: what in-sample fitting adds. Last, the same
+models fitted in sample on the second half alone and scored at the same origins, to
+tell how much of the first-half fits' loss is the second half being harder.
 
 usage: benches/learned_ceiling.py RUN TRACE... [--horizon H | --h1]   (numpy, pyarrow)
 """
@@ -89,12 +91,13 @@ def renorm(p):
     return p / p.sum()
 
 
-def h1_bounds(P, tr, halves=False, ridge=0.0):
+def h1_bounds(P, tr, halves=None, ridge=0.0):
     """mae at h = 1 over the stable origins of each model above, and `sw-avg:w=100`'s.
 
-    In sample (the default) every model is fitted on every stable step of its layer
-    and scored at all its stable origins. With `halves`, fitted on the first half of
-    the layer's stable steps and scored at the origins of the second half only.
+    In sample (`halves` None) every model is fitted on every stable step of its layer
+    and scored at all its stable origins. With `halves` "first", fitted on the first
+    half of the layer's stable steps and scored at the origins of the second half
+    only; with "second", fitted on the second half and scored at the same origins.
     `ridge` adds ridge * rows to the Gram matrix's diagonal (not the intercept's)."""
     L, T, E = P.shape
     C = np.concatenate([np.zeros((L, 1, E)), np.cumsum(P, 1)], 1)
@@ -107,9 +110,10 @@ def h1_bounds(P, tr, halves=False, ridge=0.0):
     for l in range(L):
         if tr.get(l) is None:
             continue
-        ts = np.arange(max(tr[l], 200), T)  # every stable step with 100 + 60 steps before it
-        fit = ts < ts[0] + (T - ts[0]) // 2 if halves else np.ones(len(ts), bool)
-        at = (ts % 100 == 0) & (~fit if halves else True)  # the scored origins
+        ts = np.arange(max(tr[l], 200), T)  # every stable step with 200 steps before it
+        first = ts < ts[0] + (T - ts[0]) // 2
+        fit = {None: np.ones(len(ts), bool), "first": first, "second": ~first}[halves]
+        at = (ts % 100 == 0) & (~first if halves else True)  # the scored origins
         level = (C[l, ts] - C[l, ts - 100]) / 100
         want = P[l, ts[at]]
         add("sw-avg:w=100", level[at], want)
@@ -143,8 +147,8 @@ def h1_bounds(P, tr, halves=False, ridge=0.0):
             o = o[o + k + 1 <= T]
             two = (C[l, o + k + 1] - C[l, o + 1] + C[l, o] - C[l, o - k]) / (2 * k)
             add(f"two-sided mean +-{k}", two, P[l, o])
-            if k == 5:  # sw-avg on the same origins, for this row only
-                add("sw-avg:w=100 (two-sided origins)", (C[l, o] - C[l, o - 100]) / 100, P[l, o])
+            # sw-avg on the same origins (those with k steps after them), for this row
+            add(f"sw-avg:w=100 (two-sided +-{k} origins)", (C[l, o] - C[l, o - 100]) / 100, P[l, o])
     return err
 
 
@@ -163,8 +167,13 @@ def main():
             name = os.path.basename(path).removesuffix(".parquet")
             tr = {r["layer"]: r["transition_step"] for r in states if r["trace"] == name and r["window_size"] == 100}
             P = shares(path)
-            for how, err in (("in sample", h1_bounds(P, tr)), ("first half -> second half", h1_bounds(P, tr, True, a.ridge))):
-                rel = lambda k: 100 * (err[k] / err["sw-avg:w=100" if "two-sided" not in k else "sw-avg:w=100 (two-sided origins)"] - 1)
+            for how, err in (
+                ("in sample", h1_bounds(P, tr)),
+                ("first half -> second half", h1_bounds(P, tr, "first", a.ridge)),
+                ("second half in sample", h1_bounds(P, tr, "second")),
+            ):
+                base = lambda k: "sw-avg:w=100" + (f" (two-sided +-{k.rsplit('+-', 1)[1]} origins)" if "two-sided" in k else "")
+                rel = lambda k: 100 * (err[k] / err[base(k)] - 1)
                 print(f"{name}, {how}: " + "  ".join(f"{k} {rel(k):+.2f} %" for k in err if not k.startswith("sw-avg")))
         return
     H = a.horizon
