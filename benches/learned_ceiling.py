@@ -28,9 +28,9 @@ future; all clipped and renormalised, the stable origins every 100 steps that ha
   AR(p) pooled         one linear autoregression of order p per layer on the shares'
                        deviations from their trailing 100-step mean, fitted by least
                        squares on every stable step of this very trace (in sample)
-  AR(p) per series     the same, one per expert series: fitted on the steps it is
-                       scored on, a bound on what a linear forecaster of an expert's
-                       own history can reach
+  AR(p) per series     the same, one per expert series, fitted on the steps it is
+                       scored on (not a strict bound: an in-sample fit gains with
+                       every coefficient)
   VAR(p) per layer     every expert's last p deviations predict each expert's next
                        one, per layer (E * p + 1 coefficients for each expert)
   two-sided mean +-k   the mean of the k steps before and the k steps after the
@@ -39,8 +39,10 @@ future; all clipped and renormalised, the stable origins every 100 steps that ha
 and then the same models (not the two-sided mean) fitted on the first half of each
 layer's stable steps (with a ridge penalty, --ridge) and scored at the second half's
 origins against `sw-avg:w=100` there: what in-sample fitting adds. Last, the same
-models fitted in sample on the second half alone and scored at the same origins, to
-tell how much of the first-half fits' loss is the second half being harder.
+models fitted in sample on the second half alone (as many rows, the same ridge) and
+scored at the same origins, to tell how much of the first-half fits' loss is the
+second half being harder. The ridge keeps e64's VAR(20) (1,281 coefficients an
+expert, about as many rows in a half) solvable.
 
 usage: benches/learned_ceiling.py RUN TRACE... [--horizon H | --h1]   (numpy, pyarrow)
 """
@@ -158,7 +160,7 @@ def main():
     ap.add_argument("traces", nargs="+")
     ap.add_argument("--horizon", type=int, default=1000)
     ap.add_argument("--h1", action="store_true", help="bounds at h = 1 against sw-avg:w=100 instead")
-    ap.add_argument("--ridge", type=float, default=1e-5, help="ridge penalty (times rows) of --h1's first-half fits")
+    ap.add_argument("--ridge", type=float, default=1e-5, help="ridge penalty (times rows) of --h1's half fits")
     a = ap.parse_args()
     states = pq.read_table(os.path.join(a.run, "states.parquet")).to_pylist()
     if a.h1:
@@ -170,7 +172,7 @@ def main():
             for how, err in (
                 ("in sample", h1_bounds(P, tr)),
                 ("first half -> second half", h1_bounds(P, tr, "first", a.ridge)),
-                ("second half in sample", h1_bounds(P, tr, "second")),
+                ("second half in sample", h1_bounds(P, tr, "second", a.ridge)),
             ):
                 base = lambda k: "sw-avg:w=100" + (f" (two-sided +-{k.rsplit('+-', 1)[1]} origins)" if "two-sided" in k else "")
                 rel = lambda k: 100 * (err[k] / err[base(k)] - 1)
