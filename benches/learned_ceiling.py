@@ -149,8 +149,8 @@ def h1_bounds(P, tr, halves=None, ridge=0.0):
             o = o[o + k + 1 <= T]
             two = (C[l, o + k + 1] - C[l, o + 1] + C[l, o] - C[l, o - k]) / (2 * k)
             add(f"two-sided mean +-{k}", two, P[l, o])
-            # sw-avg on the same origins (those with k steps after them), for this row
-            add(f"sw-avg:w=100 (two-sided +-{k} origins)", (C[l, o] - C[l, o - 100]) / 100, P[l, o])
+            # sw-avg on the same origins (those with k steps after them), this row's baseline
+            add(f"sw-avg:w=100 for two-sided mean +-{k}", (C[l, o] - C[l, o - 100]) / 100, P[l, o])
     return err
 
 
@@ -174,7 +174,7 @@ def main():
                 ("first half -> second half", h1_bounds(P, tr, "first", a.ridge)),
                 ("second half in sample", h1_bounds(P, tr, "second", a.ridge)),
             ):
-                base = lambda k: "sw-avg:w=100" + (f" (two-sided +-{k.rsplit('+-', 1)[1]} origins)" if "two-sided" in k else "")
+                base = lambda k: f"sw-avg:w=100 for {k}" if k.startswith("two-sided") else "sw-avg:w=100"
                 rel = lambda k: 100 * (err[k] / err[base(k)] - 1)
                 print(f"{name}, {how}: " + "  ".join(f"{k} {rel(k):+.2f} %" for k in err if not k.startswith("sw-avg")))
         return
